@@ -1,0 +1,1 @@
+"""GPU-aware scheduling for AI inference and batch jobs, built on Dask."""

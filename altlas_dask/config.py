@@ -1,0 +1,295 @@
+"""Load and validate ``cluster.yaml``.
+
+Precedence, lowest to highest (the same layering Dask's own config uses):
+the file, then ``ALTLAS_<SECTION>__<KEY>=value`` environment variables
+(``__`` nests, values parsed like Dask's ``interpret_value``), then
+``--set section.key=value`` overrides from the CLI.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import dask.config
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+STRATEGIES = (
+    "single_gpu",
+    "round_robin",
+    "least_loaded",
+    "memory_optimized",
+    "task_specific",
+    "random",
+    "hybrid",
+)
+StrategyName = Literal[
+    "single_gpu", "round_robin", "least_loaded", "memory_optimized", "task_specific", "random", "hybrid"
+]
+ENV_PREFIX = "ALTLAS_"
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "cluster.yaml"
+
+
+class ConfigError(ValueError):
+    """cluster.yaml (or an override) is invalid; the message names key and value."""
+
+
+def parse_gpu_ref(ref: str | int, *, where: str = "gpu") -> int:
+    """``"gpu_1"``, ``"1"`` or ``1`` -> ``1``."""
+    text = str(ref).strip().lower().removeprefix("gpu_").removeprefix("gpu-")
+    if not text.isdigit():
+        raise ValueError(f"{where}={ref!r} is not a GPU reference like 'gpu_0'")
+    return int(text)
+
+
+def parse_compute_capability(value: str | float) -> tuple[int, int]:
+    """``"8.6"`` -> ``(8, 6)``; raises ValueError on anything else."""
+    major, dot, minor = str(value).partition(".")
+    if not (major.isdigit() and (not dot or minor.isdigit())):
+        raise ValueError(f"compute capability {value!r} is not like '8.0'")
+    return int(major), int(minor or 0)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class Detection(_Strict):
+    enabled: bool = True
+    min_compute_capability: float = Field(7.0, ge=0.0, le=20.0)
+    memory_threshold: float = Field(0.9, gt=0.0, le=1.0)
+    utilization_threshold: float = Field(0.95, gt=0.0, le=1.0)
+    max_temperature: float = Field(85.0, gt=0, le=120)
+    health_check_interval: float = Field(60.0, gt=0)
+
+
+class Selection(_Strict):
+    default_strategy: StrategyName = "single_gpu"
+    strategies: tuple[StrategyName, ...] = STRATEGIES
+
+
+class Workload(_Strict):
+    queue_processing_interval: float = Field(0.1, gt=0)
+    max_concurrent_tasks_per_gpu: int = Field(4, ge=1, le=1024)
+    batch_size: int = Field(8, ge=1)
+    timeout: float = Field(300.0, gt=0)
+    retry_count: int = Field(3, ge=0, le=100)
+
+
+class MultiGpu(_Strict):
+    enabled: bool = True
+    default_strategy: StrategyName = "least_loaded"
+    strategies: tuple[StrategyName, ...] = STRATEGIES
+    batch_split: bool = True
+    min_batch_size_per_gpu: int = Field(4, ge=1)
+    max_concurrent_tasks_per_gpu: int = Field(8, ge=1, le=1024)
+    memory_threshold: float = Field(0.9, gt=0.0, le=1.0)
+    utilization_threshold: float = Field(0.95, gt=0.0, le=1.0)
+    task_specific_mappings: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("task_specific_mappings")
+    @classmethod
+    def _gpu_refs(cls, mapping: dict[str, str]) -> dict[str, str]:
+        for task_type, ref in mapping.items():
+            parse_gpu_ref(ref, where=f"task_specific_mappings.{task_type}")
+        return mapping
+
+
+class Gpu(_Strict):
+    enabled: bool = True
+    detection: Detection = Detection()
+    selection: Selection = Selection()
+    workload: Workload = Workload()
+    multi_gpu: MultiGpu = MultiGpu()
+
+
+class Cluster(_Strict):
+    """Where the Dask scheduler and dashboard listen; ``simulate`` forces the virtual pool."""
+
+    scheduler_address: str = "127.0.0.1:8786"
+    dashboard_address: str = "127.0.0.1:8787"
+    simulate: int | None = Field(None, ge=1, le=256)
+    work_stealing: bool = False
+
+
+class SimulatedGpuSpec(_Strict):
+    name: str = "Simulated A100 40GB"
+    memory_mb: int = Field(40960, gt=0)
+    compute_capability: str = "8.0"
+    speed_gflops: float = Field(1000.0, gt=0)
+    power_limit_w: float = Field(400.0, gt=0)
+    idle_power_w: float = Field(50.0, ge=0)
+    idle_temperature_c: float = Field(35.0, ge=0, le=120)
+    max_load_temperature_c: float = Field(75.0, ge=0, le=120)
+    count: int = Field(1, ge=1, le=256)
+
+    @field_validator("compute_capability")
+    @classmethod
+    def _cc(cls, value: str) -> str:
+        parse_compute_capability(value)
+        return value
+
+
+class FaultSpec(_Strict):
+    """A fault to inject into one virtual GPU, as a real one would show it."""
+
+    gpu: int = Field(ge=0)
+    kind: Literal["lost", "error_rate", "thermal_throttle"]
+    at_s: float = Field(0.0, ge=0)
+    error_rate: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class Simulation(_Strict):
+    gpus: tuple[SimulatedGpuSpec, ...] = (SimulatedGpuSpec(count=4),)
+    faults: tuple[FaultSpec, ...] = ()
+    seed: int = 0
+
+    def expanded(self) -> list[SimulatedGpuSpec]:
+        """One spec per virtual GPU (``count`` unrolled), in index order."""
+        return [spec for spec in self.gpus for _ in range(spec.count)]
+
+
+class AltlasConfig(_Strict):
+    gpu: Gpu = Gpu()
+    cluster: Cluster = Cluster()
+    simulation: Simulation = Simulation()
+
+    @model_validator(mode="after")
+    def _default_strategy_enabled(self) -> AltlasConfig:
+        for section in ("selection", "multi_gpu"):
+            block = getattr(self.gpu, section)
+            if block.default_strategy not in block.strategies:
+                raise ValueError(
+                    f"gpu.{section}.default_strategy={block.default_strategy!r} is not in "
+                    f"gpu.{section}.strategies {list(block.strategies)}"
+                )
+        return self
+
+    def routing(self) -> RoutingPolicy:
+        """The effective routing settings (see README "Configuration")."""
+        g = self.gpu
+        multi = g.multi_gpu.enabled
+        return RoutingPolicy(
+            default_strategy=g.multi_gpu.default_strategy if multi else g.selection.default_strategy,
+            allowed_strategies=g.multi_gpu.strategies if multi else g.selection.strategies,
+            max_concurrent_tasks_per_gpu=(
+                g.multi_gpu.max_concurrent_tasks_per_gpu if multi else g.workload.max_concurrent_tasks_per_gpu
+            ),
+            memory_threshold=g.multi_gpu.memory_threshold if multi else g.detection.memory_threshold,
+            utilization_threshold=(
+                g.multi_gpu.utilization_threshold if multi else g.detection.utilization_threshold
+            ),
+            max_temperature=g.detection.max_temperature,
+            min_compute_capability=g.detection.min_compute_capability,
+            batch_split=g.multi_gpu.batch_split and multi,
+            min_batch_size_per_gpu=g.multi_gpu.min_batch_size_per_gpu,
+            task_specific_mappings={
+                k: parse_gpu_ref(v, where=k) for k, v in g.multi_gpu.task_specific_mappings.items()
+            },
+            timeout=g.workload.timeout,
+            retry_count=g.workload.retry_count,
+        )
+
+
+class RoutingPolicy(_Strict):
+    """What the router needs, resolved from the overlapping seed 003/004 keys."""
+
+    default_strategy: StrategyName
+    allowed_strategies: tuple[StrategyName, ...]
+    max_concurrent_tasks_per_gpu: int
+    memory_threshold: float
+    utilization_threshold: float
+    max_temperature: float
+    min_compute_capability: float
+    batch_split: bool
+    min_batch_size_per_gpu: int
+    task_specific_mappings: dict[str, int]
+    timeout: float
+    retry_count: int
+
+
+def meets_compute_capability(capability: str, minimum: float | str) -> bool:
+    """``meets_compute_capability("8.6", 7.0)`` -> True."""
+    return parse_compute_capability(capability) >= parse_compute_capability(minimum)
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set {dotted!r}: {part!r} is not a section")
+        node = child
+    node[leaf] = value
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``ALTLAS_GPU__MULTI_GPU__DEFAULT_STRATEGY=hybrid`` -> nested dict."""
+    environ = os.environ if environ is None else environ
+    tree: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if name.startswith(ENV_PREFIX) and "__" in name:
+            dotted = name[len(ENV_PREFIX) :].lower().replace("__", ".")
+            _set_path(tree, dotted, dask.config.interpret_value(raw))
+    return tree
+
+
+def cli_overrides(assignments: Iterable[str]) -> dict[str, Any]:
+    """``["gpu.multi_gpu.default_strategy=hybrid"]`` -> nested dict."""
+    tree: dict[str, Any] = {}
+    for item in assignments:
+        key, eq, raw = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"override {item!r} is not KEY=VALUE (e.g. gpu.multi_gpu.default_strategy=hybrid)")
+        _set_path(tree, key.strip(), yaml.safe_load(raw))
+    return tree
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "<top level>"
+        value = item.get("input")
+        if item["type"] == "extra_forbidden":
+            lines.append(f"unknown key {key!r} (value {value!r})")
+        else:
+            msg = item["msg"].removeprefix("Value error, ")
+            lines.append(f"{key}: {msg} (got {value!r})")
+    return "invalid configuration: " + "; ".join(lines)
+
+
+def build_config(data: Mapping[str, Any] | None = None) -> AltlasConfig:
+    """Validate a mapping; raise :class:`ConfigError` naming each bad key and value."""
+    try:
+        return AltlasConfig.model_validate(dict(data or {}))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    overrides: Iterable[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> AltlasConfig:
+    """Read ``cluster.yaml`` (default: ``$ALTLAS_CONFIG`` or the repo's), apply env and CLI overrides."""
+    environ = os.environ if environ is None else environ
+    if path is None:
+        path = environ.get("ALTLAS_CONFIG") or (DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None)
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {str(path)!r} does not exist") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
+        data = loaded or {}
+    data = dask.config.merge(data, env_overrides(environ), cli_overrides(overrides))
+    return build_config(data)

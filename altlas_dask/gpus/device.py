@@ -1,0 +1,72 @@
+"""The GPU a worker process owns: one interface over a real and a virtual device."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Protocol
+
+from altlas_dask.gpus.nvml import NvmlInventory
+from altlas_dask.gpus.state import GpuState
+
+REAL_KERNEL_SIZE = 2048  # one matmul of this size is 2 * n**3 flop
+
+
+class GpuDevice(Protocol):
+    """What a task sees of its GPU (see :mod:`altlas_dask.kernels`)."""
+
+    index: int
+    uuid: str
+    torch_device: str
+
+    def state(self) -> GpuState: ...
+    def reserve(self, memory_mb: int) -> contextmanager: ...
+    def run(self, work_gflop: float) -> float: ...
+    def busy(self) -> contextmanager: ...
+
+
+class NvmlGpu:
+    """A real GPU: state from NVML, kernels as torch matmuls on CUDA."""
+
+    torch_device = "cuda"
+
+    def __init__(self, index: int, inventory: NvmlInventory) -> None:
+        self.index = index
+        self.inventory = inventory
+        self.uuid = inventory.state(index).uuid
+        self._lock = threading.Lock()
+        self._active = 0
+
+    def state(self) -> GpuState:
+        with self._lock:
+            active = self._active
+        return self.inventory.state(self.index).with_(active_requests=active)
+
+    @contextmanager
+    def reserve(self, memory_mb: int) -> Iterator[None]:
+        """Bookkeeping only: on real hardware CUDA itself raises out-of-memory."""
+        with self._lock:
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active -= 1
+
+    @contextmanager
+    def busy(self) -> Iterator[None]:
+        yield
+
+    def run(self, work_gflop: float) -> float:
+        import torch
+
+        n = REAL_KERNEL_SIZE
+        steps = max(1, round(work_gflop * 1e9 / (2 * n**3)))
+        a = torch.randn(n, n, device="cuda")
+        start = time.perf_counter()
+        for _ in range(steps):
+            a = torch.tanh(a @ a)
+        torch.cuda.synchronize()
+        return time.perf_counter() - start

@@ -1,0 +1,102 @@
+"""The immutable snapshot of one GPU that inventories produce and strategies read."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal
+
+GpuStatus = Literal["active", "inactive", "maintenance", "error"]
+HealthStatus = Literal["healthy", "warning", "critical"]
+
+#: Degrees below ``max_temperature`` at which a GPU is flagged ``warning``.
+TEMPERATURE_WARNING_MARGIN_C = 10.0
+ERROR_RATE_WARNING = 0.05
+ERROR_RATE_CRITICAL = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class GpuState:
+    """One GPU as seed 001 section 6.3.3 describes it (memory in MB, utilization 0-100)."""
+
+    id: int
+    uuid: str
+    name: str
+    compute_capability: str
+    status: GpuStatus
+    memory_total_mb: int
+    memory_used_mb: int
+    utilization_gpu: float
+    utilization_memory: float
+    temperature_c: float
+    power_usage_w: float
+    power_limit_w: float
+    performance_index: float = 0.5
+    error_rate: float = 0.0
+    active_requests: int = 0
+    queued_requests: int = 0
+    uptime_s: float = 0.0
+    health_status: HealthStatus = "healthy"
+    simulated: bool = False
+    worker: str | None = None
+
+    @property
+    def memory_free_mb(self) -> int:
+        return max(self.memory_total_mb - self.memory_used_mb, 0)
+
+    @property
+    def memory_used_ratio(self) -> float:
+        return self.memory_used_mb / self.memory_total_mb if self.memory_total_mb else 1.0
+
+    def with_(self, **changes: Any) -> GpuState:
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat, msgpack-friendly form (the worker heartbeat payload)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GpuState:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    def to_api(self) -> dict[str, Any]:
+        """The nested shape of seed 001 section 6.3.3 (``GET /gpu/status``)."""
+        return {
+            "gpu_id": f"gpu_{self.id}",
+            "uuid": self.uuid,
+            "name": self.name,
+            "compute_capability": self.compute_capability,
+            "status": self.status,
+            "memory": {"total": self.memory_total_mb, "used": self.memory_used_mb, "free": self.memory_free_mb},
+            "utilization": {"gpu": self.utilization_gpu, "memory": self.utilization_memory},
+            "temperature": self.temperature_c,
+            "power": {"usage": self.power_usage_w, "limit": self.power_limit_w},
+            "performance_index": self.performance_index,
+            "error_rate": self.error_rate,
+            "active_requests": self.active_requests,
+            "queued_requests": self.queued_requests,
+            "uptime": int(self.uptime_s),
+            "health_status": self.health_status,
+            "simulated": self.simulated,
+            "worker": self.worker,
+        }
+
+
+def classify_health(
+    *, status: GpuStatus, temperature_c: float, error_rate: float, max_temperature: float = 85.0
+) -> HealthStatus:
+    """healthy / warning / critical from status, temperature and error rate."""
+    if status == "error" or temperature_c >= max_temperature or error_rate >= ERROR_RATE_CRITICAL:
+        return "critical"
+    if temperature_c >= max_temperature - TEMPERATURE_WARNING_MARGIN_C or error_rate >= ERROR_RATE_WARNING:
+        return "warning"
+    return "healthy"
+
+
+def health_score(state: GpuState) -> float:
+    """Seed 001 section 4.1 ``calculate_health_score``: 0 (bad) .. 1 (good)."""
+    temp = state.temperature_c
+    temp_score = 1.0 if temp < 50 else (1.0 - (temp - 50) / 50 if temp < 100 else 0.0)
+    power_score = 1.0 - state.power_usage_w / state.power_limit_w if state.power_limit_w > 0 else 0.5
+    error_score = 1.0 - state.error_rate
+    return 0.4 * temp_score + 0.3 * max(power_score, 0.0) + 0.3 * error_score

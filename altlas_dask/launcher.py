@@ -1,0 +1,152 @@
+"""Start a Dask cluster with one worker process per GPU (real or simulated)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask.config
+from distributed import Client, LocalCluster, SchedulerPlugin
+from distributed.deploy.spec import SpecCluster
+
+from altlas_dask.config import AltlasConfig, load_config
+from altlas_dask.gpus.errors import GpuUnavailableError
+from altlas_dask.gpus.nvml import NvmlInventory
+from altlas_dask.gpus.simulated import SimulatedInventory
+from altlas_dask.gpus.state import GpuState
+from altlas_dask.worker import GpuWorkerPlugin
+
+logger = logging.getLogger(__name__)
+
+
+def detect_gpus(config: AltlasConfig, simulate: int | None = None) -> tuple[list[GpuState], bool]:
+    """``(gpus, simulated)``: real GPUs through NVML, else the simulated pool (logged)."""
+    simulate = simulate if simulate is not None else config.cluster.simulate
+    det = config.gpu.detection
+    if simulate is None and det.enabled and config.gpu.enabled:
+        try:
+            inventory = NvmlInventory(min_compute_capability=det.min_compute_capability,
+                                      max_temperature=det.max_temperature)
+            return inventory.gpus(), False
+        except GpuUnavailableError as exc:
+            logger.warning("%s: falling back to the simulated GPU pool from cluster.yaml", exc)
+    pool = SimulatedInventory(config, count=simulate)
+    gpus = pool.gpus()
+    if not gpus:
+        raise GpuUnavailableError(
+            f"no simulated GPU meets gpu.detection.min_compute_capability={det.min_compute_capability}"
+        )
+    logger.info("using a simulated pool of %d GPUs", len(gpus))
+    return gpus, True
+
+
+@dataclass
+class GpuCluster:
+    """A running cluster and the GPUs it was started on."""
+
+    cluster: SpecCluster
+    gpus: list[GpuState]
+    simulated: bool
+    config: AltlasConfig
+    _clients: list[Client] = field(default_factory=list)
+
+    @property
+    def scheduler_address(self) -> str:
+        return self.cluster.scheduler_address
+
+    @property
+    def dashboard_link(self) -> str:
+        return self.cluster.dashboard_link
+
+    def client(self, **kwargs: Any) -> Client:
+        client = Client(self.cluster, **kwargs)
+        self._clients.append(client)
+        return client
+
+    def close(self) -> None:
+        for client in self._clients:
+            client.close()
+        self.cluster.close()
+
+    def __enter__(self) -> GpuCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _dask_settings(config: AltlasConfig) -> dict[str, Any]:
+    return {"distributed.scheduler.work-stealing": config.cluster.work_stealing}
+
+
+def start_cluster(
+    config: AltlasConfig | None = None,
+    *,
+    simulate: int | None = None,
+    scheduler_plugins: Sequence[SchedulerPlugin] = (),
+    scheduler_address: str | None = None,
+    dashboard_address: str | None = None,
+    timeout: float = 120,
+) -> GpuCluster:
+    """One Dask worker per GPU, each bound to its GPU and advertising ``GPU``/``gpu-mem-mb``.
+
+    Real GPUs start under ``dask_cuda.LocalCUDACluster``; otherwise a
+    ``distributed.LocalCluster`` with one worker process per virtual GPU.
+    ``scheduler_address``/``dashboard_address`` override the config (``":0"`` picks a free port).
+    """
+    config = config or load_config()
+    gpus, simulated = detect_gpus(config, simulate)
+    host, _, port = (scheduler_address or config.cluster.scheduler_address).rpartition(":")
+    common: dict[str, Any] = {
+        "host": host or "127.0.0.1",
+        "scheduler_port": int(port or 0),
+        "dashboard_address": dashboard_address or config.cluster.dashboard_address,
+        "threads_per_worker": config.routing().max_concurrent_tasks_per_gpu,
+        "scheduler_kwargs": {"plugins": list(scheduler_plugins)},
+    }
+    with dask.config.set(_dask_settings(config)):
+        if simulated:
+            cluster = _simulated_cluster(config, gpus, common)
+        else:
+            cluster = _cuda_cluster(config, gpus, common)
+        cluster.wait_for_workers(len(gpus), timeout=timeout)
+    logger.info("cluster up: scheduler %s, dashboard %s", cluster.scheduler_address, cluster.dashboard_link)
+    return GpuCluster(cluster=cluster, gpus=gpus, simulated=simulated, config=config)
+
+
+def _simulated_cluster(config: AltlasConfig, gpus: list[GpuState], common: dict[str, Any]) -> LocalCluster:
+    cluster = LocalCluster(n_workers=0, processes=True, **common)
+    try:
+        for gpu in gpus:
+            spec = copy.deepcopy(cluster.new_spec)
+            spec["options"].update(
+                name=f"gpu-{gpu.id}",
+                plugins={GpuWorkerPlugin(config, simulated_index=gpu.id, simulate_count=len(gpus))},
+            )
+            cluster.worker_spec[f"gpu-{gpu.id}"] = spec
+        cluster.sync(cluster._correct_state)
+    except BaseException:
+        cluster.close()
+        raise
+    return cluster
+
+
+def _cuda_cluster(config: AltlasConfig, gpus: list[GpuState], common: dict[str, Any]) -> SpecCluster:
+    """Only reached once NVML has seen a GPU, so importing dask-cuda is safe here."""
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError as exc:
+        raise GpuUnavailableError(
+            f"NVML sees {len(gpus)} GPU(s) but dask-cuda is not importable ({exc}); "
+            "install the GPU extra: pip install 'altlas-dask[gpu]'"
+        ) from exc
+    cluster = LocalCUDACluster(CUDA_VISIBLE_DEVICES=[g.id for g in gpus], n_workers=len(gpus), **common)
+    client = Client(cluster)
+    try:
+        client.register_plugin(GpuWorkerPlugin(config), name="altlas-gpu")
+    finally:
+        client.close()
+    return cluster

@@ -1,0 +1,123 @@
+"""Bind a Dask worker to its GPU, advertise it as resources and report it with heartbeats.
+
+Used three ways, all ending in :class:`GpuWorkerPlugin`:
+the launcher passes the plugin to each worker it starts; ``dask worker
+--preload altlas_dask.worker --altlas-gpu K`` (simulated GPU K) and
+``dask cuda worker --preload altlas_dask.worker`` (the real GPU dask-cuda
+gave the process) install it from the command line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import click
+from distributed import WorkerPlugin, get_worker
+
+from altlas_dask.config import AltlasConfig, load_config
+from altlas_dask.gpus.device import GpuDevice, NvmlGpu
+from altlas_dask.gpus.state import GpuState
+from altlas_dask.resources import gpu_resources
+
+logger = logging.getLogger(__name__)
+
+PLUGIN_NAME = "altlas-gpu"
+METRIC_NAME = "altlas_gpu"
+
+
+class GpuWorkerPlugin(WorkerPlugin):
+    """Owns the worker's device: ``simulated_index`` for a virtual GPU, ``None`` for the real one."""
+
+    name = PLUGIN_NAME
+
+    def __init__(self, config: AltlasConfig, simulated_index: int | None = None, simulate_count: int | None = None):
+        self.config = config
+        self.simulated_index = simulated_index
+        self.simulate_count = simulate_count
+        self.device: GpuDevice | None = None
+
+    def _make_device(self) -> GpuDevice:
+        if self.simulated_index is not None:
+            from altlas_dask.gpus.simulated import SimulatedInventory
+
+            pool = SimulatedInventory(self.config, count=self.simulate_count)
+            if not 0 <= self.simulated_index < len(pool.specs):
+                raise ValueError(
+                    f"virtual GPU {self.simulated_index} does not exist: the simulated pool has "
+                    f"{len(pool.specs)} GPUs (0..{len(pool.specs) - 1})"
+                )
+            return pool.devices[self.simulated_index]
+        return _real_device(self.config)
+
+    async def setup(self, worker) -> None:
+        self.device = device = self._make_device()
+        state = device.state()
+        resources = gpu_resources(state.memory_total_mb)
+        worker.state.total_resources.update(resources)
+        worker.state.available_resources.update(resources)
+        worker.metrics[METRIC_NAME] = self.metric
+        logger.info("worker %s bound to GPU %d (%s, %s)", worker.name, state.id, state.name, state.uuid)
+        if worker.status.name == "running":  # installed after registration: tell the scheduler
+            await worker.set_resources(**resources)
+
+    def metric(self, worker) -> dict[str, Any]:
+        """The heartbeat payload: this GPU's state, or an ``error`` state if the device faulted."""
+        return self.current_state(worker).to_dict()
+
+    def current_state(self, worker=None) -> GpuState:
+        assert self.device is not None
+        address = worker.address if worker is not None else None
+        try:
+            return self.device.state().with_(worker=address)
+        except Exception as exc:  # NVMLError_GpuIsLost and friends: show it as NVML would
+            logger.warning("GPU %d unreadable: %s", self.device.index, exc)
+            return lost_state(self.device, address, str(exc))
+
+
+def lost_state(device: GpuDevice, worker: str | None, reason: str) -> GpuState:
+    """The state to report for a GPU whose NVML queries fail."""
+    return GpuState(
+        id=device.index, uuid=device.uuid, name=f"unreachable: {reason}", compute_capability="0.0",
+        status="error", memory_total_mb=0, memory_used_mb=0, utilization_gpu=0.0, utilization_memory=0.0,
+        temperature_c=0.0, power_usage_w=0.0, power_limit_w=0.0, error_rate=1.0, health_status="critical",
+        simulated=device.torch_device == "cpu", worker=worker,
+    )
+
+
+def _real_device(config: AltlasConfig) -> NvmlGpu:
+    """The GPU that CUDA_VISIBLE_DEVICES (set by dask-cuda) puts first for this process."""
+    import pynvml
+    from distributed.diagnostics import nvml as dask_nvml
+
+    from altlas_dask.gpus.nvml import NvmlInventory
+
+    det = config.gpu.detection
+    inventory = NvmlInventory(min_compute_capability=det.min_compute_capability, max_temperature=det.max_temperature)
+    index = pynvml.nvmlDeviceGetIndex(dask_nvml._pynvml_handles())
+    return NvmlGpu(index, inventory)
+
+
+def current_device() -> GpuDevice:
+    """The GPU of the worker running the calling task."""
+    try:
+        worker = get_worker()
+    except ValueError:
+        raise RuntimeError("not running inside a Dask worker: GPU work must be submitted to the cluster") from None
+    plugin = worker.plugins.get(PLUGIN_NAME)
+    if plugin is None or plugin.device is None:
+        raise RuntimeError(f"worker {worker.address} has no GPU bound (start it with the altlas_dask.worker plugin)")
+    return plugin.device
+
+
+@click.command()
+@click.option("--altlas-gpu", type=int, default=None, help="Virtual GPU index to simulate (default: the real GPU).")
+@click.option("--altlas-config", type=click.Path(), default=None, help="cluster.yaml to read (default $ALTLAS_CONFIG).")
+@click.option("--altlas-simulate", type=int, default=None, help="Size of the simulated pool (--simulate N).")
+async def dask_setup(worker, altlas_gpu: int | None, altlas_config: str | None, altlas_simulate: int | None) -> None:
+    """``dask worker --preload altlas_dask.worker [--altlas-gpu K]``."""
+    if altlas_gpu is None and os.environ.get("ALTLAS_GPU_INDEX"):
+        altlas_gpu = int(os.environ["ALTLAS_GPU_INDEX"])
+    plugin = GpuWorkerPlugin(load_config(altlas_config), simulated_index=altlas_gpu, simulate_count=altlas_simulate)
+    await worker.plugin_add(plugin=plugin, name=PLUGIN_NAME, catch_errors=False)
