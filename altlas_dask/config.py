@@ -179,9 +179,7 @@ class AltlasConfig(_Strict):
                 g.multi_gpu.max_concurrent_tasks_per_gpu if multi else g.workload.max_concurrent_tasks_per_gpu
             ),
             memory_threshold=g.multi_gpu.memory_threshold if multi else g.detection.memory_threshold,
-            utilization_threshold=(
-                g.multi_gpu.utilization_threshold if multi else g.detection.utilization_threshold
-            ),
+            utilization_threshold=(g.multi_gpu.utilization_threshold if multi else g.detection.utilization_threshold),
             max_temperature=g.detection.max_temperature,
             min_compute_capability=g.detection.min_compute_capability,
             batch_split=g.multi_gpu.batch_split and multi,

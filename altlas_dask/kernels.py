@@ -21,8 +21,12 @@ def run_on_gpu(work_gflop: float, memory_mb: int = 0) -> dict[str, Any]:
     start = time.perf_counter()
     with device.reserve(memory_mb):
         device_seconds = device.run(work_gflop)
-    return {"gpu": device.index, "uuid": device.uuid, "device_seconds": device_seconds,
-            "seconds": time.perf_counter() - start}
+    return {
+        "gpu": device.index,
+        "uuid": device.uuid,
+        "device_seconds": device_seconds,
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def torch_matmul(size: int = 256, repeats: int = 4, seed: int = 0) -> dict[str, Any]:

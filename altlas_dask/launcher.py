@@ -28,8 +28,9 @@ def detect_gpus(config: AltlasConfig, simulate: int | None = None) -> tuple[list
     det = config.gpu.detection
     if simulate is None and det.enabled and config.gpu.enabled:
         try:
-            inventory = NvmlInventory(min_compute_capability=det.min_compute_capability,
-                                      max_temperature=det.max_temperature)
+            inventory = NvmlInventory(
+                min_compute_capability=det.min_compute_capability, max_temperature=det.max_temperature
+            )
             return inventory.gpus(), False
         except GpuUnavailableError as exc:
             logger.warning("%s: falling back to the simulated GPU pool from cluster.yaml", exc)
@@ -108,10 +109,8 @@ def start_cluster(
         "scheduler_kwargs": {"plugins": list(scheduler_plugins)},
     }
     with dask.config.set(_dask_settings(config)):
-        if simulated:
-            cluster = _simulated_cluster(config, gpus, common)
-        else:
-            cluster = _cuda_cluster(config, gpus, common)
+        make = _simulated_cluster if simulated else _cuda_cluster
+        cluster = make(config, gpus, common)
         cluster.wait_for_workers(len(gpus), timeout=timeout)
     logger.info("cluster up: scheduler %s, dashboard %s", cluster.scheduler_address, cluster.dashboard_link)
     return GpuCluster(cluster=cluster, gpus=gpus, simulated=simulated, config=config)

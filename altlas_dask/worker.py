@@ -79,10 +79,22 @@ class GpuWorkerPlugin(WorkerPlugin):
 def lost_state(device: GpuDevice, worker: str | None, reason: str) -> GpuState:
     """The state to report for a GPU whose NVML queries fail."""
     return GpuState(
-        id=device.index, uuid=device.uuid, name=f"unreachable: {reason}", compute_capability="0.0",
-        status="error", memory_total_mb=0, memory_used_mb=0, utilization_gpu=0.0, utilization_memory=0.0,
-        temperature_c=0.0, power_usage_w=0.0, power_limit_w=0.0, error_rate=1.0, health_status="critical",
-        simulated=device.torch_device == "cpu", worker=worker,
+        id=device.index,
+        uuid=device.uuid,
+        name=f"unreachable: {reason}",
+        compute_capability="0.0",
+        status="error",
+        memory_total_mb=0,
+        memory_used_mb=0,
+        utilization_gpu=0.0,
+        utilization_memory=0.0,
+        temperature_c=0.0,
+        power_usage_w=0.0,
+        power_limit_w=0.0,
+        error_rate=1.0,
+        health_status="critical",
+        simulated=device.torch_device == "cpu",
+        worker=worker,
     )
 
 

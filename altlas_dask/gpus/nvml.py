@@ -47,8 +47,7 @@ class NvmlInventory:
         keep = [i for i in range(self.count) if meets_compute_capability(self._cc(i), self.min_compute_capability)]
         if not keep:
             raise GpuUnavailableError(
-                f"no GPU has compute capability >= {self.min_compute_capability} "
-                "(gpu.detection.min_compute_capability)"
+                f"no GPU has compute capability >= {self.min_compute_capability} (gpu.detection.min_compute_capability)"
             )
         return keep
 

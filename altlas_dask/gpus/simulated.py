@@ -218,7 +218,9 @@ class SimulatedGpu:
             queued_requests=waiting,
             uptime_s=round(self.uptime(), 1),
             health_status=classify_health(
-                status="active", temperature_c=temperature, error_rate=error_rate,
+                status="active",
+                temperature_c=temperature,
+                error_rate=error_rate,
                 max_temperature=self.max_temperature,
             ),
             simulated=True,
@@ -239,8 +241,11 @@ class SimulatedInventory:
     def device(self, index: int) -> SimulatedGpu:
         sim = self.config.simulation
         return SimulatedGpu(
-            index, self.specs[index], seed=sim.seed,
-            max_temperature=self.config.gpu.detection.max_temperature, faults=sim.faults,
+            index,
+            self.specs[index],
+            seed=sim.seed,
+            max_temperature=self.config.gpu.detection.max_temperature,
+            faults=sim.faults,
         )
 
     def gpus(self) -> list[GpuState]:

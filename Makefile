@@ -1,0 +1,33 @@
+# make run: set up .venv and start the simulated (or real) GPU cluster with its dashboard.
+# make test: set up .venv from scratch and run lint + the whole test suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch that lies on these machines; on a GPU server use e.g. TORCH_SPEC=torch
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: venv run test lint bench clean
+
+venv:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+
+run: venv
+	$(BIN)/altlas-dask -v up
+
+lint: venv
+	$(BIN)/ruff check altlas_dask scheduler_plugins tests bench app
+
+test: venv lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: venv
+	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/scaling.py
+	$(BIN)/python bench/strategies.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache dask-scratch-space *.egg-info

@@ -1,0 +1,158 @@
+"""``altlas-dask``: start the cluster, list GPUs (more commands join as they land)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from altlas_dask.config import AltlasConfig, ConfigError, load_config
+from altlas_dask.gpus.errors import GpuUnavailableError
+from altlas_dask.gpus.state import GpuState
+
+console = Console(width=shutil.get_terminal_size((160, 24)).columns)
+HEALTH_STYLE = {"healthy": "green", "warning": "yellow", "critical": "red"}
+
+
+def gpu_table(gpus: Sequence[GpuState], title: str) -> Table:
+    table = Table(title=title)
+    for column in (
+        "GPU",
+        "Name",
+        "CC",
+        "Memory used / total (MB)",
+        "Util %",
+        "Temp °C",
+        "Power W",
+        "Health",
+        "Status",
+        "Worker",
+    ):
+        table.add_column(column)
+    for g in gpus:
+        style = HEALTH_STYLE.get(g.health_status, "")
+        table.add_row(
+            str(g.id),
+            g.name,
+            g.compute_capability,
+            f"{g.memory_used_mb} / {g.memory_total_mb}",
+            f"{g.utilization_gpu:.0f}",
+            f"{g.temperature_c:.0f}",
+            f"{g.power_usage_w:.0f} / {g.power_limit_w:.0f}",
+            f"[{style}]{g.health_status}[/{style}]",
+            g.status,
+            g.worker or "-",
+        )
+    return table
+
+
+class _Context:
+    def __init__(self, config_path: str | None, overrides: tuple[str, ...]) -> None:
+        self.config_path, self.overrides = config_path, overrides
+
+    def config(self) -> AltlasConfig:
+        return load_config(self.config_path, overrides=self.overrides)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="cluster.yaml to use (default: $ALTLAS_CONFIG, else the project's).",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config key, e.g. --set gpu.multi_gpu.default_strategy=hybrid (repeatable).",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, overrides: tuple[str, ...], verbose: bool) -> None:
+    """GPU-aware scheduling for AI inference and batch jobs, built on Dask."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    ctx.obj = _Context(config_path, overrides)
+
+
+@cli.command()
+@click.option("--simulate", type=click.IntRange(1, 256), default=None, help="Force N virtual GPUs.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (seed 001 section 6.3.3 shape).")
+@click.option("--scheduler", default=None, help="Read live state from a running cluster at this address.")
+@click.pass_obj
+def gpus(ctx: _Context, simulate: int | None, as_json: bool, scheduler: str | None) -> None:
+    """Print the GPU table."""
+    if scheduler:
+        from distributed import Client
+
+        from altlas_dask.live import live_gpus
+
+        with Client(scheduler, timeout=10) as client:
+            states, title = live_gpus(client), f"GPUs of {scheduler}"
+    else:
+        from altlas_dask.launcher import detect_gpus
+
+        states, simulated = detect_gpus(ctx.config(), simulate)
+        title = "Simulated GPUs" if simulated else "GPUs (NVML)"
+    if as_json:
+        click.echo(json.dumps({"gpus": [s.to_api() for s in states]}, indent=2))
+    else:
+        console.print(gpu_table(states, title))
+
+
+@cli.command()
+@click.option("--simulate", type=click.IntRange(1, 256), default=None, help="Force N virtual GPUs.")
+@click.option("--scheduler-address", default=None, help="host:port for the scheduler (default from config).")
+@click.option("--dashboard-address", default=None, help="host:port for the dashboard (default from config).")
+@click.pass_obj
+def up(ctx: _Context, simulate: int | None, scheduler_address: str | None, dashboard_address: str | None) -> None:
+    """Start the cluster (one worker per GPU) and keep it up until Ctrl-C."""
+    from altlas_dask.launcher import start_cluster
+
+    config = ctx.config()
+    cluster = start_cluster(
+        config, simulate=simulate, scheduler_address=scheduler_address, dashboard_address=dashboard_address
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        console.print(gpu_table(cluster.gpus, "Simulated GPUs" if cluster.simulated else "GPUs (NVML)"))
+        click.echo(f"Scheduler: {cluster.scheduler_address}")
+        click.echo(f"Dashboard: {cluster.dashboard_link}")
+        click.echo("Press Ctrl-C to stop.", err=True)
+        sys.stdout.flush()
+        stop.wait()
+    finally:
+        click.echo("Stopping cluster...", err=True)
+        cluster.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point: configuration and GPU errors print one clear line, exit 2."""
+    try:
+        cli.main(args=argv, prog_name="altlas-dask", standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (ConfigError, GpuUnavailableError, ValueError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
