@@ -254,6 +254,8 @@ def _describe(error: ValidationError) -> str:
         value = item.get("input")
         if item["type"] == "extra_forbidden":
             lines.append(f"unknown key {key!r} (value {value!r})")
+        elif not item["loc"]:  # a cross-key check: its message names the keys; the input is the whole config
+            lines.append(item["msg"].removeprefix("Value error, "))
         else:
             msg = item["msg"].removeprefix("Value error, ")
             lines.append(f"{key}: {msg} (got {value!r})")

@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dask.config
-from distributed import Client, LocalCluster, SchedulerPlugin
+from distributed import Client as DaskClient
+from distributed import LocalCluster, SchedulerPlugin
 from distributed.deploy.spec import SpecCluster
 
+from altlas_dask.client import Client
 from altlas_dask.config import AltlasConfig, load_config
 from altlas_dask.gpus.errors import GpuUnavailableError
 from altlas_dask.gpus.nvml import NvmlInventory
@@ -87,6 +89,7 @@ def start_cluster(
     config: AltlasConfig | None = None,
     *,
     simulate: int | None = None,
+    router: bool = True,
     scheduler_plugins: Sequence[SchedulerPlugin] = (),
     scheduler_address: str | None = None,
     dashboard_address: str | None = None,
@@ -97,8 +100,14 @@ def start_cluster(
     Real GPUs start under ``dask_cuda.LocalCUDACluster``; otherwise a
     ``distributed.LocalCluster`` with one worker process per virtual GPU.
     ``scheduler_address``/``dashboard_address`` override the config (``":0"`` picks a free port).
+    ``router=False`` starts the cluster without the GPU router (plain Dask placement).
     """
     config = config or load_config()
+    plugins = list(scheduler_plugins)
+    if router:
+        from scheduler_plugins.gpu_router import GpuRouter
+
+        plugins.insert(0, GpuRouter(config))
     gpus, simulated = detect_gpus(config, simulate)
     host, _, port = (scheduler_address or config.cluster.scheduler_address).rpartition(":")
     common: dict[str, Any] = {
@@ -106,7 +115,7 @@ def start_cluster(
         "scheduler_port": int(port or 0),
         "dashboard_address": dashboard_address or config.cluster.dashboard_address,
         "threads_per_worker": config.routing().max_concurrent_tasks_per_gpu,
-        "scheduler_kwargs": {"plugins": list(scheduler_plugins)},
+        "scheduler_kwargs": {"plugins": plugins},
     }
     with dask.config.set(_dask_settings(config)):
         make = _simulated_cluster if simulated else _cuda_cluster
@@ -143,7 +152,7 @@ def _cuda_cluster(config: AltlasConfig, gpus: list[GpuState], common: dict[str, 
             "install the GPU extra: pip install 'altlas-dask[gpu]'"
         ) from exc
     cluster = LocalCUDACluster(CUDA_VISIBLE_DEVICES=[g.id for g in gpus], n_workers=len(gpus), **common)
-    client = Client(cluster)
+    client = DaskClient(cluster)
     try:
         client.register_plugin(GpuWorkerPlugin(config), name="altlas-gpu")
     finally:

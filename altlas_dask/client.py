@@ -1,0 +1,155 @@
+"""``altlas_dask.Client``: a ``distributed.Client`` that speaks ``gpu_options``."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+import distributed
+from distributed import Future
+
+from altlas_dask.gpus.state import GpuState
+from altlas_dask.options import ANNOTATION, GpuOptions, GpuOptionsError
+
+CHUNKS_PER_GPU = 4  # batch split: several chunks per GPU so faster GPUs take more of the batch
+
+
+def run_chunk(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+    """One batch chunk, run on one GPU worker."""
+    return [fn(item) for item in items]
+
+
+@dataclass
+class Batch:
+    """A batch split into chunk futures; :meth:`result` gives the results in input order."""
+
+    futures: list[Future]
+    sizes: list[int]
+
+    def result(self, timeout: float | None = None) -> list[Any]:
+        client = self.futures[0].client if self.futures else None
+        chunks = client.gather(self.futures) if client else []
+        return [item for chunk in chunks for item in chunk]
+
+    def __len__(self) -> int:
+        return sum(self.sizes)
+
+
+class RouterError(RuntimeError):
+    """The router refused an admin request (e.g. unknown GPU)."""
+
+
+class Client(distributed.Client):
+    """``distributed.Client`` plus GPU routing.
+
+    ``submit``/``map`` accept ``gpu_options`` (strategy, specific_gpu_id, task_type,
+    memory_mb, priority 1-5, user, timeout, retries), validated here so a bad
+    value raises :class:`GpuOptionsError` before anything is sent.
+    ``gpu_defaults`` apply to every call (e.g. ``{"user": "ana"}``).
+    """
+
+    def __init__(self, *args: Any, gpu_defaults: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        self.gpu_defaults = GpuOptions.parse(gpu_defaults).wire()
+        super().__init__(*args, **kwargs)
+
+    # -- submission ----------------------------------------------------------------------
+    def gpu_options(self, gpu_options: Mapping[str, Any] | GpuOptions | None) -> GpuOptions:
+        if isinstance(gpu_options, GpuOptions):
+            gpu_options = gpu_options.wire()
+        if gpu_options is not None and not isinstance(gpu_options, Mapping):
+            raise GpuOptionsError(f"gpu_options must be a dict, got {type(gpu_options).__name__}")
+        return GpuOptions.parse({**self.gpu_defaults, **(gpu_options or {})})
+
+    def _routed(self, method: Callable[..., Any], gpu_options: Any, kwargs: dict[str, Any]) -> Any:
+        if kwargs.get("workers") is not None:
+            raise GpuOptionsError("pass specific_gpu_id in gpu_options instead of workers=: the router places GPU tasks")
+        options = self.gpu_options(gpu_options)
+        kwargs.setdefault("priority", options.priority)
+        with dask.annotate(**{ANNOTATION: options.wire()}):
+            return method(**kwargs)
+
+    def submit(self, func, *args, gpu_options=None, **kwargs) -> Future:  # type: ignore[override]
+        return self._routed(lambda **kw: super(Client, self).submit(func, *args, **kw), gpu_options, kwargs)
+
+    def map(self, func, *iterables, gpu_options=None, **kwargs) -> list[Future]:  # type: ignore[override]
+        return self._routed(lambda **kw: super(Client, self).map(func, *iterables, **kw), gpu_options, kwargs)
+
+    def submit_batch(
+        self,
+        items: Iterable[Any],
+        fn: Callable[[Any], Any],
+        *,
+        batch_split: bool | None = None,
+        min_batch_size_per_gpu: int | None = None,
+        gpu_options: Mapping[str, Any] | None = None,
+    ) -> Batch:
+        """Run ``fn`` over ``items`` split across GPUs; ``Batch.result()`` keeps input order.
+
+        With ``batch_split`` the batch is cut into about ``CHUNKS_PER_GPU`` chunks per
+        healthy GPU, never smaller than ``min_batch_size_per_gpu``; without it the
+        whole batch is one task on one GPU. Defaults come from ``gpu.multi_gpu``.
+        """
+        items = list(items)
+        options = self.gpu_options(gpu_options)
+        policy = self._policy()
+        split = policy["batch_split"] if batch_split is None else batch_split
+        split = split if options.batch_split is None else options.batch_split
+        minimum = min_batch_size_per_gpu or policy["min_batch_size_per_gpu"]
+        if minimum < 1:
+            raise GpuOptionsError(f"min_batch_size_per_gpu must be >= 1 (got {minimum})")
+        if not items:
+            return Batch([], [])
+        if split:
+            healthy = max(1, sum(1 for g in self.gpus() if g.status == "active"))
+            size = max(minimum, math.ceil(len(items) / (healthy * CHUNKS_PER_GPU)))
+        else:
+            size = len(items)
+        chunks = [items[i : i + size] for i in range(0, len(items), size)]
+        futures = [self.submit(run_chunk, fn, chunk, gpu_options=options, pure=False) for chunk in chunks]
+        return Batch(futures, [len(c) for c in chunks])
+
+    # -- the router ----------------------------------------------------------------------
+    def _call(self, handler: str, **kwargs: Any) -> Any:
+        async def call():
+            return await getattr(self.scheduler, handler)(**kwargs)
+
+        result = self.sync(call)
+        if isinstance(result, dict) and "error" in result:
+            raise RouterError(result["error"])
+        return result
+
+    def _policy(self) -> dict[str, Any]:
+        return self._call("altlas_policy")
+
+    def gpus(self) -> list[GpuState]:
+        """Live state of every GPU as the router sees it (heartbeat + in-flight work + drain)."""
+        return [GpuState.from_dict(g) for g in self._call("altlas_gpus")["gpus"]]
+
+    def explain(self, future: Future | str, wait: float = 5.0) -> dict[str, Any]:
+        """The routing decision for a task: GPU, strategy, reason, per-GPU scores/rejections, attempts."""
+        key = future.key if isinstance(future, Future) else future
+        deadline = time.monotonic() + wait
+        while True:
+            found = self._call("altlas_explain", keys=[key])
+            if found or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        if not found:
+            raise KeyError(f"the router has no record of task {key!r} (not a GPU task?)")
+        return next(iter(found.values()))
+
+    def drain_gpu(self, gpu: int, reason: str = "") -> dict[str, Any]:
+        """No new work on ``gpu``; running work finishes."""
+        return self._call("altlas_drain", gpu=int(gpu), reason=reason)
+
+    def enable_gpu(self, gpu: int) -> dict[str, Any]:
+        """Undo :meth:`drain_gpu`."""
+        return self._call("altlas_enable", gpu=int(gpu))
+
+    def router_status(self) -> dict[str, Any]:
+        """Counters (placed, held, retried, failed, timed out) and the last routing decisions."""
+        return self._call("altlas_status")

@@ -1,0 +1,95 @@
+"""``gpu_options``: validated per-task routing options and their wire format (an annotation)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from altlas_dask.config import STRATEGIES, parse_compute_capability, parse_gpu_ref
+from altlas_dask.strategies import TaskRequest
+
+#: The annotation key that carries gpu_options: ``dask.annotate(gpu_options={...})``.
+ANNOTATION = "gpu_options"
+MAX_MEMORY_MB = 16 * 1024 * 1024  # 16 TB: anything above is a unit mistake
+
+
+class GpuOptionsError(ValueError):
+    """A gpu_options value is invalid; the message names the field and the value."""
+
+
+class GpuOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    strategy: str | None = None
+    specific_gpu_id: int | None = Field(None, ge=0)
+    task_type: str = Field("inference", min_length=1, max_length=128)
+    memory_mb: int = Field(0, ge=0, le=MAX_MEMORY_MB)
+    priority: int = Field(3, ge=1, le=5)
+    user: str = Field("anonymous", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.@-]+$")
+    timeout: float | None = Field(None, gt=0, le=7 * 24 * 3600)
+    retries: int | None = Field(None, ge=0, le=100)
+    min_compute_capability: float | None = Field(None, ge=0, le=20)
+    batch_split: bool | None = None
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str | None) -> str | None:
+        if value is not None and value not in STRATEGIES:
+            raise ValueError(f"unknown strategy {value!r}; choose one of {', '.join(STRATEGIES)}")
+        return value
+
+    @field_validator("specific_gpu_id", mode="before")
+    @classmethod
+    def _gpu_ref(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return parse_gpu_ref(value, where="specific_gpu_id")
+        if isinstance(value, bool):
+            raise ValueError("must be a GPU id like 0 or 'gpu_0', not a boolean")
+        return value
+
+    @field_validator("min_compute_capability", mode="before")
+    @classmethod
+    def _cc(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            major, minor = parse_compute_capability(value)
+            return major + minor / 10
+        return value
+
+    @classmethod
+    def parse(cls, value: GpuOptions | Mapping[str, Any] | None) -> GpuOptions:
+        """Validate user input; raise :class:`GpuOptionsError` naming each bad field."""
+        if value is None:
+            return cls()
+        if isinstance(value, GpuOptions):
+            return value
+        if not isinstance(value, Mapping):
+            raise GpuOptionsError(f"gpu_options must be a dict, got {type(value).__name__}")
+        try:
+            return cls.model_validate(dict(value), strict=False)
+        except ValidationError as exc:
+            raise GpuOptionsError(describe(exc, "gpu_options")) from None
+
+    def wire(self) -> dict[str, Any]:
+        """The annotation payload: only the fields that were set."""
+        return self.model_dump(exclude_defaults=True)
+
+    def request(self, key: str = "", exclude: frozenset[int] = frozenset()) -> TaskRequest:
+        return TaskRequest(
+            key=key, user=self.user, priority=self.priority, task_type=self.task_type, memory_mb=self.memory_mb,
+            strategy=self.strategy, gpu=self.specific_gpu_id, min_compute_capability=self.min_compute_capability,
+            exclude=exclude,
+        )
+
+
+def describe(error: ValidationError, prefix: str) -> str:
+    """One line per bad field: ``gpu_options.priority: must be <= 5 (got 9)``."""
+    parts = []
+    for item in error.errors():
+        field_name = ".".join(str(p) for p in (prefix, *item["loc"]))
+        if item["type"] == "extra_forbidden":
+            parts.append(f"{field_name}: unknown option")
+        else:
+            parts.append(f"{field_name}: {item['msg'].removeprefix('Value error, ')} (got {item.get('input')!r})")
+    return "invalid " + "; ".join(parts)

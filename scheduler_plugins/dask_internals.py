@@ -1,0 +1,102 @@
+"""Every use of distributed's internal scheduler API in one place.
+
+Dask has no supported hook to hold a task and place it later
+(dask/distributed#7900), so the router restricts held tasks to a placeholder
+address (they go to ``no-worker``), then restricts them to the chosen worker
+and transitions them to ``processing``. If a Dask upgrade changes these
+internals, this module and its tests are what break.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from distributed.protocol import pickle
+from distributed.scheduler import Scheduler, TaskState
+
+from altlas_dask.resources import GPU_MEMORY_RESOURCE
+
+#: A worker address that never exists: tasks restricted to it wait in ``no-worker``.
+HELD = "altlas://held"
+
+
+def hold(ts: TaskState) -> None:
+    """Keep the task on the scheduler until :func:`place` releases it."""
+    ts.worker_restrictions = {HELD}
+    ts.loose_restrictions = False
+
+
+def pin(ts: TaskState, address: str, memory_mb: int) -> None:
+    """Restrict the task to exactly one worker; its memory estimate becomes a Dask resource."""
+    ts.worker_restrictions = {address}
+    ts.loose_restrictions = False
+    resources = dict(ts.resource_restrictions or {})
+    if memory_mb > 0:
+        resources[GPU_MEMORY_RESOURCE] = float(memory_mb)
+    ts.resource_restrictions = resources or None
+
+
+def is_held(ts: TaskState) -> bool:
+    return ts.state == "no-worker"
+
+
+def place(scheduler: Scheduler, placements: Iterable[tuple[TaskState, str, int]], stimulus_id: str) -> None:
+    """Pin held tasks to their workers and start them, in one batch of transitions."""
+    recommendations = {}
+    for ts, address, memory_mb in placements:
+        pin(ts, address, memory_mb)
+        recommendations[ts.key] = "processing"
+    if recommendations:
+        scheduler.transitions(recommendations, stimulus_id)
+
+
+def fail(scheduler: Scheduler, ts: TaskState, error: BaseException, stimulus_id: str) -> None:
+    """Make a held or running task err with ``error`` (the client's future raises it)."""
+    blob = pickle.dumps(error)
+    kwargs: dict[str, Any] = {"exception": blob, "cause": ts.key, "exception_text": repr(error)}
+    if ts.state == "processing":
+        worker = ts.processing_on.address if ts.processing_on else None
+        recommendations = scheduler.transition(ts.key, "erred", stimulus_id, worker=worker, **kwargs)
+        if worker in scheduler.workers:  # stop it there; the worker drops its result
+            scheduler.worker_send(worker, {"op": "free-keys", "keys": [ts.key], "stimulus_id": stimulus_id})
+    elif ts.state == "no-worker":
+        recommendations = scheduler.transition(ts.key, "erred", stimulus_id, **kwargs)
+    else:
+        return
+    scheduler.transitions(recommendations, stimulus_id)
+
+
+def release_from(scheduler: Scheduler, keys: Iterable[str], stimulus_id: str) -> None:
+    """Take processing tasks back from their worker so they are placed again (GPU unhealthy)."""
+    recommendations = {}
+    for key in keys:
+        ts = scheduler.tasks.get(key)
+        if ts is not None and ts.state == "processing":
+            hold(ts)
+            recommendations[key] = "released"
+    if recommendations:
+        scheduler.transitions(recommendations, stimulus_id)
+
+
+def intercept_task_erred(scheduler: Scheduler, before: Callable[[TaskState, dict[str, Any]], None]) -> None:
+    """Call ``before(ts, msg)`` when a worker reports a task error, before Dask decides on retries.
+
+    ``before`` may set ``ts.retries`` (retry or not) and the task's restrictions.
+    """
+    original = scheduler.stream_handlers["task-erred"]
+
+    def handle_task_erred(key: str, stimulus_id: str, **msg: Any) -> None:
+        ts = scheduler.tasks.get(key)
+        if ts is not None and ts.state == "processing":
+            before(ts, msg)
+        original(key=key, stimulus_id=stimulus_id, **msg)
+
+    handle_task_erred.__wrapped__ = original  # type: ignore[attr-defined]
+    scheduler.stream_handlers["task-erred"] = handle_task_erred
+
+
+def set_priority(ts: TaskState, priority: int) -> None:
+    """Make the 1-5 priority Dask's own (lower tuple runs first), keeping Dask's tie-breakers."""
+    rest = tuple(ts.priority[1:]) if ts.priority else ()
+    ts.priority = (-priority, *rest)
