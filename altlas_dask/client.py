@@ -66,7 +66,7 @@ class Client(distributed.Client):
 
     def _routed(self, method: Callable[..., Any], gpu_options: Any, kwargs: dict[str, Any]) -> Any:
         if kwargs.get("workers") is not None:
-            raise GpuOptionsError("pass specific_gpu_id in gpu_options instead of workers=: the router places GPU tasks")
+            raise GpuOptionsError("use gpu_options={'specific_gpu_id': N}, not workers=: the router places GPU tasks")
         options = self.gpu_options(gpu_options)
         kwargs.setdefault("priority", options.priority)
         with dask.annotate(**{ANNOTATION: options.wire()}):
