@@ -72,7 +72,10 @@ class GpuSlot:
             base = self.base
             status = "maintenance" if self.draining and base.status == "active" else base.status
             self._view = base.with_(
-                id=self.gpu_id, worker=self.worker, status=status, active_requests=len(self.assigned),
+                id=self.gpu_id,
+                worker=self.worker,
+                status=status,
+                active_requests=len(self.assigned),
                 memory_used_mb=max(base.memory_used_mb, sum(self.assigned.values())),
             )
         return self._view
@@ -104,9 +107,17 @@ class Tracked:
     def explain(self) -> dict[str, Any]:
         r = self.request
         out: dict[str, Any] = {
-            "key": self.key, "status": self.status, "user": r.user, "priority": r.priority,
-            "task_type": r.task_type, "memory_mb": r.memory_mb, "gpu": self.gpu, "attempts": list(self.attempts),
-            "submitted": self.submitted, "placed_at": self.placed_at, "error": self.invalid,
+            "key": self.key,
+            "status": self.status,
+            "user": r.user,
+            "priority": r.priority,
+            "task_type": r.task_type,
+            "memory_mb": r.memory_mb,
+            "gpu": self.gpu,
+            "attempts": list(self.attempts),
+            "submitted": self.submitted,
+            "placed_at": self.placed_at,
+            "error": self.invalid,
         }
         if self.decision is not None:
             out.update(self.decision.to_dict())
@@ -125,6 +136,7 @@ class GpuRouter(SchedulerPlugin):
         self.scheduler: Scheduler | None = None
         self.slots: dict[int, GpuSlot] = {}
         self.by_worker: dict[str, int] = {}
+        self.seen_gpus: set[int] = set()
         self.tracked: dict[str, Tracked] = {}
         self.finished: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_DECISIONS)
@@ -148,11 +160,16 @@ class GpuRouter(SchedulerPlugin):
         if self.scheduler is scheduler:
             return
         self.scheduler = scheduler
-        scheduler.handlers.update({
-            "altlas_gpus": self.rpc_gpus, "altlas_explain": self.rpc_explain, "altlas_drain": self.rpc_drain,
-            "altlas_enable": self.rpc_enable, "altlas_status": self.rpc_status,
-            "altlas_policy": self.rpc_policy,
-        })
+        scheduler.handlers.update(
+            {
+                "altlas_gpus": self.rpc_gpus,
+                "altlas_explain": self.rpc_explain,
+                "altlas_drain": self.rpc_drain,
+                "altlas_enable": self.rpc_enable,
+                "altlas_status": self.rpc_status,
+                "altlas_policy": self.rpc_policy,
+            }
+        )
         dx.intercept_task_erred(scheduler, self._before_task_erred)
         for address in scheduler.workers:
             self.add_worker(scheduler, address)
@@ -186,6 +203,7 @@ class GpuRouter(SchedulerPlugin):
             gpu_id = max(self.slots) + 1
             logger.info("GPU %d of %s already taken; registered as GPU %d", state.id, worker, gpu_id)
         self.slots[gpu_id] = GpuSlot(gpu_id, worker, state)
+        self.seen_gpus.add(gpu_id)
         self.by_worker[worker] = gpu_id
         self._snapshot = None
         self._schedule_dispatch()
@@ -215,8 +233,9 @@ class GpuRouter(SchedulerPlugin):
             slot.changed()
             changed = True
             if was_ok and slot.base.status == "error" and slot.assigned:
-                logger.warning("GPU %d failed (%s): re-placing its %d task(s)", slot.gpu_id, slot.base.name,
-                               len(slot.assigned))
+                logger.warning(
+                    "GPU %d failed (%s): re-placing its %d task(s)", slot.gpu_id, slot.base.name, len(slot.assigned)
+                )
                 dx.release_from(scheduler, list(slot.assigned), f"altlas-gpu-failed-{time.time()}")
         if changed:
             self._snapshot = None
@@ -282,8 +301,16 @@ class GpuRouter(SchedulerPlugin):
     def _decide(self, tracked: Tracked) -> Decision:
         start = time.perf_counter()
         request = tracked.request
-        ctx = RoutingContext(self.policy, self._rr_last, self._rng, self._performance(request.task_type))
-        decision = choose(self.snapshot(), request, ctx)
+        if request.gpu is not None and self.seen_gpus and request.gpu not in self.seen_gpus:
+            decision = Decision(
+                request.strategy or "specific_gpu",
+                "impossible",
+                None,
+                f"unknown GPU {request.gpu}; this cluster has GPUs {sorted(self.seen_gpus)}",
+            )
+        else:
+            ctx = RoutingContext(self.policy, self._rr_last, self._rng, self._performance(request.task_type))
+            decision = choose(self.snapshot(), request, ctx)
         self.decision_seconds.append(time.perf_counter() - start)
         tracked.decision = decision
         return decision
@@ -297,9 +324,17 @@ class GpuRouter(SchedulerPlugin):
             self._rr_last = decision.gpu
         tracked.gpu, tracked.placed_at, tracked.status = decision.gpu, time.time(), "placed"
         self.counters["placed"] += 1
-        self.recent.append({"time": tracked.placed_at, "key": tracked.key, "gpu": decision.gpu,
-                            "strategy": decision.strategy, "reason": decision.reason,
-                            "user": tracked.request.user, "priority": tracked.request.priority})
+        self.recent.append(
+            {
+                "time": tracked.placed_at,
+                "key": tracked.key,
+                "gpu": decision.gpu,
+                "strategy": decision.strategy,
+                "reason": decision.reason,
+                "user": tracked.request.user,
+                "priority": tracked.request.priority,
+            }
+        )
 
     def _unassign(self, key: str) -> Tracked | None:
         tracked = self.tracked.get(key)
@@ -419,8 +454,10 @@ class GpuRouter(SchedulerPlugin):
             else:
                 skipped.append(entry)
                 scanned += 1
-                if not any(s.active_requests < self.policy.max_concurrent_tasks_per_gpu
-                           and s.status == "active" for s in self.snapshot()):
+                if not any(
+                    s.active_requests < self.policy.max_concurrent_tasks_per_gpu and s.status == "active"
+                    for s in self.snapshot()
+                ):
                     break  # every GPU is full: nothing further down the queue can start either
         for entry in skipped:
             heapq.heappush(self.ready, entry)
@@ -448,8 +485,10 @@ class GpuRouter(SchedulerPlugin):
 
     # -- RPC handlers (``await client.scheduler.altlas_...``) ----------------------------------------
     def rpc_gpus(self) -> dict[str, Any]:
-        return {"gpus": [s.to_dict() for s in sorted(self.snapshot(), key=lambda s: s.id)],
-                "queued": sum(1 for t in self.tracked.values() if t.status == "queued")}
+        return {
+            "gpus": [s.to_dict() for s in sorted(self.snapshot(), key=lambda s: s.id)],
+            "queued": sum(1 for t in self.tracked.values() if t.status == "queued"),
+        }
 
     def rpc_explain(self, keys: list) -> dict[str, Any]:
         out = {}

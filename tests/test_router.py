@@ -1,0 +1,289 @@
+"""The GPU router on real worker processes: placement, priority, waiting, failover, retries, drain, timeout."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections import Counter
+
+import cloudpickle
+import dask
+import distributed
+import pytest
+
+from altlas_dask import (
+    GpuOptionsError,
+    GpuRetriesExhaustedError,
+    GpuRoutingError,
+    GpuTaskTimeoutError,
+    run_on_gpu,
+    start_cluster,
+)
+from altlas_dask.config import build_config
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers can't import test modules
+
+MAX_CONCURRENT = 2
+ROUTER_CONFIG = {
+    "cluster": {"scheduler_address": "127.0.0.1:0", "dashboard_address": "127.0.0.1:0"},
+    "gpu": {
+        "workload": {"queue_processing_interval": 0.05},
+        "multi_gpu": {
+            "max_concurrent_tasks_per_gpu": MAX_CONCURRENT,
+            "task_specific_mappings": {"text_generation": "gpu_1"},
+        },
+    },
+    "simulation": {
+        "gpus": [
+            {"name": "Big", "memory_mb": 16000, "speed_gflops": 1000, "count": 2},
+            {"name": "Small", "memory_mb": 8000, "speed_gflops": 500, "count": 2, "compute_capability": "7.5"},
+        ]
+    },
+}
+
+
+def deadline_poll(predicate, timeout=20.0, interval=0.05):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def timed_kernel(work_gflop, memory_mb=0, tag=None):
+    """run_on_gpu plus wall-clock start/end, so tests can check ordering across workers."""
+    start = time.time()
+    result = run_on_gpu(work_gflop, memory_mb)
+    return {**result, "start": start, "end": time.time(), "tag": tag}
+
+
+def logged_kernel(index, work_gflop, log_path):
+    """Append to a log only when the task completes: a task run twice to completion shows up twice."""
+    result = run_on_gpu(work_gflop)
+    with open(log_path, "a") as log:
+        log.write(f"{index}\n")
+    return {**result, "value": index * 2}
+
+
+def failing_task():
+    raise ValueError("bad input inside the task")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with start_cluster(build_config(ROUTER_CONFIG)) as gpu_cluster:
+        yield gpu_cluster
+
+
+@pytest.fixture
+def client(cluster):
+    client = cluster.client()
+    deadline_poll(lambda: len(client.gpus()) == 4)
+    yield client
+    for gpu in range(4):
+        client.enable_gpu(gpu)
+    client.run(lambda dask_worker: dask_worker.plugins["altlas-gpu"].device.clear_faults())
+    deadline_poll(lambda: all(g.status == "active" and g.active_requests == 0 for g in client.gpus()))
+    client.close()
+
+
+def placements(client, futures):
+    results = client.gather(futures)
+    for future, result in zip(futures, results, strict=True):
+        assert client.explain(future)["gpu"] == result["gpu"]  # the router's decision is where it ran
+    return Counter(r["gpu"] for r in results)
+
+
+@pytest.mark.parametrize("strategy", ["round_robin", "least_loaded", "random", "hybrid", "memory_optimized"])
+def test_a_burst_of_100_tasks_spreads_over_all_four_gpus(client, strategy):
+    futures = [client.submit(run_on_gpu, 5, pure=False, gpu_options={"strategy": strategy}) for _ in range(100)]
+    counts = placements(client, futures)
+    assert sum(counts.values()) == 100
+    assert set(counts) == {0, 1, 2, 3}, counts
+
+
+def test_single_gpu_keeps_a_burst_on_gpu_0(client):
+    futures = [client.submit(run_on_gpu, 5, pure=False, gpu_options={"strategy": "single_gpu"}) for _ in range(30)]
+    assert placements(client, futures) == Counter({0: 30})
+
+
+def test_task_specific_prefers_the_mapped_gpu_and_falls_back_when_it_is_full(client):
+    opts = {"strategy": "task_specific", "task_type": "text_generation"}
+    futures = [client.submit(run_on_gpu, 20, pure=False, gpu_options=opts) for _ in range(40)]
+    counts = placements(client, futures)
+    assert counts.most_common(1)[0][0] == 1, counts
+    assert len(counts) > 1, "GPU 1 has only 2 slots: the rest must fall back to other GPUs"
+    explained = [client.explain(f)["reason"] for f in futures]
+    assert any("maps to GPU 1" in r for r in explained)
+    assert any("fell back to least_loaded" in r for r in explained)
+
+
+def test_priority_5_starts_before_priority_1_queued_earlier(client):
+    blockers = [client.submit(timed_kernel, 600, tag="block", pure=False) for _ in range(4 * MAX_CONCURRENT)]
+    deadline_poll(lambda: sum(g.active_requests for g in client.gpus()) == 4 * MAX_CONCURRENT)
+    low = [client.submit(timed_kernel, 5, tag="low", pure=False, gpu_options={"priority": 1}) for _ in range(6)]
+    deadline_poll(lambda: client.router_status()["tracked"].get("queued", 0) >= 6)
+    high = [client.submit(timed_kernel, 5, tag="high", pure=False, gpu_options={"priority": 5}) for _ in range(6)]
+    results = client.gather(blockers + low + high)
+    last_high_start = max(r["start"] for r in results if r["tag"] == "high")
+    first_low_start = min(r["start"] for r in results if r["tag"] == "low")
+    assert last_high_start <= first_low_start
+
+
+def test_a_task_waits_for_memory_then_runs(client):
+    holder = client.submit(timed_kernel, 600, 6000, pure=False,
+                           gpu_options={"specific_gpu_id": 2, "memory_mb": 6000})
+    deadline_poll(lambda: client.explain(holder)["status"] == "running")
+    waiter = client.submit(timed_kernel, 5, 3000, pure=False, gpu_options={"specific_gpu_id": 2, "memory_mb": 3000})
+    info = deadline_poll(lambda: (e := client.explain(waiter))["status"] == "queued" and e)
+    assert "3000 MB" in info["reason"] and "free" in info["reason"]
+    first, second = client.gather([holder, waiter])
+    assert second["start"] >= first["end"] - 0.05
+    assert second["gpu"] == 2
+
+
+def test_killing_a_worker_mid_run_loses_nothing_and_runs_nothing_twice(client, tmp_path):
+    log = tmp_path / "completions.log"
+    futures = [client.submit(logged_kernel, i, 150, str(log), pure=False,
+                             gpu_options={"strategy": "round_robin"}) for i in range(40)]
+    victim = deadline_poll(lambda: next((g for g in client.gpus() if g.id == 0 and g.active_requests), None))
+    pid = client.run(os.getpid, workers=[victim.worker])[victim.worker]
+    os.kill(pid, signal.SIGKILL)
+    results = client.gather(futures)
+    assert [r["value"] for r in results] == [2 * i for i in range(40)]
+    completions = Counter(int(line) for line in log.read_text().split())
+    assert completions == Counter(range(40)), "every task completed exactly once"
+    deadline_poll(lambda: len(client.gpus()) == 4)  # the nanny restarts GPU 0's worker and it re-registers
+
+
+def test_drain_stops_new_work_lets_running_work_finish_and_enable_restores(client):
+    running = client.submit(timed_kernel, 300, pure=False, gpu_options={"specific_gpu_id": 0})
+    deadline_poll(lambda: client.explain(running)["status"] == "running")
+    assert client.drain_gpu(0, reason="maintenance test")["draining"] is True
+    assert next(g for g in client.gpus() if g.id == 0).status == "maintenance"
+    futures = [client.submit(run_on_gpu, 5, pure=False, gpu_options={"strategy": "round_robin"}) for _ in range(30)]
+    assert 0 not in placements(client, futures)
+    assert running.result()["gpu"] == 0
+    client.enable_gpu(0)
+    futures = [client.submit(run_on_gpu, 5, pure=False, gpu_options={"strategy": "round_robin"}) for _ in range(30)]
+    assert 0 in placements(client, futures)
+
+
+def test_draining_an_unknown_gpu_is_a_clear_error(client):
+    with pytest.raises(RuntimeError, match="unknown GPU 42"):
+        client.drain_gpu(42)
+
+
+def test_timeout_cancels_a_running_task_and_a_waiting_one(client):
+    slow = client.submit(run_on_gpu, 5000, pure=False, gpu_options={"specific_gpu_id": 3, "timeout": 0.5})
+    with pytest.raises(GpuTaskTimeoutError, match="timeout of 0.5s \\(running on GPU 3\\)"):
+        slow.result(timeout=30)
+    client.drain_gpu(3)
+    stuck = client.submit(run_on_gpu, 1, pure=False, gpu_options={"specific_gpu_id": 3, "timeout": 0.3})
+    with pytest.raises(GpuTaskTimeoutError, match="still waiting for a GPU"):
+        stuck.result(timeout=30)
+
+
+def inject(client, gpu, kind, **kwargs):
+    worker = next(g.worker for g in client.gpus() if g.id == gpu)
+    client.run(lambda dask_worker: dask_worker.plugins["altlas-gpu"].device.inject(kind, **kwargs), workers=[worker])
+
+
+def test_a_gpu_error_is_retried_on_a_different_gpu(client):
+    inject(client, 0, "error_rate", error_rate=1.0)
+    future = client.submit(run_on_gpu, 5, pure=False, gpu_options={"strategy": "single_gpu"})
+    assert future.result()["gpu"] == 1
+    info = client.explain(future)
+    assert [a["gpu"] for a in info["attempts"]] == [0]
+    assert "ECC" in info["attempts"][0]["error"]
+
+
+def test_out_of_memory_is_retried_on_a_gpu_with_room(client):
+    # The router is told nothing about memory, best-fit picks a small GPU, which runs out.
+    future = client.submit(run_on_gpu, 5, 12000, pure=False, gpu_options={"strategy": "memory_optimized"})
+    assert future.result()["gpu"] in (0, 1)
+    attempts = client.explain(future)["attempts"]
+    assert [a["gpu"] for a in attempts] == [2, 3]
+    assert all("CUDA out of memory" in a["error"] for a in attempts)
+
+
+def test_retries_exhausted_gives_one_clear_error(client):
+    for gpu in range(4):
+        inject(client, gpu, "error_rate", error_rate=1.0)
+    future = client.submit(run_on_gpu, 5, pure=False, gpu_options={"retries": 2})
+    with pytest.raises(GpuRetriesExhaustedError, match="failed on 3 GPU attempt"):
+        future.result()
+
+
+def test_user_errors_are_not_retried(client):
+    future = client.submit(failing_task, pure=False, gpu_options={})
+    with pytest.raises(ValueError, match="bad input inside the task"):
+        future.result()
+    assert len(client.explain(future)["attempts"]) == 1
+
+
+def test_a_lost_gpu_hands_its_work_to_the_others(client):
+    futures = [client.submit(timed_kernel, 100, pure=False, gpu_options={"strategy": "round_robin"})
+               for _ in range(16)]
+    deadline_poll(lambda: next(g for g in client.gpus() if g.id == 2).active_requests > 0)
+    inject(client, 2, "lost")
+    results = client.gather(futures)
+    assert len(results) == 16
+    deadline_poll(lambda: next(g for g in client.gpus() if g.id == 2).status == "error")
+    after = [client.submit(run_on_gpu, 5, pure=False, gpu_options={"strategy": "round_robin"}) for _ in range(12)]
+    assert 2 not in placements(client, after)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"strategy": "nope"}, "unknown strategy 'nope'"),
+        ({"priority": 9}, "gpu_options.priority"),
+        ({"memory_mb": -5}, "gpu_options.memory_mb"),
+        ({"specific_gpu_id": "gpu_x"}, "gpu_options.specific_gpu_id"),
+    ],
+)
+def test_bad_gpu_options_fail_before_anything_is_sent(client, options, message):
+    before = client.router_status()["counters"]["placed"]
+    with pytest.raises(GpuOptionsError, match=message):
+        client.submit(run_on_gpu, 1, gpu_options=options)
+    assert client.router_status()["counters"]["placed"] == before
+
+
+def test_bad_annotations_from_plain_dask_fail_the_future_clearly(client):
+    with dask.annotate(gpu_options={"priority": 9}):
+        future = distributed.Client.submit(client, run_on_gpu, 1, pure=False)
+    with pytest.raises(GpuOptionsError, match="gpu_options.priority"):
+        future.result(timeout=30)
+
+
+def test_unknown_gpu_and_impossible_memory_fail_clearly(client):
+    unknown = client.submit(run_on_gpu, 1, pure=False, gpu_options={"specific_gpu_id": 7})
+    with pytest.raises(GpuRoutingError, match=r"unknown GPU 7; this cluster has GPUs \[0, 1, 2, 3\]"):
+        unknown.result(timeout=30)
+    huge = client.submit(run_on_gpu, 1, pure=False, gpu_options={"memory_mb": 100_000})
+    with pytest.raises(GpuRoutingError, match="no GPU can ever take this task"):
+        huge.result(timeout=30)
+
+
+def test_plain_dask_annotate_and_gpu_resource_are_routed(client):
+    with dask.annotate(gpu_options={"strategy": "single_gpu"}):
+        annotated = distributed.Client.submit(client, run_on_gpu, 1, pure=False)
+    assert annotated.result()["gpu"] == 0
+    assert client.explain(annotated)["strategy"] == "single_gpu"
+    plain = distributed.Client.submit(client, run_on_gpu, 1, resources={"GPU": 1}, pure=False)
+    assert plain.result()["gpu"] == client.explain(plain)["gpu"]
+
+
+def test_submit_batch_splits_across_gpus_and_keeps_order(client):
+    batch = client.submit_batch(range(200), abs, min_batch_size_per_gpu=4)
+    assert batch.result() == list(range(200))
+    assert len(batch.futures) > 4 and all(size >= 4 for size in batch.sizes)
+    gpus = {client.explain(f)["gpu"] for f in batch.futures}
+    assert len(gpus) > 1
+    whole = client.submit_batch(range(10), abs, batch_split=False)
+    assert len(whole.futures) == 1 and whole.result() == list(range(10))

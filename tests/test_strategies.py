@@ -1,0 +1,253 @@
+"""Each strategy's choice (and its explanation) on crafted GPU states: pure functions, no Dask."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from altlas_dask.config import build_config
+from altlas_dask.gpus.state import GpuState, health_score
+from altlas_dask.strategies import (
+    HYBRID_WEIGHTS,
+    RoutingContext,
+    TaskRequest,
+    choose,
+    hybrid_breakdown,
+    rejection,
+)
+
+POLICY = build_config(
+    {"gpu": {"multi_gpu": {"task_specific_mappings": {"text_generation": "gpu_1", "image_segmentation": "gpu_0"}}}}
+).routing()
+
+
+def gpu(i: int, **changes) -> GpuState:
+    base = GpuState(
+        id=i,
+        uuid=f"GPU-{i}",
+        name="Test GPU",
+        compute_capability="8.0",
+        status="active",
+        memory_total_mb=16000,
+        memory_used_mb=0,
+        utilization_gpu=0.0,
+        utilization_memory=0.0,
+        temperature_c=40.0,
+        power_usage_w=50.0,
+        power_limit_w=300.0,
+        performance_index=1.0,
+    )
+    return base.with_(**changes)
+
+
+def ctx(**kw) -> RoutingContext:
+    return RoutingContext(POLICY, **kw)
+
+
+def pick(gpus, strategy, **request) -> int | None:
+    return choose(gpus, TaskRequest(strategy=strategy, **request), ctx()).gpu
+
+
+# -- filtering --------------------------------------------------------------------------------------
+
+
+def test_every_strategy_skips_gpus_that_cannot_take_the_task():
+    gpus = [
+        gpu(0, status="maintenance"),
+        gpu(1, health_status="critical"),
+        gpu(2, temperature_c=90.0),
+        gpu(3, compute_capability="6.1"),
+        gpu(4, active_requests=POLICY.max_concurrent_tasks_per_gpu),
+        gpu(5, memory_used_mb=15000),
+        gpu(6, utilization_gpu=99.0),
+        gpu(7, memory_used_mb=8000, utilization_gpu=50.0),
+    ]
+    for strategy in ("round_robin", "least_loaded", "memory_optimized", "task_specific", "random", "hybrid"):
+        decision = choose(gpus, TaskRequest(strategy=strategy, memory_mb=2000), ctx(rng=random.Random(1)))
+        assert decision.gpu == 7, strategy
+        assert set(decision.rejected) == {0, 1, 2, 3, 4, 5, 6}
+    reasons = choose(gpus, TaskRequest(strategy="least_loaded", memory_mb=2000), ctx()).rejected
+    assert "maintenance" in reasons[0]
+    assert "critical" in reasons[1]
+    assert "temperature" in reasons[2]
+    assert "compute capability 6.1" in reasons[3]
+    assert "max_concurrent_tasks_per_gpu" in reasons[4]
+    assert "MB free" in reasons[5]
+    assert "utilization" in reasons[6]
+
+
+def test_memory_that_never_fits_is_impossible_but_memory_in_use_means_wait():
+    gpus = [gpu(0, memory_total_mb=16000), gpu(1, memory_total_mb=16000, memory_used_mb=10000)]
+    never = choose(gpus, TaskRequest(memory_mb=15000), ctx())
+    assert never.outcome == "impossible" and never.gpu is None
+    assert "needs 15000 MB > 90% of its 16000 MB" in never.reason
+    busy = choose([gpus[1]], TaskRequest(memory_mb=6000), ctx())
+    assert busy.outcome == "wait" and "6000 MB" in busy.reason
+
+
+def test_no_connected_gpu_means_wait_not_failure():
+    decision = choose([], TaskRequest(), ctx())
+    assert decision.outcome == "wait" and "no GPU worker" in decision.reason
+
+
+def test_a_gpu_the_task_already_failed_on_is_excluded():
+    gpus = [gpu(0), gpu(1, utilization_gpu=80.0)]
+    assert pick(gpus, "least_loaded", exclude=frozenset({0})) == 1
+    all_failed = choose(gpus, TaskRequest(exclude=frozenset({0, 1})), ctx())
+    assert all_failed.outcome == "impossible"
+
+
+def test_compute_capability_minimum_comes_from_the_request_or_the_policy():
+    gpus = [gpu(0, compute_capability="7.5"), gpu(1, compute_capability="9.0", utilization_gpu=90.0)]
+    assert pick(gpus, "least_loaded") == 0
+    assert pick(gpus, "least_loaded", min_compute_capability=8.0) == 1
+
+
+def test_disabled_strategy_is_refused():
+    policy = build_config({"gpu": {"multi_gpu": {"strategies": ["least_loaded"]}}}).routing()
+    decision = choose([gpu(0)], TaskRequest(strategy="random"), RoutingContext(policy))
+    assert decision.outcome == "impossible" and "not enabled" in decision.reason
+
+
+# -- the strategies ------------------------------------------------------------------------------------
+
+
+def test_round_robin_takes_the_next_eligible_gpu_after_the_last():
+    gpus = [gpu(0), gpu(1), gpu(2, status="maintenance"), gpu(3)]
+    chosen, last = [], None
+    for _ in range(6):
+        decision = choose(gpus, TaskRequest(strategy="round_robin"), ctx(last_gpu=last))
+        chosen.append(decision.gpu)
+        last = decision.gpu
+    assert chosen == [0, 1, 3, 0, 1, 3]
+    assert "after GPU 1" in choose(gpus, TaskRequest(strategy="round_robin"), ctx(last_gpu=1)).reason
+
+
+def test_least_loaded_uses_the_larger_of_utilization_and_in_flight_share():
+    gpus = [gpu(0, utilization_gpu=10.0, active_requests=6), gpu(1, utilization_gpu=40.0), gpu(2, utilization_gpu=30)]
+    decision = choose(gpus, TaskRequest(strategy="least_loaded"), ctx())
+    assert decision.gpu == 2
+    assert decision.scores[0] == pytest.approx(6 / POLICY.max_concurrent_tasks_per_gpu)
+    assert decision.scores[2] == pytest.approx(0.30)
+    assert "lowest load 0.30" in decision.reason
+
+
+def test_memory_optimized_is_best_fit():
+    gpus = [gpu(0, memory_total_mb=80000), gpu(1, memory_total_mb=16000, memory_used_mb=4000), gpu(2)]
+    decision = choose(gpus, TaskRequest(strategy="memory_optimized", memory_mb=6000), ctx())
+    assert decision.gpu == 1
+    assert decision.scores == {0: 74000.0, 1: 6000.0, 2: 10000.0}
+    big = choose(gpus, TaskRequest(strategy="memory_optimized", memory_mb=20000), ctx())
+    assert big.gpu == 0 and set(big.rejected) == {1, 2}
+
+
+def test_task_specific_uses_the_mapping_then_falls_back_to_least_loaded():
+    gpus = [gpu(0, utilization_gpu=50.0), gpu(1, utilization_gpu=70.0), gpu(2, utilization_gpu=10.0)]
+    mapped = choose(gpus, TaskRequest(strategy="task_specific", task_type="text_generation"), ctx())
+    assert mapped.gpu == 1 and "maps to GPU 1" in mapped.reason
+    gpus[1] = gpus[1].with_(status="maintenance")
+    fallback = choose(gpus, TaskRequest(strategy="task_specific", task_type="text_generation"), ctx())
+    assert fallback.gpu == 2 and "mapped GPU 1 cannot take it" in fallback.reason
+    unmapped = choose(gpus, TaskRequest(strategy="task_specific", task_type="training"), ctx())
+    assert unmapped.gpu == 2 and "no mapping for 'training'" in unmapped.reason
+
+
+def test_random_is_repeatable_with_a_seed_and_covers_every_eligible_gpu():
+    gpus = [gpu(0), gpu(1), gpu(2), gpu(3, status="maintenance")]
+
+    def run(seed):
+        rng = random.Random(seed)
+        return [choose(gpus, TaskRequest(strategy="random"), ctx(rng=rng)).gpu for _ in range(300)]
+
+    assert run(7) == run(7)
+    counts = Counter(run(7))
+    assert set(counts) == {0, 1, 2}
+    assert min(counts.values()) > 50
+
+
+def test_hybrid_scores_follow_the_seed_weights():
+    hot = gpu(0, temperature_c=80.0, power_usage_w=280.0, utilization_gpu=20.0)
+    cool = gpu(1, memory_used_mb=4000, utilization_gpu=30.0)
+    request = TaskRequest(strategy="hybrid", priority=4, task_type="text_generation")
+    parts = hybrid_breakdown(cool, request, ctx())
+    assert parts["usage"] == pytest.approx(0.6 * (1 - 4000 / 16000) + 0.4 * (1 - 0.30))
+    assert parts["priority"] == pytest.approx(0.8)
+    assert parts["type"] == 1.0  # text_generation maps to GPU 1
+    assert parts["health"] == pytest.approx(health_score(cool))
+    assert parts["total"] == pytest.approx(sum(HYBRID_WEIGHTS[k] * parts[k] for k in HYBRID_WEIGHTS))
+    decision = choose([hot, cool], request, ctx())
+    assert decision.gpu == 1
+    assert decision.scores[1] > decision.scores[0]
+    assert "usage" in decision.reason and "health" in decision.reason
+
+
+def test_hybrid_prefers_the_gpu_that_performed_better():
+    gpus = [gpu(0), gpu(1)]
+    slow_first = ctx(performance={0: 0.3, 1: 1.0})
+    assert choose(gpus, TaskRequest(strategy="hybrid"), slow_first).gpu == 1
+    assert choose(gpus, TaskRequest(strategy="hybrid"), ctx(performance={0: 1.0, 1: 0.3})).gpu == 0
+
+
+def test_single_gpu_keeps_everything_on_the_primary_and_fails_over_only_when_it_fails():
+    gpus = [gpu(0), gpu(1)]
+    assert pick(gpus, "single_gpu") == 0
+    busy = [gpu(0, active_requests=POLICY.max_concurrent_tasks_per_gpu), gpu(1)]
+    waiting = choose(busy, TaskRequest(strategy="single_gpu"), ctx())
+    assert waiting.outcome == "wait" and "primary GPU 0 busy" in waiting.reason
+    failed = [gpu(0, status="error", health_status="critical"), gpu(1)]
+    assert pick(failed, "single_gpu") == 1
+
+
+def test_specific_gpu_is_honoured_waits_when_busy_and_waits_when_unknown():
+    gpus = [gpu(0), gpu(1, utilization_gpu=90.0)]
+    decision = choose(gpus, TaskRequest(gpu=1, strategy="least_loaded"), ctx())
+    assert decision.gpu == 1 and decision.strategy == "specific_gpu"
+    drained = choose([gpu(0), gpu(1, status="maintenance")], TaskRequest(gpu=1), ctx())
+    assert drained.outcome == "wait"
+    unknown = choose(gpus, TaskRequest(gpu=9), ctx())
+    assert unknown.outcome == "wait" and "GPU 9 is not connected (connected: 0, 1)" in unknown.reason
+
+
+def test_decision_serialises_for_explain():
+    decision = choose([gpu(0), gpu(1, status="maintenance")], TaskRequest(strategy="hybrid"), ctx())
+    data = decision.to_dict()
+    assert data["gpu"] == 0 and data["outcome"] == "placed" and data["strategy"] == "hybrid"
+    assert set(data["scores"]) == {"0"} and data["rejected"] == {"1": "status maintenance"}
+
+
+# -- properties ------------------------------------------------------------------------------------------
+
+gpu_states = st.builds(
+    lambda i, used, util, active, status, temp: gpu(
+        i, memory_used_mb=used, utilization_gpu=util, active_requests=active, status=status, temperature_c=temp
+    ),
+    st.integers(0, 7),
+    st.integers(0, 16000),
+    st.floats(0, 100),
+    st.integers(0, 10),
+    st.sampled_from(["active", "active", "maintenance", "error"]),
+    st.floats(20, 95),
+)
+
+
+@given(
+    gpus=st.lists(gpu_states, max_size=8, unique_by=lambda g: g.id),
+    memory=st.integers(0, 20000),
+    strategy=st.sampled_from(
+        ["round_robin", "least_loaded", "memory_optimized", "task_specific", "random", "hybrid", "single_gpu"]
+    ),
+)
+def test_a_placed_task_always_lands_on_a_gpu_that_can_take_it(gpus, memory, strategy):
+    request = TaskRequest(strategy=strategy, memory_mb=memory, task_type="text_generation")
+    decision = choose(gpus, request, ctx(rng=random.Random(0)))
+    if decision.placed:
+        chosen = next(g for g in gpus if g.id == decision.gpu)
+        assert rejection(chosen, request, POLICY) is None
+    else:
+        assert decision.gpu is None and decision.reason
+        if strategy != "single_gpu":
+            assert all(rejection(g, request, POLICY) is not None for g in gpus)
