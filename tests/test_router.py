@@ -135,8 +135,7 @@ def test_priority_5_starts_before_priority_1_queued_earlier(client):
 
 
 def test_a_task_waits_for_memory_then_runs(client):
-    holder = client.submit(timed_kernel, 600, 6000, pure=False,
-                           gpu_options={"specific_gpu_id": 2, "memory_mb": 6000})
+    holder = client.submit(timed_kernel, 600, 6000, pure=False, gpu_options={"specific_gpu_id": 2, "memory_mb": 6000})
     deadline_poll(lambda: client.explain(holder)["status"] == "running")
     waiter = client.submit(timed_kernel, 5, 3000, pure=False, gpu_options={"specific_gpu_id": 2, "memory_mb": 3000})
     info = deadline_poll(lambda: (e := client.explain(waiter))["status"] == "queued" and e)
@@ -148,8 +147,10 @@ def test_a_task_waits_for_memory_then_runs(client):
 
 def test_killing_a_worker_mid_run_loses_nothing_and_runs_nothing_twice(client, tmp_path):
     log = tmp_path / "completions.log"
-    futures = [client.submit(logged_kernel, i, 150, str(log), pure=False,
-                             gpu_options={"strategy": "round_robin"}) for i in range(40)]
+    futures = [
+        client.submit(logged_kernel, i, 150, str(log), pure=False, gpu_options={"strategy": "round_robin"})
+        for i in range(40)
+    ]
     victim = deadline_poll(lambda: next((g for g in client.gpus() if g.id == 0 and g.active_requests), None))
     pid = client.run(os.getpid, workers=[victim.worker])[victim.worker]
     os.kill(pid, signal.SIGKILL)
@@ -227,8 +228,7 @@ def test_user_errors_are_not_retried(client):
 
 
 def test_a_lost_gpu_hands_its_work_to_the_others(client):
-    futures = [client.submit(timed_kernel, 100, pure=False, gpu_options={"strategy": "round_robin"})
-               for _ in range(16)]
+    futures = [client.submit(timed_kernel, 100, pure=False, gpu_options={"strategy": "round_robin"}) for _ in range(16)]
     deadline_poll(lambda: next(g for g in client.gpus() if g.id == 2).active_requests > 0)
     inject(client, 2, "lost")
     results = client.gather(futures)

@@ -1,0 +1,138 @@
+"""The internal-API wrapper the router relies on, against a real in-process Scheduler and Worker.
+
+If a Dask upgrade changes how restrictions, no-worker or erred transitions behave, these fail first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from distributed import Client, Scheduler, Worker
+
+from scheduler_plugins import dask_internals as dx
+
+
+def slow_inc(x):
+    import time
+
+    time.sleep(0.2)
+    return x + 1
+
+
+async def wait_state(scheduler, key, state, timeout=10.0):
+    end = asyncio.get_running_loop().time() + timeout
+    while scheduler.tasks.get(key) is None or scheduler.tasks[key].state != state:
+        assert asyncio.get_running_loop().time() < end, f"{key} never reached {state}"
+        await asyncio.sleep(0.01)
+    return scheduler.tasks[key]
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+async def _cluster():
+    scheduler = await Scheduler(port=0, dashboard_address=":0")
+    worker = await Worker(scheduler.address, nthreads=2, resources={"GPU": 1, "gpu-mem-mb": 1000})
+    client = await Client(scheduler.address, asynchronous=True)
+    return scheduler, worker, client
+
+
+async def _close(scheduler, worker, client):
+    await client.close()
+    await worker.close()
+    await scheduler.close()
+
+
+def test_hold_then_place_then_fail():
+    async def main():
+        scheduler, worker, client = await _cluster()
+        try:
+            held = client.submit(slow_inc, 1, workers=[dx.HELD], key="held")
+            ts = await wait_state(scheduler, "held", "no-worker")
+            assert dx.is_held(ts)
+            dx.place(scheduler, [(ts, worker.address, 300)], "test-place")
+            assert ts.worker_restrictions == {worker.address}
+            assert ts.resource_restrictions == {"gpu-mem-mb": 300.0}
+            assert await held == 2
+
+            doomed = client.submit(slow_inc, 1, workers=[dx.HELD], key="doomed")
+            ts = await wait_state(scheduler, "doomed", "no-worker")
+            dx.fail(scheduler, ts, RuntimeError("no GPU can take it"), "test-fail")
+            with pytest.raises(RuntimeError, match="no GPU can take it"):
+                await doomed
+
+            running = client.submit(slow_inc, 1, key="running", pure=False)
+            ts = await wait_state(scheduler, "running", "processing")
+            dx.fail(scheduler, ts, TimeoutError("too slow"), "test-timeout")
+            with pytest.raises(TimeoutError, match="too slow"):
+                await running
+        finally:
+            await _close(scheduler, worker, client)
+
+    run(main())
+
+
+def test_release_from_sends_a_running_task_back_to_no_worker():
+    async def main():
+        scheduler, worker, client = await _cluster()
+        try:
+            future = client.submit(slow_inc, 5, key="moved")
+            ts = await wait_state(scheduler, "moved", "processing")
+            dx.release_from(scheduler, ["moved"], "test-release")
+            ts = await wait_state(scheduler, "moved", "no-worker")
+            dx.place(scheduler, [(ts, worker.address, 0)], "test-place-again")
+            assert await future == 6
+        finally:
+            await _close(scheduler, worker, client)
+
+    run(main())
+
+
+def test_set_priority_keeps_dask_tie_breakers():
+    async def main():
+        scheduler, worker, client = await _cluster()
+        try:
+            future = client.submit(slow_inc, 1, key="prio", workers=[dx.HELD])
+            ts = await wait_state(scheduler, "prio", "no-worker")
+            original = ts.priority
+            dx.set_priority(ts, 5)
+            assert ts.priority[0] == -5 and ts.priority[1:] == original[1:]
+            dx.place(scheduler, [(ts, worker.address, 0)], "p")
+            await future
+        finally:
+            await _close(scheduler, worker, client)
+
+    run(main())
+
+
+def test_intercept_task_erred_can_turn_an_error_into_a_retry():
+    def flaky(path):
+        import os
+
+        if not os.path.exists(path):
+            open(path, "w").close()
+            raise RuntimeError("first attempt fails")
+        return "ok"
+
+    async def main(path):
+        scheduler, worker, client = await _cluster()
+        seen = []
+
+        def before(ts, msg):
+            seen.append(msg["exception_text"])
+            ts.retries = 1
+
+        try:
+            dx.intercept_task_erred(scheduler, before)
+            assert await client.submit(flaky, path, key="flaky") == "ok"
+            assert len(seen) == 1 and "first attempt fails" in seen[0]
+        finally:
+            await _close(scheduler, worker, client)
+
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run(main(str(Path(tmp) / "marker")))
