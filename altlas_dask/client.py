@@ -40,7 +40,11 @@ class Batch:
 
 
 class RouterError(RuntimeError):
-    """The router refused an admin request (e.g. unknown GPU)."""
+    """The router refused a request; ``code`` is HTTP-like (400 bad value, 403 not allowed, 404 unknown)."""
+
+    def __init__(self, message: str, code: int = 400) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class Client(distributed.Client):
@@ -119,8 +123,13 @@ class Client(distributed.Client):
 
         result = self.sync(call)
         if isinstance(result, dict) and "error" in result:
-            raise RouterError(result["error"])
+            raise RouterError(result["error"], result.get("code", 400))
         return result
+
+    @property
+    def user(self) -> str:
+        """Who this client acts as (``gpu_defaults["user"]``, else ``anonymous``)."""
+        return self.gpu_defaults.get("user", "anonymous")
 
     def _policy(self) -> dict[str, Any]:
         return self._call("altlas_policy")
@@ -134,7 +143,7 @@ class Client(distributed.Client):
         key = future.key if isinstance(future, Future) else future
         deadline = time.monotonic() + wait
         while True:
-            found = self._call("altlas_explain", keys=[key])
+            found = self._call("altlas_explain", keys=[key], as_user=self.user)
             if found or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
@@ -153,3 +162,33 @@ class Client(distributed.Client):
     def router_status(self) -> dict[str, Any]:
         """Counters (placed, held, retried, failed, timed out) and the last routing decisions."""
         return self._call("altlas_status")
+
+    # -- users, quotas, accounting ------------------------------------------------------------
+    def tasks(self, user: str | None = None, status: str | None = None, limit: int = 100,
+              offset: int = 0) -> list[dict[str, Any]]:
+        """Live and recent tasks: your own, or anyone's if this client's user is an admin."""
+        return self._call("altlas_tasks", as_user=self.user, user=user, status=status, limit=limit,
+                          offset=offset)["tasks"]
+
+    def cancel_task(self, task: Future | str, reason: str = "") -> dict[str, Any]:
+        """Cancel one of your tasks (admins: anyone's); its future raises ``TaskCancelledError``."""
+        key = task.key if isinstance(task, Future) else task
+        return self._call("altlas_cancel", key=key, as_user=self.user, reason=reason)
+
+    def quota(self, user: str | None = None) -> dict[str, Any]:
+        """Limits, used, remaining and reset times (seed 001 section 6.3.4 shape)."""
+        return self._call("altlas_quota", user=user or self.user, as_user=self.user)
+
+    def set_quota(self, user: str, **limits: Any) -> dict[str, Any]:
+        """Admin only: change ``user``'s limits (concurrent_requests, gpu_time_minutes, ...); kept on restart."""
+        return self._call("altlas_set_quota", user=user, as_user=self.user, limits=limits)
+
+    def usage(self, user: str | None = None, since: str | None = None) -> list[dict[str, Any]]:
+        """Per-day usage rows (tasks, gpu_seconds, rejected) from the accounting database."""
+        return self._call("altlas_usage", user=user or self.user, as_user=self.user, since=since)["days"]
+
+    def records(self, user: str | None = None, status: str | None = None, since: float | None = None,
+                limit: int = 1000) -> list[dict[str, Any]]:
+        """Final task records from the accounting database, newest first."""
+        return self._call("altlas_records", as_user=self.user, user=user, status=status, since=since,
+                          limit=limit)["records"]

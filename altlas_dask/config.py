@@ -152,10 +152,62 @@ class Simulation(_Strict):
         return [spec for spec in self.gpus for _ in range(spec.count)]
 
 
+USER_NAME_PATTERN = r"^[A-Za-z0-9_.@-]{1,128}$"
+
+
+class QuotaLimits(_Strict):
+    """One user's limits (seed 001 sections 6.3.4 and 6.3.6)."""
+
+    concurrent_requests: int = Field(64, ge=1, le=100_000)  # running at once; more wait their turn
+    gpu_time_minutes: float = Field(600.0, gt=0)  # GPU time per UTC day, metered from run time
+    priority_requests: int = Field(16, ge=0, le=100_000)  # priority 4-5 tasks submitted and not finished
+    requests_per_minute: int = Field(6000, ge=1)  # sliding 60 s window
+    requests_per_day: int = Field(200_000, ge=1)  # per UTC day
+    weight: float = Field(1.0, gt=0, le=1000)  # fair-share weight among waiting work of equal priority
+
+
+class QuotaOverride(_Strict):
+    """Per-user changes to the defaults: only the keys given."""
+
+    concurrent_requests: int | None = Field(None, ge=1, le=100_000)
+    gpu_time_minutes: float | None = Field(None, gt=0)
+    priority_requests: int | None = Field(None, ge=0, le=100_000)
+    requests_per_minute: int | None = Field(None, ge=1)
+    requests_per_day: int | None = Field(None, ge=1)
+    weight: float | None = Field(None, gt=0, le=1000)
+
+
+class Quotas(_Strict):
+    enabled: bool = True
+    fair_share: bool = True
+    defaults: QuotaLimits = QuotaLimits()
+    users: dict[str, QuotaOverride] = Field(default_factory=dict)
+    admins: tuple[str, ...] = ("admin",)
+
+    @field_validator("users")
+    @classmethod
+    def _user_names(cls, users: dict[str, QuotaOverride]) -> dict[str, QuotaOverride]:
+        import re
+
+        for name in users:
+            if not re.match(USER_NAME_PATTERN, name):
+                raise ValueError(f"user name {name!r} may only hold letters, digits and _ . @ -")
+        return users
+
+
+class Accounting(_Strict):
+    """The embedded SQLite database of usage, quota overrides and task records."""
+
+    database: str = "var/altlas.sqlite"  # relative to the working directory; ":memory:" keeps nothing
+    flush_interval: float = Field(0.2, gt=0, le=60)  # seconds between batched writes (off the event loop)
+
+
 class AltlasConfig(_Strict):
     gpu: Gpu = Gpu()
     cluster: Cluster = Cluster()
     simulation: Simulation = Simulation()
+    quotas: Quotas = Quotas()
+    accounting: Accounting = Accounting()
 
     @model_validator(mode="after")
     def _default_strategy_enabled(self) -> AltlasConfig:

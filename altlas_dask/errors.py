@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from altlas_dask.options import GpuOptionsError
+from altlas_dask.quotas import QuotaExceededError
 
 
 class GpuRoutingError(RuntimeError):
@@ -17,4 +18,15 @@ class GpuRetriesExhaustedError(RuntimeError):
     """The task failed with GPU errors on every GPU it was retried on."""
 
 
-__all__ = ["GpuOptionsError", "GpuRetriesExhaustedError", "GpuRoutingError", "GpuTaskTimeoutError"]
+class TaskCancelledError(RuntimeError):
+    """The task was cancelled through the router (by its owner or an admin)."""
+
+
+__all__ = [
+    "GpuOptionsError",
+    "GpuRetriesExhaustedError",
+    "GpuRoutingError",
+    "GpuTaskTimeoutError",
+    "QuotaExceededError",
+    "TaskCancelledError",
+]

@@ -3,11 +3,13 @@
 A task is a GPU task when it carries a ``gpu_options`` annotation (what
 :class:`altlas_dask.Client` sends; ``dask.annotate(gpu_options={...})``
 works too) or a ``GPU`` resource restriction. The router turns the
-annotation into a :class:`~altlas_dask.strategies.TaskRequest`, asks the
-strategy (a pure function) for a GPU and pins the task to that worker. When
-no GPU can take the task now it is held on the scheduler and released in
-priority order as capacity frees. It retries GPU errors on another GPU,
-re-places work from dead or failed GPUs, enforces timeouts and drains GPUs.
+annotation into a :class:`~altlas_dask.strategies.TaskRequest`, checks the
+user's quota, asks the strategy (a pure function) for a GPU and pins the task
+to that worker. When no GPU can take the task now, or its user is at their
+concurrency limit, it is held on the scheduler and released in priority and
+fair-share order as capacity frees. GPU errors are retried on another GPU,
+work on dead or failed GPUs is placed again, timeouts cancel, drained GPUs
+take no new work, and every task's final record goes to SQLite.
 
 Load it the Dask way: ``Scheduler(plugins=[GpuRouter(config)])`` (what
 :func:`altlas_dask.start_cluster` does), ``client.register_plugin(GpuRouter())``,
@@ -17,12 +19,11 @@ or ``dask scheduler --preload scheduler_plugins.gpu_router``.
 from __future__ import annotations
 
 import heapq
-import itertools
 import logging
 import random
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import Any
 
 import click
@@ -30,14 +31,25 @@ from distributed import SchedulerPlugin
 from distributed.scheduler import Scheduler, TaskState
 from tornado.ioloop import PeriodicCallback
 
+from altlas_dask.accounting import AccountingStore
 from altlas_dask.config import AltlasConfig, load_config
-from altlas_dask.errors import GpuOptionsError, GpuRetriesExhaustedError, GpuRoutingError, GpuTaskTimeoutError
+from altlas_dask.errors import (
+    GpuOptionsError,
+    GpuRetriesExhaustedError,
+    GpuRoutingError,
+    GpuTaskTimeoutError,
+    TaskCancelledError,
+)
+from altlas_dask.fairshare import Entry, FairQueue
 from altlas_dask.gpus.state import GpuState
 from altlas_dask.options import ANNOTATION, GpuOptions
+from altlas_dask.quotas import QuotaBook, utc_day
 from altlas_dask.resources import GPU_RESOURCE
-from altlas_dask.strategies import Decision, RoutingContext, TaskRequest, choose
+from altlas_dask.strategies import Decision, RoutingContext, choose
 from altlas_dask.worker import METRIC_NAME
 from scheduler_plugins import dask_internals as dx
+from scheduler_plugins.router_api import RouterApi
+from scheduler_plugins.router_state import GpuSlot, Tracked
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +58,8 @@ GPU_ERROR_MARKERS = ("GpuOutOfMemoryError", "GpuFaultError", "OutOfMemoryError",
 HISTORY_SIZE = 100_000
 RECENT_DECISIONS = 200
 BACKFILL_SCAN = 256
-FINAL_STATUS = {"memory": "completed", "erred": "failed", "forgotten": "cancelled"}
 PERF_EWMA = 0.2
+FINAL_STATUS = {"memory": "completed", "erred": "failed", "forgotten": "cancelled"}
 
 
 def is_gpu_error(exception_text: str) -> bool:
@@ -55,77 +67,12 @@ def is_gpu_error(exception_text: str) -> bool:
     return any(marker in exception_text for marker in GPU_ERROR_MARKERS)
 
 
-@dataclass
-class GpuSlot:
-    """One GPU worker as the router sees it: last heartbeat plus its own accounting."""
-
-    gpu_id: int
-    worker: str
-    base: GpuState
-    assigned: dict[str, int] = field(default_factory=dict)  # key -> memory_mb
-    draining: bool = False
-    drain_reason: str = ""
-    _view: GpuState | None = None
-
-    def view(self) -> GpuState:
-        if self._view is None:
-            base = self.base
-            status = "maintenance" if self.draining and base.status == "active" else base.status
-            self._view = base.with_(
-                id=self.gpu_id,
-                worker=self.worker,
-                status=status,
-                active_requests=len(self.assigned),
-                memory_used_mb=max(base.memory_used_mb, sum(self.assigned.values())),
-            )
-        return self._view
-
-    def changed(self) -> None:
-        self._view = None
+def compute_seconds(startstops: Any) -> float:
+    """Seconds of compute in a transition's ``startstops``."""
+    return sum(s["stop"] - s["start"] for s in startstops or () if s.get("action") == "compute")
 
 
-@dataclass
-class Tracked:
-    """A GPU task the router is responsible for."""
-
-    key: str
-    request: TaskRequest
-    seq: int
-    submitted: float
-    timeout: float
-    retries_left: int
-    invalid: str | None = None
-    decision: Decision | None = None
-    gpu: int | None = None
-    placed_at: float | None = None
-    attempts: list[dict[str, Any]] = field(default_factory=list)
-    status: str = "queued"
-
-    def sort_key(self) -> tuple:
-        return (-self.request.priority, self.seq)
-
-    def explain(self) -> dict[str, Any]:
-        r = self.request
-        out: dict[str, Any] = {
-            "key": self.key,
-            "status": self.status,
-            "user": r.user,
-            "priority": r.priority,
-            "task_type": r.task_type,
-            "memory_mb": r.memory_mb,
-            "gpu": self.gpu,
-            "attempts": list(self.attempts),
-            "submitted": self.submitted,
-            "placed_at": self.placed_at,
-            "error": self.invalid,
-        }
-        if self.decision is not None:
-            out.update(self.decision.to_dict())
-            out["gpu"] = self.gpu
-        return out
-
-
-class GpuRouter(SchedulerPlugin):
+class GpuRouter(RouterApi, SchedulerPlugin):
     """Places GPU tasks with the configured strategies; see the module docstring."""
 
     name = PLUGIN_NAME
@@ -133,6 +80,9 @@ class GpuRouter(SchedulerPlugin):
     def __init__(self, config: AltlasConfig | None = None) -> None:
         self.config = config or load_config()
         self.policy = self.config.routing()
+        self.book = QuotaBook(self.config.quotas)
+        self.queue = FairQueue(self.config.quotas.fair_share)
+        self.store: AccountingStore | None = None
         self.scheduler: Scheduler | None = None
         self.slots: dict[int, GpuSlot] = {}
         self.by_worker: dict[str, int] = {}
@@ -140,12 +90,10 @@ class GpuRouter(SchedulerPlugin):
         self.tracked: dict[str, Tracked] = {}
         self.finished: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_DECISIONS)
-        self.ready: list[tuple[tuple, str]] = []
         self.deadlines: list[tuple[float, str]] = []
         self.durations: dict[tuple[int, str], float] = {}
-        self.counters: dict[str, int] = {"placed": 0, "held": 0, "retried": 0, "failed": 0, "timed_out": 0}
+        self.counters = dict.fromkeys(("placed", "held", "retried", "failed", "timed_out", "rejected"), 0)
         self.decision_seconds: deque[float] = deque(maxlen=10_000)
-        self._seq = itertools.count()
         self._rr_last: int | None = None
         self._rng = random.Random(self.config.simulation.seed)
         self._snapshot: tuple[GpuState, ...] | None = None
@@ -157,19 +105,12 @@ class GpuRouter(SchedulerPlugin):
         self._attach(scheduler)
 
     def _attach(self, scheduler: Scheduler) -> None:
+        """Idempotent set-up, so ``Scheduler.add_plugin`` (which skips ``start``) works too."""
         if self.scheduler is scheduler:
             return
         self.scheduler = scheduler
-        scheduler.handlers.update(
-            {
-                "altlas_gpus": self.rpc_gpus,
-                "altlas_explain": self.rpc_explain,
-                "altlas_drain": self.rpc_drain,
-                "altlas_enable": self.rpc_enable,
-                "altlas_status": self.rpc_status,
-                "altlas_policy": self.rpc_policy,
-            }
-        )
+        self._open_store()
+        scheduler.handlers.update(self.handlers())
         dx.intercept_task_erred(scheduler, self._before_task_erred)
         for address in scheduler.workers:
             self.add_worker(scheduler, address)
@@ -177,18 +118,27 @@ class GpuRouter(SchedulerPlugin):
         self._poller = PeriodicCallback(self._poll, interval_ms)
         self._poller.start()
 
+    def _open_store(self) -> None:
+        acc = self.config.accounting
+        self.store = AccountingStore(acc.database, acc.flush_interval)
+        for user, limits in self.store.overrides().items():
+            self.book.overrides[user] = {**self.book.overrides.get(user, {}), **limits}
+        today = utc_day(time.time())
+        for user, (tasks, gpu_seconds) in self.store.usage_on(today).items():
+            self.book.restore(user, today, tasks, gpu_seconds)
+        logger.info("accounting database %s: restored usage of %d user(s)", acc.database, len(self.book.usage))
+
     async def close(self) -> None:
         if self._poller is not None:
             self._poller.stop()
+        if self.store is not None:
+            self.store.close()
 
     def restart(self, scheduler: Scheduler) -> None:
-        self.tracked.clear()
-        self.ready.clear()
+        for tracked in list(self.tracked.values()):
+            self._finish(tracked, "cancelled")
+        self.queue = FairQueue(self.config.quotas.fair_share)
         self.deadlines.clear()
-        for slot in self.slots.values():
-            slot.assigned.clear()
-            slot.changed()
-        self._snapshot = None
 
     # -- workers (GPUs) -------------------------------------------------------------------
     def add_worker(self, scheduler: Scheduler, worker: str) -> None:
@@ -202,11 +152,11 @@ class GpuRouter(SchedulerPlugin):
         if gpu_id in self.slots:  # another node's GPU 0: give it the next free id
             gpu_id = max(self.slots) + 1
             logger.info("GPU %d of %s already taken; registered as GPU %d", state.id, worker, gpu_id)
-        self.slots[gpu_id] = GpuSlot(gpu_id, worker, state)
+        self.slots[gpu_id] = GpuSlot(gpu_id, worker, state, raw=reported)
         self.seen_gpus.add(gpu_id)
         self.by_worker[worker] = gpu_id
         self._snapshot = None
-        self._schedule_dispatch()
+        self.schedule_dispatch()
 
     def remove_worker(self, scheduler: Scheduler, worker: str, **kwargs: Any) -> None:
         gpu_id = self.by_worker.pop(worker, None)
@@ -225,11 +175,10 @@ class GpuRouter(SchedulerPlugin):
         for slot in list(self.slots.values()):
             ws = scheduler.workers.get(slot.worker)
             reported = ws.metrics.get(METRIC_NAME) if ws is not None else None
-            if reported is None or reported is getattr(slot, "_raw", None):
+            if reported is None or reported is slot.raw:
                 continue
-            slot._raw = reported  # type: ignore[attr-defined]
             was_ok = slot.base.status == "active"
-            slot.base = GpuState.from_dict(reported)
+            slot.raw, slot.base = reported, GpuState.from_dict(reported)
             slot.changed()
             changed = True
             if was_ok and slot.base.status == "error" and slot.assigned:
@@ -240,8 +189,19 @@ class GpuRouter(SchedulerPlugin):
         if changed:
             self._snapshot = None
         self._expire(time.time())
-        if changed or self.ready:
+        if changed or self.queue:
             self._dispatch()
+
+    def set_draining(self, gpu: int, draining: bool, reason: str) -> dict[str, Any]:
+        slot = self.slots.get(gpu)
+        if slot is None:
+            return {"error": f"unknown GPU {gpu}; known GPUs: {sorted(self.slots)}", "code": 404}
+        slot.draining, slot.drain_reason = draining, reason
+        slot.changed()
+        self._snapshot = None
+        logger.info("GPU %d %s", gpu, f"draining ({reason})" if draining else "enabled")
+        self.schedule_dispatch()
+        return {"gpu": gpu, "draining": draining, "running": len(slot.assigned)}
 
     # -- graph updates ---------------------------------------------------------------------
     def update_graph(self, scheduler: Scheduler, *, tasks=(), **kwargs: Any) -> None:
@@ -252,7 +212,7 @@ class GpuRouter(SchedulerPlugin):
             if ts is None or not self._is_gpu_task(ts):
                 continue
             tracked = self._track(ts, now)
-            if tracked.invalid is None and not self.ready and self._deps_done(ts):
+            if tracked.error is None and not self.queue and self._deps_done(ts) and self.book.can_start(tracked.user):
                 decision = self._decide(tracked)
                 if decision.placed:
                     self._assign(tracked, ts, decision)
@@ -270,16 +230,21 @@ class GpuRouter(SchedulerPlugin):
 
     def _track(self, ts: TaskState, now: float) -> Tracked:
         raw = (ts.annotations or {}).get(ANNOTATION) or {}
-        invalid = None
+        error: BaseException | None = None
         try:
             options = GpuOptions.parse(raw)
         except GpuOptionsError as exc:
-            options, invalid = GpuOptions(), str(exc)
+            options, error = GpuOptions(user=_user_of(raw)), exc
         request = options.request(key=str(ts.key))
         dx.set_priority(ts, request.priority)
+        if error is None:
+            error = self.book.admit(request.user, request.priority)
+            if error is not None:
+                self.counters["rejected"] += 1
+                self.store.add_usage(request.user, utc_day(now), rejected=1)
         retries = self.policy.retry_count if options.retries is None else options.retries
         timeout = options.timeout or self.policy.timeout
-        tracked = Tracked(str(ts.key), request, next(self._seq), now, timeout, retries, invalid=invalid)
+        tracked = Tracked(str(ts.key), request, now, timeout, retries, admitted=error is None, error=error)
         self.tracked[ts.key] = tracked
         heapq.heappush(self.deadlines, (now + timeout, ts.key))
         return tracked
@@ -320,6 +285,7 @@ class GpuRouter(SchedulerPlugin):
         slot.assigned[ts.key] = tracked.request.memory_mb
         slot.changed()
         self._snapshot = None
+        self.book.started(tracked.user)
         if decision.strategy == "round_robin":
             self._rr_last = decision.gpu
         tracked.gpu, tracked.placed_at, tracked.status = decision.gpu, time.time(), "placed"
@@ -331,19 +297,19 @@ class GpuRouter(SchedulerPlugin):
                 "gpu": decision.gpu,
                 "strategy": decision.strategy,
                 "reason": decision.reason,
-                "user": tracked.request.user,
+                "user": tracked.user,
                 "priority": tracked.request.priority,
             }
         )
 
-    def _unassign(self, key: str) -> Tracked | None:
-        tracked = self.tracked.get(key)
-        if tracked is not None and tracked.gpu is not None:
-            slot = self.slots.get(tracked.gpu)
-            if slot is not None and slot.assigned.pop(key, None) is not None:
-                slot.changed()
-                self._snapshot = None
-        return tracked
+    def _unassign(self, tracked: Tracked) -> None:
+        slot = self.slots.get(tracked.gpu) if tracked.gpu is not None else None
+        if slot is not None and slot.assigned.pop(tracked.key, None) is not None:
+            slot.changed()
+            self._snapshot = None
+        if tracked.status in ("placed", "running"):
+            self.book.stopped(tracked.user)
+            tracked.status = "released"
 
     # -- task lifecycle --------------------------------------------------------------------------
     def transition(self, key, start, finish, *args, **kwargs) -> None:
@@ -351,44 +317,51 @@ class GpuRouter(SchedulerPlugin):
         if tracked is None:
             return
         if start == "processing":
-            self._unassign(key)
-            self._schedule_dispatch()
-            if finish == "memory":
-                self._record_duration(tracked, kwargs)
+            self._unassign(tracked)
+            self.schedule_dispatch()
+            if finish in ("memory", "erred"):
+                self._record_compute(tracked, kwargs)
         if finish == "no-worker":
-            self._unassign(key)
+            self._unassign(tracked)
             tracked.gpu, tracked.status = None, "queued"
             self.counters["held"] += 1
-            heapq.heappush(self.ready, (tracked.sort_key(), key))
-            self._schedule_dispatch()
+            self.queue.push(key, tracked.user, tracked.request.priority, self.book.limits(tracked.user).weight)
+            self.schedule_dispatch()
         elif finish == "processing":
             tracked.status = "running"
         elif finish in FINAL_STATUS:
-            self._finish(tracked, FINAL_STATUS[finish])
+            self._finish(tracked, FINAL_STATUS[finish], kwargs.get("exception_text"))
         # "released" / "waiting" are in-between states (retry, failover, cancel before "forgotten")
 
-    def _finish(self, tracked: Tracked, status: str) -> None:
-        self._unassign(tracked.key)
-        tracked.status = status
+    def _finish(self, tracked: Tracked, status: str, error_text: str | None = None) -> None:
+        self._unassign(tracked)
+        if tracked.cancelled_by:
+            status = "cancelled"
+        elif tracked.error is not None and not tracked.admitted:
+            status = "rejected"
+        tracked.status, tracked.finished_at = status, time.time()
+        if error_text and tracked.error is None and status == "failed" and not tracked.attempts:
+            tracked.attempts.append({"gpu": tracked.gpu, "error": error_text[:500]})
         self.tracked.pop(tracked.key, None)
+        if tracked.admitted:
+            self.book.finished(tracked.user, tracked.request.priority, tracked.gpu_seconds)
+            self.store.add_usage(tracked.user, utc_day(tracked.submitted), tasks=1, gpu_seconds=tracked.gpu_seconds)
+        self.store.record_task(tracked.record())
         self.finished[tracked.key] = tracked.explain()
         while len(self.finished) > HISTORY_SIZE:
             self.finished.popitem(last=False)
 
-    def _record_duration(self, tracked: Tracked, kwargs: dict[str, Any]) -> None:
-        compute = [s for s in kwargs.get("startstops") or () if s.get("action") == "compute"]
-        if compute:
-            seconds = compute[-1]["stop"] - compute[-1]["start"]
-        elif tracked.placed_at is not None:
+    def _record_compute(self, tracked: Tracked, kwargs: dict[str, Any]) -> None:
+        """Meter GPU time and learn each GPU's speed per task type (hybrid's past performance)."""
+        seconds = compute_seconds(kwargs.get("startstops"))
+        if not seconds and tracked.placed_at is not None:
             seconds = time.time() - tracked.placed_at
-        else:
-            return
-        gpu = tracked.gpu if tracked.gpu is not None else self.by_worker.get(kwargs.get("worker", ""))
-        if gpu is None:
-            return
-        k = (gpu, tracked.request.task_type)
-        previous = self.durations.get(k, seconds)
-        self.durations[k] = (1 - PERF_EWMA) * previous + PERF_EWMA * seconds
+        tracked.gpu_seconds += seconds
+        gpu = self.by_worker.get(kwargs.get("worker") or "", tracked.gpu)
+        if gpu is not None and seconds > 0:
+            k = (gpu, tracked.request.task_type)
+            previous = self.durations.get(k, seconds)
+            self.durations[k] = (1 - PERF_EWMA) * previous + PERF_EWMA * seconds
 
     def _before_task_erred(self, ts: TaskState, msg: dict[str, Any]) -> None:
         """Retry GPU errors on another GPU (up to retries); other errors fail at once."""
@@ -403,8 +376,9 @@ class GpuRouter(SchedulerPlugin):
             return
         if tracked.retries_left > 0:
             tracked.retries_left -= 1
+            tracked.gpu_seconds += compute_seconds(msg.get("startstops"))
             if gpu is not None:
-                tracked.request = _excluding(tracked.request, gpu)
+                tracked.request = replace(tracked.request, exclude=tracked.request.exclude | {gpu})
             ts.retries = 1
             dx.hold(ts)
             self.counters["retried"] += 1
@@ -420,47 +394,58 @@ class GpuRouter(SchedulerPlugin):
         tried = ", ".join(f"GPU {a['gpu']}: {a['error']}" for a in tracked.attempts)
         return f"task {tracked.key} failed on {len(tracked.attempts)} GPU attempt(s): {tried}"
 
-    # -- dispatch: place held tasks in priority order ----------------------------------------------
-    def _schedule_dispatch(self) -> None:
+    def cancel(self, tracked: Tracked, by: str, reason: str = "") -> None:
+        """Cancel a queued or running task; its future raises :class:`TaskCancelledError`."""
+        tracked.cancelled_by = by
+        ts = self.scheduler.tasks.get(tracked.key)
+        if ts is not None:
+            why = f": {reason}" if reason else ""
+            dx.fail(
+                self.scheduler,
+                ts,
+                TaskCancelledError(f"task {tracked.key} cancelled by {by}{why}"),
+                f"altlas-cancel-{time.time()}",
+            )
+
+    # -- dispatch: place held tasks in priority and fair-share order ----------------------------------
+    def schedule_dispatch(self) -> None:
         if not self._dispatch_pending and self.scheduler is not None:
             self._dispatch_pending = True
             self.scheduler.loop.add_callback(self._dispatch)
 
+    def _has_free_slot(self) -> bool:
+        limit = self.policy.max_concurrent_tasks_per_gpu
+        return any(s.active_requests < limit and s.status == "active" for s in self.snapshot())
+
     def _dispatch(self) -> None:
         self._dispatch_pending = False
         scheduler = self.scheduler
-        if scheduler is None or not self.ready:
+        if scheduler is None or not self.queue:
             return
-        stimulus = f"altlas-dispatch-{time.time()}"
         placements: list[tuple[TaskState, str, int]] = []
         failures: list[tuple[TaskState, BaseException]] = []
-        skipped: list[tuple[tuple, str]] = []
-        scanned = 0
-        while self.ready and scanned < BACKFILL_SCAN:
-            entry = heapq.heappop(self.ready)
-            key = entry[1]
-            ts, tracked = scheduler.tasks.get(key), self.tracked.get(key)
+        skipped: list[Entry] = []
+        for entry in self.queue.in_order(self.book.can_start):
+            ts, tracked = scheduler.tasks.get(entry.key), self.tracked.get(entry.key)
             if ts is None or tracked is None or not dx.is_held(ts) or tracked.status != "queued":
-                continue
-            if tracked.invalid is not None:
-                failures.append((ts, GpuOptionsError(tracked.invalid)))
+                continue  # stale: finished, cancelled or already placed
+            if tracked.error is not None:
+                failures.append((ts, tracked.error))
                 continue
             decision = self._decide(tracked)
             if decision.placed:
+                self.queue.served(entry)
                 self._assign(tracked, ts, decision)
                 placements.append((ts, self.slots[decision.gpu].worker, tracked.request.memory_mb))
             elif decision.outcome == "impossible":
                 failures.append((ts, self._impossible_error(tracked, decision)))
             else:
                 skipped.append(entry)
-                scanned += 1
-                if not any(
-                    s.active_requests < self.policy.max_concurrent_tasks_per_gpu and s.status == "active"
-                    for s in self.snapshot()
-                ):
+                if len(skipped) >= BACKFILL_SCAN or not self._has_free_slot():
                     break  # every GPU is full: nothing further down the queue can start either
         for entry in skipped:
-            heapq.heappush(self.ready, entry)
+            self.queue.requeue(entry)
+        stimulus = f"altlas-dispatch-{time.time()}"
         dx.place(scheduler, placements, stimulus)
         for ts, error in failures:
             self.counters["failed"] += 1
@@ -483,59 +468,18 @@ class GpuRouter(SchedulerPlugin):
             self.counters["timed_out"] += 1
             dx.fail(self.scheduler, ts, error, f"altlas-timeout-{now}")
 
-    # -- RPC handlers (``await client.scheduler.altlas_...``) ----------------------------------------
-    def rpc_gpus(self) -> dict[str, Any]:
-        return {
-            "gpus": [s.to_dict() for s in sorted(self.snapshot(), key=lambda s: s.id)],
-            "queued": sum(1 for t in self.tracked.values() if t.status == "queued"),
-        }
 
-    def rpc_explain(self, keys: list) -> dict[str, Any]:
-        out = {}
-        for key in keys:
-            tracked = self.tracked.get(key)
-            info = tracked.explain() if tracked is not None else self.finished.get(key)
-            if info is not None:
-                out[str(key)] = info
-        return out
-
-    def _set_drain(self, gpu: int, draining: bool, reason: str) -> dict[str, Any]:
-        slot = self.slots.get(gpu)
-        if slot is None:
-            return {"error": f"unknown GPU {gpu}; known GPUs: {sorted(self.slots)}"}
-        slot.draining, slot.drain_reason = draining, reason
-        slot.changed()
-        self._snapshot = None
-        logger.info("GPU %d %s", gpu, f"draining ({reason})" if draining else "enabled")
-        self._schedule_dispatch()
-        return {"gpu": gpu, "draining": draining, "running": len(slot.assigned)}
-
-    def rpc_drain(self, gpu: int, reason: str = "") -> dict[str, Any]:
-        return self._set_drain(gpu, True, reason)
-
-    def rpc_enable(self, gpu: int) -> dict[str, Any]:
-        return self._set_drain(gpu, False, "")
-
-    def rpc_policy(self) -> dict[str, Any]:
-        return self.policy.model_dump()
-
-    def rpc_status(self) -> dict[str, Any]:
-        by_status: dict[str, int] = {}
-        for t in self.tracked.values():
-            by_status[t.status] = by_status.get(t.status, 0) + 1
-        return {"counters": dict(self.counters), "tracked": by_status, "recent": list(self.recent)[-50:]}
-
-
-def _excluding(request: TaskRequest, gpu: int) -> TaskRequest:
-    from dataclasses import replace
-
-    return replace(request, exclude=request.exclude | {gpu})
+def _user_of(raw: Any) -> str:
+    """The user named in invalid options, if that part is valid (for accounting the rejection)."""
+    user = raw.get("user") if isinstance(raw, dict) else None
+    try:
+        return GpuOptions(user=user).user if isinstance(user, str) else "anonymous"
+    except ValueError:
+        return "anonymous"
 
 
 @click.command()
 @click.option("--altlas-config", type=click.Path(), default=None, help="cluster.yaml (default $ALTLAS_CONFIG).")
 async def dask_setup(scheduler: Scheduler, altlas_config: str | None) -> None:
     """``dask scheduler --preload scheduler_plugins.gpu_router [--altlas-config cluster.yaml]``."""
-    # ``idempotent`` is keyword-only with no default in distributed 2026.x: without it this raised TypeError,
-    # which PreloadManager.start only logs, leaving a scheduler with no router (and no altlas_* handlers).
-    await scheduler.register_scheduler_plugin(GpuRouter(load_config(altlas_config)), name=PLUGIN_NAME, idempotent=True)
+    await scheduler.register_scheduler_plugin(GpuRouter(load_config(altlas_config)), name=PLUGIN_NAME)

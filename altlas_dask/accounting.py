@@ -1,0 +1,210 @@
+"""Durable accounting in an embedded SQLite database.
+
+Writes (task records, usage increments, quota overrides) are queued and
+applied by one writer thread in batched transactions, so the scheduler's
+event loop never waits on disk. Reads open their own connection (WAL mode
+lets them run beside the writer); the router calls them off the loop too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS usage (
+    user TEXT NOT NULL, day TEXT NOT NULL,
+    tasks INTEGER NOT NULL DEFAULT 0, gpu_seconds REAL NOT NULL DEFAULT 0, rejected INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (user, day)
+);
+CREATE TABLE IF NOT EXISTS quota_overrides (user TEXT PRIMARY KEY, limits TEXT NOT NULL, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks (
+    key TEXT PRIMARY KEY, user TEXT NOT NULL, gpu INTEGER, strategy TEXT, reason TEXT, status TEXT NOT NULL,
+    priority INTEGER, task_type TEXT, memory_mb INTEGER, submitted REAL, started REAL, finished REAL,
+    gpu_seconds REAL, attempts INTEGER, error TEXT
+);
+CREATE INDEX IF NOT EXISTS tasks_user ON tasks (user, finished);
+CREATE INDEX IF NOT EXISTS tasks_finished ON tasks (finished);
+"""
+TASK_COLUMNS = (
+    "key",
+    "user",
+    "gpu",
+    "strategy",
+    "reason",
+    "status",
+    "priority",
+    "task_type",
+    "memory_mb",
+    "submitted",
+    "started",
+    "finished",
+    "gpu_seconds",
+    "attempts",
+    "error",
+)
+_STOP = object()
+
+
+class AccountingStore:
+    """Usage per user and day, quota overrides and the final record of every task."""
+
+    def __init__(self, path: str | Path, flush_interval: float = 0.2) -> None:
+        self.path = str(path)
+        self.memory = self.path == ":memory:"
+        if self.memory:  # one shared in-memory database for the writer and readers
+            self.path = f"file:altlas-{id(self)}?mode=memory&cache=shared"
+        else:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.flush_interval = flush_interval
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._keepalive = self._connect()  # keeps a shared in-memory database alive
+        self._keepalive.executescript(SCHEMA)
+        self._pending = 0
+        self._done = threading.Condition()
+        self._writer = threading.Thread(target=self._write_loop, name="altlas-accounting", daemon=True)
+        self._writer.start()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, uri=self.memory, check_same_thread=False, timeout=30)
+        if not self.memory:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    # -- writes (queued; never block the caller) -----------------------------------------
+    def record_task(self, record: dict[str, Any]) -> None:
+        self._put(("task", tuple(record.get(c) for c in TASK_COLUMNS)))
+
+    def add_usage(self, user: str, day: str, *, tasks: int = 0, gpu_seconds: float = 0.0, rejected: int = 0) -> None:
+        self._put(("usage", (user, day, tasks, gpu_seconds, rejected)))
+
+    def set_override(self, user: str, limits: dict[str, Any]) -> None:
+        self._put(("override", (user, json.dumps(limits), time.time())))
+
+    def _put(self, op: tuple[str, tuple]) -> None:
+        with self._done:
+            self._pending += 1
+        self._queue.put(op)
+
+    def _write_loop(self) -> None:
+        conn = self._connect()
+        while True:
+            ops = [self._queue.get()]
+            deadline = time.monotonic() + self.flush_interval
+            while (remaining := deadline - time.monotonic()) > 0:
+                try:
+                    ops.append(self._queue.get(timeout=remaining))
+                except queue.Empty:
+                    break
+            stop = any(op is _STOP for op in ops)
+            writes = [op for op in ops if op is not _STOP]
+            try:
+                self._apply(conn, writes)
+            except sqlite3.Error:
+                logger.exception("accounting write failed; %d change(s) lost", len(writes))
+            with self._done:
+                self._pending -= len(writes)
+                self._done.notify_all()
+            if stop:
+                conn.close()
+                return
+
+    @staticmethod
+    def _apply(conn: sqlite3.Connection, ops: list[tuple[str, tuple]]) -> None:
+        tasks = [args for kind, args in ops if kind == "task"]
+        usage = [args for kind, args in ops if kind == "usage"]
+        overrides = [args for kind, args in ops if kind == "override"]
+        with conn:
+            if tasks:
+                conn.executemany(
+                    f"INSERT OR REPLACE INTO tasks ({', '.join(TASK_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' * len(TASK_COLUMNS))})",
+                    tasks,
+                )
+            if usage:
+                conn.executemany(
+                    "INSERT INTO usage (user, day, tasks, gpu_seconds, rejected) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (user, day) DO UPDATE SET tasks = tasks + excluded.tasks, "
+                    "gpu_seconds = gpu_seconds + excluded.gpu_seconds, rejected = rejected + excluded.rejected",
+                    usage,
+                )
+            if overrides:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO quota_overrides (user, limits, updated) VALUES (?, ?, ?)", overrides
+                )
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued write is on disk."""
+        with self._done:
+            return self._done.wait_for(lambda: self._pending <= 0, timeout)
+
+    def close(self) -> None:
+        self._queue.put(_STOP)
+        self._writer.join(timeout=10)
+        self._keepalive.close()
+
+    # -- reads ----------------------------------------------------------------------------------
+    @contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        conn = self._connect()
+        conn.row_factory = sqlite3.Row
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def usage_on(self, day: str) -> dict[str, tuple[int, float]]:
+        """``{user: (tasks, gpu_seconds)}`` for one UTC day."""
+        with self._reader() as conn:
+            rows = conn.execute("SELECT user, tasks, gpu_seconds FROM usage WHERE day = ?", (day,)).fetchall()
+        return {r["user"]: (r["tasks"], r["gpu_seconds"]) for r in rows}
+
+    def overrides(self) -> dict[str, dict[str, Any]]:
+        with self._reader() as conn:
+            rows = conn.execute("SELECT user, limits FROM quota_overrides").fetchall()
+        return {r["user"]: json.loads(r["limits"]) for r in rows}
+
+    def usage(self, user: str | None = None, since: str | None = None) -> list[dict[str, Any]]:
+        """Rows of (user, day, tasks, gpu_seconds, rejected), oldest day first."""
+        query, args = "SELECT user, day, tasks, gpu_seconds, rejected FROM usage WHERE 1=1", []
+        if user is not None:
+            query += " AND user = ?"
+            args.append(user)
+        if since is not None:
+            query += " AND day >= ?"
+            args.append(since)
+        with self._reader() as conn:
+            return [dict(r) for r in conn.execute(query + " ORDER BY day, user", args)]
+
+    def tasks(
+        self,
+        *,
+        user: str | None = None,
+        status: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        """Final task records, newest first."""
+        query, args = "SELECT * FROM tasks WHERE 1=1", []
+        for column, value in (("user", user), ("status", status)):
+            if value is not None:
+                query += f" AND {column} = ?"
+                args.append(value)
+        if since is not None:
+            query += " AND finished >= ?"
+            args.append(since)
+        query += " ORDER BY finished DESC LIMIT ? OFFSET ?"
+        with self._reader() as conn:
+            return [dict(r) for r in conn.execute(query, [*args, limit, offset])]
