@@ -482,4 +482,7 @@ def _user_of(raw: Any) -> str:
 @click.option("--altlas-config", type=click.Path(), default=None, help="cluster.yaml (default $ALTLAS_CONFIG).")
 async def dask_setup(scheduler: Scheduler, altlas_config: str | None) -> None:
     """``dask scheduler --preload scheduler_plugins.gpu_router [--altlas-config cluster.yaml]``."""
-    await scheduler.register_scheduler_plugin(GpuRouter(load_config(altlas_config)), name=PLUGIN_NAME)
+    # ``idempotent`` is keyword-only with no default in distributed 2026.x: without it this raised TypeError,
+    # which PreloadManager.start only logs, leaving a scheduler with no router (and no altlas_* handlers).
+    # tests/test_multinode.py starts `dask scheduler --preload scheduler_plugins.gpu_router` and guards this.
+    await scheduler.register_scheduler_plugin(GpuRouter(load_config(altlas_config)), name=PLUGIN_NAME, idempotent=True)
