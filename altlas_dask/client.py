@@ -164,16 +164,26 @@ class Client(distributed.Client):
         return self._call("altlas_status")
 
     # -- users, quotas, accounting ------------------------------------------------------------
-    def tasks(self, user: str | None = None, status: str | None = None, limit: int = 100,
-              offset: int = 0) -> list[dict[str, Any]]:
+    def tasks(
+        self, user: str | None = None, status: str | None = None, limit: int = 100, offset: int = 0
+    ) -> list[dict[str, Any]]:
         """Live and recent tasks: your own, or anyone's if this client's user is an admin."""
-        return self._call("altlas_tasks", as_user=self.user, user=user, status=status, limit=limit,
-                          offset=offset)["tasks"]
+        return self._call("altlas_tasks", as_user=self.user, user=user, status=status, limit=limit, offset=offset)[
+            "tasks"
+        ]
 
     def cancel_task(self, task: Future | str, reason: str = "") -> dict[str, Any]:
         """Cancel one of your tasks (admins: anyone's); its future raises ``TaskCancelledError``."""
-        key = task.key if isinstance(task, Future) else task
-        return self._call("altlas_cancel", key=key, as_user=self.user, reason=reason)
+        if not isinstance(task, Future):
+            return self._call("altlas_cancel", key=task, as_user=self.user, reason=reason)
+        deadline = time.monotonic() + 5.0
+        while True:  # a just-submitted future may not have reached the scheduler yet
+            try:
+                return self._call("altlas_cancel", key=task.key, as_user=self.user, reason=reason)
+            except RouterError as exc:
+                if exc.code != 404 or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.05)
 
     def quota(self, user: str | None = None) -> dict[str, Any]:
         """Limits, used, remaining and reset times (seed 001 section 6.3.4 shape)."""
@@ -187,8 +197,10 @@ class Client(distributed.Client):
         """Per-day usage rows (tasks, gpu_seconds, rejected) from the accounting database."""
         return self._call("altlas_usage", user=user or self.user, as_user=self.user, since=since)["days"]
 
-    def records(self, user: str | None = None, status: str | None = None, since: float | None = None,
-                limit: int = 1000) -> list[dict[str, Any]]:
+    def records(
+        self, user: str | None = None, status: str | None = None, since: float | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
         """Final task records from the accounting database, newest first."""
-        return self._call("altlas_records", as_user=self.user, user=user, status=status, since=since,
-                          limit=limit)["records"]
+        return self._call("altlas_records", as_user=self.user, user=user, status=status, since=since, limit=limit)[
+            "records"
+        ]
