@@ -77,8 +77,14 @@ class GpuOptions(BaseModel):
 
     def request(self, key: str = "", exclude: frozenset[int] = frozenset()) -> TaskRequest:
         return TaskRequest(
-            key=key, user=self.user, priority=self.priority, task_type=self.task_type, memory_mb=self.memory_mb,
-            strategy=self.strategy, gpu=self.specific_gpu_id, min_compute_capability=self.min_compute_capability,
+            key=key,
+            user=self.user,
+            priority=self.priority,
+            task_type=self.task_type,
+            memory_mb=self.memory_mb,
+            strategy=self.strategy,
+            gpu=self.specific_gpu_id,
+            min_compute_capability=self.min_compute_capability,
             exclude=exclude,
         )
 

@@ -65,13 +65,17 @@ class Decision:
 
     def to_dict(self) -> dict:
         return {
-            "strategy": self.strategy, "outcome": self.outcome, "gpu": self.gpu, "reason": self.reason,
+            "strategy": self.strategy,
+            "outcome": self.outcome,
+            "gpu": self.gpu,
+            "reason": self.reason,
             "scores": {str(k): round(v, 4) for k, v in self.scores.items()},
             "rejected": {str(k): v for k, v in self.rejected.items()},
         }
 
 
 # -- eligibility ---------------------------------------------------------------------
+
 
 def rejection(gpu: GpuState, request: TaskRequest, policy: RoutingPolicy) -> tuple[str, bool] | None:
     """Why ``gpu`` cannot take ``request`` now, and whether that is permanent; None if it can."""
@@ -81,8 +85,7 @@ def rejection(gpu: GpuState, request: TaskRequest, policy: RoutingPolicy) -> tup
     if not meets_compute_capability(gpu.compute_capability, minimum):
         return f"compute capability {gpu.compute_capability} < {minimum}", True
     if request.memory_mb > gpu.memory_total_mb * policy.memory_threshold:
-        return (f"needs {request.memory_mb} MB > {policy.memory_threshold:.0%} of its "
-                f"{gpu.memory_total_mb} MB"), True
+        return (f"needs {request.memory_mb} MB > {policy.memory_threshold:.0%} of its {gpu.memory_total_mb} MB"), True
     if gpu.status != "active":
         return f"status {gpu.status}", False
     if gpu.health_status == "critical":
@@ -92,8 +95,10 @@ def rejection(gpu: GpuState, request: TaskRequest, policy: RoutingPolicy) -> tup
     if gpu.active_requests >= policy.max_concurrent_tasks_per_gpu:
         return f"{gpu.active_requests} tasks running = max_concurrent_tasks_per_gpu", False
     if gpu.memory_used_mb + request.memory_mb > gpu.memory_total_mb * policy.memory_threshold:
-        return (f"needs {request.memory_mb} MB, {gpu.memory_free_mb} MB free "
-                f"(memory_threshold {policy.memory_threshold:.0%})"), False
+        return (
+            f"needs {request.memory_mb} MB, {gpu.memory_free_mb} MB free "
+            f"(memory_threshold {policy.memory_threshold:.0%})"
+        ), False
     if gpu.utilization_gpu > policy.utilization_threshold * 100:
         return f"utilization {gpu.utilization_gpu:.0f}% > {policy.utilization_threshold:.0%}", False
     return None
@@ -170,9 +175,11 @@ def hybrid(gpus: Sequence[GpuState], request: TaskRequest, ctx: RoutingContext) 
     breakdown = {g.id: hybrid_breakdown(g, request, ctx) for g in gpus}
     chosen = max(gpus, key=lambda g: (breakdown[g.id]["total"], -g.id))
     parts = ", ".join(f"{k} {v:.2f}" for k, v in breakdown[chosen.id].items() if k != "total")
-    return chosen, f"highest weighted score {breakdown[chosen.id]['total']:.3f} ({parts})", {
-        g: b["total"] for g, b in breakdown.items()
-    }
+    return (
+        chosen,
+        f"highest weighted score {breakdown[chosen.id]['total']:.3f} ({parts})",
+        {g: b["total"] for g, b in breakdown.items()},
+    )
 
 
 STRATEGIES: dict[str, Strategy] = {
@@ -187,13 +194,19 @@ STRATEGIES: dict[str, Strategy] = {
 
 # -- the entry point -------------------------------------------------------------------
 
+
 def choose(gpus: Sequence[GpuState], request: TaskRequest, ctx: RoutingContext) -> Decision:
     """Pick a GPU for ``request`` with its strategy (or the policy's default)."""
     policy = ctx.policy
     name = request.strategy or policy.default_strategy
     if name not in policy.allowed_strategies and name != "single_gpu":
-        return Decision(name, "impossible", None, f"strategy {name!r} is not enabled in this cluster's config "
-                        f"(enabled: {', '.join(policy.allowed_strategies)})")
+        return Decision(
+            name,
+            "impossible",
+            None,
+            f"strategy {name!r} is not enabled in this cluster's config "
+            f"(enabled: {', '.join(policy.allowed_strategies)})",
+        )
     if request.gpu is not None:
         wanted = [g for g in gpus if g.id == request.gpu]
         if not wanted:
@@ -216,8 +229,7 @@ def choose(gpus: Sequence[GpuState], request: TaskRequest, ctx: RoutingContext) 
     if not eligible:
         return _no_gpu(name, gpus, rejected, permanent)
     if name == "specific_gpu":
-        return Decision(name, "placed", eligible[0].id, f"gpu_options asked for GPU {request.gpu}",
-                        rejected=rejected)
+        return Decision(name, "placed", eligible[0].id, f"gpu_options asked for GPU {request.gpu}", rejected=rejected)
     chosen, reason, scores = STRATEGIES[name](eligible, request, ctx)
     return Decision(name, "placed", chosen.id, reason, scores, rejected)
 
@@ -229,10 +241,16 @@ def _single_gpu(gpus, eligible, rejected, permanent) -> Decision:
         return _no_gpu("single_gpu", gpus, rejected, permanent)
     primary = usable[0]
     if primary in eligible:
-        return Decision("single_gpu", "placed", primary.id, f"single-GPU mode: GPU {primary.id} is the primary",
-                        rejected=rejected)
-    return Decision("single_gpu", "wait", None, f"single-GPU mode: primary GPU {primary.id} busy: "
-                    f"{rejected[primary.id]}", rejected=rejected)
+        return Decision(
+            "single_gpu", "placed", primary.id, f"single-GPU mode: GPU {primary.id} is the primary", rejected=rejected
+        )
+    return Decision(
+        "single_gpu",
+        "wait",
+        None,
+        f"single-GPU mode: primary GPU {primary.id} busy: {rejected[primary.id]}",
+        rejected=rejected,
+    )
 
 
 def _no_gpu(name: str, gpus, rejected, permanent) -> Decision:
