@@ -24,12 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import CLUSTER_YAML, REPO
 
 import altlas_dask
 from altlas_dask import run_on_gpu
 from altlas_dask.resources import GPU_MEMORY_RESOURCE, GPU_RESOURCE
 
+REPO = Path(__file__).resolve().parent.parent
+CLUSTER_YAML = REPO / "cluster.yaml"
 STARTUP_TIMEOUT = 120.0  # seconds; generous: CI has 2 cores and other suites may run beside this one
 RESULT_TIMEOUT = 120.0
 SMALL_WORK = 10.0  # GFLOP: 5 ms on a simulated A100

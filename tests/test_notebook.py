@@ -16,12 +16,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
+REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
 QUICKSTART = NOTEBOOKS / "quickstart.ipynb"
 CELL_TIMEOUT = 180  # seconds per cell; the whole notebook takes well under a minute on 2 cores
