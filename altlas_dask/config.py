@@ -158,11 +158,11 @@ USER_NAME_PATTERN = r"^[A-Za-z0-9_.@-]{1,128}$"
 class QuotaLimits(_Strict):
     """One user's limits (seed 001 sections 6.3.4 and 6.3.6)."""
 
-    concurrent_requests: int = Field(64, ge=1, le=100_000)  # running at once; more wait their turn
-    gpu_time_minutes: float = Field(600.0, gt=0)  # GPU time per UTC day, metered from run time
-    priority_requests: int = Field(16, ge=0, le=100_000)  # priority 4-5 tasks submitted and not finished
-    requests_per_minute: int = Field(6000, ge=1)  # sliding 60 s window
-    requests_per_day: int = Field(200_000, ge=1)  # per UTC day
+    concurrent_requests: int = Field(1024, ge=1, le=100_000)  # running at once; more wait their turn
+    gpu_time_minutes: float = Field(14_400.0, gt=0)  # GPU time per UTC day, metered from run time
+    priority_requests: int = Field(256, ge=0, le=100_000)  # priority 4-5 tasks submitted and not finished
+    requests_per_minute: int = Field(60_000, ge=1)  # sliding 60 s window
+    requests_per_day: int = Field(5_000_000, ge=1)  # per UTC day
     weight: float = Field(1.0, gt=0, le=1000)  # fair-share weight among waiting work of equal priority
 
 

@@ -125,16 +125,17 @@ class QuotaBook:
             return None
         now = self.clock()
         usage, limits = self._usage(user, now), self.limits(user)
-        midnight = iso(next_midnight(now))
         if len(usage.minute) >= limits.requests_per_minute:
             reset = iso(usage.minute[0] + MINUTE)
             return QuotaExceededError(user, "requests_per_minute", limits.requests_per_minute, len(usage.minute), reset)
         if usage.day_requests >= limits.requests_per_day:
-            return QuotaExceededError(user, "requests_per_day", limits.requests_per_day, usage.day_requests, midnight)
+            return QuotaExceededError(
+                user, "requests_per_day", limits.requests_per_day, usage.day_requests, iso(next_midnight(now))
+            )
         used_minutes = usage.day_gpu_seconds / 60
         if used_minutes >= limits.gpu_time_minutes:
             return QuotaExceededError(
-                user, "gpu_time_minutes", limits.gpu_time_minutes, round(used_minutes, 2), midnight
+                user, "gpu_time_minutes", limits.gpu_time_minutes, round(used_minutes, 2), iso(next_midnight(now))
             )
         if priority >= HIGH_PRIORITY and usage.priority_outstanding >= limits.priority_requests:
             return QuotaExceededError(

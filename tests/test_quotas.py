@@ -96,7 +96,7 @@ def test_report_has_the_seed_shape():
     assert set(report["quotas"]) == {"gpu_time", "concurrent_requests", "priority_requests"}
     assert set(report["rate_limits"]) == {"requests_per_minute", "requests_per_day"}
     rpm = report["rate_limits"]["requests_per_minute"]
-    assert (rpm["limit"], rpm["used"], rpm["remaining"]) == (6000, 1, 5999)
+    assert (rpm["limit"], rpm["used"], rpm["remaining"]) == (60_000, 1, 59_999)
     assert rpm["reset_time"] == "2026-11-23T12:01:00Z"
     assert report["quotas"]["concurrent_requests"]["used"] == 1
 
@@ -105,7 +105,7 @@ def test_overrides_from_config_and_at_run_time():
     config = build_config({"quotas": {"users": {"ana": {"concurrent_requests": 2, "weight": 3}}}})
     quotas = QuotaBook(config.quotas, Clock())
     assert quotas.limits("ana").concurrent_requests == 2 and quotas.limits("ana").weight == 3
-    assert quotas.limits("bob").concurrent_requests == 64
+    assert quotas.limits("bob").concurrent_requests == 1024
     assert quotas.set_override("ana", {"requests_per_day": 10}).requests_per_day == 10
     assert quotas.limits("ana").concurrent_requests == 2, "earlier overrides are kept"
 
