@@ -118,21 +118,26 @@ def start_cluster(
         "scheduler_kwargs": {"plugins": plugins},
     }
     with dask.config.set(_dask_settings(config)):
-        make = _simulated_cluster if simulated else _cuda_cluster
-        cluster = make(config, gpus, common)
+        if simulated:  # workers rebuild the pool detect_gpus saw (its size, not the filtered count)
+            pool_size = simulate if simulate is not None else config.cluster.simulate
+            cluster = _simulated_cluster(config, gpus, common, pool_size)
+        else:
+            cluster = _cuda_cluster(config, gpus, common)
         cluster.wait_for_workers(len(gpus), timeout=timeout)
     logger.info("cluster up: scheduler %s, dashboard %s", cluster.scheduler_address, cluster.dashboard_link)
     return GpuCluster(cluster=cluster, gpus=gpus, simulated=simulated, config=config)
 
 
-def _simulated_cluster(config: AltlasConfig, gpus: list[GpuState], common: dict[str, Any]) -> LocalCluster:
+def _simulated_cluster(
+    config: AltlasConfig, gpus: list[GpuState], common: dict[str, Any], pool_size: int | None = None
+) -> LocalCluster:
     cluster = LocalCluster(n_workers=0, processes=True, **common)
     try:
         for gpu in gpus:
             spec = copy.deepcopy(cluster.new_spec)
             spec["options"].update(
                 name=f"gpu-{gpu.id}",
-                plugins={GpuWorkerPlugin(config, simulated_index=gpu.id, simulate_count=len(gpus))},
+                plugins={GpuWorkerPlugin(config, simulated_index=gpu.id, simulate_count=pool_size)},
             )
             cluster.worker_spec[f"gpu-{gpu.id}"] = spec
         cluster.sync(cluster._correct_state)

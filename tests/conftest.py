@@ -1,0 +1,111 @@
+"""Shared fixtures: the repo's configuration, a polling helper and ONE session-wide 4-GPU cluster.
+
+Starting a cluster costs a few seconds (CI has 2 cores), so every test that needs the
+default heterogeneous pool of cluster.yaml (2x A100 80GB + 2x T4 16GB) shares ``gpu_cluster``.
+Tests that damage a cluster (fault injection) start their own small one.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+from distributed import Client
+
+from altlas_dask.config import AltlasConfig, build_config
+from altlas_dask.launcher import GpuCluster, start_cluster
+
+REPO = Path(__file__).resolve().parent.parent
+CLUSTER_YAML = REPO / "cluster.yaml"
+LOCAL_ADDRESSES = {"scheduler_address": "127.0.0.1:0", "dashboard_address": "127.0.0.1:0"}
+
+T = TypeVar("T")
+
+
+def repo_config_data() -> dict[str, Any]:
+    """The parsed repo cluster.yaml (a fresh copy each call)."""
+    return copy.deepcopy(yaml.safe_load(CLUSTER_YAML.read_text()))
+
+
+def local_config(data: dict[str, Any] | None = None, **cluster: Any) -> AltlasConfig:
+    """A validated config whose scheduler and dashboard listen on free local ports.
+
+    ``data`` defaults to the repo's cluster.yaml; read without environment overrides
+    so an ``ALTLAS_*`` variable in the CI environment cannot change the tests.
+    """
+    data = repo_config_data() if data is None else copy.deepcopy(data)
+    data["cluster"] = {**data.get("cluster", {}), **LOCAL_ADDRESSES, **cluster}
+    return build_config(data)
+
+
+def wait_for(predicate: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.1, what: str = "") -> T:
+    """Poll ``predicate`` until it returns something truthy; fail (not hang) after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+def cli_command() -> list[str]:
+    """The installed ``altlas-dask`` console script next to this interpreter, else ``python -m``."""
+    script = Path(sys.executable).with_name("altlas-dask")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "altlas_dask.cli"]
+
+
+def cli_env() -> dict[str, str]:
+    """The environment for CLI subprocesses: no ALTLAS_* leaking in, a wide table."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALTLAS_")}
+    env["COLUMNS"] = "250"
+    env["PYTHONIOENCODING"] = "utf-8"
+    return env
+
+
+def nvml_sees_a_gpu() -> bool:
+    """True where the real NVML library loads and reports at least one device."""
+    import pynvml
+
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return False
+    try:
+        return pynvml.nvmlDeviceGetCount() > 0
+    finally:
+        pynvml.nvmlShutdown()
+
+
+@pytest.fixture(scope="session")
+def repo_config() -> AltlasConfig:
+    return local_config()
+
+
+@pytest.fixture(scope="session")
+def gpu_cluster(repo_config: AltlasConfig) -> Iterator[GpuCluster]:
+    """The default heterogeneous pool of cluster.yaml, one worker process per virtual GPU."""
+    cluster = start_cluster(repo_config, simulate=4, timeout=60)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture(scope="session")
+def dask_client(gpu_cluster: GpuCluster) -> Iterator[Client]:
+    """A plain ``distributed.Client`` (``workers=`` allowed) on the shared cluster."""
+    from altlas_dask.live import live_gpus
+
+    with Client(gpu_cluster.scheduler_address, timeout=30) as client:
+        # Every worker reports its GPU with its heartbeat; wait until all four have done so.
+        wait_for(lambda: len(live_gpus(client)) == 4, what="4 GPU heartbeats")
+        yield client

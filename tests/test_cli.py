@@ -1,0 +1,241 @@
+"""The ``altlas-dask`` command line, run as a subprocess the way a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from conftest import CLUSTER_YAML, cli_command, cli_env, nvml_sees_a_gpu
+
+from altlas_dask.gpus.simulated import simulated_uuid
+from altlas_dask.live import gpu_workers
+
+SEED_KEYS = {
+    "gpu_id",
+    "uuid",
+    "name",
+    "compute_capability",
+    "status",
+    "memory",
+    "utilization",
+    "temperature",
+    "power",
+    "performance_index",
+    "error_rate",
+    "active_requests",
+    "queued_requests",
+    "uptime",
+    "health_status",
+    "simulated",
+    "worker",
+}
+POOL_NAMES = ["Simulated A100 80GB"] * 2 + ["Simulated T4 16GB"] * 2
+POOL_MEMORY = [81920, 81920, 16384, 16384]
+
+
+def altlas(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*cli_command(), "--config", str(CLUSTER_YAML), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cli_env(),
+    )
+
+
+def table_rows(output: str) -> list[dict[str, str]]:
+    """The rows of a rich table as {column title: cell text}."""
+    header: list[str] | None = None
+    rows = []
+    for line in output.splitlines():
+        line = line.strip()
+        if line.startswith("┃") and header is None:
+            header = [cell.strip() for cell in line.strip("┃").split("┃")]
+        elif line.startswith("│") and header is not None:
+            cells = [cell.strip() for cell in line.strip("│").split("│")]
+            rows.append(dict(zip(header, cells, strict=True)))
+    assert header is not None, f"no table header in:\n{output}"
+    return rows
+
+
+# -- gpus ---------------------------------------------------------------------------------------
+
+
+def test_gpus_simulate_prints_a_row_per_gpu():
+    done = altlas("gpus", "--simulate", "4")
+    assert done.returncode == 0, done.stderr
+    assert "Simulated GPUs" in done.stdout
+    rows = table_rows(done.stdout)
+    assert [row["GPU"] for row in rows] == ["0", "1", "2", "3"]
+    assert [row["Name"] for row in rows] == POOL_NAMES
+    assert [row["CC"] for row in rows] == ["8.0", "8.0", "7.5", "7.5"]
+    assert [row["Memory used / total (MB)"] for row in rows] == [f"0 / {m}" for m in POOL_MEMORY]
+    assert [row["Util %"] for row in rows] == ["0"] * 4
+    assert [row["Temp °C"] for row in rows] == ["35"] * 4
+    assert [row["Power W"] for row in rows] == ["50 / 400", "50 / 400", "10 / 70", "10 / 70"]
+    assert [row["Health"] for row in rows] == ["healthy"] * 4
+    assert [row["Status"] for row in rows] == ["active"] * 4
+
+
+def test_gpus_json_has_the_seed_shape():
+    done = altlas("gpus", "--simulate", "4", "--json")
+    assert done.returncode == 0, done.stderr
+    payload = json.loads(done.stdout)
+    assert list(payload) == ["gpus"]
+    gpus = payload["gpus"]
+    assert len(gpus) == 4
+    for k, gpu in enumerate(gpus):
+        assert set(gpu) == SEED_KEYS
+        assert gpu["gpu_id"] == f"gpu_{k}"
+        assert gpu["uuid"] == simulated_uuid(k)
+        assert gpu["name"] == POOL_NAMES[k]
+        assert gpu["memory"] == {"total": POOL_MEMORY[k], "used": 0, "free": POOL_MEMORY[k]}
+        assert set(gpu["utilization"]) == {"gpu", "memory"}
+        assert set(gpu["power"]) == {"usage", "limit"}
+        assert gpu["power"]["limit"] == (400 if k < 2 else 70)
+        assert gpu["health_status"] == "healthy"
+        assert gpu["simulated"] is True
+        assert gpu["worker"] is None
+
+
+@pytest.mark.skipif(nvml_sees_a_gpu(), reason="NVML sees a real GPU on this machine")
+def test_gpus_without_a_gpu_falls_back_to_the_simulated_pool_and_says_so():
+    done = altlas("gpus", "--json")
+    assert done.returncode == 0, done.stderr
+    assert "falling back to the simulated GPU pool" in done.stderr
+    assert "WARNING" in done.stderr
+    assert [g["name"] for g in json.loads(done.stdout)["gpus"]] == POOL_NAMES
+
+
+def test_set_override_reaches_the_command():
+    done = altlas("--set", "gpu.detection.min_compute_capability=8.0", "gpus", "--simulate", "4", "--json")
+    assert done.returncode == 0, done.stderr
+    assert [g["gpu_id"] for g in json.loads(done.stdout)["gpus"]] == ["gpu_0", "gpu_1"]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--set", "gpu.bogus=1", "gpus"], "'gpu.bogus'"),
+        (["--set", "gpu.detection.min_compute_capability=9.0", "gpus", "--simulate", "2"], "min_compute_capability"),
+    ],
+)
+def test_configuration_errors_exit_2_with_one_line(args, expected):
+    done = altlas(*args)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: ")
+    assert expected in lines[0]
+    assert "Traceback" not in done.stderr
+
+
+def test_missing_config_file_exits_2(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    done = subprocess.run(
+        [*cli_command(), "--config", str(missing), "gpus"], capture_output=True, text=True, timeout=60, env=cli_env()
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"error: config file {str(missing)!r} does not exist"
+
+
+def test_gpus_scheduler_lists_the_live_gpus_with_their_workers(gpu_cluster, dask_client):
+    address = gpu_cluster.scheduler_address
+    workers = gpu_workers(dask_client)
+
+    done = altlas("gpus", "--scheduler", address)
+    assert done.returncode == 0, done.stderr
+    assert f"GPUs of {address}" in done.stdout
+    rows = table_rows(done.stdout)
+    assert [row["GPU"] for row in rows] == ["0", "1", "2", "3"]
+    assert [row["Name"] for row in rows] == POOL_NAMES
+    assert [row["Worker"] for row in rows] == [workers[k] for k in range(4)]
+
+    done = altlas("gpus", "--scheduler", address, "--json")
+    assert done.returncode == 0, done.stderr
+    gpus = json.loads(done.stdout)["gpus"]
+    assert [g["gpu_id"] for g in gpus] == ["gpu_0", "gpu_1", "gpu_2", "gpu_3"]
+    assert [g["worker"] for g in gpus] == [workers[k] for k in range(4)]
+    assert all(set(g) == SEED_KEYS for g in gpus)
+
+
+# -- up -------------------------------------------------------------------------------------------
+
+
+def test_up_serves_the_dashboard_and_stops_on_ctrl_c(tmp_path):
+    stderr_path = tmp_path / "stderr.txt"
+    with stderr_path.open("w") as stderr:
+        proc = subprocess.Popen(
+            [
+                *cli_command(),
+                "--config",
+                str(CLUSTER_YAML),
+                "up",
+                "--simulate",
+                "4",
+                "--scheduler-address",
+                "127.0.0.1:0",
+                "--dashboard-address",
+                "127.0.0.1:0",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env=cli_env(),
+            cwd=tmp_path,
+            start_new_session=True,  # its own process group: cleaned up below whatever happens
+        )
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        output, dashboard = [], None
+        deadline = time.monotonic() + 120
+        while dashboard is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                pytest.fail(f"no 'Dashboard:' line within 120 s; stdout so far:\n{''.join(output)}")
+            try:
+                line = lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                pytest.fail(f"'up' exited ({proc.wait()}) before printing the dashboard:\n{stderr_path.read_text()}")
+            output.append(line)
+            if match := re.match(r"Dashboard: (http://\S+)", line):
+                dashboard = match.group(1)
+        text = "".join(output)
+        assert re.search(r"Scheduler: tcp://127\.0\.0\.1:\d+", text)
+        assert [row["Name"] for row in table_rows(text)] == POOL_NAMES
+
+        with urllib.request.urlopen(dashboard, timeout=30) as response:
+            assert response.status == 200
+
+        proc.send_signal(signal.SIGINT)
+        try:
+            returncode = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail("'up' did not stop within 60 s of SIGINT")
+        assert returncode == 0, stderr_path.read_text()
+        assert "Stopping cluster" in stderr_path.read_text()
+        with pytest.raises(urllib.error.URLError):
+            urllib.request.urlopen(dashboard, timeout=10)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
