@@ -31,8 +31,11 @@ class Batch:
     sizes: list[int]
 
     def result(self, timeout: float | None = None) -> list[Any]:
-        client = self.futures[0].client if self.futures else None
-        chunks = client.gather(self.futures) if client else []
+        """All results, flattened in input order; ``timeout`` seconds for the whole batch."""
+        if not self.futures:
+            return []
+        distributed.wait(self.futures, timeout=timeout)
+        chunks = self.futures[0].client.gather(self.futures)
         return [item for chunk in chunks for item in chunk]
 
     def __len__(self) -> int:
@@ -122,6 +125,12 @@ class Client(distributed.Client):
             return await getattr(self.scheduler, handler)(**kwargs)
 
         result = self.sync(call)
+        if result is None:
+            raise RouterError(
+                f"no GPU router on scheduler {self.scheduler.address} (no handler {handler!r}): start the cluster "
+                "with altlas_dask.start_cluster or `dask scheduler --preload scheduler_plugins.gpu_router`",
+                503,
+            )
         if isinstance(result, dict) and "error" in result:
             raise RouterError(result["error"], result.get("code", 400))
         return result

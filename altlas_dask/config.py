@@ -288,6 +288,14 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     return tree
 
 
+def _scalar_or_yaml(raw: str) -> Any:
+    """YAML for values; a string like ``:memory:`` stays a string unless it is a ``[...]``/``{...}`` collection."""
+    value = yaml.safe_load(raw)
+    if isinstance(value, dict | list) and not raw.lstrip().startswith(("[", "{")):
+        return raw
+    return value
+
+
 def cli_overrides(assignments: Iterable[str]) -> dict[str, Any]:
     """``["gpu.multi_gpu.default_strategy=hybrid"]`` -> nested dict."""
     tree: dict[str, Any] = {}
@@ -295,7 +303,7 @@ def cli_overrides(assignments: Iterable[str]) -> dict[str, Any]:
         key, eq, raw = item.partition("=")
         if not eq or not key.strip():
             raise ConfigError(f"override {item!r} is not KEY=VALUE (e.g. gpu.multi_gpu.default_strategy=hybrid)")
-        _set_path(tree, key.strip(), yaml.safe_load(raw))
+        _set_path(tree, key.strip(), _scalar_or_yaml(raw))
     return tree
 
 

@@ -131,5 +131,14 @@ async def dask_setup(worker, altlas_gpu: int | None, altlas_config: str | None, 
     """``dask worker --preload altlas_dask.worker [--altlas-gpu K]``."""
     if altlas_gpu is None and os.environ.get("ALTLAS_GPU_INDEX"):
         altlas_gpu = int(os.environ["ALTLAS_GPU_INDEX"])
-    plugin = GpuWorkerPlugin(load_config(altlas_config), simulated_index=altlas_gpu, simulate_count=altlas_simulate)
-    await worker.plugin_add(plugin=plugin, name=PLUGIN_NAME, catch_errors=False)
+    try:
+        plugin = GpuWorkerPlugin(load_config(altlas_config), simulated_index=altlas_gpu, simulate_count=altlas_simulate)
+        await worker.plugin_add(plugin=plugin, name=PLUGIN_NAME, catch_errors=False)
+    except Exception as exc:
+        fatal_preload("GPU worker set-up failed", exc)
+
+
+def fatal_preload(what: str, exc: BaseException) -> None:
+    """Stop the process: Dask's preload runner only logs an Exception, which would leave a half-set-up server."""
+    logger.critical("%s: %s", what, exc)
+    raise SystemExit(f"altlas-dask: {what}: {exc}") from exc

@@ -46,8 +46,9 @@ from altlas_dask.options import ANNOTATION, GpuOptions
 from altlas_dask.quotas import QuotaBook, utc_day
 from altlas_dask.resources import GPU_RESOURCE
 from altlas_dask.strategies import Decision, RoutingContext, choose
-from altlas_dask.worker import METRIC_NAME
+from altlas_dask.worker import METRIC_NAME, fatal_preload
 from scheduler_plugins import dask_internals as dx
+from scheduler_plugins.metrics import RouterMetrics, publish, unpublish
 from scheduler_plugins.router_api import RouterApi
 from scheduler_plugins.router_state import GpuSlot, Tracked
 
@@ -94,6 +95,7 @@ class GpuRouter(RouterApi, SchedulerPlugin):
         self.durations: dict[tuple[int, str], float] = {}
         self.counters = dict.fromkeys(("placed", "held", "retried", "failed", "timed_out", "rejected"), 0)
         self.decision_seconds: deque[float] = deque(maxlen=10_000)
+        self.metrics = RouterMetrics()
         self._rr_last: int | None = None
         self._rng = random.Random(self.config.simulation.seed)
         self._snapshot: tuple[GpuState, ...] | None = None
@@ -117,6 +119,7 @@ class GpuRouter(RouterApi, SchedulerPlugin):
         interval_ms = self.config.gpu.workload.queue_processing_interval * 1000
         self._poller = PeriodicCallback(self._poll, interval_ms)
         self._poller.start()
+        publish(self)
 
     def _open_store(self) -> None:
         acc = self.config.accounting
@@ -129,6 +132,7 @@ class GpuRouter(RouterApi, SchedulerPlugin):
         logger.info("accounting database %s: restored usage of %d user(s)", acc.database, len(self.book.usage))
 
     async def close(self) -> None:
+        unpublish(self)
         if self._poller is not None:
             self._poller.stop()
         if self.store is not None:
@@ -228,7 +232,8 @@ class GpuRouter(RouterApi, SchedulerPlugin):
     def _deps_done(ts: TaskState) -> bool:
         return all(dts.state == "memory" for dts in ts.dependencies)
 
-    def _track(self, ts: TaskState, now: float) -> Tracked:
+    def _track(self, ts: TaskState, now: float, *, charge: bool = True) -> Tracked:
+        """Start tracking a GPU task; ``charge=False`` for a recomputation (no quota charged again)."""
         raw = (ts.annotations or {}).get(ANNOTATION) or {}
         error: BaseException | None = None
         try:
@@ -237,14 +242,16 @@ class GpuRouter(RouterApi, SchedulerPlugin):
             options, error = GpuOptions(user=_user_of(raw)), exc
         request = options.request(key=str(ts.key))
         dx.set_priority(ts, request.priority)
-        if error is None:
+        if error is None and charge:
             error = self.book.admit(request.user, request.priority)
             if error is not None:
                 self.counters["rejected"] += 1
+                self.metrics.quota_rejections.labels(request.user, error.limit_name).inc()
                 self.store.add_usage(request.user, utc_day(now), rejected=1)
         retries = self.policy.retry_count if options.retries is None else options.retries
         timeout = options.timeout or self.policy.timeout
-        tracked = Tracked(str(ts.key), request, now, timeout, retries, admitted=error is None, error=error)
+        admitted = error is None and charge
+        tracked = Tracked(str(ts.key), request, now, timeout, retries, admitted=admitted, error=error)
         self.tracked[ts.key] = tracked
         heapq.heappush(self.deadlines, (now + timeout, ts.key))
         return tracked
@@ -252,7 +259,7 @@ class GpuRouter(RouterApi, SchedulerPlugin):
     # -- the decision ------------------------------------------------------------------------
     def snapshot(self) -> tuple[GpuState, ...]:
         if self._snapshot is None:
-            self._snapshot = tuple(slot.view() for slot in self.slots.values())
+            self._snapshot = tuple(self.slots[gpu].view() for gpu in sorted(self.slots))
         return self._snapshot
 
     def _performance(self, task_type: str) -> dict[int, float]:
@@ -276,7 +283,10 @@ class GpuRouter(RouterApi, SchedulerPlugin):
         else:
             ctx = RoutingContext(self.policy, self._rr_last, self._rng, self._performance(request.task_type))
             decision = choose(self.snapshot(), request, ctx)
-        self.decision_seconds.append(time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        self.decision_seconds.append(elapsed)
+        self.metrics.decision_seconds.observe(elapsed)
+        self.metrics.decisions.labels(decision.strategy, decision.outcome).inc()
         tracked.decision = decision
         return decision
 
@@ -290,6 +300,9 @@ class GpuRouter(RouterApi, SchedulerPlugin):
             self._rr_last = decision.gpu
         tracked.gpu, tracked.placed_at, tracked.status = decision.gpu, time.time(), "placed"
         self.counters["placed"] += 1
+        self.metrics.queue_wait.labels(tracked.user, tracked.request.task_type).observe(
+            tracked.placed_at - tracked.submitted
+        )
         self.recent.append(
             {
                 "time": tracked.placed_at,
@@ -315,7 +328,12 @@ class GpuRouter(RouterApi, SchedulerPlugin):
     def transition(self, key, start, finish, *args, **kwargs) -> None:
         tracked = self.tracked.get(key)
         if tracked is None:
-            return
+            ts = self.scheduler.tasks.get(key) if finish == "no-worker" and self.scheduler else None
+            if ts is None or not self._is_gpu_task(ts):
+                return
+            # A finished GPU task being recomputed (its result was on a worker that died), or one
+            # submitted before the router started: it is still pinned to a worker that may be gone.
+            tracked = self._track(ts, time.time(), charge=False)
         if start == "processing":
             self._unassign(tracked)
             self.schedule_dispatch()
@@ -347,9 +365,18 @@ class GpuRouter(RouterApi, SchedulerPlugin):
             self.book.finished(tracked.user, tracked.request.priority, tracked.gpu_seconds)
             self.store.add_usage(tracked.user, utc_day(tracked.submitted), tasks=1, gpu_seconds=tracked.gpu_seconds)
         self.store.record_task(tracked.record())
+        self._count_final(tracked)
         self.finished[tracked.key] = tracked.explain()
         while len(self.finished) > HISTORY_SIZE:
             self.finished.popitem(last=False)
+
+    def _count_final(self, tracked: Tracked) -> None:
+        strategy = tracked.decision.strategy if tracked.decision else (tracked.request.strategy or "none")
+        gpu = "none" if tracked.gpu is None else str(tracked.gpu)
+        model = tracked.request.task_type
+        self.metrics.tasks.labels(tracked.status, tracked.user, model, strategy, gpu).inc()
+        if tracked.status == "completed":
+            self.metrics.duration.labels(gpu, model).observe(tracked.gpu_seconds)
 
     def _record_compute(self, tracked: Tracked, kwargs: dict[str, Any]) -> None:
         """Meter GPU time and learn each GPU's speed per task type (hybrid's past performance)."""
@@ -382,6 +409,7 @@ class GpuRouter(RouterApi, SchedulerPlugin):
             ts.retries = 1
             dx.hold(ts)
             self.counters["retried"] += 1
+            self.metrics.retries.labels(str(gpu)).inc()
             logger.info("task %s failed on GPU %s (%s); retrying on another GPU", ts.key, gpu, text[:120])
             return
         ts.retries = 0
@@ -485,4 +513,8 @@ async def dask_setup(scheduler: Scheduler, altlas_config: str | None) -> None:
     # ``idempotent`` is keyword-only with no default in distributed 2026.x: without it this raised TypeError,
     # which PreloadManager.start only logs, leaving a scheduler with no router (and no altlas_* handlers).
     # tests/test_multinode.py starts `dask scheduler --preload scheduler_plugins.gpu_router` and guards this.
-    await scheduler.register_scheduler_plugin(GpuRouter(load_config(altlas_config)), name=PLUGIN_NAME, idempotent=True)
+    try:
+        router = GpuRouter(load_config(altlas_config))
+        await scheduler.register_scheduler_plugin(router, name=PLUGIN_NAME, idempotent=True)
+    except Exception as exc:
+        fatal_preload("GPU router set-up failed", exc)

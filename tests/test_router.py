@@ -27,6 +27,7 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers can't imp
 
 MAX_CONCURRENT = 2
 ROUTER_CONFIG = {
+    "accounting": {"database": ":memory:"},
     "cluster": {"scheduler_address": "127.0.0.1:0", "dashboard_address": "127.0.0.1:0"},
     "gpu": {
         "workload": {"queue_processing_interval": 0.05},

@@ -1,0 +1,151 @@
+"""Prometheus metrics for the router, served by the Dask scheduler's own ``/metrics``.
+
+Dask's scheduler renders ``prometheus_client``'s default registry, so one
+collector registered there (once per process) adds every ``altlas_*`` series
+of each live router. Counters and histograms are ``prometheus_client`` objects
+kept per router, unregistered, and yielded by that collector.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+if TYPE_CHECKING:
+    from scheduler_plugins.gpu_router import GpuRouter
+
+MB = 1024 * 1024
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+DECISION_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 5e-2)
+HEALTH_STATES = ("healthy", "warning", "critical")
+
+
+class RouterMetrics:
+    """The counters and histograms one router updates as tasks move."""
+
+    def __init__(self) -> None:
+        self.tasks = Counter(
+            "altlas_tasks",
+            "GPU tasks that reached a final status",
+            ["status", "user", "model", "strategy", "gpu"],
+            registry=None,
+        )
+        self.duration = Histogram(
+            "altlas_task_duration_seconds",
+            "Run time of completed GPU tasks on the GPU",
+            ["gpu", "model"],
+            buckets=DURATION_BUCKETS,
+            registry=None,
+        )
+        self.queue_wait = Histogram(
+            "altlas_task_queue_wait_seconds",
+            "Submission to placement on a GPU",
+            ["user", "model"],
+            buckets=DURATION_BUCKETS,
+            registry=None,
+        )
+        self.decisions = Counter(
+            "altlas_routing_decisions",
+            "Routing decisions by strategy and outcome",
+            ["strategy", "outcome"],
+            registry=None,
+        )
+        self.decision_seconds = Histogram(
+            "altlas_routing_decision_seconds",
+            "Time to take one routing decision",
+            buckets=DECISION_BUCKETS,
+            registry=None,
+        )
+        self.quota_rejections = Counter(
+            "altlas_quota_rejections", "Submissions rejected by a quota limit", ["user", "limit"], registry=None
+        )
+        self.retries = Counter("altlas_task_retries", "GPU errors retried on another GPU", ["gpu"], registry=None)
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in (
+            self.tasks,
+            self.duration,
+            self.queue_wait,
+            self.decisions,
+            self.decision_seconds,
+            self.quota_rejections,
+            self.retries,
+        ):
+            yield from metric.collect()
+
+
+def gpu_gauges(router: GpuRouter) -> Iterator[Metric]:
+    """Per-GPU state from the router's snapshot (heartbeat + in-flight work)."""
+    labels = ["gpu", "name"]
+    families = {
+        "memory_used": GaugeMetricFamily("altlas_gpu_memory_used_bytes", "GPU memory in use", labels=labels),
+        "memory_total": GaugeMetricFamily("altlas_gpu_memory_total_bytes", "GPU memory in all", labels=labels),
+        "util": GaugeMetricFamily("altlas_gpu_utilization_ratio", "GPU compute utilization, 0-1", labels=labels),
+        "temp": GaugeMetricFamily("altlas_gpu_temperature_celsius", "GPU temperature", labels=labels),
+        "power": GaugeMetricFamily("altlas_gpu_power_watts", "GPU power draw", labels=labels),
+        "limit": GaugeMetricFamily("altlas_gpu_power_limit_watts", "GPU power limit", labels=labels),
+        "up": GaugeMetricFamily("altlas_gpu_up", "1 if the GPU is active (not failed, not draining)", labels=labels),
+        "running": GaugeMetricFamily("altlas_gpu_running_tasks", "Tasks placed on the GPU", labels=labels),
+        "health": GaugeMetricFamily(
+            "altlas_gpu_health", "1 for the GPU's current health state", labels=[*labels, "state"]
+        ),
+    }
+    for g in router.snapshot():
+        key = [str(g.id), g.name]
+        families["memory_used"].add_metric(key, g.memory_used_mb * MB)
+        families["memory_total"].add_metric(key, g.memory_total_mb * MB)
+        families["util"].add_metric(key, g.utilization_gpu / 100)
+        families["temp"].add_metric(key, g.temperature_c)
+        families["power"].add_metric(key, g.power_usage_w)
+        families["limit"].add_metric(key, g.power_limit_w)
+        families["up"].add_metric(key, 1.0 if g.status == "active" else 0.0)
+        families["running"].add_metric(key, g.active_requests)
+        for state in HEALTH_STATES:
+            families["health"].add_metric([*key, state], 1.0 if g.health_status == state else 0.0)
+    yield from families.values()
+    queued = GaugeMetricFamily(
+        "altlas_queued_tasks", "GPU tasks held on the scheduler waiting for a GPU", labels=["user"]
+    )
+    by_user: dict[str, int] = {}
+    for tracked in router.tracked.values():
+        if tracked.status == "queued":
+            by_user[tracked.user] = by_user.get(tracked.user, 0) + 1
+    for user, count in sorted(by_user.items()):
+        queued.add_metric([user], count)
+    yield queued
+
+
+class _Collector:
+    """Registered once in the default registry; reports every live router in this process."""
+
+    def __init__(self) -> None:
+        self.routers: weakref.WeakSet[GpuRouter] = weakref.WeakSet()
+
+    def collect(self) -> Iterator[Metric]:
+        for router in list(self.routers):
+            yield from gpu_gauges(router)
+            yield from router.metrics.collect()
+
+
+_collector: _Collector | None = None
+_lock = threading.Lock()
+
+
+def publish(router: GpuRouter) -> None:
+    """Make ``router``'s metrics part of the scheduler's ``/metrics``."""
+    global _collector
+    with _lock:
+        if _collector is None:
+            _collector = _Collector()
+            REGISTRY.register(_collector)
+        _collector.routers.add(router)
+
+
+def unpublish(router: GpuRouter) -> None:
+    if _collector is not None:
+        _collector.routers.discard(router)
