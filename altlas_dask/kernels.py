@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from distributed import get_worker
+
 from altlas_dask.worker import current_device
 
 
@@ -20,7 +22,7 @@ def run_on_gpu(work_gflop: float, memory_mb: int = 0) -> dict[str, Any]:
     device = current_device()
     start = time.perf_counter()
     with device.reserve(memory_mb):
-        device_seconds = device.run(work_gflop)
+        device_seconds = device.run(work_gflop, key=get_worker().get_current_task())
     return {
         "gpu": device.index,
         "uuid": device.uuid,

@@ -62,6 +62,11 @@ class GpuWorkerPlugin(WorkerPlugin):
         if worker.status.name == "running":  # installed after registration: tell the scheduler
             await worker.set_resources(**resources)
 
+    def transition(self, key, start, finish, **kwargs) -> None:
+        """A task cancelled while executing (timeout, user, failover) stops its kernel."""
+        if start == "executing" and finish in ("cancelled", "released", "forgotten") and self.device is not None:
+            self.device.cancel(key)
+
     def metric(self, worker) -> dict[str, Any]:
         """The heartbeat payload: this GPU's state, or an ``error`` state if the device faulted."""
         return self.current_state(worker).to_dict()

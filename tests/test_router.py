@@ -184,6 +184,13 @@ def test_timeout_cancels_a_running_task_and_a_waiting_one(client):
     slow = client.submit(run_on_gpu, 5000, pure=False, gpu_options={"specific_gpu_id": 3, "timeout": 0.5})
     with pytest.raises(GpuTaskTimeoutError, match="timeout of 0.5s \\(running on GPU 3\\)"):
         slow.result(timeout=30)
+    worker = next(g.worker for g in client.gpus() if g.id == 3)
+
+    def device_busy():
+        return client.run(lambda dask_worker: dask_worker.plugins["altlas-gpu"].device.state().active_requests,
+                          workers=[worker])[worker]
+
+    deadline_poll(lambda: device_busy() == 0, timeout=4)  # the 10 s kernel stopped: GPU 3 is free again
     client.drain_gpu(3)
     stuck = client.submit(run_on_gpu, 1, pure=False, gpu_options={"specific_gpu_id": 3, "timeout": 0.3})
     with pytest.raises(GpuTaskTimeoutError, match="still waiting for a GPU"):

@@ -14,6 +14,36 @@ from altlas_dask.gpus.state import GpuState
 REAL_KERNEL_SIZE = 2048  # one matmul of this size is 2 * n**3 flop
 
 
+class KernelCancelledError(RuntimeError):
+    """The task owning a kernel was cancelled (timeout, user, failover); the kernel stopped early."""
+
+
+class Cancellation:
+    """Per-task stop flags, so a cancelled task's kernel gives the device back."""
+
+    def __init__(self) -> None:
+        self._events: dict[object, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def watch(self, key: object) -> Iterator[threading.Event]:
+        event = threading.Event()
+        with self._lock:
+            self._events[key] = event
+        try:
+            yield event
+        finally:
+            with self._lock:
+                self._events.pop(key, None)
+
+    def cancel(self, key: object) -> bool:
+        with self._lock:
+            event = self._events.get(key)
+        if event is not None:
+            event.set()
+        return event is not None
+
+
 class GpuDevice(Protocol):
     """What a task sees of its GPU (see :mod:`altlas_dask.kernels`)."""
 
@@ -23,8 +53,9 @@ class GpuDevice(Protocol):
 
     def state(self) -> GpuState: ...
     def reserve(self, memory_mb: int) -> contextmanager: ...
-    def run(self, work_gflop: float) -> float: ...
+    def run(self, work_gflop: float, key: object = None) -> float: ...
     def busy(self) -> contextmanager: ...
+    def cancel(self, key: object) -> bool: ...
 
 
 class NvmlGpu:
@@ -38,6 +69,8 @@ class NvmlGpu:
         self.uuid = inventory.state(index).uuid
         self._lock = threading.Lock()
         self._active = 0
+        self.cancellation = Cancellation()
+        self.cancel = self.cancellation.cancel
 
     def state(self) -> GpuState:
         with self._lock:
@@ -59,14 +92,18 @@ class NvmlGpu:
     def busy(self) -> Iterator[None]:
         yield
 
-    def run(self, work_gflop: float) -> float:
+    def run(self, work_gflop: float, key: object = None) -> float:
+        """Matmuls on CUDA; a cancelled task stops between steps."""
         import torch
 
         n = REAL_KERNEL_SIZE
         steps = max(1, round(work_gflop * 1e9 / (2 * n**3)))
         a = torch.randn(n, n, device="cuda")
         start = time.perf_counter()
-        for _ in range(steps):
-            a = torch.tanh(a @ a)
-        torch.cuda.synchronize()
+        with self.cancellation.watch(key) as stop:
+            for _ in range(steps):
+                if stop.is_set():
+                    raise KernelCancelledError(f"kernel on GPU {self.index} stopped: task {key} was cancelled")
+                a = torch.tanh(a @ a)
+            torch.cuda.synchronize()
         return time.perf_counter() - start

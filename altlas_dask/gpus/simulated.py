@@ -21,6 +21,7 @@ from contextlib import contextmanager
 import pynvml
 
 from altlas_dask.config import AltlasConfig, FaultSpec, SimulatedGpuSpec, meets_compute_capability
+from altlas_dask.gpus.device import Cancellation, KernelCancelledError
 from altlas_dask.gpus.errors import GpuFaultError, GpuOutOfMemoryError
 from altlas_dask.gpus.state import GpuState, classify_health
 
@@ -64,6 +65,8 @@ class SimulatedGpu:
         self._waiting = 0
         self._outcomes: deque[bool] = deque(maxlen=ERROR_HISTORY)
         self._faults = [f for f in faults if f.gpu == index]
+        self.cancellation = Cancellation()
+        self.cancel = self.cancellation.cancel
 
     # -- faults -------------------------------------------------------------
     def inject(self, kind: str, *, error_rate: float = 0.0, at_s: float | None = None) -> None:
@@ -130,10 +133,13 @@ class SimulatedGpu:
         finally:
             self._kernel.release()
 
-    def run(self, work_gflop: float) -> float:
-        """Execute a modelled kernel; return the seconds it occupied the device."""
-        with self._device():
-            return self._execute(work_gflop)
+    def run(self, work_gflop: float, key: object = None) -> float:
+        """Execute a modelled kernel; return the seconds it occupied the device.
+
+        ``cancel(key)`` stops it early (raising ``KernelCancelledError``) so the device is free again.
+        """
+        with self.cancellation.watch(key) as stop, self._device():
+            return self._execute(work_gflop, stop)
 
     @contextmanager
     def busy(self) -> Iterator[None]:
@@ -146,7 +152,7 @@ class SimulatedGpu:
             finally:
                 self._record_busy(start, time.monotonic())
 
-    def _execute(self, work_gflop: float) -> float:
+    def _execute(self, work_gflop: float, stop: threading.Event) -> float:
         faults = self._active_faults()
         if "lost" in faults:
             self._outcomes.append(False)
@@ -155,8 +161,8 @@ class SimulatedGpu:
         self._kernel_started = start
         duration = max(float(work_gflop), 0.0) / self.speed_gflops()
         try:
-            if duration:
-                time.sleep(duration)
+            if duration and stop.wait(duration):
+                raise KernelCancelledError(f"kernel on GPU {self.index} stopped: its task was cancelled")
         finally:
             self._record_busy(start, time.monotonic())
         rate = faults["error_rate"].error_rate if "error_rate" in faults else 0.0
