@@ -1,0 +1,59 @@
+"""Named workloads that the CLI, the console and the REST API submit: name -> (function, defaults)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from altlas_dask.kernels import run_on_gpu, torch_matmul
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    fn: Callable[..., Any]
+    description: str
+    task_type: str
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+    def call_args(self, **overrides: Any) -> dict[str, Any]:
+        unknown = set(overrides) - set(self.defaults)
+        if unknown:
+            raise ValueError(f"workload {self.name!r} takes {sorted(self.defaults)}; unknown: {sorted(unknown)}")
+        return {**self.defaults, **overrides}
+
+
+WORKLOADS: dict[str, Workload] = {}
+
+
+def register(workload: Workload) -> Workload:
+    WORKLOADS[workload.name] = workload
+    return workload
+
+
+register(
+    Workload(
+        "modelled",
+        run_on_gpu,
+        "Modelled GPU kernel: work_gflop of compute holding memory_mb",
+        "inference",
+        {"work_gflop": 100.0, "memory_mb": 512},
+    )
+)
+register(
+    Workload(
+        "torch_matmul",
+        torch_matmul,
+        "Real torch matmuls on the worker's device (CUDA or CPU)",
+        "training",
+        {"size": 256, "repeats": 4, "seed": 0},
+    )
+)
+
+
+def get_workload(name: str) -> Workload:
+    try:
+        return WORKLOADS[name]
+    except KeyError:
+        raise ValueError(f"unknown workload {name!r}; choose one of {', '.join(sorted(WORKLOADS))}") from None
