@@ -42,6 +42,7 @@ def local_config(data: dict[str, Any] | None = None, **cluster: Any) -> AltlasCo
     """
     data = repo_config_data() if data is None else copy.deepcopy(data)
     data["cluster"] = {**data.get("cluster", {}), **LOCAL_ADDRESSES, **cluster}
+    data.setdefault("accounting", {})["database"] = ":memory:"  # tests never share a database file
     return build_config(data)
 
 
