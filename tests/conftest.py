@@ -40,9 +40,12 @@ def local_config(data: dict[str, Any] | None = None, **cluster: Any) -> AltlasCo
     ``data`` defaults to the repo's cluster.yaml; read without environment overrides
     so an ``ALTLAS_*`` variable in the CI environment cannot change the tests.
     """
-    data = repo_config_data() if data is None else copy.deepcopy(data)
+    if data is None:
+        data = repo_config_data()
+        data["accounting"]["database"] = ":memory:"  # tests never write the repo's var/altlas.sqlite
+    else:
+        data = copy.deepcopy(data)
     data["cluster"] = {**data.get("cluster", {}), **LOCAL_ADDRESSES, **cluster}
-    data.setdefault("accounting", {})["database"] = ":memory:"  # tests never share a database file
     return build_config(data)
 
 
