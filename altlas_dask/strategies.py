@@ -48,6 +48,7 @@ class RoutingContext:
     last_gpu: int | None = None  # round_robin's cursor: the GPU it chose last
     rng: random.Random | None = None  # random's source (seed it for repeatable runs)
     performance: Mapping[int, float] = field(default_factory=dict)  # observed, 0..1, by GPU id
+    recently_used: frozenset[int] = frozenset()  # GPUs whose utilization is (partly) the router's own work
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +78,14 @@ class Decision:
 # -- eligibility ---------------------------------------------------------------------
 
 
-def rejection(gpu: GpuState, request: TaskRequest, policy: RoutingPolicy) -> tuple[str, bool] | None:
-    """Why ``gpu`` cannot take ``request`` now, and whether that is permanent; None if it can."""
+def rejection(
+    gpu: GpuState, request: TaskRequest, policy: RoutingPolicy, *, own_load: bool = False
+) -> tuple[str, bool] | None:
+    """Why ``gpu`` cannot take ``request`` now, and whether that is permanent; None if it can.
+
+    ``utilization_threshold`` guards against load the router did not place: with ``own_load``
+    (the router has, or just had, tasks there) the concurrency limit governs instead.
+    """
     if gpu.id in request.exclude:
         return "already failed this task", True
     minimum = request.min_compute_capability or policy.min_compute_capability
@@ -99,7 +106,7 @@ def rejection(gpu: GpuState, request: TaskRequest, policy: RoutingPolicy) -> tup
             f"needs {request.memory_mb} MB, {gpu.memory_free_mb} MB free "
             f"(memory_threshold {policy.memory_threshold:.0%})"
         ), False
-    if gpu.utilization_gpu > policy.utilization_threshold * 100:
+    if gpu.utilization_gpu > policy.utilization_threshold * 100 and not own_load:
         return f"utilization {gpu.utilization_gpu:.0f}% > {policy.utilization_threshold:.0%}", False
     return None
 
@@ -217,7 +224,7 @@ def choose(gpus: Sequence[GpuState], request: TaskRequest, ctx: RoutingContext) 
     permanent: set[int] = set()
     eligible: list[GpuState] = []
     for g in gpus:
-        why = rejection(g, request, policy)
+        why = rejection(g, request, policy, own_load=g.active_requests > 0 or g.id in ctx.recently_used)
         if why is None:
             eligible.append(g)
         else:

@@ -60,6 +60,7 @@ HISTORY_SIZE = 100_000
 RECENT_DECISIONS = 200
 BACKFILL_SCAN = 256
 PERF_EWMA = 0.2
+OWN_LOAD_WINDOW_S = 2.0  # NVML utilization window (1 s) + one heartbeat
 FINAL_STATUS = {"memory": "completed", "erred": "failed", "forgotten": "cancelled"}
 
 
@@ -211,17 +212,19 @@ class GpuRouter(RouterApi, SchedulerPlugin):
     def update_graph(self, scheduler: Scheduler, *, tasks=(), **kwargs: Any) -> None:
         self._attach(scheduler)
         now = time.time()
+        waiting = bool(self.queue)  # once one task must wait, the rest of the graph queues behind it
         for key in tasks:
             ts = scheduler.tasks.get(key)
             if ts is None or not self._is_gpu_task(ts):
                 continue
             tracked = self._track(ts, now)
-            if tracked.error is None and not self.queue and self._deps_done(ts) and self.book.can_start(tracked.user):
+            if not waiting and tracked.error is None and self._deps_done(ts) and self.book.can_start(tracked.user):
                 decision = self._decide(tracked)
                 if decision.placed:
                     self._assign(tracked, ts, decision)
                     dx.pin(ts, self.slots[decision.gpu].worker, tracked.request.memory_mb)
                     continue
+                waiting = decision.outcome == "wait"
             dx.hold(ts)
 
     @staticmethod
@@ -262,6 +265,11 @@ class GpuRouter(RouterApi, SchedulerPlugin):
             self._snapshot = tuple(self.slots[gpu].view() for gpu in sorted(self.slots))
         return self._snapshot
 
+    def _recently_used(self) -> frozenset[int]:
+        """GPUs whose reported utilization may still be the router's own work (see strategies.rejection)."""
+        horizon = time.monotonic() - OWN_LOAD_WINDOW_S
+        return frozenset(g for g, slot in self.slots.items() if slot.assigned or slot.last_busy > horizon)
+
     def _performance(self, task_type: str) -> dict[int, float]:
         """Relative speed per GPU for this task type: fastest observed mean duration / this GPU's."""
         means = {g: d for (g, t), d in self.durations.items() if t == task_type and g in self.slots}
@@ -281,7 +289,9 @@ class GpuRouter(RouterApi, SchedulerPlugin):
                 f"unknown GPU {request.gpu}; this cluster has GPUs {sorted(self.seen_gpus)}",
             )
         else:
-            ctx = RoutingContext(self.policy, self._rr_last, self._rng, self._performance(request.task_type))
+            ctx = RoutingContext(
+                self.policy, self._rr_last, self._rng, self._performance(request.task_type), self._recently_used()
+            )
             decision = choose(self.snapshot(), request, ctx)
         elapsed = time.perf_counter() - start
         self.decision_seconds.append(elapsed)
@@ -318,6 +328,7 @@ class GpuRouter(RouterApi, SchedulerPlugin):
     def _unassign(self, tracked: Tracked) -> None:
         slot = self.slots.get(tracked.gpu) if tracked.gpu is not None else None
         if slot is not None and slot.assigned.pop(tracked.key, None) is not None:
+            slot.last_busy = time.monotonic()
             slot.changed()
             self._snapshot = None
         if tracked.status in ("placed", "running"):

@@ -20,6 +20,7 @@ class GpuSlot:
     assigned: dict[str, int] = field(default_factory=dict)  # key -> memory_mb
     draining: bool = False
     drain_reason: str = ""
+    last_busy: float = 0.0  # monotonic time the router's last task here finished
     _view: GpuState | None = None
 
     def view(self) -> GpuState:

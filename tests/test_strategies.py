@@ -80,6 +80,15 @@ def test_every_strategy_skips_gpus_that_cannot_take_the_task():
     assert "utilization" in reasons[6]
 
 
+def test_utilization_threshold_only_guards_against_load_the_router_did_not_place():
+    busy = gpu(0, utilization_gpu=99.0)
+    assert pick([busy], "least_loaded") is None, "idle as far as the router knows, yet 99% busy: external load"
+    ours = busy.with_(active_requests=1)
+    assert pick([ours], "least_loaded") == 0, "the router's own tasks: the concurrency limit governs"
+    just_finished = choose([busy], TaskRequest(), ctx(recently_used=frozenset({0})))
+    assert just_finished.gpu == 0, "utilization from the router's tasks that just finished"
+
+
 def test_memory_that_never_fits_is_impossible_but_memory_in_use_means_wait():
     gpus = [gpu(0, memory_total_mb=16000), gpu(1, memory_total_mb=16000, memory_used_mb=10000)]
     never = choose(gpus, TaskRequest(memory_mb=15000), ctx())
@@ -246,8 +255,8 @@ def test_a_placed_task_always_lands_on_a_gpu_that_can_take_it(gpus, memory, stra
     decision = choose(gpus, request, ctx(rng=random.Random(0)))
     if decision.placed:
         chosen = next(g for g in gpus if g.id == decision.gpu)
-        assert rejection(chosen, request, POLICY) is None
+        assert rejection(chosen, request, POLICY, own_load=chosen.active_requests > 0) is None
     else:
         assert decision.gpu is None and decision.reason
         if strategy != "single_gpu":
-            assert all(rejection(g, request, POLICY) is not None for g in gpus)
+            assert all(rejection(g, request, POLICY, own_load=g.active_requests > 0) is not None for g in gpus)
