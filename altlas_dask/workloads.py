@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from altlas_dask.kernels import run_on_gpu, torch_matmul
+from altlas_dask.model import DEFAULTS as GENERATE_DEFAULTS
+from altlas_dask.model import generate
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,15 @@ register(
         "Real torch matmuls on the worker's device (CUDA or CPU)",
         "training",
         {"size": 256, "repeats": 4, "seed": 0},
+    )
+)
+register(
+    Workload(
+        "generate",
+        generate,
+        "Text generation: the shipped character-level GRU continues `text` on the worker's device",
+        "text_generation",
+        dict(GENERATE_DEFAULTS),
     )
 )
 

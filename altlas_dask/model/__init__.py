@@ -1,0 +1,36 @@
+"""The text-generation model: a character-level GRU (``char_gru``) trained by ``train`` on ``data/corpus.txt``.
+
+This module stays light (no torch import): the workload functions below import the model on first
+call, inside the GPU worker that runs them, so the CLI and the REST gateway never load torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MAX_LENGTH = 1024  # characters generated per request
+MAX_PROMPT_CHARS = 4096
+MAX_TEMPERATURE = 2.0
+MAX_SEED = 2**63 - 1
+DEFAULTS: dict[str, Any] = {"text": "", "max_length": 128, "temperature": 0.7, "seed": None}
+
+
+def generate(text: str, max_length: int = 128, temperature: float = 0.7, seed: int | None = None) -> dict[str, Any]:
+    """The ``generate`` workload: continue ``text`` on this worker's GPU (see :func:`char_gru.generate`)."""
+    from altlas_dask.model import char_gru
+
+    return char_gru.generate(text, max_length, temperature, seed)
+
+
+def generate_batch(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One batch chunk on this worker's GPU; results in input order (see :func:`char_gru.generate_batch`)."""
+    from altlas_dask.model import char_gru
+
+    return char_gru.generate_batch(items)
+
+
+def warm_up() -> str:
+    """Load the model on this worker's device now (``client.run(warm_up)``)."""
+    from altlas_dask.model import char_gru
+
+    return char_gru.warm_up()

@@ -1,0 +1,223 @@
+"""A small character-level GRU text generator and the ``generate`` workload that runs it on a GPU worker.
+
+The weights (``weights.pt`` beside this file, a few MB) are trained by ``python -m altlas_dask.model.train``
+on ``data/corpus.txt``; both ship with the package, so nothing is downloaded at run time.
+
+Each worker process loads the model once per torch device (a lazily filled cache keyed on the device):
+CUDA on a real GPU worker, CPU on a simulated one. :func:`predict` generates text from a prompt,
+honouring ``max_length`` (characters generated), ``temperature`` (0 = greedy) and ``seed``.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from altlas_dask.model import MAX_LENGTH, MAX_PROMPT_CHARS, MAX_SEED, MAX_TEMPERATURE
+
+MODEL_DIR = Path(__file__).resolve().parent
+WEIGHTS_PATH = MODEL_DIR / "weights.pt"
+CORPUS_PATH = MODEL_DIR / "data" / "corpus.txt"
+
+#: Newline plus printable ASCII: a fixed vocabulary, so any prompt encodes (other characters become a space).
+VOCAB = "\n" + "".join(chr(i) for i in range(32, 127))
+CHAR_TO_INDEX = {c: i for i, c in enumerate(VOCAB)}
+UNKNOWN_INDEX = CHAR_TO_INDEX[" "]
+
+PROMPT_CONTEXT = 512  # the model reads at most this many trailing prompt characters
+MODEL_MEMORY_MB = 64  # what one generation reserves on its GPU (weights + activations, generously)
+CANCEL_CHECK_EVERY = 16  # generated characters between checks for a cancelled task
+
+
+class CharGRU(nn.Module):
+    """Embedding -> multi-layer GRU -> linear head over :data:`VOCAB`."""
+
+    def __init__(self, vocab_size: int = len(VOCAB), embed: int = 64, hidden: int = 256, layers: int = 1) -> None:
+        super().__init__()
+        self.config = {"vocab_size": vocab_size, "embed": embed, "hidden": hidden, "layers": layers}
+        self.embed = nn.Embedding(vocab_size, embed)
+        self.gru = nn.GRU(embed, hidden, num_layers=layers, batch_first=True)
+        self.head = nn.Linear(hidden, vocab_size)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        out, h = self.gru(self.embed(x), h)
+        return self.head(out), h
+
+
+def encode(text: str) -> list[int]:
+    return [CHAR_TO_INDEX.get(c, UNKNOWN_INDEX) for c in text]
+
+
+def decode(indices: Sequence[int]) -> str:
+    return "".join(VOCAB[i] for i in indices)
+
+
+def save_model(model: CharGRU, path: str | Path, meta: dict[str, Any]) -> None:
+    """Weights as float16 (half the file size; generation upcasts to float32) plus config and metadata."""
+    state = {k: v.detach().to(torch.float16).cpu() for k, v in model.state_dict().items()}
+    torch.save({"config": model.config, "vocab": VOCAB, "meta": meta, "state_dict": state}, str(path))
+
+
+def load_model(torch_device: str = "cpu", path: str | Path = WEIGHTS_PATH) -> CharGRU:
+    """Read the shipped weights onto ``torch_device`` (``weights_only``: no pickled code is executed)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model weights {path} missing: train them with `python -m altlas_dask.model.train`")
+    checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
+    if checkpoint.get("vocab") != VOCAB:
+        raise ValueError(f"{path} was trained with another vocabulary; retrain with altlas_dask.model.train")
+    model = CharGRU(**checkpoint["config"])
+    model.load_state_dict({k: v.float() for k, v in checkpoint["state_dict"].items()})
+    model.meta = checkpoint.get("meta", {})
+    return model.to(torch_device).eval()
+
+
+_MODELS: dict[str, CharGRU] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def get_model(torch_device: str = "cpu") -> CharGRU:
+    """This process's copy of the model on ``torch_device``, loaded on first use."""
+    model = _MODELS.get(torch_device)
+    if model is None:
+        with _MODELS_LOCK:
+            model = _MODELS.get(torch_device)
+            if model is None:
+                if torch_device == "cpu":
+                    # A simulated GPU worker runs several tasks on threads; one intra-op thread each keeps
+                    # 4 worker processes from oversubscribing the machine's cores. A tiny GRU gains nothing more.
+                    torch.set_num_threads(1)
+                model = _MODELS[torch_device] = load_model(torch_device)
+    return model
+
+
+def check_params(text: str, max_length: int, temperature: float, seed: int | None) -> None:
+    """Raise ``ValueError`` naming the bad parameter (the REST API validates the same bounds first)."""
+    if not isinstance(text, str):
+        raise ValueError(f"text must be a string, got {type(text).__name__}")
+    if len(text) > MAX_PROMPT_CHARS:
+        raise ValueError(f"text must be at most {MAX_PROMPT_CHARS} characters (got {len(text)})")
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or not 1 <= max_length <= MAX_LENGTH:
+        raise ValueError(f"max_length must be an integer in 1..{MAX_LENGTH} (got {max_length!r})")
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float):
+        raise ValueError(f"temperature must be a number (got {temperature!r})")
+    if not 0.0 <= float(temperature) <= MAX_TEMPERATURE:
+        raise ValueError(f"temperature must be in 0..{MAX_TEMPERATURE} (got {temperature!r})")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
+        raise ValueError(f"seed must be an integer in 0..2**63-1 or null (got {seed!r})")
+
+
+@torch.inference_mode()
+def predict(
+    text: str,
+    max_length: int = 128,
+    temperature: float = 0.7,
+    seed: int | None = None,
+    *,
+    model: CharGRU | None = None,
+    torch_device: str = "cpu",
+    stop: threading.Event | None = None,
+) -> dict[str, Any]:
+    """Continue ``text`` by ``max_length`` characters.
+
+    ``temperature`` scales the logits before sampling (0 picks the most likely character every step);
+    the same ``seed`` and parameters give the same text on the same device. ``seed=None`` draws one and
+    reports it, so any result can be reproduced.
+    """
+    check_params(text, max_length, temperature, seed)
+    model = model or get_model(torch_device)
+    device = next(model.parameters()).device
+    seed = random.SystemRandom().randrange(2**31) if seed is None else seed
+    generator = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    prompt = encode(text[-PROMPT_CONTEXT:]) or [CHAR_TO_INDEX["\n"]]
+    logits, h = model(torch.tensor([prompt], device=device))
+    last = logits[0, -1]
+    out: list[int] = []
+    for step in range(max_length):
+        if stop is not None and step % CANCEL_CHECK_EVERY == 0 and stop.is_set():
+            from altlas_dask.gpus.device import KernelCancelledError
+
+            raise KernelCancelledError("text generation stopped: its task was cancelled")
+        if temperature == 0:
+            index = int(last.argmax())
+        else:
+            probs = torch.softmax(last.float().cpu() / float(temperature), dim=-1)
+            index = int(torch.multinomial(probs, 1, generator=generator))
+        out.append(index)
+        logits, h = model(torch.tensor([[index]], device=device), h)
+        last = logits[0, -1]
+    return {
+        "text": decode(out),
+        "max_length": max_length,
+        "temperature": float(temperature),
+        "seed": seed,
+        "device": str(device),
+        "execution_time": round(time.perf_counter() - start, 6),
+        "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+    }
+
+
+# -- the workload: runs inside a GPU worker -------------------------------------------------------------
+
+
+@contextmanager
+def _on_gpu() -> Iterator[tuple[Any, threading.Event | None]]:
+    """The worker's GPU, its memory reserved and its time metered; a stop flag set if the task is cancelled."""
+    from distributed import get_worker
+
+    from altlas_dask.worker import current_device
+
+    device = current_device()
+    cancellation = getattr(device, "cancellation", None)
+    key = get_worker().get_current_task()
+    watch = cancellation.watch(key) if cancellation is not None else nullcontext(None)
+    with device.reserve(MODEL_MEMORY_MB), watch as stop, device.busy():
+        yield device, stop
+
+
+def generate(text: str, max_length: int = 128, temperature: float = 0.7, seed: int | None = None) -> dict[str, Any]:
+    """The ``generate`` workload: :func:`predict` on this worker's GPU (CUDA when real, CPU when simulated)."""
+    check_params(text, max_length, temperature, seed)
+    with _on_gpu() as (device, stop):
+        model = get_model(device.torch_device)
+        result = predict(text, max_length, temperature, seed, model=model, stop=stop)
+    return {**result, "gpu": device.index, "uuid": device.uuid}
+
+
+def generate_batch(items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One batch chunk: each item's ``text``/``max_length``/``temperature``/``seed``, results in input order."""
+    for item in items:
+        check_params(item["text"], item.get("max_length", 128), item.get("temperature", 0.7), item.get("seed"))
+    with _on_gpu() as (device, stop):
+        model = get_model(device.torch_device)
+        results = [
+            predict(
+                item["text"],
+                item.get("max_length", 128),
+                item.get("temperature", 0.7),
+                item.get("seed"),
+                model=model,
+                stop=stop,
+            )
+            for item in items
+        ]
+    return [{**r, "gpu": device.index, "uuid": device.uuid} for r in results]
+
+
+def warm_up() -> str:
+    """Load the model on this worker's device now (``client.run(warm_up)``); returns the device."""
+    from altlas_dask.worker import current_device
+
+    device = current_device()
+    get_model(device.torch_device)
+    return device.torch_device
