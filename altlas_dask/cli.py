@@ -140,6 +140,12 @@ def up(ctx: _Context, simulate: int | None, scheduler_address: str | None, dashb
         cluster.close()
 
 
+from altlas_dask.api.cli import api, keys  # noqa: E402  (the REST API's commands)
+
+cli.add_command(api)
+cli.add_command(keys)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point: configuration and GPU errors print one clear line, exit 2."""
     try:

@@ -12,6 +12,7 @@ MAX_LENGTH = 1024  # characters generated per request
 MAX_PROMPT_CHARS = 4096
 MAX_TEMPERATURE = 2.0
 MAX_SEED = 2**63 - 1
+MODEL_MEMORY_MB = 64  # GPU memory one generation reserves (weights + activations, generously)
 DEFAULTS: dict[str, Any] = {"text": "", "max_length": 128, "temperature": 0.7, "seed": None}
 
 
@@ -29,8 +30,8 @@ def generate_batch(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return char_gru.generate_batch(items)
 
 
-def warm_up() -> str:
-    """Load the model on this worker's device now (``client.run(warm_up)``)."""
+def warm_up(dask_worker: Any = None) -> str:
+    """Load the model on this worker's device now (``client.run(warm_up)`` passes ``dask_worker``)."""
     from altlas_dask.model import char_gru
 
-    return char_gru.warm_up()
+    return char_gru.warm_up(dask_worker)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from altlas_dask.model import MAX_LENGTH, MAX_PROMPT_CHARS, MAX_SEED, MAX_TEMPERATURE
+from altlas_dask.model import MAX_LENGTH, MAX_PROMPT_CHARS, MAX_SEED, MAX_TEMPERATURE, MODEL_MEMORY_MB
 
 MODEL_DIR = Path(__file__).resolve().parent
 WEIGHTS_PATH = MODEL_DIR / "weights.pt"
@@ -34,7 +34,6 @@ CHAR_TO_INDEX = {c: i for i, c in enumerate(VOCAB)}
 UNKNOWN_INDEX = CHAR_TO_INDEX[" "]
 
 PROMPT_CONTEXT = 512  # the model reads at most this many trailing prompt characters
-MODEL_MEMORY_MB = 64  # what one generation reserves on its GPU (weights + activations, generously)
 CANCEL_CHECK_EVERY = 16  # generated characters between checks for a cancelled task
 
 
@@ -214,10 +213,11 @@ def generate_batch(items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{**r, "gpu": device.index, "uuid": device.uuid} for r in results]
 
 
-def warm_up() -> str:
-    """Load the model on this worker's device now (``client.run(warm_up)``); returns the device."""
-    from altlas_dask.worker import current_device
+def warm_up(dask_worker: Any = None) -> str:
+    """Load the model on this worker's device now: ``client.run(warm_up)`` passes ``dask_worker``."""
+    from altlas_dask.worker import PLUGIN_NAME, current_device
 
-    device = current_device()
+    plugin = dask_worker.plugins.get(PLUGIN_NAME) if dask_worker is not None else None
+    device = plugin.device if plugin is not None and plugin.device is not None else current_device()
     get_model(device.torch_device)
     return device.torch_device

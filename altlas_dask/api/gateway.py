@@ -1,0 +1,435 @@
+"""The gateway: one asynchronous altlas ``Client`` per process, and what it remembers about its requests.
+
+The gateway holds no queue: every request becomes a Dask task at once and the router on the
+scheduler places it (or holds it) exactly as for a Python client. The gateway keeps
+
+- the futures of the tasks it submitted, by task id (= Dask key), so ``GET /task/{id}`` can return
+  a result; at most ``max_tasks`` finished ones (least recently submitted dropped first, which
+  releases their results on the workers; running ones are never dropped);
+- batches: a batch id -> its chunk task ids (a grouping, not a queue);
+- a GPU list cached for ``gpu_cache_s`` (for the 503 "no GPU" check and the batch split).
+
+Router RPCs are called directly (``await client.scheduler.altlas_<name>(...)``): the ``Client``
+helper methods (``gpus()``, ``tasks()``, ``cancel_task()``, ...) wrap them in ``Client.sync`` and then
+post-process the result, which breaks in asynchronous mode, where ``sync`` returns an awaitable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from distributed import Future
+
+from altlas_dask.api.errors import ApiError, quota_error
+from altlas_dask.client import CHUNKS_PER_GPU, Client, RouterError
+from altlas_dask.config import AltlasConfig
+from altlas_dask.errors import GpuRoutingError, TaskCancelledError
+from altlas_dask.options import GpuOptions, GpuOptionsError
+from altlas_dask.quotas import QuotaExceededError
+
+logger = logging.getLogger(__name__)
+
+#: Router task status -> API status (seed 004: queued, running, completed, failed, cancelled).
+STATUS = {
+    "queued": "queued",
+    "released": "queued",
+    "placed": "running",
+    "running": "running",
+    "completed": "completed",
+    "failed": "failed",
+    "cancelled": "cancelled",
+    "rejected": "rejected",
+}
+#: API status -> router statuses (for ``GET /tasks?status=``); "canceled" (seed 004 spelling) is accepted too.
+ROUTER_STATUSES = {
+    "queued": ("queued", "released"),
+    "running": ("placed", "running"),
+    "completed": ("completed",),
+    "failed": ("failed",),
+    "cancelled": ("cancelled",),
+    "canceled": ("cancelled",),
+    "rejected": ("rejected",),
+}
+FINAL = frozenset({"completed", "failed", "cancelled", "rejected"})
+
+
+@dataclass
+class ApiSettings:
+    """Gateway tuning; the CLI exposes the useful ones."""
+
+    max_tasks: int = 10_000  # finished tasks whose results the gateway keeps
+    max_batches: int = 10_000
+    placement_wait: float = 1.0  # seconds a submission waits to learn its GPU before answering "queued"
+    placement_poll: float = 0.005  # seconds between batched look-ups of new tasks' placement
+    gpu_cache_s: float = 0.5
+    max_body_bytes: int = 4 * 1024 * 1024
+    key_cache_ttl: float = 10.0
+    connect_timeout: float = 30.0
+    warm_up: bool = True  # load the model on every GPU worker at start-up
+
+
+@dataclass
+class TaskEntry:
+    task_id: str
+    user: str
+    kind: str  # predict | batch | route
+    workload: str
+    future: Future | None
+    submitted: float
+    batch_id: str | None = None
+    items: tuple[int, int] | None = None  # batch chunk: (first item, count)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BatchEntry:
+    batch_id: str
+    user: str
+    task_ids: list[str]
+    sizes: list[int]
+    submitted: float
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def parse_gpu_id(ref: str) -> int:
+    text = str(ref).strip().lower().removeprefix("gpu_").removeprefix("gpu-")
+    if not text.isdigit() or len(text) > 6:
+        raise ApiError(404, f"unknown GPU {ref!r}")
+    return int(text)
+
+
+class PlacementWatcher:
+    """Learn where just-submitted tasks went with one ``altlas_explain`` call per poll for all of them."""
+
+    def __init__(self, gateway: Gateway, interval: float) -> None:
+        self.gateway, self.interval = gateway, interval
+        self.pending: dict[str, list[asyncio.Future]] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="altlas-placement-watcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def wait(self, keys: list[str], timeout: float) -> dict[str, dict[str, Any]]:
+        """The router's record of each key it has seen within ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        waiters = {}
+        for key in keys:
+            waiters[key] = fut = loop.create_future()
+            self.pending.setdefault(key, []).append(fut)
+        self._wake.set()
+        try:
+            await asyncio.wait(list(waiters.values()), timeout=timeout)
+        finally:
+            for key, fut in waiters.items():
+                futs = self.pending.get(key)
+                if futs is not None and fut in futs:
+                    futs.remove(fut)
+                    if not futs:
+                        del self.pending[key]
+        return {k: f.result() for k, f in waiters.items() if f.done() and not f.cancelled() and f.exception() is None}
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(self.interval)  # submissions of this moment share one look-up
+            keys = list(self.pending)
+            if not keys:
+                self._wake.clear()
+                continue
+            try:
+                found = await self.gateway.rpc("altlas_explain", keys=keys)
+            except Exception:  # the scheduler is away: the waiters time out and answer "queued"
+                logger.warning("placement look-up failed", exc_info=True)
+                await asyncio.sleep(0.1)
+                continue
+            for key, info in found.items():
+                for fut in self.pending.pop(key, ()):
+                    if not fut.done():
+                        fut.set_result(info)
+            if not self.pending:
+                self._wake.clear()
+
+
+class Gateway:
+    """Submits GPU work for API requests and answers questions about it."""
+
+    def __init__(self, client: Client, config: AltlasConfig, settings: ApiSettings) -> None:
+        self.client, self.config, self.settings = client, config, settings
+        self.tasks: OrderedDict[str, TaskEntry] = OrderedDict()
+        self.batches: OrderedDict[str, BatchEntry] = OrderedDict()
+        self.policy: dict[str, Any] = {}
+        self.watcher = PlacementWatcher(self, settings.placement_poll)
+        self._gpus: list[dict[str, Any]] = []
+        self._queued = 0
+        self._gpus_at = -math.inf
+        self._gpus_lock = asyncio.Lock()
+        self.started = time.time()
+
+    @classmethod
+    async def connect(cls, address: str, config: AltlasConfig, settings: ApiSettings) -> Gateway:
+        client = await Client(address, asynchronous=True, set_as_default=False, timeout=settings.connect_timeout)
+        gateway = cls(client, config, settings)
+        try:
+            gateway.policy = await gateway.rpc("altlas_policy")
+        except BaseException:
+            await client.close()
+            raise
+        gateway.watcher.start()
+        if settings.warm_up:
+            asyncio.create_task(gateway.warm_up())
+        return gateway
+
+    async def close(self) -> None:
+        await self.watcher.stop()
+        await self.client.close()
+
+    async def warm_up(self) -> None:
+        from altlas_dask.model import warm_up
+
+        try:
+            done = await self.client.run(warm_up, on_error="return")
+            logger.info("model loaded on %d worker(s)", sum(1 for v in done.values() if isinstance(v, str)))
+        except Exception:
+            logger.warning("model warm-up failed (the first request per worker loads it instead)", exc_info=True)
+
+    # -- the router --------------------------------------------------------------------------------
+    async def rpc(self, handler: str, **kwargs: Any) -> Any:
+        """Call a router handler; its ``{"error", "code"}`` answers raise :class:`RouterError`."""
+        result = await getattr(self.client.scheduler, handler)(**kwargs)
+        if result is None:
+            raise RouterError(f"no GPU router on scheduler {self.client.scheduler.address}", 503)
+        if isinstance(result, dict) and "error" in result:
+            raise RouterError(result["error"], result.get("code", 400))
+        return result
+
+    def acting_admin(self, user: str) -> str:
+        """The name the router must see for an admin key's request: the key's user if the router knows it
+        as an admin (``quotas.admins``), else the first configured admin."""
+        admins = self.config.quotas.admins
+        if user in admins:
+            return user
+        if not admins:
+            raise ApiError(503, "no admin user configured (quotas.admins is empty): the router refuses admin actions")
+        return admins[0]
+
+    async def gpus(self, max_age: float | None = None) -> list[dict[str, Any]]:
+        """The router's GPU list (heartbeat + in-flight work + drain), at most ``max_age`` seconds old."""
+        max_age = self.settings.gpu_cache_s if max_age is None else max_age
+        if time.monotonic() - self._gpus_at > max_age:
+            async with self._gpus_lock:
+                if time.monotonic() - self._gpus_at > max_age:
+                    answer = await self.rpc("altlas_gpus")
+                    self._gpus, self._queued = answer["gpus"], answer.get("queued", 0)
+                    self._gpus_at = time.monotonic()
+        return self._gpus
+
+    def invalidate_gpus(self) -> None:
+        self._gpus_at = -math.inf
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    async def gpu(self, ref: str) -> dict[str, Any]:
+        gpu_id = parse_gpu_id(ref)
+        for g in await self.gpus(max_age=0):
+            if g["id"] == gpu_id:
+                return g
+        raise ApiError(404, f"unknown GPU {ref!r}; this cluster has GPUs {[g['id'] for g in self._gpus]}")
+
+    # -- submission ---------------------------------------------------------------------------------
+    async def options(
+        self, raw: Mapping[str, Any] | None, user: str, is_admin: bool, task_type: str, memory_mb: int = 0
+    ) -> GpuOptions:
+        """Validate ``gpu_options`` for ``user``; check a GPU can take work at all (else 503)."""
+        raw = dict(raw or {})
+        if memory_mb:
+            raw.setdefault("memory_mb", memory_mb)
+        if "user" in raw and raw["user"] != user and not is_admin:
+            raise ApiError(403, f"gpu_options.user: your API key acts as {user!r}; only admins submit for others")
+        raw.setdefault("user", user)
+        raw.setdefault("task_type", task_type)
+        options = GpuOptions.parse(raw)
+        gpus = await self.gpus()
+        if not any(g["status"] == "active" for g in gpus):
+            states = ", ".join(f"GPU {g['id']}: {g['status']}" for g in gpus) or "no GPU worker connected"
+            raise ApiError(503, f"no GPU available ({states})", {"Retry-After": "5"})
+        if options.specific_gpu_id is not None and options.specific_gpu_id not in {g["id"] for g in gpus}:
+            raise GpuOptionsError(
+                f"invalid gpu_options.specific_gpu_id: unknown GPU {options.specific_gpu_id}; "
+                f"this cluster has GPUs {sorted(g['id'] for g in gpus)}"
+            )
+        return options
+
+    def _remember(self, entry: TaskEntry) -> None:
+        self.tasks[entry.task_id] = entry
+        excess = len(self.tasks) - self.settings.max_tasks
+        if excess > 0:  # drop the oldest finished entries; their results are released on the workers
+            for key in [k for k, e in self.tasks.items() if e.future is None or e.future.done()][:excess]:
+                del self.tasks[key]
+
+    def submit(
+        self,
+        fn: Any,
+        kwargs: dict[str, Any],
+        options: GpuOptions,
+        *,
+        user: str,
+        kind: str,
+        workload: str,
+        key: str | None = None,
+        **entry: Any,
+    ) -> TaskEntry:
+        key = key or new_id(workload)
+        future = self.client.submit(fn, key=key, pure=False, gpu_options=options, **kwargs)
+        task = TaskEntry(key, user, kind, workload, future, time.time(), **entry)
+        self._remember(task)
+        return task
+
+    async def placed(self, entries: list[TaskEntry]) -> dict[str, dict[str, Any]]:
+        """Wait (up to ``placement_wait``) until the router has seen each task; refuse rejected ones.
+
+        A task the router rejected at admission (quota) or can never place fails at once: that
+        becomes this request's error (429, 400) and the task is forgotten.
+        """
+        found = await self.watcher.wait([e.task_id for e in entries], self.settings.placement_wait)
+        for entry in entries:
+            info = found.get(entry.task_id)
+            doomed = info is not None and (
+                info.get("error") or info.get("outcome") == "impossible" or info.get("status") == "rejected"
+            )
+            if not doomed or entry.future is None:
+                continue
+            try:
+                await asyncio.wait_for(_outcome(entry.future), timeout=5)
+            except QuotaExceededError as exc:
+                self._forget([e.task_id for e in entries])
+                raise quota_error(exc, task_id=entry.task_id, status="rejected") from None
+            except (GpuRoutingError, GpuOptionsError) as exc:
+                self._forget([e.task_id for e in entries])
+                raise ApiError(400, str(exc), task_id=entry.task_id, status="rejected") from None
+            except Exception:  # it failed another way: the task's status tells
+                pass
+        return found
+
+    def _forget(self, task_ids: list[str]) -> None:
+        for task_id in task_ids:
+            entry = self.tasks.pop(task_id, None)
+            if entry is not None and entry.future is not None and not entry.future.done():
+                entry.future.cancel()
+
+    def chunk_sizes(self, count: int, split: bool | None) -> list[int]:
+        """Client.submit_batch's split: about ``CHUNKS_PER_GPU`` chunks per active GPU, none below the minimum."""
+        split = self.policy.get("batch_split", True) if split is None else split
+        minimum = int(self.policy.get("min_batch_size_per_gpu", 1))
+        if not split:
+            return [count]
+        healthy = max(1, sum(1 for g in self._gpus if g["status"] == "active"))
+        size = max(minimum, math.ceil(count / (healthy * CHUNKS_PER_GPU)))
+        return [min(size, count - start) for start in range(0, count, size)]
+
+    def remember_batch(self, batch: BatchEntry) -> None:
+        self.batches[batch.batch_id] = batch
+        while len(self.batches) > self.settings.max_batches:
+            self.batches.popitem(last=False)
+
+    # -- state of one task ----------------------------------------------------------------------------
+    def entry(self, task_id: str, user: str, is_admin: bool) -> TaskEntry | None:
+        entry = self.tasks.get(task_id)
+        if entry is not None and (is_admin or entry.user == user):
+            return entry
+        return None
+
+    async def explain(self, task_ids: list[str]) -> dict[str, dict[str, Any]]:
+        if not task_ids:
+            return {}
+        return await self.rpc("altlas_explain", keys=task_ids)
+
+    async def describe(
+        self, task_id: str, user: str, is_admin: bool, *, info: dict[str, Any] | None = None, result: bool = True
+    ) -> dict[str, Any]:
+        """Seed 004 section 3.3: ``task_id``, ``gpu_id``, ``status`` and, when completed, ``result``.
+
+        404 when neither the gateway nor the router knows the task, or it is another user's.
+        """
+        entry = self.entry(task_id, user, is_admin)
+        if info is None and (entry is None or entry.future is None or not entry.future.done()):
+            info = (await self.explain([task_id])).get(task_id)
+        if info is not None and not is_admin and info.get("user") != user:
+            info = None
+        if entry is None and info is None:
+            raise ApiError(404, f"unknown task {task_id!r}")
+        out: dict[str, Any] = {"task_id": task_id, "gpu_id": None, "status": "queued"}
+        if info is not None:
+            out.update(gpu_id=info.get("gpu"), status=STATUS.get(info.get("status", ""), info.get("status")))
+            out["user"] = info.get("user")
+            if info.get("error"):
+                out["error"] = info["error"]
+        if entry is not None:
+            out["user"] = entry.user
+            out.update(await self._future_state(entry, result))
+            if entry.batch_id is not None:
+                out["batch_id"] = entry.batch_id
+                out["items"] = {"start": entry.items[0], "count": entry.items[1]}
+        return out
+
+    async def _future_state(self, entry: TaskEntry, with_result: bool) -> dict[str, Any]:
+        future = entry.future
+        if future is None or not future.done():
+            return {}
+        if future.status == "finished":
+            out: dict[str, Any] = {"status": "completed"}
+            if with_result:
+                value = await future
+                out["result"] = shape_result(value)
+                gpu = value.get("gpu") if isinstance(value, dict) else (value[0].get("gpu") if value else None)
+                if gpu is not None:
+                    out["gpu_id"] = gpu
+            return out
+        if future.status == "cancelled":
+            return {"status": "cancelled"}
+        try:
+            exc = await future.exception()
+        except Exception as err:  # the exception could not be fetched (e.g. lost with its worker)
+            exc = err
+        if isinstance(exc, TaskCancelledError):
+            return {"status": "cancelled", "error": str(exc)}
+        if isinstance(exc, QuotaExceededError):
+            return {"status": "rejected", "error": str(exc)}
+        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:1000]}
+
+    async def results(self, entries: list[TaskEntry]) -> dict[str, Any]:
+        """Results of finished futures, in one gather."""
+        done = [e for e in entries if e.future is not None and e.future.status == "finished"]
+        if not done:
+            return {}
+        values = await self.client.gather([e.future for e in done], errors="skip")
+        return {e.task_id: v for e, v in zip(done, values, strict=False)}
+
+
+async def _outcome(future: Future) -> Any:
+    return await future
+
+
+def shape_result(value: Any) -> Any:
+    """Seed 004 section 3.3.5 ``result``: the workload's dict; a batch chunk's list becomes ``{"results": [...]}``."""
+    if isinstance(value, list):
+        return {"results": value}
+    return value

@@ -1,0 +1,194 @@
+"""``GET /metrics``: the JSON summary of seed 001 section 6.3.5.
+
+Finished work comes from the router's durable task records (the ``tasks`` table of the accounting
+database, written by the scheduler) over a time window; live work (running, queued) from the router
+itself; GPU readings from the GPU list; the gateway adds its own HTTP request counts and latencies.
+Response time = router submission to completion (queue wait + run). "models" are task types (the
+label the router's Prometheus metrics use for a model).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections import deque
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from altlas_dask.api.gateway import Gateway
+
+PERCENTILE_SAMPLE = 100_000
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    index = min(len(sorted_values) - 1, max(0, round(q / 100 * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
+class HttpStats:
+    """Counts and latencies of the gateway's own HTTP responses (the last ``size`` requests)."""
+
+    def __init__(self, size: int = 20_000) -> None:
+        self.latencies: deque[float] = deque(maxlen=size)
+        self.by_status: dict[int, int] = {}
+        self.total = 0
+
+    def record(self, status: int, seconds: float) -> None:
+        self.total += 1
+        self.by_status[status] = self.by_status.get(status, 0) + 1
+        self.latencies.append(seconds)
+
+    def summary(self) -> dict[str, Any]:
+        values = sorted(self.latencies)
+        return {
+            "requests": self.total,
+            "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
+            "latency_ms": {q: ms(percentile(values, p)) for q, p in (("p50", 50), ("p95", 95), ("p99", 99))},
+        }
+
+
+def _finished(db: str, since: float) -> dict[str, Any]:
+    """Aggregates over the task records finished since ``since`` (runs in a thread)."""
+    conn = sqlite3.connect(db, timeout=10)
+    try:
+        q = conn.execute
+        status = q("SELECT status, COUNT(*) FROM tasks WHERE finished >= ? GROUP BY status", (since,)).fetchall()
+        durations = [
+            r[0]
+            for r in q(
+                "SELECT finished - submitted FROM tasks WHERE finished >= ? AND status = 'completed' "
+                "ORDER BY finished DESC LIMIT ?",
+                (since, PERCENTILE_SAMPLE),
+            )
+        ]
+        gpus = q(
+            "SELECT gpu, COUNT(*), AVG(finished - submitted) FROM tasks "
+            "WHERE finished >= ? AND status = 'completed' AND gpu IS NOT NULL GROUP BY gpu",
+            (since,),
+        ).fetchall()
+        models = q(
+            "SELECT task_type, COUNT(*), SUM(status = 'completed'), "
+            "AVG(CASE WHEN status = 'completed' THEN finished - submitted END), AVG(memory_mb) "
+            "FROM tasks WHERE finished >= ? GROUP BY task_type",
+            (since,),
+        ).fetchall()
+        users = q(
+            "SELECT user, COUNT(*), SUM(gpu_seconds), "
+            "AVG(CASE WHEN status = 'completed' THEN finished - submitted END) "
+            "FROM tasks WHERE finished >= ? GROUP BY user",
+            (since,),
+        ).fetchall()
+    except sqlite3.OperationalError:  # no tasks table yet (no router has written to this file)
+        return {"status": {}, "durations": [], "gpus": [], "models": [], "users": []}
+    finally:
+        conn.close()
+    return {"status": dict(status), "durations": sorted(durations), "gpus": gpus, "models": models, "users": users}
+
+
+async def summary(gateway: Gateway, http: HttpStats, *, user: str, is_admin: bool, window_s: float) -> dict[str, Any]:
+    now = time.time()
+    finished = await asyncio.to_thread(_finished, gateway.config.accounting.database, now - window_s)
+    gpus = await gateway.gpus(max_age=0)
+    as_user = gateway.acting_admin(user) if is_admin else None
+    live: list[dict[str, Any]] = []
+    if as_user is not None:
+        for router_status in ("queued", "released", "placed", "running"):
+            answer = await gateway.rpc("altlas_tasks", as_user=as_user, status=router_status, limit=10_000)
+            live.extend(answer["tasks"])
+    else:  # a user's key: only their own live work
+        for router_status in ("queued", "released", "placed", "running"):
+            answer = await gateway.rpc("altlas_tasks", as_user=user, user=user, status=router_status, limit=10_000)
+            live.extend(answer["tasks"])
+    active = [t for t in live if t["status"] in ("placed", "running")]
+    queued = [t for t in live if t["status"] in ("queued", "released")]
+
+    counts = finished["status"]
+    done = sum(counts.values())
+    completed, failed = counts.get("completed", 0), counts.get("failed", 0)
+    durations = finished["durations"]
+    system = {
+        "total_gpus": len(gpus),
+        "active_gpus": sum(1 for g in gpus if g["status"] == "active"),
+        "total_requests": done + len(live),
+        "active_requests": sum(g["active_requests"] for g in gpus) if is_admin else len(active),
+        "queued_requests": gateway.queued if is_admin else len(queued),
+        "completed_requests": completed,
+        "failed_requests": failed,
+        "cancelled_requests": counts.get("cancelled", 0),
+        "rejected_requests": counts.get("rejected", 0),
+        "average_response_time": ms(sum(durations) / len(durations)) if durations else None,
+        "p95_response_time": ms(percentile(durations, 95)),
+        "p99_response_time": ms(percentile(durations, 99)),
+        "success_rate": round(100 * completed / done, 2) if done else None,
+    }
+    per_gpu = {row[0]: row for row in finished["gpus"]}
+    gpu_out = {}
+    for g in gpus:
+        row = per_gpu.get(g["id"])
+        gpu_out[f"gpu_{g['id']}"] = {
+            "name": g["name"],
+            "status": g["status"],
+            "memory_utilization": round(100 * g["memory_used_mb"] / g["memory_total_mb"], 2)
+            if g["memory_total_mb"]
+            else 0.0,
+            "compute_utilization": g["utilization_gpu"],
+            "temperature": g["temperature_c"],
+            "power_usage": g["power_usage_w"],
+            "active_requests": g["active_requests"],
+            "queued_requests": g["queued_requests"],
+            "average_response_time": ms(row[2]) if row else None,
+            "throughput": round(row[1] / window_s, 3) if row else 0.0,
+        }
+    models: dict[str, Any] = {}
+    for task_type, total, ok, avg, memory in finished["models"]:
+        models[task_type] = {
+            "total_requests": total,
+            "active_requests": 0,
+            "average_response_time": ms(avg),
+            "average_memory_usage": round(memory or 0, 1),
+            "success_rate": round(100 * (ok or 0) / total, 2) if total else None,
+        }
+    for t in active:
+        entry = models.setdefault(
+            t["task_type"],
+            {
+                "total_requests": 0,
+                "active_requests": 0,
+                "average_response_time": None,
+                "average_memory_usage": None,
+                "success_rate": None,
+            },
+        )
+        entry["active_requests"] += 1
+    users: dict[str, Any] = {}
+    for name, total, gpu_seconds, avg in finished["users"]:
+        if is_admin or name == user:
+            users[name] = {
+                "total_requests": total,
+                "active_requests": 0,
+                "gpu_time_used": round((gpu_seconds or 0) / 60, 4),
+                "average_response_time": ms(avg),
+            }
+    for t in active:
+        if is_admin or t["user"] == user:
+            users.setdefault(
+                t["user"],
+                {"total_requests": 0, "active_requests": 0, "gpu_time_used": 0.0, "average_response_time": None},
+            )["active_requests"] += 1
+    return {
+        "timestamp": datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "window_s": window_s,
+        "system": system,
+        "gpus": gpu_out,
+        "models": models,
+        "users": users,
+        "gateway": http.summary(),
+    }

@@ -1,0 +1,84 @@
+"""GPUs (seed 004 section 3.5, seed 001 section 6.3.3), metrics (6.3.5) and quotas (6.3.4)."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+
+from altlas_dask.api import metrics
+from altlas_dask.api.deps import GatewayDep, PrincipalDep
+from altlas_dask.api.errors import ApiError
+from altlas_dask.config import USER_NAME_PATTERN
+from altlas_dask.gpus.state import GpuState
+
+router = APIRouter(tags=["cluster"])
+MB = 1024 * 1024
+
+
+def brief(g: dict[str, Any]) -> dict[str, Any]:
+    """Seed 004 section 3.5.4 (memory in bytes), plus status and health."""
+    return {
+        "id": g["id"],
+        "name": g["name"],
+        "utilization": g["utilization_gpu"],
+        "memory_used": g["memory_used_mb"] * MB,
+        "memory_total": g["memory_total_mb"] * MB,
+        "task_count": g["active_requests"],
+        "status": g["status"],
+        "health_status": g["health_status"],
+    }
+
+
+@router.get("/gpus", summary="Every GPU (seed 004 section 3.5)")
+async def gpus(who: PrincipalDep, gateway: GatewayDep) -> dict[str, Any]:
+    return {"gpus": [brief(g) for g in await gateway.gpus(max_age=0)]}
+
+
+@router.get("/gpus/{gpu_id}", summary="One GPU: the seed 004 fields plus the full seed 001 6.3.3 state")
+async def gpu(gpu_id: str, who: PrincipalDep, gateway: GatewayDep) -> dict[str, Any]:
+    g = await gateway.gpu(gpu_id)
+    return {**brief(g), "detail": GpuState.from_dict(g).to_api()}
+
+
+@router.get("/gpu/status", summary="Detailed GPU state (seed 001 section 6.3.3)")
+async def gpu_status(who: PrincipalDep, gateway: GatewayDep) -> dict[str, Any]:
+    states = [GpuState.from_dict(g).to_api() for g in await gateway.gpus(max_age=0)]
+    return {"timestamp": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"), "gpus": states}
+
+
+@router.get("/metrics", summary="System, GPU, model and user metrics (seed 001 section 6.3.5)")
+async def get_metrics(
+    request: Request,
+    who: PrincipalDep,
+    gateway: GatewayDep,
+    window: float = Query(3600, gt=0, le=30 * 24 * 3600, description="seconds of finished work to summarise"),
+) -> dict[str, Any]:
+    """Non-admin keys see only their own entry under ``users``."""
+    return await metrics.summary(
+        gateway, request.app.state.http_stats, user=who.user, is_admin=who.is_admin, window_s=window
+    )
+
+
+@router.get("/user/{user_id}/quota", summary="A user's quotas and rate limits (seed 001 section 6.3.4)")
+async def quota(user_id: str, who: PrincipalDep, gateway: GatewayDep) -> dict[str, Any]:
+    """Your own quota; admins may read anyone's (403 otherwise)."""
+    import re
+
+    if not re.match(USER_NAME_PATTERN, user_id):
+        raise ApiError(400, f"user_id: {user_id[:40]!r} is not a valid user name (letters, digits, _ . @ -)")
+    if user_id != who.user and not who.is_admin:
+        raise ApiError(403, f"user {who.user!r} may not read the quota of {user_id!r}")
+    as_user = gateway.acting_admin(who.user) if who.is_admin else who.user
+    return await gateway.rpc("altlas_quota", user=user_id, as_user=as_user)
+
+
+@router.get("/health", summary="Liveness: no key needed", tags=["meta"])
+async def health(gateway: GatewayDep) -> dict[str, Any]:
+    return {
+        "status": "ok",
+        "scheduler": gateway.client.scheduler.address,
+        "uptime_s": round(time.time() - gateway.started, 1),
+    }

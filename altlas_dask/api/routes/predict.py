@@ -1,0 +1,184 @@
+"""Text generation: ``POST /predict``, ``POST /batch_predict`` and the batches (seed 004 sections 3.1, 3.2)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+from fastapi import APIRouter, Query
+
+from altlas_dask.api.deps import GatewayDep, PrincipalDep
+from altlas_dask.api.errors import ApiError
+from altlas_dask.api.gateway import STATUS, BatchEntry, Gateway, TaskEntry, new_id
+from altlas_dask.api.schemas import BatchPredictRequest, CancelRequest, PredictRequest
+from altlas_dask.client import RouterError
+from altlas_dask.model import MODEL_MEMORY_MB, generate, generate_batch
+from altlas_dask.workloads import get_workload
+
+router = APIRouter(tags=["predict"])
+WORKLOAD = "generate"
+
+
+def _brief(entry: TaskEntry, info: dict[str, Any] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"task_id": entry.task_id, "gpu_id": None, "status": "queued"}
+    if info is not None:
+        out["gpu_id"] = info.get("gpu")
+        out["status"] = STATUS.get(info.get("status", ""), info.get("status"))
+    if entry.future is not None and entry.future.done():
+        out["status"] = {"finished": "completed", "cancelled": "cancelled"}.get(entry.future.status, "failed")
+    return out
+
+
+@router.post("/predict", summary="Generate text from a prompt on a GPU (seed 004 section 3.1)")
+async def predict(body: PredictRequest, who: PrincipalDep, gateway: GatewayDep) -> dict[str, Any]:
+    """Submits one ``generate`` task; answers ``{task_id, gpu_id, status}`` once the router has placed (or
+    queued) it. With ``wait`` > 0 it waits up to that many seconds and includes the ``result``."""
+    task_type = get_workload(WORKLOAD).task_type
+    options = await gateway.options(body.gpu_options, who.user, who.is_admin, task_type, MODEL_MEMORY_MB)
+    kwargs = body.model_dump(include={"text", "max_length", "temperature", "seed"})
+    entry = gateway.submit(generate, kwargs, options, user=who.user, kind="predict", workload=WORKLOAD)
+    found = await gateway.placed([entry])
+    if body.wait > 0 and entry.future is not None:
+        await asyncio.wait([asyncio.ensure_future(_settled(entry))], timeout=body.wait)
+        if entry.future.done():
+            return await gateway.describe(entry.task_id, who.user, who.is_admin, info=found.get(entry.task_id))
+    return _brief(entry, found.get(entry.task_id))
+
+
+async def _settled(entry: TaskEntry) -> None:
+    with contextlib.suppress(Exception):
+        await entry.future
+
+
+async def _submit_batch(body: BatchPredictRequest, who: PrincipalDep, gateway: Gateway) -> dict[str, Any]:
+    task_type = get_workload(WORKLOAD).task_type
+    options = await gateway.options(body.gpu_options, who.user, who.is_admin, task_type, MODEL_MEMORY_MB)
+    items = [item.model_dump() for item in body.batch]
+    sizes = gateway.chunk_sizes(len(items), options.batch_split)
+    batch_id = new_id("batch")
+    entries, start = [], 0
+    for size in sizes:
+        chunk = items[start : start + size]
+        entries.append(
+            gateway.submit(
+                generate_batch,
+                {"items": chunk},
+                options,
+                user=who.user,
+                kind="batch",
+                workload=WORKLOAD,
+                batch_id=batch_id,
+                items=(start, size),
+            )
+        )
+        start += size
+    gateway.remember_batch(BatchEntry(batch_id, who.user, [e.task_id for e in entries], sizes, time.time()))
+    found = await gateway.placed(entries)
+    tasks = [{**_brief(e, found.get(e.task_id)), "items": {"start": e.items[0], "count": e.items[1]}} for e in entries]
+    return {"batch_id": batch_id, "status": submission_status(tasks), "size": len(items), "tasks": tasks}
+
+
+def submission_status(tasks: list[dict[str, Any]]) -> str:
+    """Seed 004 section 3.2.5: running, queued, mixed, all_distributed (every chunk running, over several
+    GPUs) or all_queued (several chunks, none placed yet)."""
+    statuses = {t["status"] for t in tasks}
+    if statuses <= {"running", "completed"}:
+        gpus = {t["gpu_id"] for t in tasks if t["gpu_id"] is not None}
+        return "all_distributed" if len(tasks) > 1 and len(gpus) > 1 else "running"
+    if statuses == {"queued"}:
+        return "all_queued" if len(tasks) > 1 else "queued"
+    return "mixed"
+
+
+@router.post("/batch_predict", summary="Generate text for a batch, split across GPUs (seed 004 section 3.2)")
+async def batch_predict(body: BatchPredictRequest, who: PrincipalDep, gateway: GatewayDep) -> dict[str, Any]:
+    """The batch is cut into chunks like ``Client.submit_batch``: with ``gpu_options.batch_split`` (default:
+    ``gpu.multi_gpu.batch_split``) about 4 chunks per active GPU, never smaller than
+    ``min_batch_size_per_gpu``; without it one chunk. Each chunk is one task; ``GET /batches/{batch_id}``
+    gives the results in input order."""
+    return await _submit_batch(body, who, gateway)
+
+
+@router.post("/predict/batch", summary="Alias of POST /batch_predict")
+async def predict_batch(body: BatchPredictRequest, who: PrincipalDep, gateway: GatewayDep) -> dict[str, Any]:
+    return await _submit_batch(body, who, gateway)
+
+
+def _batch(gateway: Gateway, batch_id: str, user: str, is_admin: bool) -> BatchEntry:
+    batch = gateway.batches.get(batch_id)
+    if batch is None or not (is_admin or batch.user == user):
+        raise ApiError(404, f"unknown batch {batch_id!r}")
+    return batch
+
+
+async def batch_state(gateway: Gateway, batch: BatchEntry, user: str, is_admin: bool) -> dict[str, Any]:
+    tasks = [await gateway.describe(t, user, is_admin, result=False) for t in batch.task_ids]
+    counts: dict[str, int] = {}
+    for t in tasks:
+        counts[t["status"]] = counts.get(t["status"], 0) + 1
+    if counts.get("completed") == len(tasks):
+        status = "completed"
+    elif any(s in counts for s in ("queued", "running")):
+        status = "running" if "running" in counts or "completed" in counts else "queued"
+    elif "failed" in counts:
+        status = "failed"
+    else:
+        status = "cancelled"
+    return {
+        "batch_id": batch.batch_id,
+        "user": batch.user,
+        "status": status,
+        "size": sum(batch.sizes),
+        "submitted": batch.submitted,
+        "counts": counts,
+        "tasks": tasks,
+    }
+
+
+@router.get("/batches", summary="Your batches, newest first")
+async def list_batches(
+    who: PrincipalDep,
+    gateway: GatewayDep,
+    limit: int = Query(100, ge=1, le=1000),
+    offset: int = Query(0, ge=0),
+) -> dict[str, Any]:
+    mine = [b for b in reversed(gateway.batches.values()) if who.is_admin or b.user == who.user]
+    page = mine[offset : offset + limit]
+    return {"batches": [await batch_state(gateway, b, who.user, who.is_admin) for b in page], "total": len(mine)}
+
+
+@router.get("/batches/{batch_id}", summary="A batch's status, its tasks and (when done) results in input order")
+async def get_batch(batch_id: str, who: PrincipalDep, gateway: GatewayDep) -> dict[str, Any]:
+    batch = _batch(gateway, batch_id, who.user, who.is_admin)
+    state = await batch_state(gateway, batch, who.user, who.is_admin)
+    entries = [gateway.tasks[t] for t in batch.task_ids if t in gateway.tasks]
+    values = await gateway.results(entries)
+    results: list[Any] = []
+    for task_id, size in zip(batch.task_ids, batch.sizes, strict=True):
+        chunk = values.get(task_id)
+        results.extend(chunk if isinstance(chunk, list) else [None] * size)
+    state["results"] = results
+    return state
+
+
+async def cancel_batch(gateway: Gateway, batch: BatchEntry, as_user: str, reason: str) -> dict[str, Any]:
+    outcome = {}
+    for task_id in batch.task_ids:
+        try:
+            await gateway.rpc("altlas_cancel", key=task_id, as_user=as_user, reason=reason)
+            outcome[task_id] = "cancelled"
+        except RouterError as exc:
+            outcome[task_id] = "already finished" if exc.code == 409 else str(exc)
+    return {"batch_id": batch.batch_id, "tasks": outcome}
+
+
+@router.delete("/batches/{batch_id}", summary="Cancel every unfinished task of a batch")
+async def delete_batch(
+    batch_id: str, who: PrincipalDep, gateway: GatewayDep, body: CancelRequest | None = None
+) -> dict[str, Any]:
+    batch = _batch(gateway, batch_id, who.user, who.is_admin)
+    as_user = gateway.acting_admin(who.user) if who.is_admin else who.user
+    reason = body.reason if body else ""
+    return {**await cancel_batch(gateway, batch, as_user, reason), "status": "cancelled"}

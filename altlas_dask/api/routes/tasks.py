@@ -1,0 +1,215 @@
+"""Task status, listing and cancellation (seed 004 sections 3.3, 3.4) and generic routed jobs (seed 001 6.3.1-2).
+
+A task id is the Dask key. A user sees and cancels only their own tasks; another user's task answers
+404, exactly like an unknown id, so task ids do not leak between users. Admin keys see every task.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Query
+
+from altlas_dask.api.deps import GatewayDep, PrincipalDep
+from altlas_dask.api.errors import ApiError
+from altlas_dask.api.gateway import ROUTER_STATUSES, STATUS, Gateway, shape_result
+from altlas_dask.api.schemas import CancelRequest, PayloadError, RouteRequest, check_payload
+from altlas_dask.client import RouterError
+from altlas_dask.model import MODEL_MEMORY_MB
+from altlas_dask.options import GpuOptionsError
+from altlas_dask.workloads import WORKLOADS
+
+router = APIRouter(tags=["tasks"])
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@router.get("/task/{task_id}", summary="A task's status and, when completed, its result (seed 004 section 3.3)")
+async def get_task(task_id: str, who: PrincipalDep, gateway: GatewayDep) -> dict[str, Any]:
+    return await gateway.describe(task_id, who.user, who.is_admin)
+
+
+@router.get("/tasks/{task_id}", summary="Alias of GET /task/{task_id}")
+async def get_task_alias(task_id: str, who: PrincipalDep, gateway: GatewayDep) -> dict[str, Any]:
+    return await gateway.describe(task_id, who.user, who.is_admin)
+
+
+@router.get("/tasks", summary="Your tasks, newest first (seed 004 section 3.4); admins: everyone's")
+async def list_tasks(
+    who: PrincipalDep,
+    gateway: GatewayDep,
+    status: str | None = Query(None, description="queued, running, completed, failed, cancelled, rejected"),
+    limit: int = Query(100, ge=1, le=1000),
+    offset: int = Query(0, ge=0, le=1_000_000),
+    user: str | None = Query(None, max_length=128, description="admins: only this user's tasks"),
+    results: bool = Query(True, description="include the results the gateway still holds"),
+) -> dict[str, Any]:
+    if status is not None and status not in ROUTER_STATUSES:
+        raise ApiError(400, f"status: must be one of {', '.join(ROUTER_STATUSES)} (got {status!r})")
+    if user is not None and user != who.user and not who.is_admin:
+        raise ApiError(403, f"user {who.user!r} may not list the tasks of {user!r}")
+    as_user = gateway.acting_admin(who.user) if who.is_admin else who.user
+    user = user if who.is_admin else who.user
+    rows: list[dict[str, Any]] = []
+    total = 0
+    for router_status in ROUTER_STATUSES[status] if status else (None,):
+        answer = await gateway.rpc(
+            "altlas_tasks", as_user=as_user, user=user, status=router_status, limit=offset + limit, offset=0
+        )
+        rows.extend(answer["tasks"])
+        total += answer["total"]
+    rows.sort(key=lambda r: r["submitted"], reverse=True)
+    rows = rows[offset : offset + limit]
+    entries = [gateway.tasks[r["key"]] for r in rows if r["key"] in gateway.tasks]
+    values = await gateway.results(entries) if results else {}
+    tasks: dict[str, Any] = {}
+    for r in rows:
+        item: dict[str, Any] = {
+            "task_id": r["key"],
+            "gpu_id": r.get("gpu"),
+            "status": STATUS.get(r["status"], r["status"]),
+            "user": r["user"],
+            "task_type": r.get("task_type"),
+            "priority": r.get("priority"),
+            "submitted": iso(r.get("submitted")),
+            "finished": iso(r.get("finished_at")),
+        }
+        if r.get("error"):
+            item["error"] = r["error"]
+        if r["key"] in values:
+            item["result"] = shape_result(values[r["key"]])
+        tasks[r["key"]] = item
+    return {"tasks": tasks, "total": total, "limit": limit, "offset": offset}
+
+
+async def cancel_task(gateway: Gateway, task_id: str, as_user: str, reason: str) -> dict[str, Any]:
+    try:
+        await gateway.rpc("altlas_cancel", key=task_id, as_user=as_user, reason=reason)
+    except RouterError as exc:
+        if exc.code == 403:  # another user's task: as unknown (ids do not leak)
+            raise ApiError(404, f"unknown task {task_id!r}") from None
+        raise
+    return {"task_id": task_id, "status": "cancelled"}
+
+
+@router.delete("/tasks/{task_id}", summary="Cancel one of your tasks (queued or running)")
+async def delete_task(
+    task_id: str, who: PrincipalDep, gateway: GatewayDep, body: CancelRequest | None = None
+) -> dict[str, Any]:
+    """409 if the task already finished, 404 if it is unknown or another user's."""
+    if who.is_admin:
+        return await cancel_task(gateway, task_id, gateway.acting_admin(who.user), body.reason if body else "")
+    entry = gateway.entry(task_id, who.user, False)
+    if entry is None:
+        info = (await gateway.explain([task_id])).get(task_id)
+        if info is None or info.get("user") != who.user:
+            raise ApiError(404, f"unknown task {task_id!r}")
+    return await cancel_task(gateway, task_id, who.user, body.reason if body else "")
+
+
+# -- generic routed jobs (seed 001 section 6.3.1 / 6.3.2) -------------------------------------------------
+
+
+@router.post("/route", summary="Route a job to a GPU (seed 001 section 6.3.1)")
+async def route(body: RouteRequest, who: PrincipalDep, gateway: GatewayDep) -> dict[str, Any]:
+    """``model_id`` names a workload (``GET /api/v1/workloads`` lists them), ``payload`` holds its arguments.
+    Answers once the router has placed the job (``accepted`` with ``assigned_gpu``) or queued it."""
+    if body.user_id is not None and body.user_id != who.user and not who.is_admin:
+        raise ApiError(403, f"user_id: your API key acts as {who.user!r}; only admins route jobs for other users")
+    if body.callback_url is not None:
+        raise ApiError(400, "callback_url: callbacks are not supported; poll GET /api/v1/route/{request_id}")
+    workload = WORKLOADS.get(body.model_id)
+    if workload is None:
+        raise ApiError(
+            400, f"model_id: unknown workload {body.model_id!r}; choose one of {', '.join(sorted(WORKLOADS))}"
+        )
+    try:
+        kwargs = check_payload(workload.name, workload.defaults, body.payload)
+    except PayloadError as exc:
+        raise ApiError(400, str(exc)) from None
+    if body.request_id is not None and (body.request_id in gateway.tasks or await gateway.explain([body.request_id])):
+        raise ApiError(409, f"request_id: a request {body.request_id!r} already exists")
+    raw = dict(body.gpu_options or {})
+    given = body.model_fields_set
+    for name, field, value in (("priority", "priority", body.priority), ("task_type", "type", body.type)):
+        if field in given and value is not None:
+            if name in raw and raw[name] != value:
+                raise GpuOptionsError(f"invalid gpu_options.{name}: conflicts with the request's value {value!r}")
+            raw[name] = value
+    if body.user_id is not None:
+        raw["user"] = body.user_id
+    requirements = body.resource_requirements
+    memory = requirements.memory if requirements and requirements.memory is not None else kwargs.get("memory_mb")
+    if memory is None and workload.name == "generate":
+        memory = MODEL_MEMORY_MB
+    if memory is not None:
+        raw.setdefault("memory_mb", memory)
+    if body.timeout is not None:
+        raw.setdefault("timeout", body.timeout / 1000)
+    options = await gateway.options(raw, who.user, who.is_admin, workload.task_type)
+    entry = gateway.submit(
+        workload.fn,
+        kwargs,
+        options,
+        user=options.user,
+        kind="route",
+        workload=workload.name,
+        key=body.request_id,
+        meta={"model_id": workload.name},
+    )
+    info = (await gateway.placed([entry])).get(entry.task_id)
+    now = time.time()
+    status = STATUS.get(info.get("status", ""), "queued") if info else "queued"
+    placed = status in ("running", "completed")
+    expected = requirements.expected_duration if requirements else None
+    gpu = info.get("gpu") if info else None
+    return {
+        "request_id": entry.task_id,
+        "status": "accepted" if placed else "queued",
+        "assigned_gpu": f"gpu_{gpu}" if placed and gpu is not None else None,
+        "estimated_start_time": iso(now) if placed else None,
+        "estimated_completion_time": iso(now + expected / 1000) if placed and expected is not None else None,
+        "queue_position": None if placed else gateway.queued + 1,
+        "message": (info or {}).get("reason") or "submitted; the router has not placed it yet",
+    }
+
+
+@router.get("/route/{request_id}", summary="A routed job's status (seed 001 section 6.3.2)")
+async def route_status(request_id: str, who: PrincipalDep, gateway: GatewayDep) -> dict[str, Any]:
+    task = await gateway.describe(request_id, who.user, who.is_admin, result=True)
+    info = (await gateway.explain([request_id])).get(request_id) or {}
+    entry = gateway.tasks.get(request_id)
+    start, end = info.get("placed_at"), info.get("finished_at")
+    status = {"running": "processing"}.get(task["status"], task["status"])
+    out = {
+        "request_id": request_id,
+        "user_id": task.get("user") or info.get("user"),
+        "model_id": entry.workload if entry else request_id.split("-", 1)[0],
+        "status": status,
+        "assigned_gpu": f"gpu_{task['gpu_id']}" if task.get("gpu_id") is not None else None,
+        "start_time": iso(start),
+        "completion_time": iso(end),
+        "duration": round((end - start) * 1000) if start and end else None,
+        "progress": 1.0 if task["status"] in ("completed", "failed", "cancelled") else 0.0,
+        "result_url": f"/api/v1/task/{request_id}",
+        "error": task.get("error"),
+    }
+    if "result" in task:
+        out["result"] = task["result"]
+    return out
+
+
+@router.get("/workloads", summary="The workloads POST /route accepts as model_id")
+async def workloads(who: PrincipalDep) -> dict[str, Any]:
+    return {
+        "workloads": [
+            {"model_id": w.name, "task_type": w.task_type, "description": w.description, "defaults": w.defaults}
+            for w in WORKLOADS.values()
+        ]
+    }
