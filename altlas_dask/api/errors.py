@@ -38,13 +38,13 @@ logger = logging.getLogger(__name__)
 class ApiError(Exception):
     """An error with its HTTP status; ``extra`` fields join ``error`` in the body."""
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> None:
+    def __init__(self, http_status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(message)
-        self.status, self.message, self.headers, self.extra = status, message, headers or {}, extra
+        self.status, self.message, self.headers, self.extra = http_status, message, headers or {}, extra
 
 
-def error_response(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+def error_response(http_status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=http_status, headers=headers)
 
 
 def quota_error(exc: QuotaExceededError, **extra: Any) -> ApiError:

@@ -1,0 +1,617 @@
+"""The REST API over real HTTP on loopback, against a real (simulated-GPU) cluster.
+
+One module-scoped cluster of 2 virtual GPUs whose accounting database (and so the API key table)
+is a file in a temporary directory; the gateway runs under uvicorn in a thread on a free port and
+every test talks to it with httpx.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from conftest import LOCAL_ADDRESSES, cli_command, cli_env, repo_config_data, wait_for
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from altlas_dask.api import ApiSettings, create_app
+from altlas_dask.api.auth import KeyStore
+from altlas_dask.config import build_config
+from altlas_dask.launcher import GpuCluster, start_cluster
+from altlas_dask.model import char_gru
+
+LONG_GFLOP = 2000 * 120  # two minutes of modelled work on an A100: only ever cancelled
+
+
+@dataclass
+class Api:
+    url: str
+    cluster: GpuCluster
+    keys: KeyStore
+    database: str
+    tokens: dict[str, str]
+
+    def client(self, who: str | None = "alice", **kwargs: Any) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.tokens[who]}"} if who else {}
+        return httpx.Client(base_url=self.url + "/api/v1", headers=headers, timeout=60, **kwargs)
+
+
+def free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory) -> Iterator[Api]:
+    database = str(tmp_path_factory.mktemp("api") / "altlas.sqlite")
+    data = repo_config_data()
+    data["cluster"] = {**data.get("cluster", {}), **LOCAL_ADDRESSES}
+    data.setdefault("accounting", {})["database"] = database
+    config = build_config(data)
+    cluster = start_cluster(config, simulate=2, timeout=60)
+    keys = KeyStore(database)
+    tokens = {user: keys.create(user)[1] for user in ("alice", "bob", "carol", "dave")}
+    tokens["admin"] = keys.create("admin", "admin")[1]
+    app = create_app(cluster.scheduler_address, config, ApiSettings(), keys=keys)
+    sock = free_socket()
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        wait_for(lambda: server.started, timeout=60, what="the API server")
+        yield Api(url, cluster, keys, database, tokens)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+        cluster.close()
+
+
+def poll_task(client: httpx.Client, task_id: str, timeout: float = 60) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        body = client.get(f"/task/{task_id}").json()
+        return body if body["status"] in ("completed", "failed", "cancelled") else None
+
+    return wait_for(done, timeout=timeout, interval=0.05, what=f"task {task_id}")
+
+
+def assert_error(response: httpx.Response, status: int, *words: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert isinstance(body.get("error"), str) and body["error"], body
+    for word in words:
+        assert word in body["error"], body
+    assert "Traceback" not in response.text
+    return body
+
+
+def start_long(client: httpx.Client, gpu: int = 1) -> str:
+    payload = {"work_gflop": LONG_GFLOP, "memory_mb": 10}
+    r = client.post(
+        "/route", json={"model_id": "modelled", "payload": payload, "gpu_options": {"specific_gpu_id": gpu}}
+    )
+    assert r.status_code == 200, r.text
+    return r.json()["request_id"]
+
+
+# -- auth ----------------------------------------------------------------------------------------------
+
+
+def test_health_docs_and_openapi(api: Api):
+    with api.client(None) as c:
+        assert c.get("/health").json()["status"] == "ok"
+        spec = c.get("/openapi.json").json()
+    for path in ("/api/v1/predict", "/api/v1/batch_predict", "/api/v1/task/{task_id}", "/api/v1/gpus"):
+        assert path in spec["paths"]
+    docs = httpx.get(api.url + "/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+def test_missing_bad_and_revoked_keys_are_401(api: Api):
+    with api.client(None) as c:
+        r = c.get("/gpus")
+        assert_error(r, 401, "missing API key")
+        assert r.headers["www-authenticate"].startswith("Bearer")
+        assert_error(c.get("/gpus", headers={"Authorization": "Basic abc"}), 401)
+        assert_error(c.get("/gpus", headers={"Authorization": "Bearer nope"}), 401, "invalid")
+        forged = api.tokens["alice"][:-4] + "AAAA"
+        assert_error(c.get("/gpus", headers={"Authorization": f"Bearer {forged}"}), 401)
+        key_id, token = api.keys.create("eve")
+        api.keys.revoke(key_id)
+        assert_error(c.get("/gpus", headers={"Authorization": f"Bearer {token}"}), 401)
+
+
+def test_keys_are_stored_hashed(api: Api):
+    import sqlite3
+
+    conn = sqlite3.connect(api.database)
+    rows = conn.execute("SELECT key_id, salt, hash, user, role FROM api_keys").fetchall()
+    conn.close()
+    dump = json.dumps(rows)
+    for token in api.tokens.values():
+        assert token.split("_", 2)[2] not in dump  # the secret part is never stored
+    assert {r[3]: r[4] for r in rows}["admin"] == "admin"
+
+
+# -- predict -------------------------------------------------------------------------------------------
+
+
+def test_predict_returns_text_from_the_model(api: Api):
+    with api.client() as c:
+        r = c.post("/predict", json={"text": "To be, or not", "max_length": 64, "temperature": 0.0, "wait": 30})
+        assert r.status_code == 200, r.text
+        body = r.json()
+    assert body["status"] == "completed"
+    assert body["gpu_id"] in (0, 1)
+    result = body["result"]
+    assert len(result["text"]) == 64
+    assert {"execution_time", "timestamp", "seed", "device"} <= set(result)
+    local = char_gru.predict("To be, or not", 64, 0.0, 0, model=char_gru.load_model("cpu"))
+    assert result["text"] == local["text"]
+
+
+def test_predict_honours_seed_and_temperature(api: Api):
+    with api.client() as c:
+
+        def run(**params: Any) -> str:
+            r = c.post("/predict", json={"text": "Once upon a midnight", "max_length": 40, "wait": 30, **params})
+            return r.json()["result"]["text"]
+
+        assert run(seed=7, temperature=1.0) == run(seed=7, temperature=1.0)
+        assert run(seed=7, temperature=1.0) != run(seed=8, temperature=1.0)
+
+
+def test_predict_then_poll_task(api: Api):
+    with api.client() as c:
+        r = c.post("/predict", json={"text": "The Fox", "max_length": 30, "gpu_options": {"strategy": "round_robin"}})
+        assert r.status_code == 200, r.text
+        first = r.json()
+        assert set(first) == {"task_id", "gpu_id", "status"}
+        assert first["status"] in ("queued", "running", "completed")
+        done = poll_task(c, first["task_id"])
+        assert done["status"] == "completed" and len(done["result"]["text"]) == 30
+        assert c.get(f"/tasks/{first['task_id']}").json()["result"] == done["result"]
+
+
+def test_predict_bad_input_is_400_naming_the_field(api: Api):
+    with api.client() as c:
+        assert_error(c.post("/predict", json={"max_length": 5}), 400, "text")
+        assert_error(c.post("/predict", json={"text": "a", "max_length": 99999}), 400, "max_length")
+        assert_error(c.post("/predict", json={"text": "a", "max_length": "12"}), 400, "max_length")
+        assert_error(c.post("/predict", json={"text": "a", "temperature": -1}), 400, "temperature")
+        assert_error(c.post("/predict", json={"text": "a", "surprise": 1}), 400, "surprise")
+        assert_error(c.post("/predict", json={"text": "a", "gpu_options": {"strategy": "x"}}), 400, "strategy")
+        assert_error(c.post("/predict", json={"text": "a", "gpu_options": {"priority": 9}}), 400, "priority")
+        assert_error(c.post("/predict", json={"text": "a", "gpu_options": {"specific_gpu_id": 7}}), 400, "unknown GPU")
+        assert_error(c.post("/predict", json={"text": "a", "gpu_options": [1]}), 400, "gpu_options")
+        assert_error(c.post("/predict", content=b'{"text": "a",', headers={"content-type": "application/json"}), 400)
+        assert_error(c.post("/predict", json=[1, 2]), 400)
+        for raw in (b'{"text": "a", "temperature": NaN}', b'{"text": "a", "temperature": Infinity}'):
+            assert_error(c.post("/predict", content=raw, headers={"content-type": "application/json"}), 400)
+        raw = b'{"model_id": "modelled", "payload": {"work_gflop": Infinity}}'
+        assert_error(c.post("/route", content=raw, headers={"content-type": "application/json"}), 400, "work_gflop")
+        r = c.post("/predict", json={"text": "a", "gpu_options": {"user": "bob"}})
+        assert_error(r, 403, "acts as 'alice'")
+
+
+def test_unknown_endpoint_method_and_huge_body(api: Api):
+    with api.client() as c:
+        assert_error(c.get("/nope"), 404, "no such endpoint")
+        assert_error(c.put("/predict", json={}), 405)
+        assert_error(c.post("/predict", content=b"x" * (5 * 1024 * 1024)), 413)
+
+
+# -- batches ----------------------------------------------------------------------------------------------
+
+
+def test_batch_results_in_input_order(api: Api):
+    prompts = [f"{word} " for word in ("The", "And", "When", "A", "In", "It", "We", "Then", "So", "But")]
+    batch = [{"text": p, "max_length": 12 + i, "temperature": 0.0} for i, p in enumerate(prompts)]
+    with api.client() as c:
+        r = c.post("/batch_predict", json={"batch": batch, "gpu_options": {"strategy": "round_robin"}})
+        assert r.status_code == 200, r.text
+        sub = r.json()
+        assert sub["status"] in ("running", "queued", "mixed", "all_distributed", "all_queued")
+        assert sum(t["items"]["count"] for t in sub["tasks"]) == len(batch)
+        assert len(sub["tasks"]) > 1  # split (min 4 per chunk: 10 items -> 3 chunks)
+
+        def finished() -> dict[str, Any] | None:
+            state = c.get(f"/batches/{sub['batch_id']}").json()
+            return state if state["status"] == "completed" else None
+
+        state = wait_for(finished, timeout=60, what="the batch")
+        texts = [res["text"] for res in state["results"]]
+        assert [len(t) for t in texts] == [12 + i for i in range(len(batch))]
+        model = char_gru.load_model("cpu")
+        assert texts == [char_gru.predict(p["text"], p["max_length"], 0.0, 0, model=model)["text"] for p in batch]
+        chunk = c.get(f"/task/{sub['tasks'][0]['task_id']}").json()
+        assert chunk["batch_id"] == sub["batch_id"] and len(chunk["result"]["results"]) == 4
+
+        one = c.post("/predict/batch", json={"batch": batch[:6], "gpu_options": {"batch_split": False}}).json()
+        assert len(one["tasks"]) == 1 and one["tasks"][0]["items"] == {"start": 0, "count": 6}
+        listed = c.get("/batches").json()
+        assert {sub["batch_id"], one["batch_id"]} <= {b["batch_id"] for b in listed["batches"]}
+        with api.client("bob") as other:
+            assert_error(other.get(f"/batches/{sub['batch_id']}"), 404)
+        assert_error(c.post("/batch_predict", json={"batch": []}), 400, "batch")
+        assert_error(c.post("/batch_predict", json={"batch": [{"text": 1}]}), 400, "batch.0.text")
+
+
+def test_cancel_a_batch(api: Api):
+    batch = [{"text": "x", "max_length": 1024, "temperature": 1.0} for _ in range(8)]
+    with api.client() as c:
+        sub = c.post("/batch_predict", json={"batch": batch, "gpu_options": {"batch_split": False}}).json()
+        r = c.delete(f"/batches/{sub['batch_id']}")
+        assert r.status_code == 200, r.text
+        assert list(r.json()["tasks"].values()) == ["cancelled"]
+        state = wait_for(
+            lambda: (s := c.get(f"/batches/{sub['batch_id']}").json())["status"] == "cancelled" and s,
+            timeout=30,
+            what="the cancelled batch",
+        )
+        assert state["results"] == [None] * 8
+        assert_error(c.delete("/batches/batch-unknown"), 404)
+
+
+# -- tasks -----------------------------------------------------------------------------------------------
+
+
+def test_list_tasks_filters_and_pages(api: Api):
+    with api.client("dave") as c:
+        ids = [c.post("/predict", json={"text": "a", "max_length": 5}).json()["task_id"] for _ in range(3)]
+        for task_id in ids:
+            poll_task(c, task_id)
+        listing = c.get("/tasks", params={"status": "completed", "limit": 2}).json()
+        assert len(listing["tasks"]) == 2 and listing["total"] == 3
+        assert all(t["status"] == "completed" and t["user"] == "dave" for t in listing["tasks"].values())
+        assert all("result" in t for t in listing["tasks"].values())
+        rest = c.get("/tasks", params={"status": "completed", "limit": 2, "offset": 2}).json()
+        assert set(rest["tasks"]) | set(listing["tasks"]) == set(ids)
+        assert c.get("/tasks", params={"status": "running"}).json()["tasks"] == {}
+        assert_error(c.get("/tasks", params={"status": "bogus"}), 400, "status")
+        assert_error(c.get("/tasks", params={"limit": 0}), 400, "limit")
+        assert_error(c.get("/tasks", params={"offset": -1}), 400, "offset")
+        assert_error(c.get("/tasks", params={"user": "alice"}), 403)
+    with api.client("admin") as admin:
+        assert set(ids) <= set(admin.get("/tasks", params={"user": "dave", "limit": 1000}).json()["tasks"])
+
+
+def test_cancel_task_and_other_users_tasks_are_404(api: Api):
+    with api.client() as c, api.client("bob") as bob:
+        task_id = start_long(c)
+        assert_error(bob.get(f"/task/{task_id}"), 404)
+        assert_error(bob.delete(f"/tasks/{task_id}"), 404)
+        r = c.delete(f"/tasks/{task_id}", params={})
+        assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+        assert poll_task(c, task_id)["status"] == "cancelled"
+        assert_error(c.delete(f"/tasks/{task_id}"), 409)
+        assert_error(c.get("/task/nope-123"), 404, "unknown task")
+        assert_error(c.delete("/tasks/nope-123"), 404)
+
+
+# -- routed jobs ------------------------------------------------------------------------------------------
+
+
+def test_route_and_route_status(api: Api):
+    with api.client() as c:
+        body = {
+            "request_id": "job-route-1",
+            "model_id": "modelled",
+            "priority": 4,
+            "type": "inference",
+            "resource_requirements": {"memory": 256, "expected_duration": 50},
+            "timeout": 60_000,
+            "payload": {"work_gflop": 20, "memory_mb": 256},
+        }
+        r = c.post("/route", json=body)
+        assert r.status_code == 200, r.text
+        routed = r.json()
+        assert routed["request_id"] == "job-route-1"
+        assert routed["status"] in ("accepted", "queued")
+        if routed["status"] == "accepted":
+            assert routed["assigned_gpu"] in ("gpu_0", "gpu_1") and routed["estimated_completion_time"]
+        state = wait_for(
+            lambda: (s := c.get("/route/job-route-1").json())["status"] == "completed" and s, what="the routed job"
+        )
+        assert state["model_id"] == "modelled" and state["user_id"] == "alice"
+        assert state["duration"] is not None and state["progress"] == 1.0
+        assert state["result"]["gpu"] in (0, 1)
+        assert_error(c.post("/route", json=body), 409, "already exists")
+        assert_error(c.post("/route", json={"model_id": "nope"}), 400, "model_id")
+        assert_error(c.post("/route", json={"model_id": "modelled", "payload": {"work_gflop": "x"}}), 400, "work_gflop")
+        assert_error(c.post("/route", json={"model_id": "modelled", "payload": {"bogus": 1}}), 400, "bogus")
+        assert_error(c.post("/route", json={"model_id": "modelled", "priority": 7}), 400, "priority")
+        assert_error(c.post("/route", json={"model_id": "modelled", "callback_url": "http://x"}), 400, "callback")
+        assert_error(c.post("/route", json={"model_id": "modelled", "user_id": "bob"}), 403)
+        gen = c.post("/route", json={"model_id": "generate", "payload": {"text": "Hope is", "max_length": 9}}).json()
+        assert len(poll_task(c, gen["request_id"])["result"]["text"]) == 9
+        assert_error(c.get("/route/nope"), 404)
+        assert {w["model_id"] for w in c.get("/workloads").json()["workloads"]} >= {"modelled", "generate"}
+    with api.client("admin") as admin:
+        r = admin.post("/route", json={"model_id": "modelled", "user_id": "bob", "payload": {"work_gflop": 1}})
+        assert r.status_code == 200, r.text
+        with api.client("bob") as bob:
+            assert poll_task(bob, r.json()["request_id"])["user"] == "bob"
+
+
+# -- GPUs, metrics, quota -------------------------------------------------------------------------------------
+
+
+def test_gpus_and_gpu_status(api: Api):
+    with api.client() as c:
+        gpus = c.get("/gpus").json()["gpus"]
+        assert [g["id"] for g in gpus] == [0, 1]
+        assert gpus[0]["memory_total"] == 81920 * 1024 * 1024
+        assert {"id", "name", "utilization", "memory_used", "memory_total", "task_count"} <= set(gpus[0])
+        one = c.get("/gpus/gpu_1").json()
+        assert one["id"] == 1 and one["detail"]["gpu_id"] == "gpu_1"
+        assert c.get("/gpus/1").json()["id"] == 1
+        assert_error(c.get("/gpus/9"), 404, "unknown GPU")
+        assert_error(c.get("/gpus/abc"), 404)
+        status = c.get("/gpu/status").json()
+        assert status["timestamp"] and status["gpus"][0]["memory"]["total"] == 81920
+
+
+def test_metrics_summary(api: Api):
+    with api.client("admin") as admin, api.client("bob") as bob:
+        admin.post("/predict", json={"text": "m", "max_length": 3, "wait": 30})
+        time.sleep(0.5)  # the router's records reach SQLite within accounting.flush_interval
+        m = admin.get("/metrics").json()
+        assert {"timestamp", "system", "gpus", "models", "users", "gateway"} <= set(m)
+        assert m["system"]["total_gpus"] == 2 and m["system"]["completed_requests"] >= 1
+        assert m["system"]["p99_response_time"] is not None
+        assert {"gpu_0", "gpu_1"} == set(m["gpus"]) and "throughput" in m["gpus"]["gpu_0"]
+        assert "text_generation" in m["models"]
+        assert "alice" in m["users"] and m["gateway"]["requests"] > 0
+        mine = bob.get("/metrics").json()
+        assert set(mine["users"]) <= {"bob"}
+        assert_error(bob.get("/metrics", params={"window": -5}), 400, "window")
+
+
+def test_quota_read_and_429_with_retry_after(api: Api):
+    with api.client("carol") as carol, api.client("admin") as admin, api.client("bob") as bob:
+        q = carol.get("/user/carol/quota").json()
+        assert q["user_id"] == "carol" and "requests_per_minute" in q["rate_limits"]
+        assert_error(bob.get("/user/carol/quota"), 403)
+        assert admin.get("/user/carol/quota").status_code == 200
+        assert_error(carol.put("/admin/user/carol/quota", json={"requests_per_minute_limit": 1}), 403)
+        assert_error(admin.put("/admin/user/carol/quota", json={"requests_per_minute_limit": 0}), 400)
+        assert_error(admin.put("/admin/user/carol/quota", json={}), 400)
+        assert_error(admin.put("/admin/user/carol/quota", json={"bogus": 1}), 400, "bogus")
+        r = admin.put("/admin/user/carol/quota", json={"requests_per_minute_limit": 1, "gpu_time_limit": 30})
+        assert r.status_code == 200, r.text
+        assert r.json()["limits"]["requests_per_minute"] == 1
+        assert carol.post("/predict", json={"text": "a", "max_length": 3}).status_code == 200
+        r = carol.post("/predict", json={"text": "a", "max_length": 3})
+        body = assert_error(r, 429, "requests_per_minute")
+        assert int(r.headers["retry-after"]) >= 1 and body["retry_after"] >= 1
+        r = carol.post("/route", json={"model_id": "modelled", "payload": {"work_gflop": 1}})
+        assert_error(r, 429)
+        assert carol.get("/user/carol/quota").json()["rate_limits"]["requests_per_minute"]["used"] == 1
+
+
+# -- admin -------------------------------------------------------------------------------------------------------
+
+
+def test_maintenance_and_503_without_gpus(api: Api):
+    with api.client("admin") as admin, api.client() as c:
+        assert_error(c.post("/admin/gpu/0/maintenance", json={"reason": "x"}), 403)
+        assert_error(admin.post("/admin/gpu/7/maintenance", json={}), 404)
+        try:
+            r = admin.post("/admin/gpu/0/maintenance", json={"reason": "fan swap", "estimated_duration": 30})
+            assert r.status_code == 200 and r.json()["status"] == "maintenance", r.text
+            assert c.get("/gpus/0").json()["status"] == "maintenance"
+            done = c.post("/predict", json={"text": "a", "max_length": 3, "wait": 30}).json()
+            assert done["gpu_id"] == 1
+            admin.post("/admin/gpu/1/maintenance", json={})
+            r = c.post("/predict", json={"text": "a", "max_length": 3})
+            assert_error(r, 503, "no GPU available")
+        finally:
+            for gpu in (0, 1):
+                assert admin.delete(f"/admin/gpu/{gpu}/maintenance").status_code == 200
+        assert c.post("/predict", json={"text": "a", "max_length": 3}).status_code == 200
+
+
+def test_admin_cancels_any_request(api: Api):
+    with api.client("admin") as admin, api.client("bob") as bob:
+        task_id = start_long(bob)
+        assert_error(bob.delete(f"/admin/request/{task_id}"), 403)
+        r = admin.request("DELETE", f"/admin/request/{task_id}", json={"reason": "runaway job"})
+        assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+        assert poll_task(bob, task_id)["status"] == "cancelled"
+        assert_error(admin.delete("/admin/request/nope-1"), 404)
+
+
+def test_admin_restarts_a_gpu_worker(api: Api):
+    with api.client("admin") as admin, api.client() as c:
+        task_id = start_long(c, gpu=1)
+        try:
+            assert_error(admin.post("/admin/gpu/1/restart", json={"force": False}), 409, "running")
+        finally:
+            c.delete(f"/tasks/{task_id}")
+        wait_for(lambda: c.get("/gpus/1").json()["task_count"] == 0, what="GPU 1 idle")
+        before = c.get("/gpus/1").json()["detail"]["worker"]
+        r = admin.post("/admin/gpu/1/restart", json={"force": True})
+        assert r.status_code == 200, r.text
+        assert r.json()["old_worker"] == before and r.json()["worker"] != before
+        done = c.post(
+            "/predict", json={"text": "a", "max_length": 4, "wait": 60, "gpu_options": {"specific_gpu_id": 1}}
+        )
+        assert done.json()["status"] == "completed" and done.json()["gpu_id"] == 1
+
+
+# -- malformed input never breaks the server ---------------------------------------------------------------------
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+)
+json_values = st.recursive(
+    json_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+)
+bad_numbers = st.sampled_from([-1, -(2**63), 2**80, 10**6, 1e308, -1e-9, "7", [], {}, True, None])
+bad_strategies = st.text(min_size=1, max_size=12).filter(
+    lambda s: (
+        s not in ("single_gpu", "round_robin", "least_loaded", "memory_optimized", "task_specific", "random")
+        and s != "hybrid"
+    )
+)
+
+
+@st.composite
+def invalid_predict(draw) -> Any:
+    body: dict[str, Any] = {"text": "hi", "max_length": 5}
+    kind = draw(st.sampled_from(["max_length", "temperature", "seed", "text", "strategy", "priority", "gpu", "extra"]))
+    if kind == "max_length":
+        body["max_length"] = draw(bad_numbers.filter(lambda v: v is not None) | st.integers(1025, 2**70))
+    elif kind == "temperature":
+        body["temperature"] = draw(st.floats(2.0001, 1e308) | st.floats(-1e308, -1e-9) | st.text(max_size=5))
+    elif kind == "seed":
+        body["seed"] = draw(st.integers(max_value=-1) | st.integers(min_value=2**63) | st.text(max_size=3))
+    elif kind == "text":
+        body["text"] = draw(st.integers() | st.lists(st.text(), max_size=2) | st.none())
+    elif kind == "strategy":
+        body["gpu_options"] = {"strategy": draw(bad_strategies)}
+    elif kind == "priority":
+        body["gpu_options"] = {"priority": draw(st.integers(6, 2**70) | st.integers(-(2**70), 0))}
+    elif kind == "gpu":
+        body["gpu_options"] = {"specific_gpu_id": draw(st.integers(2, 2**70) | st.integers(max_value=-1))}
+    else:
+        body[draw(st.text(min_size=1, max_size=10).filter(lambda k: k not in body))] = draw(json_scalars)
+    return body
+
+
+@st.composite
+def invalid_route(draw) -> Any:
+    body: dict[str, Any] = {"model_id": "modelled", "payload": {"work_gflop": 1}}
+    kind = draw(st.sampled_from(["model", "payload", "priority", "memory", "timeout", "strategy"]))
+    if kind == "model":
+        body["model_id"] = draw(
+            st.text(max_size=10).filter(lambda m: m not in ("modelled", "torch_matmul", "generate"))
+        )
+    elif kind == "payload":
+        body["payload"] = {"work_gflop": draw(st.floats(max_value=-1e-6, allow_infinity=False) | st.text())}
+    elif kind == "priority":
+        body["priority"] = draw(st.integers(6, 2**70) | st.integers(-(2**70), 0) | st.text(max_size=3))
+    elif kind == "memory":
+        body["resource_requirements"] = {"memory": draw(st.integers(max_value=-1) | st.integers(min_value=2**45))}
+    elif kind == "timeout":
+        body["timeout"] = draw(st.integers(max_value=0) | st.floats(allow_nan=False, allow_infinity=False))
+    else:
+        body["gpu_options"] = {"strategy": draw(bad_strategies)}
+    return body
+
+
+FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@FUZZ
+@given(body=invalid_predict())
+def test_fuzz_invalid_predict_is_400(api: Api, body: Any):
+    with api.client() as c:
+        assert_error(c.post("/predict", json=body), 400)
+
+
+@FUZZ
+@given(body=invalid_route())
+def test_fuzz_invalid_route_is_400(api: Api, body: Any):
+    with api.client() as c:
+        assert_error(c.post("/route", json=body), 400)
+
+
+@FUZZ
+@given(
+    path=st.sampled_from(
+        ["/predict", "/batch_predict", "/predict/batch", "/route", "/admin/user/bob/quota", "/admin/gpu/0/restart"]
+    ),
+    body=json_values | st.binary(max_size=40),
+)
+def test_fuzz_any_body_is_never_a_server_error(api: Api, path: str, body: Any):
+    with api.client("bob") as c:
+        if isinstance(body, bytes):
+            r = c.post(path, content=body, headers={"content-type": "application/json"})
+        elif path.startswith("/admin/user"):
+            r = c.put(path, json=body)
+        else:
+            r = c.post(path, json=body)
+        assert r.status_code < 500, r.text
+        assert "Traceback" not in r.text
+        assert r.headers["content-type"].startswith("application/json")
+        if r.status_code >= 400:
+            assert isinstance(r.json()["error"], str)
+
+
+def test_server_still_serves_after_the_fuzzing(api: Api):
+    with api.client() as c:
+        assert c.get("/health").status_code == 200
+        assert c.post("/predict", json={"text": "still here", "max_length": 5, "wait": 30}).json()["status"] == (
+            "completed"
+        )
+
+
+# -- the CLI --------------------------------------------------------------------------------------------------------
+
+
+def test_cli_keys_and_api_serve(api: Api):
+    base = [*cli_command(), "--set", f"accounting.database={api.database}"]
+    created = subprocess.run(
+        [*base, "keys", "create", "--user", "cli-user"], capture_output=True, text=True, env=cli_env()
+    )
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    assert token.startswith("ak_") and "shown only once" in created.stderr
+    listed = subprocess.run([*base, "keys", "list", "--json"], capture_output=True, text=True, env=cli_env())
+    assert "cli-user" in listed.stdout and token not in listed.stdout
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    proc = subprocess.Popen(
+        [*base, "api", "--scheduler", api.cluster.scheduler_address, "--port", str(port), "--no-warm-up"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=cli_env(),
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/api/v1"
+
+        def up() -> bool:
+            try:
+                return httpx.get(url + "/health", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return proc.poll() is not None
+
+        wait_for(up, timeout=60, what="altlas-dask api")
+        assert proc.poll() is None
+        r = httpx.get(url + "/gpus", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert r.status_code == 200 and len(r.json()["gpus"]) == 2
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    key_id = json.loads(listed.stdout)[-1]["key_id"]
+    revoked = subprocess.run([*base, "keys", "revoke", key_id], capture_output=True, text=True, env=cli_env())
+    assert revoked.returncode == 0, revoked.stderr
+    assert api.keys.verify(token) is None
+    bad = subprocess.run(
+        [*cli_command(), "--set", "accounting.database=:memory:", "keys", "create", "--user", "x"],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+    )
+    assert bad.returncode != 0 and "database file" in bad.stderr
