@@ -8,6 +8,7 @@ the file, then ``ALTLAS_<SECTION>__<KEY>=value`` environment variables
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -45,6 +46,7 @@ def parse_gpu_ref(ref: str | int, *, where: str = "gpu") -> int:
     return int(text)
 
 
+@functools.lru_cache(maxsize=256)
 def parse_compute_capability(value: str | float) -> tuple[int, int]:
     """``"8.6"`` -> ``(8, 6)``; raises ValueError on anything else."""
     major, dot, minor = str(value).partition(".")
