@@ -48,11 +48,13 @@ from altlas_dask.resources import GPU_RESOURCE
 from altlas_dask.strategies import Decision, RoutingContext, choose
 from altlas_dask.worker import METRIC_NAME, fatal_preload
 from scheduler_plugins import dask_internals as dx
+from scheduler_plugins.dashboard import register_page
 from scheduler_plugins.metrics import RouterMetrics, publish, unpublish
 from scheduler_plugins.router_api import RouterApi
 from scheduler_plugins.router_state import GpuSlot, Tracked
 
 logger = logging.getLogger(__name__)
+register_page()  # the dashboard's "GPUs" page (/altlas-gpus): before any scheduler here starts its HTTP server
 
 PLUGIN_NAME = "altlas-router"
 GPU_ERROR_MARKERS = ("GpuOutOfMemoryError", "GpuFaultError", "OutOfMemoryError", "CUDA error", "CUDA out of memory")
