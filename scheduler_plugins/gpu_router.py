@@ -368,6 +368,8 @@ class GpuRouter(RouterApi, SchedulerPlugin):
         self._unassign(tracked)
         if tracked.cancelled_by:
             status = "cancelled"
+        elif tracked.timed_out:
+            status = "timed_out"
         elif tracked.error is not None and not tracked.admitted:
             status = "rejected"
         tracked.status, tracked.finished_at = status, time.time()
@@ -507,6 +509,7 @@ class GpuRouter(RouterApi, SchedulerPlugin):
             where = f"running on GPU {tracked.gpu}" if ts.state == "processing" else "still waiting for a GPU"
             error = GpuTaskTimeoutError(f"task {key} exceeded its timeout of {tracked.timeout:g}s ({where})")
             self.counters["timed_out"] += 1
+            tracked.timed_out = True
             dx.fail(self.scheduler, ts, error, f"altlas-timeout-{now}")
 
 

@@ -89,7 +89,8 @@ def gpu_gauges(router: GpuRouter) -> Iterator[Metric]:
         "temp": GaugeMetricFamily("altlas_gpu_temperature_celsius", "GPU temperature", labels=labels),
         "power": GaugeMetricFamily("altlas_gpu_power_watts", "GPU power draw", labels=labels),
         "limit": GaugeMetricFamily("altlas_gpu_power_limit_watts", "GPU power limit", labels=labels),
-        "up": GaugeMetricFamily("altlas_gpu_up", "1 if the GPU is active (not failed, not draining)", labels=labels),
+        "up": GaugeMetricFamily("altlas_gpu_up", "1 if the GPU is connected and not failed", labels=labels),
+        "draining": GaugeMetricFamily("altlas_gpu_draining", "1 while drained for maintenance", labels=labels),
         "running": GaugeMetricFamily("altlas_gpu_running_tasks", "Tasks placed on the GPU", labels=labels),
         "health": GaugeMetricFamily(
             "altlas_gpu_health", "1 for the GPU's current health state", labels=[*labels, "state"]
@@ -103,7 +104,8 @@ def gpu_gauges(router: GpuRouter) -> Iterator[Metric]:
         families["temp"].add_metric(key, g.temperature_c)
         families["power"].add_metric(key, g.power_usage_w)
         families["limit"].add_metric(key, g.power_limit_w)
-        families["up"].add_metric(key, 1.0 if g.status == "active" else 0.0)
+        families["up"].add_metric(key, 0.0 if g.status in ("error", "inactive") else 1.0)
+        families["draining"].add_metric(key, 1.0 if g.status == "maintenance" else 0.0)
         families["running"].add_metric(key, g.active_requests)
         for state in HEALTH_STATES:
             families["health"].add_metric([*key, state], 1.0 if g.health_status == state else 0.0)

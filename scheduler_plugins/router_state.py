@@ -60,6 +60,7 @@ class Tracked:
     attempts: list[dict[str, Any]] = field(default_factory=list)
     status: str = "queued"
     cancelled_by: str | None = None
+    timed_out: bool = False
 
     @property
     def user(self) -> str:

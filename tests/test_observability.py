@@ -352,7 +352,8 @@ def test_prometheus_scrapes_the_cluster_and_evaluates_the_rules(
     assert {r["name"] for r in rules} == set(alert_exprs())
     assert all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError")) for r in rules]
 
-    # and fire on this cluster: the quota rejections (no `for:`), and a drained GPU (pending for its 1m `for:`)
+    # and fire on this cluster: the quota rejections (no `for:`), and a lost GPU (pending for its 1m `for:`);
+    # a GPU drained for maintenance is not "down"
     def alert_states() -> dict[tuple[str, str], str] | None:
         """``(alertname, gpu or user) -> state`` once both expected alerts are there."""
         alerts = prom_api(prometheus, "alerts")["alerts"]
@@ -361,11 +362,16 @@ def test_prometheus_scrapes_the_cluster_and_evaluates_the_rules(
         }
         return states if {("AltlasGpuDown", "3"), ("AltlasQuotaRejections", LIMITED_USER)} <= set(states) else None
 
-    admin.drain_gpu(3, reason="observability test")
+    worker = next(g.worker for g in admin.gpus() if g.id == 3)
+
+    admin.drain_gpu(2, reason="planned maintenance")
+    admin.run(lambda dask_worker: dask_worker.plugins["altlas-gpu"].device.inject("lost"), workers=[worker])
     try:
         states = wait_for(alert_states, timeout=30, what="AltlasGpuDown for GPU 3 and AltlasQuotaRejections")
+        assert [r["metric"]["gpu"] for r in query("altlas_gpu_draining == 1")] == ["2"]
     finally:
-        admin.enable_gpu(3)
+        admin.run(lambda dask_worker: dask_worker.plugins["altlas-gpu"].device.clear_faults(), workers=[worker])
+        admin.enable_gpu(2)
     assert states[("AltlasGpuDown", "3")] == "pending"
     assert states[("AltlasQuotaRejections", LIMITED_USER)] == "firing"
     assert not any(name == "AltlasGpuDown" and gpu != "3" for name, gpu in states)

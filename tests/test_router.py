@@ -191,6 +191,7 @@ def test_timeout_cancels_a_running_task_and_a_waiting_one(client):
                           workers=[worker])[worker]
 
     deadline_poll(lambda: device_busy() == 0, timeout=4)  # the 10 s kernel stopped: GPU 3 is free again
+    assert client.explain(slow)["status"] == "timed_out"
     client.drain_gpu(3)
     stuck = client.submit(run_on_gpu, 1, pure=False, gpu_options={"specific_gpu_id": 3, "timeout": 0.3})
     with pytest.raises(GpuTaskTimeoutError, match="still waiting for a GPU"):
