@@ -13,7 +13,7 @@ from altlas_dask.api.gateway import Gateway
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="altlas-dask"'}
 
 
-def get_gateway(request: Request) -> Gateway:
+async def get_gateway(request: Request) -> Gateway:
     gateway = getattr(request.app.state, "gateway", None)
     if gateway is None:
         raise ApiError(503, "the gateway is not connected to the cluster yet")

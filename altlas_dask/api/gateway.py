@@ -28,6 +28,7 @@ from typing import Any
 
 from distributed import Future
 
+from altlas_dask.api.calls import call
 from altlas_dask.api.errors import ApiError, quota_error
 from altlas_dask.client import CHUNKS_PER_GPU, Client, RouterError
 from altlas_dask.config import AltlasConfig
@@ -167,6 +168,53 @@ class PlacementWatcher:
                 self._wake.clear()
 
 
+class Coalescer:
+    """Submissions made in the same event-loop turn with the same ``gpu_options`` go out as one ``Client.map``.
+
+    One ``update_graph`` on the scheduler for many requests instead of one each: under load this
+    amortises the per-call cost of the client and of the scheduler (the router still decides per task).
+    """
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.pending: dict[GpuOptions, list[tuple[Any, dict[str, Any], str, asyncio.Future]]] = {}
+        self.batches = 0
+
+    def submit(self, fn: Any, kwargs: dict[str, Any], options: GpuOptions, key: str) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        if not self.pending:
+            loop.call_soon(self._flush)
+        self.pending.setdefault(options, []).append((fn, kwargs, key, waiter))
+        return waiter
+
+    def _flush(self) -> None:
+        pending, self.pending = self.pending, {}
+        for options, items in pending.items():
+            self.batches += 1
+            try:
+                if len(items) == 1:
+                    fn, kwargs, key, _ = items[0]
+                    futures = [self.client.submit(fn, key=key, pure=False, gpu_options=options, **kwargs)]
+                else:
+                    futures = self.client.map(
+                        call,
+                        [i[0] for i in items],
+                        [i[1] for i in items],
+                        key=[i[2] for i in items],
+                        pure=False,
+                        gpu_options=options,
+                    )
+            except Exception as exc:
+                for *_, waiter in items:
+                    if not waiter.done():
+                        waiter.set_exception(exc)
+                continue
+            for (*_, waiter), future in zip(items, futures, strict=True):
+                if not waiter.done():
+                    waiter.set_result(future)
+
+
 class Gateway:
     """Submits GPU work for API requests and answers questions about it."""
 
@@ -176,6 +224,7 @@ class Gateway:
         self.batches: OrderedDict[str, BatchEntry] = OrderedDict()
         self.policy: dict[str, Any] = {}
         self.watcher = PlacementWatcher(self, settings.placement_poll)
+        self.coalescer = Coalescer(client)
         self._gpus: list[dict[str, Any]] = []
         self._queued = 0
         self._gpus_at = -math.inf
@@ -285,7 +334,7 @@ class Gateway:
             for key in [k for k, e in self.tasks.items() if e.future is None or e.future.done()][:excess]:
                 del self.tasks[key]
 
-    def submit(
+    async def submit(
         self,
         fn: Any,
         kwargs: dict[str, Any],
@@ -297,8 +346,9 @@ class Gateway:
         key: str | None = None,
         **entry: Any,
     ) -> TaskEntry:
+        """Submit ``fn(**kwargs)`` as task ``key``; coalesced with the submissions of the same moment."""
         key = key or new_id(workload)
-        future = self.client.submit(fn, key=key, pure=False, gpu_options=options, **kwargs)
+        future = await self.coalescer.submit(fn, kwargs, options, key)
         task = TaskEntry(key, user, kind, workload, future, time.time(), **entry)
         self._remember(task)
         return task

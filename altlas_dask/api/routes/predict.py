@@ -38,7 +38,7 @@ async def predict(body: PredictRequest, who: PrincipalDep, gateway: GatewayDep) 
     task_type = get_workload(WORKLOAD).task_type
     options = await gateway.options(body.gpu_options, who.user, who.is_admin, task_type, MODEL_MEMORY_MB)
     kwargs = body.model_dump(include={"text", "max_length", "temperature", "seed"})
-    entry = gateway.submit(generate, kwargs, options, user=who.user, kind="predict", workload=WORKLOAD)
+    entry = await gateway.submit(generate, kwargs, options, user=who.user, kind="predict", workload=WORKLOAD)
     found = await gateway.placed([entry])
     if body.wait > 0 and entry.future is not None:
         await asyncio.wait([asyncio.ensure_future(_settled(entry))], timeout=body.wait)
@@ -58,13 +58,12 @@ async def _submit_batch(body: BatchPredictRequest, who: PrincipalDep, gateway: G
     items = [item.model_dump() for item in body.batch]
     sizes = gateway.chunk_sizes(len(items), options.batch_split)
     batch_id = new_id("batch")
-    entries, start = [], 0
-    for size in sizes:
-        chunk = items[start : start + size]
-        entries.append(
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    entries = await asyncio.gather(
+        *(
             gateway.submit(
                 generate_batch,
-                {"items": chunk},
+                {"items": items[start : start + size]},
                 options,
                 user=who.user,
                 kind="batch",
@@ -72,8 +71,9 @@ async def _submit_batch(body: BatchPredictRequest, who: PrincipalDep, gateway: G
                 batch_id=batch_id,
                 items=(start, size),
             )
+            for start, size in zip(starts, sizes, strict=True)
         )
-        start += size
+    )
     gateway.remember_batch(BatchEntry(batch_id, who.user, [e.task_id for e in entries], sizes, time.time()))
     found = await gateway.placed(entries)
     tasks = [{**_brief(e, found.get(e.task_id)), "items": {"start": e.items[0], "count": e.items[1]}} for e in entries]

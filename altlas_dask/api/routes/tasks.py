@@ -153,7 +153,7 @@ async def route(body: RouteRequest, who: PrincipalDep, gateway: GatewayDep) -> d
     if body.timeout is not None:
         raw.setdefault("timeout", body.timeout / 1000)
     options = await gateway.options(raw, who.user, who.is_admin, workload.task_type)
-    entry = gateway.submit(
+    entry = await gateway.submit(
         workload.fn,
         kwargs,
         options,
