@@ -46,7 +46,9 @@ class Api:
 
 
 def free_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # proto set: asyncio then sets TCP_NODELAY
+    sock = socket.socket(
+        socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP
+    )  # proto set: asyncio then sets TCP_NODELAY
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     return sock
@@ -233,6 +235,7 @@ def test_batch_results_in_input_order(api: Api):
             return state if state["status"] == "completed" else None
 
         state = wait_for(finished, timeout=60, what="the batch")
+        assert all(t["gpu_id"] in (0, 1) and t["status"] == "completed" for t in state["tasks"])
         texts = [res["text"] for res in state["results"]]
         assert [len(t) for t in texts] == [12 + i for i in range(len(batch))]
         model = char_gru.load_model("cpu")

@@ -87,6 +87,7 @@ class TaskEntry:
     submitted: float
     batch_id: str | None = None
     items: tuple[int, int] | None = None  # batch chunk: (first item, count)
+    gpu: int | None = None  # where the router placed it, once known
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -362,6 +363,8 @@ class Gateway:
         found = await self.watcher.wait([e.task_id for e in entries], self.settings.placement_wait)
         for entry in entries:
             info = found.get(entry.task_id)
+            if info is not None and info.get("gpu") is not None:
+                entry.gpu = info["gpu"]
             doomed = info is not None and (
                 info.get("error") or info.get("outcome") == "impossible" or info.get("status") == "rejected"
             )
@@ -435,6 +438,10 @@ class Gateway:
         if entry is not None:
             out["user"] = entry.user
             out.update(await self._future_state(entry, result))
+            if out["gpu_id"] is None:
+                out["gpu_id"] = entry.gpu
+            elif entry.gpu is None:
+                entry.gpu = out["gpu_id"]
             if entry.batch_id is not None:
                 out["batch_id"] = entry.batch_id
                 out["items"] = {"start": entry.items[0], "count": entry.items[1]}
