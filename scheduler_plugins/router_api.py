@@ -45,6 +45,16 @@ class RouterApi:
         return {"counters": dict(self.counters), "tracked": by_status, "recent": list(self.recent)[-50:]}
 
     # -- tasks (a user sees and cancels only their own; admins all) ----------------------------------
+    def _denied(self: GpuRouter, as_user: str | None, user: str | None, what: str) -> dict[str, Any] | None:
+        """A 403 unless ``as_user`` may read ``user``'s data (their own, or an admin; None = trusted caller)."""
+        if as_user is None or user in (None, as_user) or self.book.is_admin(as_user):
+            return None
+        return error(f"user {as_user!r} may not {what} of {user!r}", 403)
+
+    def _scope(self: GpuRouter, as_user: str, user: str | None) -> str | None:
+        """Whose rows to return: any user (or all) for an admin, otherwise only the caller's own."""
+        return user if self.book.is_admin(as_user) else as_user
+
     def _visible(self: GpuRouter, info: dict[str, Any], as_user: str | None) -> bool:
         return as_user is None or self.book.is_admin(as_user) or info.get("user") == as_user
 
@@ -66,10 +76,9 @@ class RouterApi:
         offset: int = 0,
     ) -> dict[str, Any]:
         """Live and recently finished tasks, newest first."""
-        if not self.book.is_admin(as_user):
-            if user not in (None, as_user):
-                return error(f"user {as_user!r} may not list the tasks of {user!r}", 403)
-            user = as_user
+        if denied := self._denied(as_user, user, "list the tasks"):
+            return denied
+        user = self._scope(as_user, user)
         rows = [t.explain() for t in self.tracked.values()] + list(self.finished.values())
         rows = [r for r in rows if (user is None or r["user"] == user) and (status is None or r["status"] == status)]
         rows.sort(key=lambda r: r["submitted"], reverse=True)
@@ -89,8 +98,8 @@ class RouterApi:
 
     # -- quotas and usage -------------------------------------------------------------------------------
     def rpc_quota(self: GpuRouter, user: str, as_user: str | None = None) -> dict[str, Any]:
-        if as_user is not None and as_user != user and not self.book.is_admin(as_user):
-            return error(f"user {as_user!r} may not read the quota of {user!r}", 403)
+        if denied := self._denied(as_user, user, "read the quota"):
+            return denied
         return self.book.report(user)
 
     def rpc_set_quota(self: GpuRouter, user: str, as_user: str, limits: dict[str, Any]) -> dict[str, Any]:
@@ -107,8 +116,8 @@ class RouterApi:
     async def rpc_usage(
         self: GpuRouter, user: str, as_user: str | None = None, since: str | None = None
     ) -> dict[str, Any]:
-        if as_user is not None and as_user != user and not self.book.is_admin(as_user):
-            return error(f"user {as_user!r} may not read the usage of {user!r}", 403)
+        if denied := self._denied(as_user, user, "read the usage"):
+            return denied
         await asyncio.to_thread(self.store.flush)
         rows = await asyncio.to_thread(self.store.usage, user, since)
         return {"user_id": user, "since": since, "days": rows}
@@ -123,10 +132,9 @@ class RouterApi:
         offset: int = 0,
     ) -> dict[str, Any]:
         """Final task records from the database (reports)."""
-        if not self.book.is_admin(as_user):
-            if user not in (None, as_user):
-                return error(f"user {as_user!r} may not read the records of {user!r}", 403)
-            user = as_user
+        if denied := self._denied(as_user, user, "read the records"):
+            return denied
+        user = self._scope(as_user, user)
         await asyncio.to_thread(self.store.flush)
         rows = await asyncio.to_thread(
             self.store.tasks, user=user, status=status, since=since, limit=limit, offset=offset
