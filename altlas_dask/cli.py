@@ -145,6 +145,12 @@ from altlas_dask.api.cli import api, keys  # noqa: E402  (the REST API's command
 cli.add_command(api)
 cli.add_command(keys)
 
+from altlas_dask.console_cli import console as console_command  # noqa: E402  (the web console)
+from altlas_dask.submit_cli import submit  # noqa: E402  (submit a named workload)
+
+cli.add_command(console_command)
+cli.add_command(submit)
+
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point: configuration and GPU errors print one clear line, exit 2."""

@@ -1,0 +1,60 @@
+"""``altlas-dask console``: serve the Streamlit console (app/console.py) for a running cluster."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from altlas_dask.submit_cli import scheduler_address
+
+APP = Path(__file__).resolve().parent.parent / "app" / "console.py"
+
+
+def streamlit_command(port: int, host: str, extra: tuple[str, ...] = ()) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(APP),
+        "--server.headless",
+        "true",
+        "--server.address",
+        host,
+        "--server.port",
+        str(port),
+        "--browser.gatherUsageStats",
+        "false",
+        "--server.fileWatcherType",
+        "none",
+        "--client.toolbarMode",
+        "minimal",
+        *extra,
+    ]
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.option("--scheduler", default=None, help="Scheduler address (default: $ALTLAS_SCHEDULER, else the config).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8501, show_default=True, help="Port to serve on.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on.")
+@click.option("--user", default=None, help="The console's default user (default: $ALTLAS_USER, else admin).")
+@click.argument("streamlit_args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+def console(
+    obj: Any, scheduler: str | None, port: int, host: str, user: str | None, streamlit_args: tuple[str, ...]
+) -> None:
+    """Open the web console (GPUs, Submit, Tasks, Reports) on http://HOST:PORT; extra args go to streamlit."""
+    if not APP.exists():
+        raise click.ClickException(f"the console app is missing: {APP} (install altlas-dask from a source checkout)")
+    env = {**os.environ, "ALTLAS_SCHEDULER": scheduler_address(obj, scheduler)}
+    if user:
+        env["ALTLAS_USER"] = user
+    click.echo(f"altlas-dask console for {env['ALTLAS_SCHEDULER']} on http://{host}:{port}", err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    command = streamlit_command(port, host, streamlit_args)
+    os.execve(command[0], command, env)  # streamlit takes over this process (signals go straight to it)

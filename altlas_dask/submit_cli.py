@@ -1,0 +1,154 @@
+"""``altlas-dask submit``: run a named workload N times on a running cluster, with a progress bar and a summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from altlas_dask.runs import RunSummary, WorkloadRun, parse_params, submit_workload
+from altlas_dask.workloads import WORKLOADS, get_workload
+
+
+def scheduler_address(obj: Any, scheduler: str | None) -> str:
+    """``--scheduler``, else ``$ALTLAS_SCHEDULER``, else ``cluster.scheduler_address`` of the config."""
+    if scheduler:
+        return scheduler
+    if os.environ.get("ALTLAS_SCHEDULER"):
+        return os.environ["ALTLAS_SCHEDULER"]
+    if obj is not None and hasattr(obj, "config"):
+        return obj.config().cluster.scheduler_address
+    from altlas_dask.config import load_config
+
+    return load_config().cluster.scheduler_address
+
+
+def connect(address: str, user: str) -> Any:
+    """An ``altlas_dask.Client`` acting as ``user``; an unreachable scheduler is one clear error."""
+    from altlas_dask.client import Client
+
+    try:
+        return Client(address, gpu_defaults={"user": user}, timeout=10, set_as_default=False)
+    except (OSError, TimeoutError) as exc:
+        raise click.ClickException(f"cannot reach the scheduler at {address}: {exc}") from None
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f}"
+
+
+def summary_table(summary: RunSummary, names: dict[str, str]) -> Table:
+    table = Table(title=f"Run {summary.name}: per-GPU summary")
+    for column in ("GPU", "Name", "Tasks", "Calls", "p50 ms", "p95 ms"):
+        table.add_column(column, justify="left" if column in ("GPU", "Name") else "right", no_wrap=True)
+    for row in summary.per_gpu:
+        table.add_row(
+            row["gpu"],
+            names.get(row["gpu"], "-"),
+            str(row["tasks"]),
+            str(row["calls"]),
+            _ms(row["p50_latency_s"]),
+            _ms(row["p95_latency_s"]),
+        )
+    calls = str(sum(row["calls"] for row in summary.per_gpu))
+    p50, p95 = _ms(summary.p50_latency_s), _ms(summary.p95_latency_s)
+    table.add_row("all", "", str(summary.completed), calls, p50, p95, style="bold")
+    return table
+
+
+def summary_line(summary: RunSummary) -> str:
+    return (
+        f"{summary.calls} calls of {summary.workload} in {summary.tasks} tasks: {summary.completed} completed, "
+        f"{summary.failed} failed, {summary.cancelled} cancelled in {summary.wall_s:.2f} s "
+        f"({summary.throughput:.1f} calls/s); latency p50 {_ms(summary.p50_latency_s)} ms, "
+        f"p95 {_ms(summary.p95_latency_s)} ms"
+    )
+
+
+def wait_with_progress(run: WorkloadRun, timeout: float | None, quiet: bool) -> None:
+    """Poll the run's futures until all are done; on timeout or Ctrl-C cancel what is left."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=Console(stderr=True), disable=quiet) as progress:
+        bar = progress.add_task(run.name, total=run.calls)
+        try:
+            while not run.done():
+                progress.update(bar, completed=run.done_calls())
+                if deadline is not None and time.monotonic() > deadline:
+                    run.cancel()
+                    raise click.ClickException(
+                        f"timed out after {timeout:g}s with {run.done_calls()}/{run.calls} calls done; "
+                        "cancelled the rest"
+                    )
+                time.sleep(0.1)
+        except KeyboardInterrupt:
+            run.cancel()
+            raise click.Abort() from None
+        progress.update(bar, completed=run.done_calls())
+
+
+@click.command()
+@click.option("--workload", "workload_name", required=True, help=f"Named workload: {', '.join(WORKLOADS)}.")
+@click.option("--count", type=int, default=1, show_default=True, help="Workload calls to run.")
+@click.option("--batch-size", type=int, default=1, show_default=True, help="Calls per Dask task.")
+@click.option("--strategy", default=None, help="Routing strategy (default: the cluster's).")
+@click.option("--priority", type=int, default=3, show_default=True, help="1 (low) .. 5 (high).")
+@click.option("--user", envvar="ALTLAS_USER", default="anonymous", show_default=True, help="Submit as this user.")
+@click.option("--task-type", default=None, help="Task type for routing (default: the workload's).")
+@click.option("--scheduler", default=None, help="Scheduler address (default: $ALTLAS_SCHEDULER, else the config).")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Workload parameter (repeatable).")
+@click.option("--timeout", type=float, default=None, help="Stop waiting after this many seconds; cancel the rest.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (no progress bar).")
+@click.pass_obj
+def submit(
+    obj: Any,
+    workload_name: str,
+    count: int,
+    batch_size: int,
+    strategy: str | None,
+    priority: int,
+    user: str,
+    task_type: str | None,
+    scheduler: str | None,
+    params: tuple[str, ...],
+    timeout: float | None,
+    as_json: bool,
+) -> None:
+    """Submit COUNT calls of a named workload and wait for them; print per-GPU counts and latencies."""
+    from altlas_dask.options import GpuOptions
+
+    workload = get_workload(workload_name)  # bad input: ValueError -> one line, exit 2 (cli.main)
+    values = parse_params(workload, params)
+    gpu_options = {"strategy": strategy, "priority": priority, "user": user, "task_type": task_type}
+    GpuOptions.parse({k: v for k, v in gpu_options.items() if v is not None})
+    if count < 1 or batch_size < 1:
+        raise ValueError(f"--count and --batch-size must be >= 1 (got {count}, {batch_size})")
+    address = scheduler_address(obj, scheduler)
+    from altlas_dask.client import RouterError
+
+    with connect(address, user) as client:
+        try:
+            run = submit_workload(
+                client, workload.name, count, batch_size=batch_size, params=values, gpu_options=gpu_options
+            )
+            wait_with_progress(run, timeout, quiet=as_json)
+            summary = run.summary()
+            names = {str(g.id): g.name for g in client.gpus()}
+        except RouterError as exc:
+            raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(summary.to_dict(), indent=2))
+    else:
+        out = Console()
+        out.print(summary_table(summary, names))
+        out.print(summary_line(summary), highlight=False)
+        for error in summary.errors:
+            out.print(f"[red]error[/red] {error}", highlight=False)
+    if summary.failed or summary.cancelled:
+        raise SystemExit(1)

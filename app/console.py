@@ -1,0 +1,32 @@
+"""altlas-dask web console: ``altlas-dask console`` (or ``streamlit run app/console.py``).
+
+The scheduler comes from ``$ALTLAS_SCHEDULER`` (or the sidebar), the acting user from
+``$ALTLAS_USER`` (default ``admin``). Pages: GPUs, Submit, Tasks, Reports.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+from views import common, gpus, reports, submit, tasks
+
+st.set_page_config(page_title="altlas-dask console", page_icon=":material/memory:", layout="wide")
+
+with st.sidebar:
+    st.markdown("### altlas-dask")
+    st.text_input("Scheduler", value=common.default_scheduler(), key="scheduler", help="tcp://host:port")
+    users = list(dict.fromkeys([common.default_user(), "admin", "anonymous"]))
+    st.selectbox(
+        "User",
+        users,
+        key="user",
+        accept_new_options=True,
+        help="Who the console acts as: admins see and cancel every user's tasks; others only their own.",
+    )
+
+pages = [
+    st.Page(common.guarded(gpus.render), title="GPUs", icon=":material/memory:", url_path="gpus", default=True),
+    st.Page(common.guarded(submit.render), title="Submit", icon=":material/send:", url_path="submit"),
+    st.Page(common.guarded(tasks.render), title="Tasks", icon=":material/list:", url_path="tasks"),
+    st.Page(common.guarded(reports.render), title="Reports", icon=":material/bar_chart:", url_path="reports"),
+]
+st.navigation(pages, position="sidebar").run()

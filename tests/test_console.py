@@ -1,0 +1,298 @@
+"""The Streamlit console in a real headless Chromium: `altlas-dask console` against the shared cluster.
+
+Walks GPUs -> Submit -> Tasks -> Reports -> GPUs -> cancel a task the way a person would (sidebar
+links, one browser session) and saves docs/screenshots/{gpus,submit,tasks,reports}.png on the way.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import REPO, cli_command, cli_env, wait_for
+
+from altlas_dask.launcher import GpuCluster
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = Path("/usr/bin/chromium") if Path("/usr/bin/chromium").exists() else shutil.which("chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = REPO / "docs" / "screenshots"
+USER = "console-ui"  # a user of its own: as a non-admin it sees only the tasks this test submits
+VIEWPORT = {"width": 1400, "height": 1500}
+TIMEOUT_MS = 60_000
+
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian chromium (make system-deps)")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def start_console(scheduler: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """``altlas-dask console`` on a free loopback port; returns once /_stcore/health answers."""
+    port = free_port()
+    env = cli_env()
+    env["ALTLAS_USER"] = USER
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*cli_command(), "console", "--scheduler", scheduler, "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            pytest.fail(f"the console exited with {proc.returncode}:\n{log.read_text()}")
+        return healthy(url)
+
+    try:
+        wait_for(up, timeout=90, interval=0.25, what=f"the console's health endpoint on {url}")
+    except BaseException:
+        stop(proc)
+        raise
+    return proc, url
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def console_url(gpu_cluster: GpuCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    proc, url = start_console(gpu_cluster.scheduler_address, tmp_path_factory.mktemp("console") / "console.log")
+    try:
+        yield url
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    playwright = sync_api.sync_playwright().start()
+    try:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+    finally:
+        playwright.stop()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        yield page
+    finally:
+        context.close()
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+
+
+def go(page: Any, title: str) -> None:
+    """Open a page through its sidebar link (client-side: the session and its runs stay)."""
+    page.get_by_test_id("stSidebarNav").get_by_role("link", name=title).click()
+    page.get_by_role("heading", name=title, exact=True).wait_for()
+
+
+def main(page: Any) -> Any:
+    return page.get_by_test_id("stMain")
+
+
+def no_errors(page: Any) -> None:
+    body = page.inner_text("body")
+    assert "Traceback" not in body
+    assert page.get_by_test_id("stException").count() == 0
+    errors = page.locator('[data-testid="stAlertContentError"]').all_inner_texts()
+    assert not errors, errors
+
+
+def grid_rows(dataframe: Any) -> list[list[str]]:
+    """The visible rows of an st.dataframe, read from its accessibility cells (glide-cell-COL-ROW)."""
+    cells = dataframe.evaluate(
+        """el => Array.from(el.querySelectorAll('[data-testid^="glide-cell-"]')).map(
+               c => [c.dataset.testid.split('-').slice(2).map(Number), c.textContent])"""
+    )
+    rows: dict[int, dict[int, str]] = {}
+    for (col, row), text in cells:
+        rows.setdefault(row, {})[col] = text
+    return [[cols[c] for c in sorted(cols)] for _, cols in sorted(rows.items())]
+
+
+def metric(page: Any, label: str) -> str:
+    named = page.get_by_test_id("stMetricLabel").get_by_text(label, exact=True)
+    return main(page).get_by_test_id("stMetric").filter(has=named).first.get_by_test_id("stMetricValue").inner_text()
+
+
+def choose(page: Any, label: str, option: str) -> None:
+    """Pick ``option`` in the selectbox labelled ``label`` on the main page."""
+    main(page).get_by_label(label, exact=True).click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def gpu_cards(page: Any) -> Any:
+    return page.locator('[class*="st-key-gpu-card-"]')
+
+
+def submit_run(page: Any, *, count: int, work_gflop: float) -> str:
+    """Fill in the Submit form, press Submit; the run's name (``modelled-xxxxxxxx``)."""
+    form = page.get_by_test_id("stForm")
+    form.get_by_label("Count", exact=True).fill(str(count))
+    form.get_by_label("work_gflop", exact=True).fill(str(work_gflop))
+    before = set(re.findall(r"modelled-[0-9a-f]{8}", main(page).inner_text()))
+    form.get_by_role("button", name="Submit", exact=True).click()
+    return wait_for(
+        lambda: next(iter(set(re.findall(r"modelled-[0-9a-f]{8}", main(page).inner_text())) - before), None),
+        timeout=60,
+        what="the new run on the Submit page",
+    )
+
+
+def shot(page: Any, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
+
+
+# -- tests ----------------------------------------------------------------------------------------------
+
+
+def test_console_submit_tasks_reports_gpus(page: Any, console_url: str, gpu_cluster: GpuCluster) -> None:
+    started = time.monotonic()
+    page.goto(console_url)
+    page.get_by_role("heading", name="GPUs", exact=True).wait_for()
+    wait_for(lambda: gpu_cards(page).count() == len(gpu_cluster.gpus), timeout=60, what="a card per GPU")
+
+    # Submit: bad input is a clear error, then 8 small modelled tasks run to completion.
+    go(page, "Submit")
+    form = page.get_by_test_id("stForm")
+    form.get_by_label("Submit as", exact=True).fill("not a user!")
+    form.get_by_role("button", name="Submit", exact=True).click()
+    alert = page.locator('[data-testid="stAlertContentError"]').filter(has_text="Invalid GPU options")
+    alert.wait_for()
+    assert "gpu_options.user" in alert.inner_text()
+    form.get_by_label("Submit as", exact=True).fill(USER)
+    run = submit_run(page, count=8, work_gflop=5)
+    box = page.locator(f".st-key-run-{run}")
+    box.get_by_text("8 / 8 calls done").wait_for()
+    box.get_by_text("Done: 8 of 8 tasks completed, 0 failed, 0 cancelled").wait_for()
+    per_gpu = wait_for(lambda: grid_rows(box.get_by_test_id("stDataFrame")), what="the per-GPU summary rows")
+    assert sum(int(row[2]) for row in per_gpu) == 8, per_gpu  # columns: GPU, Tasks, Calls, p50, p95
+    no_errors(page)
+    shot(page, "submit")
+
+    # Tasks: this user's 8 tasks, all completed, each explained.
+    go(page, "Tasks")
+    page.get_by_text("Routing explanation for").wait_for()
+    assert metric(page, "Tasks") == "8"
+    assert metric(page, "completed") == "8"
+    rows = wait_for(lambda: grid_rows(main(page).get_by_test_id("stDataFrame").first), what="the task rows")
+    ours = [row for row in rows if row and row[0].startswith(run)]
+    assert len(ours) == 8, rows  # columns: key, status, user, gpu, ...
+    assert {row[1] for row in ours} == {"completed"}
+    assert {row[2] for row in ours} == {USER}
+    explanation = page.locator(".st-key-task-explanation")
+    explanation.get_by_text("Why:").wait_for()
+    assert re.search(r"completed · GPU \d", explanation.inner_text())
+    no_errors(page)
+    shot(page, "tasks")
+
+    # Reports: per-GPU and per-user tables over the default window.
+    go(page, "Reports")
+    page.get_by_role("heading", name="Per GPU").wait_for()
+    assert metric(page, "Completed") == "8"
+    tables = main(page).get_by_test_id("stDataFrame")
+    wait_for(lambda: tables.count() == 2, what="the per-GPU and per-user tables")
+    per_user = wait_for(lambda: grid_rows(tables.nth(1)), what="the per-user rows")
+    assert [row[:3] for row in per_user] == [[USER, "8", "8"]], per_user
+    page.get_by_role("heading", name=re.compile("Completed tasks per")).wait_for()
+    no_errors(page)
+    shot(page, "reports")
+
+    # GPUs again, with a longer run going so the cards and the chart have something to show.
+    go(page, "Submit")
+    busy = submit_run(page, count=16, work_gflop=1500)
+    go(page, "GPUs")
+    wait_for(lambda: gpu_cards(page).count() == 4, what="a card per GPU")
+    wait_for(lambda: int(metric(page, "Running")) > 0, timeout=30, what="running tasks on the GPUs page")
+    page.get_by_role("heading", name="Last 5 min").wait_for()
+    time.sleep(8)  # a few more samples for the time series
+    assert gpu_cards(page).count() == 4
+    for gpu in gpu_cluster.gpus:
+        card = page.locator(f".st-key-gpu-card-{gpu.id}")
+        assert f"GPU {gpu.id}" in card.inner_text() and gpu.name in card.inner_text()
+    no_errors(page)
+    shot(page, "gpus")
+    go(page, "Submit")
+    page.locator(f".st-key-run-{busy}").get_by_text("16 / 16 calls done").wait_for()
+
+    # Cancel: a long task, cancelled from the Tasks page; its run on the Submit page says so.
+    long_run = submit_run(page, count=1, work_gflop=1_000_000)
+    go(page, "Tasks")
+    choose(page, "Status", "running")
+    choose(page, "Routing explanation for", f"{long_run}-00000 (running)")
+    page.get_by_role("button", name="Cancel task").click()
+    page.get_by_text(f"Task {long_run}-00000: cancelled").wait_for()
+    go(page, "Submit")
+    page.locator(f".st-key-run-{long_run}").get_by_text("0 failed, 1 cancelled").wait_for()
+    no_errors(page)
+    print(f"console walk-through took {time.monotonic() - started:.1f}s")
+
+
+def test_console_wrong_scheduler_is_a_clear_error(page: Any, tmp_path: Path) -> None:
+    nowhere = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
+    proc, url = start_console(nowhere, tmp_path / "console.log")
+    try:
+        page.goto(url)
+        for title in ("GPUs", "Submit", "Tasks", "Reports"):
+            if title != "GPUs":
+                page.get_by_test_id("stSidebarNav").get_by_role("link", name=title).click()
+            page.get_by_role("heading", name=title, exact=True).wait_for()
+            alert = page.locator('[data-testid="stAlertContentError"]').filter(has_text="Cannot reach the scheduler")
+            alert.wait_for()
+            assert nowhere in alert.inner_text()
+            assert "Traceback" not in page.inner_text("body")
+            assert page.get_by_test_id("stException").count() == 0
+    finally:
+        stop(proc)
