@@ -32,10 +32,11 @@ class Batch:
 
     def result(self, timeout: float | None = None) -> list[Any]:
         """All results, flattened in input order; ``timeout`` seconds for the whole batch."""
-        if not self.futures:
-            return []
-        distributed.wait(self.futures, timeout=timeout)
-        chunks = self.futures[0].client.gather(self.futures)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        chunks = []
+        for future in self.futures:  # each future knows its own client: no default client needed
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0)
+            chunks.append(future.result(timeout=remaining))
         return [item for chunk in chunks for item in chunk]
 
     def __len__(self) -> int:
@@ -159,6 +160,11 @@ class Client(distributed.Client):
         if not found:
             raise KeyError(f"the router has no record of task {key!r} (not a GPU task?)")
         return next(iter(found.values()))
+
+    def explain_many(self, futures: Iterable[Future | str]) -> dict[str, dict[str, Any]]:
+        """:meth:`explain` for many tasks in one call: key -> decision (unknown keys are left out)."""
+        keys = [f.key if isinstance(f, Future) else f for f in futures]
+        return self._call("altlas_explain", keys=keys, as_user=self.user)
 
     def drain_gpu(self, gpu: int, reason: str = "") -> dict[str, Any]:
         """No new work on ``gpu``; running work finishes."""
