@@ -292,7 +292,8 @@ def test_submit_batch_splits_across_gpus_and_keeps_order(client):
     batch = client.submit_batch(range(200), abs, min_batch_size_per_gpu=4)
     assert batch.result() == list(range(200))
     assert len(batch.futures) > 4 and all(size >= 4 for size in batch.sizes)
-    gpus = {client.explain(f)["gpu"] for f in batch.futures}
-    assert len(gpus) > 1
+    explained = client.explain_many(batch.futures)
+    assert set(explained) == {f.key for f in batch.futures}
+    assert len({info["gpu"] for info in explained.values()}) > 1
     whole = client.submit_batch(range(10), abs, batch_split=False)
     assert len(whole.futures) == 1 and whole.result() == list(range(10))
