@@ -223,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work-gflop", type=float, default=1.0, help="modelled kernel size per request")
     p.add_argument("--connections", type=int, default=256, help="keep-alive connections of the generator")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds before a request counts as an error")
+    p.add_argument("--gateway-args", default="", help="extra options for `altlas-dask api`, e.g. '--placement-wait 0'")
     p.add_argument("--no-write", action="store_true", help="print the table, do not touch RESULTS.md")
     args = p.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
@@ -261,7 +262,8 @@ def main(argv: list[str] | None = None) -> None:
     set_args = [a for o in overrides for a in ("--set", o)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("ALTLAS_")}
     gateway = subprocess.Popen(
-        [*cmd, *set_args, "api", "--scheduler", cluster.scheduler_address, "--port", str(port), "--no-warm-up"],
+        [*cmd, *set_args, "api", "--scheduler", cluster.scheduler_address, "--port", str(port), "--no-warm-up"]
+        + shlex.split(args.gateway_args),
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -8,6 +8,7 @@ every test talks to it with httpx.
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import threading
@@ -571,7 +572,7 @@ def test_server_still_serves_after_the_fuzzing(api: Api):
 # -- the CLI --------------------------------------------------------------------------------------------------------
 
 
-def test_cli_keys_and_api_serve(api: Api):
+def test_cli_keys_and_api_serve(api: Api, tmp_path):
     base = [*cli_command(), "--set", f"accounting.database={api.database}"]
     created = subprocess.run(
         [*base, "keys", "create", "--user", "cli-user"], capture_output=True, text=True, env=cli_env()
@@ -584,26 +585,40 @@ def test_cli_keys_and_api_serve(api: Api):
     sock = free_socket()
     port = sock.getsockname()[1]
     sock.close()
+    tls: list[str] = []
+    if shutil.which("openssl"):  # serve HTTPS with a throw-away self-signed certificate
+        cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
+            + ["-keyout", str(key), "-out", str(cert)],
+            check=True,
+            capture_output=True,
+        )
+        tls = ["--ssl-certfile", str(cert), "--ssl-keyfile", str(key)]
+    scheme = "https" if tls else "http"
     proc = subprocess.Popen(
-        [*base, "api", "--scheduler", api.cluster.scheduler_address, "--port", str(port), "--no-warm-up"],
+        [*base, "api", "--scheduler", api.cluster.scheduler_address, "--port", str(port), "--no-warm-up", *tls],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env=cli_env(),
     )
     try:
-        url = f"http://127.0.0.1:{port}/api/v1"
+        url = f"{scheme}://127.0.0.1:{port}/api/v1"
 
         def up() -> bool:
             try:
-                return httpx.get(url + "/health", timeout=2).status_code == 200
+                return httpx.get(url + "/health", timeout=2, verify=False).status_code == 200
             except httpx.HTTPError:
                 return proc.poll() is not None
 
         wait_for(up, timeout=60, what="altlas-dask api")
         assert proc.poll() is None
-        r = httpx.get(url + "/gpus", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        r = httpx.get(url + "/gpus", headers={"Authorization": f"Bearer {token}"}, timeout=30, verify=False)
         assert r.status_code == 200 and len(r.json()["gpus"]) == 2
+        if tls:  # plain HTTP on the TLS port does not get an answer
+            with pytest.raises(httpx.HTTPError):
+                httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=5)
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -13,6 +13,7 @@ task already finished (cancel)          409
 body over the size limit                413
 ``QuotaExceededError``                  429     with ``Retry-After`` (seconds until the limit resets)
 no GPU available at all                 503     every GPU drained, failed or gone
+scheduler unreachable                   503     the gateway lost its connection to the cluster
 anything unexpected                     500     ``{"error": "internal error"}``; the traceback goes to the log
 =====================================  ======  ===========================================================
 """
@@ -126,6 +127,11 @@ def install(app: FastAPI) -> None:
         elif exc.status_code == 405:
             message = f"method {request.method} not allowed on {request.url.path}"
         return error_response(exc.status_code, message, getattr(exc, "headers", None))
+
+    @app.exception_handler(OSError)
+    async def unreachable(request: Request, exc: OSError) -> JSONResponse:
+        logger.warning("cluster unreachable during %s %s: %s", request.method, request.url.path, exc)
+        return error_response(503, "the cluster's scheduler is unreachable; retry later", {"Retry-After": "5"})
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
