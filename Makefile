@@ -30,7 +30,7 @@ venv:
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 
 run: venv
-	$(BIN)/altlas-dask -v up
+	$(BIN)/altlas-dask up --with-console --with-api
 
 lint: venv
 	$(BIN)/ruff check altlas_dask scheduler_plugins tests bench app

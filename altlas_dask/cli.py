@@ -6,6 +6,7 @@ import json
 import logging
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Sequence
@@ -60,6 +61,15 @@ class _Context:
 
     def config(self) -> AltlasConfig:
         return load_config(self.config_path, overrides=self.overrides)
+
+    def spawn(self, *args: str) -> subprocess.Popen:
+        """Run another altlas-dask command as a child process with the same config and overrides."""
+        head = [sys.executable, "-m", "altlas_dask.cli"]
+        if self.config_path:
+            head += ["--config", self.config_path]
+        for item in self.overrides:
+            head += ["--set", item]
+        return subprocess.Popen([*head, *args])
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -116,9 +126,22 @@ def gpus(ctx: _Context, simulate: int | None, as_json: bool, scheduler: str | No
 @click.option("--simulate", type=click.IntRange(1, 256), default=None, help="Force N virtual GPUs.")
 @click.option("--scheduler-address", default=None, help="host:port for the scheduler (default from config).")
 @click.option("--dashboard-address", default=None, help="host:port for the dashboard (default from config).")
+@click.option("--with-console", is_flag=True, help="Also serve the Streamlit console (altlas-dask console).")
+@click.option("--console-port", type=click.IntRange(1, 65535), default=8501, show_default=True)
+@click.option("--with-api", is_flag=True, help="Also serve the REST API (altlas-dask api).")
+@click.option("--api-port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.pass_obj
-def up(ctx: _Context, simulate: int | None, scheduler_address: str | None, dashboard_address: str | None) -> None:
-    """Start the cluster (one worker per GPU) and keep it up until Ctrl-C."""
+def up(
+    ctx: _Context,
+    simulate: int | None,
+    scheduler_address: str | None,
+    dashboard_address: str | None,
+    with_console: bool,
+    console_port: int,
+    with_api: bool,
+    api_port: int,
+) -> None:
+    """Start the cluster (one worker per GPU) and keep it up until Ctrl-C; optionally the console and API."""
     from altlas_dask.launcher import start_cluster
 
     config = ctx.config()
@@ -128,15 +151,39 @@ def up(ctx: _Context, simulate: int | None, scheduler_address: str | None, dashb
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    services: dict[str, subprocess.Popen] = {}
     try:
         console.print(gpu_table(cluster.gpus, "Simulated GPUs" if cluster.simulated else "GPUs (NVML)"))
         click.echo(f"Scheduler: {cluster.scheduler_address}")
         click.echo(f"Dashboard: {cluster.dashboard_link}")
+        click.echo(f"GPU page:  {cluster.dashboard_link.replace('/status', '/altlas-gpus')}")
+        click.echo(f"Metrics:   {cluster.dashboard_link.replace('/status', '/metrics')}")
+        if with_console:
+            address = cluster.scheduler_address
+            services["console"] = ctx.spawn("console", "--scheduler", address, "--port", str(console_port))
+            click.echo(f"Console:   http://127.0.0.1:{console_port}")
+        if with_api:
+            services["api"] = ctx.spawn("api", "--scheduler", cluster.scheduler_address, "--port", str(api_port))
+            click.echo(
+                f"REST API:  http://127.0.0.1:{api_port}/api/v1 (docs: /docs; create a key with "
+                "`altlas-dask keys create --user admin --admin`)"
+            )
         click.echo("Press Ctrl-C to stop.", err=True)
         sys.stdout.flush()
-        stop.wait()
+        while not stop.wait(1.0):
+            for name, service in services.items():
+                if service.poll() is not None:
+                    click.echo(f"error: the {name} exited with code {service.returncode}; stopping", err=True)
+                    stop.set()
     finally:
-        click.echo("Stopping cluster...", err=True)
+        click.echo("Stopping...", err=True)
+        for service in services.values():
+            service.terminate()
+        for service in services.values():
+            try:
+                service.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                service.kill()
         cluster.close()
 
 
