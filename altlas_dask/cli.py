@@ -176,7 +176,7 @@ def up(
                     click.echo(f"error: the {name} exited with code {service.returncode}; stopping", err=True)
                     stop.set()
     finally:
-        click.echo("Stopping...", err=True)
+        click.echo("Stopping cluster...", err=True)
         for service in services.values():
             service.terminate()
         for service in services.values():
