@@ -379,7 +379,7 @@ def test_metrics_summary(api: Api):
         assert m["system"]["p99_response_time"] is not None
         assert {"gpu_0", "gpu_1"} == set(m["gpus"]) and "throughput" in m["gpus"]["gpu_0"]
         assert "text_generation" in m["models"]
-        assert "alice" in m["users"] and m["gateway"]["requests"] > 0
+        assert "admin" in m["users"] and m["gateway"]["requests"] > 0
         mine = bob.get("/metrics").json()
         assert set(mine["users"]) <= {"bob"}
         assert_error(bob.get("/metrics", params={"window": -5}), 400, "window")

@@ -97,18 +97,21 @@ async def summary(gateway: Gateway, http: HttpStats, *, user: str, is_admin: boo
     now = time.time()
     finished = await asyncio.to_thread(_finished, gateway.config.accounting.database, now - window_s)
     gpus = await gateway.gpus(max_age=0)
-    as_user = gateway.acting_admin(user) if is_admin else None
-    live: list[dict[str, Any]] = []
-    if as_user is not None:
-        for router_status in ("queued", "released", "placed", "running"):
-            answer = await gateway.rpc("altlas_tasks", as_user=as_user, status=router_status, limit=10_000)
-            live.extend(answer["tasks"])
-    else:  # a user's key: only their own live work
-        for router_status in ("queued", "released", "placed", "running"):
-            answer = await gateway.rpc("altlas_tasks", as_user=user, user=user, status=router_status, limit=10_000)
-            live.extend(answer["tasks"])
-    active = [t for t in live if t["status"] in ("placed", "running")]
-    queued = [t for t in live if t["status"] in ("queued", "released")]
+    # live work: rows of running tasks (per user and model); queued ones are only counted (cheaply)
+    as_user, only = (gateway.acting_admin(user), None) if is_admin else (user, user)
+    active: list[dict[str, Any]] = []
+    for router_status in ("placed", "running"):
+        answer = await gateway.rpc("altlas_tasks", as_user=as_user, user=only, status=router_status, limit=10_000)
+        active.extend(answer["tasks"])
+    if is_admin:
+        tracked = (await gateway.rpc("altlas_status"))["tracked"]
+        queued_count = tracked.get("queued", 0) + tracked.get("released", 0)
+    else:
+        queued_count = 0
+        for router_status in ("queued", "released"):
+            queued_count += (
+                await gateway.rpc("altlas_tasks", as_user=as_user, user=only, status=router_status, limit=0)
+            )["total"]
 
     counts = finished["status"]
     done = sum(counts.values())
@@ -117,9 +120,9 @@ async def summary(gateway: Gateway, http: HttpStats, *, user: str, is_admin: boo
     system = {
         "total_gpus": len(gpus),
         "active_gpus": sum(1 for g in gpus if g["status"] == "active"),
-        "total_requests": done + len(live),
-        "active_requests": sum(g["active_requests"] for g in gpus) if is_admin else len(active),
-        "queued_requests": gateway.queued if is_admin else len(queued),
+        "total_requests": done + len(active) + queued_count,
+        "active_requests": len(active),
+        "queued_requests": queued_count,
         "completed_requests": completed,
         "failed_requests": failed,
         "cancelled_requests": counts.get("cancelled", 0),
