@@ -633,3 +633,24 @@ def test_cli_keys_and_api_serve(api: Api, tmp_path):
         env=cli_env(),
     )
     assert bad.returncode != 0 and "database file" in bad.stderr
+
+
+def test_gateway_keeps_at_most_max_tasks_finished_entries():
+    from collections import OrderedDict
+
+    from altlas_dask.api.gateway import Gateway, TaskEntry
+
+    class FakeFuture:
+        def __init__(self, done: bool) -> None:
+            self._done = done
+
+        def done(self) -> bool:
+            return self._done
+
+    gateway = Gateway.__new__(Gateway)
+    gateway.settings, gateway.tasks = ApiSettings(max_tasks=5), OrderedDict()
+    for i in range(50):
+        gateway._remember(TaskEntry(str(i), "u", "predict", "generate", FakeFuture(i != 3), 0.0))
+    assert len(gateway.tasks) == 5
+    assert "3" in gateway.tasks  # a running task is never dropped
+    assert "49" in gateway.tasks and "40" not in gateway.tasks

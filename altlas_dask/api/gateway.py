@@ -329,11 +329,17 @@ class Gateway:
         return options
 
     def _remember(self, entry: TaskEntry) -> None:
+        """Keep ``entry``; over ``max_tasks``, drop the oldest finished entries (their results are released on
+        the workers). Amortised O(1): a still-running oldest entry moves to the back instead of being scanned past."""
         self.tasks[entry.task_id] = entry
-        excess = len(self.tasks) - self.settings.max_tasks
-        if excess > 0:  # drop the oldest finished entries; their results are released on the workers
-            for key in [k for k, e in self.tasks.items() if e.future is None or e.future.done()][:excess]:
+        for _ in range(8):
+            if len(self.tasks) <= self.settings.max_tasks:
+                break
+            key, oldest = next(iter(self.tasks.items()))
+            if oldest.future is None or oldest.future.done():
                 del self.tasks[key]
+            else:
+                self.tasks.move_to_end(key)
 
     async def submit(
         self,
