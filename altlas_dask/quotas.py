@@ -8,6 +8,7 @@ rejects: the router keeps the user's extra tasks waiting in priority order.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -48,7 +49,13 @@ class QuotaValueError(ValueError):
 
 
 def utc_day(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
+    """``"2026-11-23"`` for a Unix time (cached per day: it is on every task's path)."""
+    return _day_name(int(ts // 86400))
+
+
+@functools.lru_cache(maxsize=8)
+def _day_name(day_number: int) -> str:
+    return datetime.fromtimestamp(day_number * 86400, UTC).strftime("%Y-%m-%d")
 
 
 def iso(ts: float) -> str:

@@ -112,8 +112,18 @@ def rejection(
 
 
 def load(gpu: GpuState, policy: RoutingPolicy) -> float:
-    """0..1: the larger of measured utilization and the router's in-flight share."""
-    return max(gpu.utilization_gpu / 100.0, gpu.active_requests / policy.max_concurrent_tasks_per_gpu)
+    """0..1: the router's in-flight share of the GPU's slots.
+
+    Fresh at every decision, unlike NVML utilization, which averages the last second and
+    reaches the scheduler with the next heartbeat (utilization only screens out GPUs loaded
+    by work the router did not place; see :func:`rejection`).
+    """
+    return gpu.active_requests / policy.max_concurrent_tasks_per_gpu
+
+
+def relative_speed(gpu: GpuState, ctx: RoutingContext) -> float:
+    """How fast this GPU ran this task type so far, 0..1 (1 = the fastest); 1 until the router has learned."""
+    return max(ctx.performance.get(gpu.id, 1.0), 1e-3)
 
 
 # -- the strategies: each picks among eligible GPUs (non-empty) -----------------------
@@ -129,9 +139,22 @@ def round_robin(gpus: Sequence[GpuState], request: TaskRequest, ctx: RoutingCont
 
 
 def least_loaded(gpus: Sequence[GpuState], request: TaskRequest, ctx: RoutingContext) -> Pick:
-    scores = {g.id: load(g, ctx.policy) for g in gpus}
-    chosen = min(gpus, key=lambda g: (scores[g.id], g.memory_used_ratio, g.id))
-    return chosen, f"lowest load {scores[chosen.id]:.2f} (utilization / in-flight share)", scores
+    """The GPU that finishes the task soonest: (tasks in flight + this one) / relative speed.
+
+    Kernels time-share a GPU, so a task's run time grows with the tasks beside it and shrinks
+    with the GPU's speed; on identical GPUs this is simply the fewest tasks in flight.
+    """
+    slots = ctx.policy.max_concurrent_tasks_per_gpu
+    scores = {g.id: (g.active_requests + 1) / (slots * relative_speed(g, ctx)) for g in gpus}
+    chosen = min(gpus, key=lambda g: (scores[g.id], g.utilization_gpu, g.memory_used_ratio, g.id))
+    return (
+        chosen,
+        (
+            f"lowest load {scores[chosen.id]:.2f}: {chosen.active_requests} task(s) in flight at relative speed "
+            f"{relative_speed(chosen, ctx):.2f}"
+        ),
+        scores,
+    )
 
 
 def memory_optimized(gpus: Sequence[GpuState], request: TaskRequest, ctx: RoutingContext) -> Pick:

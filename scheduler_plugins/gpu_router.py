@@ -18,6 +18,7 @@ or ``dask scheduler --preload scheduler_plugins.gpu_router``.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import logging
 import random
@@ -242,7 +243,7 @@ class GpuRouter(RouterApi, SchedulerPlugin):
         raw = (ts.annotations or {}).get(ANNOTATION) or {}
         error: BaseException | None = None
         try:
-            options = GpuOptions.parse(raw)
+            options = _parse_options(raw)
         except GpuOptionsError as exc:
             options, error = GpuOptions(user=_user_of(raw)), exc
         request = options.request(key=str(ts.key))
@@ -305,6 +306,7 @@ class GpuRouter(RouterApi, SchedulerPlugin):
     def _assign(self, tracked: Tracked, ts: TaskState, decision: Decision) -> None:
         slot = self.slots[decision.gpu]
         slot.assigned[ts.key] = tracked.request.memory_mb
+        tracked.sharing = len(slot.assigned)
         slot.changed()
         self._snapshot = None
         self.book.started(tracked.user)
@@ -402,8 +404,9 @@ class GpuRouter(RouterApi, SchedulerPlugin):
         gpu = self.by_worker.get(kwargs.get("worker") or "", tracked.gpu)
         if gpu is not None and seconds > 0:
             k = (gpu, tracked.request.task_type)
-            previous = self.durations.get(k, seconds)
-            self.durations[k] = (1 - PERF_EWMA) * previous + PERF_EWMA * seconds
+            alone = seconds / tracked.sharing  # what it would have taken without neighbours on the device
+            previous = self.durations.get(k, alone)
+            self.durations[k] = (1 - PERF_EWMA) * previous + PERF_EWMA * alone
 
     def _before_task_erred(self, ts: TaskState, msg: dict[str, Any]) -> None:
         """Retry GPU errors on another GPU (up to retries); other errors fail at once."""
@@ -468,12 +471,19 @@ class GpuRouter(RouterApi, SchedulerPlugin):
         placements: list[tuple[TaskState, str, int]] = []
         failures: list[tuple[TaskState, BaseException]] = []
         skipped: list[Entry] = []
+        must_wait: set[tuple] = set()  # request shapes that had to wait in this pass
         for entry in self.queue.in_order(self.book.can_start):
             ts, tracked = scheduler.tasks.get(entry.key), self.tracked.get(entry.key)
             if ts is None or tracked is None or not dx.is_held(ts) or tracked.status != "queued":
                 continue  # stale: finished, cancelled or already placed
             if tracked.error is not None:
                 failures.append((ts, tracked.error))
+                continue
+            shape = _wait_shape(tracked)
+            if shape in must_wait:  # placements only take capacity: the same request must wait again
+                skipped.append(entry)
+                if len(skipped) >= BACKFILL_SCAN:
+                    break
                 continue
             decision = self._decide(tracked)
             if decision.placed:
@@ -484,6 +494,7 @@ class GpuRouter(RouterApi, SchedulerPlugin):
                 failures.append((ts, self._impossible_error(tracked, decision)))
             else:
                 skipped.append(entry)
+                must_wait.add(shape)
                 if len(skipped) >= BACKFILL_SCAN or not self._has_free_slot():
                     break  # every GPU is full: nothing further down the queue can start either
         for entry in skipped:
@@ -511,6 +522,27 @@ class GpuRouter(RouterApi, SchedulerPlugin):
             self.counters["timed_out"] += 1
             tracked.timed_out = True
             dx.fail(self.scheduler, ts, error, f"altlas-timeout-{now}")
+
+
+def _parse_options(raw: Any) -> GpuOptions:
+    """GpuOptions.parse, memoized: a batch's tasks usually carry identical options."""
+    try:
+        key = tuple(sorted(raw.items())) if isinstance(raw, dict) else None
+        hash(key)
+    except TypeError:
+        key = None
+    return _parse_cached(key) if key is not None else GpuOptions.parse(raw)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_cached(items: tuple) -> GpuOptions:
+    return GpuOptions.parse(dict(items))
+
+
+def _wait_shape(tracked: Tracked) -> tuple:
+    """What decides whether a request can be placed at all (not where): equal shapes wait together."""
+    r = tracked.request
+    return (r.strategy, r.memory_mb, r.min_compute_capability, r.gpu, r.exclude)
 
 
 def _user_of(raw: Any) -> str:

@@ -61,6 +61,7 @@ class Tracked:
     status: str = "queued"
     cancelled_by: str | None = None
     timed_out: bool = False
+    sharing: int = 1  # tasks on its GPU, itself included, when it was placed (they time-share the device)
 
     @property
     def user(self) -> str:

@@ -136,13 +136,21 @@ def test_round_robin_takes_the_next_eligible_gpu_after_the_last():
     assert "after GPU 1" in choose(gpus, TaskRequest(strategy="round_robin"), ctx(last_gpu=1)).reason
 
 
-def test_least_loaded_uses_the_larger_of_utilization_and_in_flight_share():
-    gpus = [gpu(0, utilization_gpu=10.0, active_requests=6), gpu(1, utilization_gpu=40.0), gpu(2, utilization_gpu=30)]
+def test_least_loaded_picks_the_fewest_tasks_in_flight_on_identical_gpus():
+    gpus = [gpu(0, active_requests=3), gpu(1, active_requests=1, utilization_gpu=90.0), gpu(2, active_requests=1)]
     decision = choose(gpus, TaskRequest(strategy="least_loaded"), ctx())
-    assert decision.gpu == 2
-    assert decision.scores[0] == pytest.approx(6 / POLICY.max_concurrent_tasks_per_gpu)
-    assert decision.scores[2] == pytest.approx(0.30)
-    assert "lowest load 0.30" in decision.reason
+    assert decision.gpu == 2, "ties on in-flight work go to the lower utilization"
+    slots = POLICY.max_concurrent_tasks_per_gpu
+    assert decision.scores == {0: pytest.approx(4 / slots), 1: pytest.approx(2 / slots), 2: pytest.approx(2 / slots)}
+    assert "1 task(s) in flight at relative speed 1.00" in decision.reason
+
+
+def test_least_loaded_weighs_in_flight_work_by_learned_speed():
+    fast, slow = gpu(0, active_requests=2), gpu(1, active_requests=0)
+    learned = ctx(performance={0: 1.0, 1: 0.25})
+    assert choose([fast, slow], TaskRequest(strategy="least_loaded"), learned).gpu == 0  # 3/1 < 1/0.25
+    assert choose([fast.with_(active_requests=4), slow], TaskRequest(strategy="least_loaded"), learned).gpu == 1
+    assert choose([fast, slow], TaskRequest(strategy="least_loaded"), ctx()).gpu == 1, "nothing learned yet"
 
 
 def test_memory_optimized_is_best_fit():
@@ -183,7 +191,7 @@ def test_hybrid_scores_follow_the_seed_weights():
     cool = gpu(1, memory_used_mb=4000, utilization_gpu=30.0)
     request = TaskRequest(strategy="hybrid", priority=4, task_type="text_generation")
     parts = hybrid_breakdown(cool, request, ctx())
-    assert parts["usage"] == pytest.approx(0.6 * (1 - 4000 / 16000) + 0.4 * (1 - 0.30))
+    assert parts["usage"] == pytest.approx(0.6 * (1 - 4000 / 16000) + 0.4 * (1 - 0))  # nothing in flight
     assert parts["priority"] == pytest.approx(0.8)
     assert parts["type"] == 1.0  # text_generation maps to GPU 1
     assert parts["health"] == pytest.approx(health_score(cool))
