@@ -626,6 +626,14 @@ def test_cli_keys_and_api_serve(api: Api, tmp_path):
     revoked = subprocess.run([*base, "keys", "revoke", key_id], capture_output=True, text=True, env=cli_env())
     assert revoked.returncode == 0, revoked.stderr
     assert api.keys.verify(token) is None
+    away = subprocess.run(
+        [*base, "api", "--scheduler", "tcp://127.0.0.1:9", "--port", str(port), "--connect-timeout", "1"],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=60,
+    )
+    assert away.returncode == 1 and "cannot reach the scheduler" in away.stderr and "Traceback" not in away.stderr
     bad = subprocess.run(
         [*cli_command(), "--set", "accounting.database=:memory:", "keys", "create", "--user", "x"],
         capture_output=True,

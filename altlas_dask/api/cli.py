@@ -46,6 +46,13 @@ def _is_loopback(host: str) -> bool:
     show_default=True,
     help="Seconds a submission waits to learn its GPU before answering 'queued'.",
 )
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(0.1),
+    default=30.0,
+    show_default=True,
+    help="Seconds to reach the cluster.",
+)
 @click.option("--no-warm-up", is_flag=True, help="Do not load the model on every worker at start-up.")
 @click.option("--access-log", is_flag=True, help="Log every request (costs throughput).")
 @click.pass_obj
@@ -60,6 +67,7 @@ def api(
     simulate: int | None,
     max_tasks: int,
     placement_wait: float,
+    connect_timeout: float,
     no_warm_up: bool,
     access_log: bool,
 ) -> None:
@@ -87,8 +95,13 @@ def api(
         cluster = start(config, simulate=simulate)
         scheduler = cluster.scheduler_address
         click.echo(f"Cluster: scheduler {cluster.scheduler_address}, dashboard {cluster.dashboard_link}", err=True)
-    settings = ApiSettings(max_tasks=max_tasks, placement_wait=placement_wait, warm_up=not no_warm_up)
-    app = create_app(scheduler or config.cluster.scheduler_address, config, settings)
+    settings = ApiSettings(
+        max_tasks=max_tasks, placement_wait=placement_wait, warm_up=not no_warm_up, connect_timeout=connect_timeout
+    )
+    address = scheduler or config.cluster.scheduler_address
+    if cluster is None:
+        _check_scheduler(address, settings.connect_timeout)
+    app = create_app(address, config, settings)
     scheme = "https" if ssl_certfile else "http"
     click.echo(f"REST API: {scheme}://{host}:{port}/api/v1  (docs: {scheme}://{host}:{port}/docs)", err=True)
     try:
@@ -105,6 +118,24 @@ def api(
     finally:
         if cluster is not None:
             cluster.close()
+
+
+def _check_scheduler(address: str, timeout: float) -> None:
+    """Fail with one clear line (not a traceback from the app's start-up) when the cluster is not there."""
+    from distributed import Client
+
+    try:
+        with Client(address, timeout=timeout, set_as_default=False) as probe:
+            if "altlas_policy" not in probe.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.handlers)):
+                raise click.ClickException(
+                    f"the scheduler at {address} has no GPU router: start the cluster with `altlas-dask up` "
+                    "or `dask scheduler --preload scheduler_plugins.gpu_router`"
+                )
+    except (OSError, TimeoutError) as exc:
+        raise click.ClickException(
+            f"cannot reach the scheduler at {address} ({exc}); start the cluster first (`altlas-dask up`), pass "
+            "--scheduler, or use --start-cluster"
+        ) from None
 
 
 # -- keys ----------------------------------------------------------------------------------------------
