@@ -1,8 +1,8 @@
 """Durable accounting in an embedded SQLite database.
 
 Writes (task records, usage increments, quota overrides) are queued and
-applied by one writer thread in batched transactions, so the scheduler's
-event loop never waits on disk. Reads open their own connection (WAL mode
+applied by one writer thread every ``flush_interval`` in one transaction, so
+the scheduler's event loop never waits on disk (nor wakes the writer). Reads open their own connection (WAL mode
 lets them run beside the writer); the router calls them off the loop too.
 """
 
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,7 +53,6 @@ TASK_COLUMNS = (
     "attempts",
     "error",
 )
-_STOP = object()
 
 
 class AccountingStore:
@@ -67,11 +66,14 @@ class AccountingStore:
         else:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self.flush_interval = flush_interval
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._ops: deque[tuple[str, tuple]] = deque()  # appended by the event loop, drained by the writer
+        self._appended = 0
+        self._applied = 0
+        self._wake = threading.Event()  # flush() and close() wake the writer early; writes never do
+        self._stopping = False
+        self._done = threading.Condition()
         self._keepalive = self._connect()  # keeps a shared in-memory database alive
         self._keepalive.executescript(SCHEMA)
-        self._pending = 0
-        self._done = threading.Condition()
         self._writer = threading.Thread(target=self._write_loop, name="altlas-accounting", daemon=True)
         self._writer.start()
 
@@ -93,30 +95,28 @@ class AccountingStore:
         self._put(("override", (user, json.dumps(limits), time.time())))
 
     def _put(self, op: tuple[str, tuple]) -> None:
-        with self._done:
-            self._pending += 1
-        self._queue.put(op)
+        # A deque append: no lock, no wake-up of the writer thread (which would contend for the GIL
+        # with the scheduler's event loop on every task).
+        self._ops.append(op)
+        self._appended += 1
 
     def _write_loop(self) -> None:
         conn = self._connect()
         while True:
-            ops = [self._queue.get()]
-            deadline = time.monotonic() + self.flush_interval
-            while (remaining := deadline - time.monotonic()) > 0:
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            writes = []
+            while self._ops:
+                writes.append(self._ops.popleft())
+            if writes:
                 try:
-                    ops.append(self._queue.get(timeout=remaining))
-                except queue.Empty:
-                    break
-            stop = any(op is _STOP for op in ops)
-            writes = [op for op in ops if op is not _STOP]
-            try:
-                self._apply(conn, writes)
-            except sqlite3.Error:
-                logger.exception("accounting write failed; %d change(s) lost", len(writes))
+                    self._apply(conn, writes)
+                except sqlite3.Error:
+                    logger.exception("accounting write failed; %d change(s) lost", len(writes))
             with self._done:
-                self._pending -= len(writes)
+                self._applied += len(writes)
                 self._done.notify_all()
-            if stop:
+            if self._stopping and not self._ops:
                 conn.close()
                 return
 
@@ -145,12 +145,15 @@ class AccountingStore:
                 )
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until every queued write is on disk."""
+        """Wait until every write queued so far is on disk."""
+        target = self._appended
+        self._wake.set()
         with self._done:
-            return self._done.wait_for(lambda: self._pending <= 0, timeout)
+            return self._done.wait_for(lambda: self._applied >= target, timeout)
 
     def close(self) -> None:
-        self._queue.put(_STOP)
+        self._stopping = True
+        self._wake.set()
         self._writer.join(timeout=10)
         self._keepalive.close()
 
