@@ -10,8 +10,11 @@ scheduler places it (or holds it) exactly as for a Python client. The gateway ke
 - a GPU list cached for ``gpu_cache_s`` (for the 503 "no GPU" check and the batch split).
 
 Router RPCs are called directly (``await client.scheduler.altlas_<name>(...)``): the ``Client``
-helper methods (``gpus()``, ``tasks()``, ``cancel_task()``, ...) wrap them in ``Client.sync`` and then
-post-process the result, which breaks in asynchronous mode, where ``sync`` returns an awaitable.
+helper methods wrap them in ``Client.sync`` and post-process the result, which breaks in
+asynchronous mode, where ``sync`` returns an awaitable: ``gpus()``, ``tasks()`` and
+``submit_batch()`` raise ``TypeError`` ('coroutine' object is not subscriptable), and ``quota()``,
+``cancel_task(key)``, ... return the raw answer, an ``{"error", "code"}`` dict included, instead of
+raising ``RouterError``. ``submit``/``map`` work.
 """
 
 from __future__ import annotations
