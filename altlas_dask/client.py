@@ -101,6 +101,7 @@ class Client(distributed.Client):
         healthy GPU, never smaller than ``min_batch_size_per_gpu``; without it the
         whole batch is one task on one GPU. Defaults come from ``gpu.multi_gpu``.
         """
+        self._synchronous_only("submit_batch", "client.map over your own chunks")
         items = list(items)
         options = self.gpu_options(gpu_options)
         policy = self._policy()
@@ -121,20 +122,28 @@ class Client(distributed.Client):
         return Batch(futures, [len(c) for c in chunks])
 
     # -- the router ----------------------------------------------------------------------
-    def _call(self, handler: str, **kwargs: Any) -> Any:
-        async def call():
-            return await getattr(self.scheduler, handler)(**kwargs)
+    def _call(self, handler: str, *, pick: Callable[[Any], Any] | None = None, **kwargs: Any) -> Any:
+        """Call a router RPC; ``pick`` shapes the answer. On an asynchronous client, returns an awaitable."""
 
-        result = self.sync(call)
-        if result is None:
-            raise RouterError(
-                f"no GPU router on scheduler {self.scheduler.address} (no handler {handler!r}): start the cluster "
-                "with altlas_dask.start_cluster or `dask scheduler --preload scheduler_plugins.gpu_router`",
-                503,
+        async def call():
+            result = await getattr(self.scheduler, handler)(**kwargs)
+            if result is None:
+                raise RouterError(
+                    f"no GPU router on scheduler {self.scheduler.address} (no handler {handler!r}): start the "
+                    "cluster with altlas_dask.start_cluster or `dask scheduler --preload scheduler_plugins.gpu_router`",
+                    503,
+                )
+            if isinstance(result, dict) and "error" in result:
+                raise RouterError(result["error"], result.get("code", 400))
+            return result if pick is None else pick(result)
+
+        return self.sync(call)
+
+    def _synchronous_only(self, method: str, instead: str) -> None:
+        if self.asynchronous:
+            raise RuntimeError(
+                f"Client.{method} polls and needs a synchronous client; with asynchronous=True use {instead}"
             )
-        if isinstance(result, dict) and "error" in result:
-            raise RouterError(result["error"], result.get("code", 400))
-        return result
 
     @property
     def user(self) -> str:
@@ -146,10 +155,11 @@ class Client(distributed.Client):
 
     def gpus(self) -> list[GpuState]:
         """Live state of every GPU as the router sees it (heartbeat + in-flight work + drain)."""
-        return [GpuState.from_dict(g) for g in self._call("altlas_gpus")["gpus"]]
+        return self._call("altlas_gpus", pick=lambda r: [GpuState.from_dict(g) for g in r["gpus"]])
 
     def explain(self, future: Future | str, wait: float = 5.0) -> dict[str, Any]:
         """The routing decision for a task: GPU, strategy, reason, per-GPU scores/rejections, attempts."""
+        self._synchronous_only("explain", "await client.explain_many([future])")
         key = future.key if isinstance(future, Future) else future
         deadline = time.monotonic() + wait
         while True:
@@ -183,14 +193,21 @@ class Client(distributed.Client):
         self, user: str | None = None, status: str | None = None, limit: int = 100, offset: int = 0
     ) -> list[dict[str, Any]]:
         """Live and recent tasks: your own, or anyone's if this client's user is an admin."""
-        return self._call("altlas_tasks", as_user=self.user, user=user, status=status, limit=limit, offset=offset)[
-            "tasks"
-        ]
+        return self._call(
+            "altlas_tasks",
+            pick=lambda r: r["tasks"],
+            as_user=self.user,
+            user=user,
+            status=status,
+            limit=limit,
+            offset=offset,
+        )
 
     def cancel_task(self, task: Future | str, reason: str = "") -> dict[str, Any]:
         """Cancel one of your tasks (admins: anyone's); its future raises ``TaskCancelledError``."""
-        if not isinstance(task, Future):
-            return self._call("altlas_cancel", key=task, as_user=self.user, reason=reason)
+        if not isinstance(task, Future) or self.asynchronous:
+            key = task.key if isinstance(task, Future) else task
+            return self._call("altlas_cancel", key=key, as_user=self.user, reason=reason)
         deadline = time.monotonic() + 5.0
         while True:  # a just-submitted future may not have reached the scheduler yet
             try:
@@ -210,12 +227,20 @@ class Client(distributed.Client):
 
     def usage(self, user: str | None = None, since: str | None = None) -> list[dict[str, Any]]:
         """Per-day usage rows (tasks, gpu_seconds, rejected) from the accounting database."""
-        return self._call("altlas_usage", user=user or self.user, as_user=self.user, since=since)["days"]
+        return self._call(
+            "altlas_usage", pick=lambda r: r["days"], user=user or self.user, as_user=self.user, since=since
+        )
 
     def records(
         self, user: str | None = None, status: str | None = None, since: float | None = None, limit: int = 1000
     ) -> list[dict[str, Any]]:
         """Final task records from the accounting database, newest first."""
-        return self._call("altlas_records", as_user=self.user, user=user, status=status, since=since, limit=limit)[
-            "records"
-        ]
+        return self._call(
+            "altlas_records",
+            pick=lambda r: r["records"],
+            as_user=self.user,
+            user=user,
+            status=status,
+            since=since,
+            limit=limit,
+        )

@@ -305,3 +305,20 @@ def test_submit_batch_splits_across_gpus_and_keeps_order(client):
     assert len({info["gpu"] for info in explained.values()}) > 1
     whole = client.submit_batch(range(10), abs, batch_split=False)
     assert len(whole.futures) == 1 and whole.result() == list(range(10))
+
+
+def test_the_router_helpers_work_on_an_asynchronous_client(cluster):
+    import asyncio
+
+    from altlas_dask import Client, RouterError
+
+    async def main():
+        async with Client(cluster.scheduler_address, asynchronous=True, gpu_defaults={"user": "bob"}) as aclient:
+            assert [g.id for g in await aclient.gpus()] == [0, 1, 2, 3]
+            assert (await aclient.quota())["user_id"] == "bob"
+            with pytest.raises(RouterError, match="unknown GPU 42"):
+                await aclient.drain_gpu(42)
+            with pytest.raises(RuntimeError, match="explain_many"):
+                aclient.explain("some-key")
+
+    asyncio.run(main())
