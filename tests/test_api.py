@@ -87,7 +87,9 @@ def poll_task(client: httpx.Client, task_id: str, timeout: float = 60) -> dict[s
         body = client.get(f"/task/{task_id}").json()
         return body if body["status"] in ("completed", "failed", "cancelled") else None
 
-    return wait_for(done, timeout=timeout, interval=0.05, what=f"task {task_id}")
+    body = wait_for(done, timeout=timeout, interval=0.05, what=f"task {task_id}")
+    assert body["status"] != "completed" or "result" in body, body  # a completed task always carries its result
+    return body
 
 
 def assert_error(response: httpx.Response, status: int, *words: str) -> dict[str, Any]:

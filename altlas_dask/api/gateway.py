@@ -49,6 +49,7 @@ STATUS = {
     "running": "running",
     "completed": "completed",
     "failed": "failed",
+    "timed_out": "failed",
     "cancelled": "cancelled",
     "rejected": "rejected",
 }
@@ -57,7 +58,7 @@ ROUTER_STATUSES = {
     "queued": ("queued", "released"),
     "running": ("placed", "running"),
     "completed": ("completed",),
-    "failed": ("failed",),
+    "failed": ("failed", "timed_out"),
     "cancelled": ("cancelled",),
     "canceled": ("cancelled",),
     "rejected": ("rejected",),
@@ -446,6 +447,10 @@ class Gateway:
                 out["error"] = info["error"]
         if entry is not None:
             out["user"] = entry.user
+            if entry.future is not None and not entry.future.done() and out["status"] in ("completed", "failed"):
+                # the router has the final state a moment before this client's future does: report the
+                # outcome together with its result or error, on the next poll
+                out["status"] = "running"
             out.update(await self._future_state(entry, result))
             if out["gpu_id"] is None:
                 out["gpu_id"] = entry.gpu
