@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -73,6 +74,31 @@ def cli_env() -> dict[str, str]:
     env["COLUMNS"] = "250"
     env["PYTHONIOENCODING"] = "utf-8"
     return env
+
+
+def altlas(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """Run ``altlas-dask --config <repo cluster.yaml> ARGS`` and capture its output."""
+    return subprocess.run(
+        [*cli_command(), "--config", str(CLUSTER_YAML), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cli_env(),
+    )
+
+
+def table_rows(output: str) -> list[dict[str, str]]:
+    """The rows of a rich table as {column title: cell text}."""
+    header: list[str] | None = None
+    rows = []
+    for line in output.splitlines():
+        line = line.strip()
+        if line.startswith("┃") and header is None:
+            header = [cell.strip() for cell in line.strip("┃").split("┃")]
+        elif line.startswith("│") and header is not None:
+            rows.append(dict(zip(header, [c.strip() for c in line.strip("│").split("│")], strict=True)))
+    assert header is not None, f"no table in:\n{output}"
+    return rows
 
 
 def nvml_sees_a_gpu() -> bool:

@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import CLUSTER_YAML, cli_command, cli_env, nvml_sees_a_gpu
+from conftest import CLUSTER_YAML, altlas, cli_command, cli_env, nvml_sees_a_gpu, table_rows
 
 from altlas_dask.gpus.simulated import simulated_uuid
 from altlas_dask.live import gpu_workers
@@ -40,31 +40,6 @@ SEED_KEYS = {
 }
 POOL_NAMES = ["Simulated A100 80GB"] * 2 + ["Simulated T4 16GB"] * 2
 POOL_MEMORY = [81920, 81920, 16384, 16384]
-
-
-def altlas(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*cli_command(), "--config", str(CLUSTER_YAML), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=cli_env(),
-    )
-
-
-def table_rows(output: str) -> list[dict[str, str]]:
-    """The rows of a rich table as {column title: cell text}."""
-    header: list[str] | None = None
-    rows = []
-    for line in output.splitlines():
-        line = line.strip()
-        if line.startswith("┃") and header is None:
-            header = [cell.strip() for cell in line.strip("┃").split("┃")]
-        elif line.startswith("│") and header is not None:
-            cells = [cell.strip() for cell in line.strip("│").split("│")]
-            rows.append(dict(zip(header, cells, strict=True)))
-    assert header is not None, f"no table header in:\n{output}"
-    return rows
 
 
 # -- gpus ---------------------------------------------------------------------------------------

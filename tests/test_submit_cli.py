@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 
 import pytest
-from conftest import CLUSTER_YAML, cli_command, cli_env
+from conftest import altlas, table_rows
 
 from altlas_dask.client import Client
 from altlas_dask.launcher import GpuCluster
@@ -15,30 +14,6 @@ from altlas_dask.runs import parse_params, percentile
 from altlas_dask.workloads import WORKLOADS
 
 NOWHERE = "tcp://127.0.0.1:9"  # nothing listens: bad input must be refused before any connection
-
-
-def altlas(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*cli_command(), "--config", str(CLUSTER_YAML), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=cli_env(),
-    )
-
-
-def table_rows(output: str) -> list[dict[str, str]]:
-    """The rows of a rich table as {column title: cell text}."""
-    header: list[str] | None = None
-    rows = []
-    for line in output.splitlines():
-        line = line.strip()
-        if line.startswith("┃") and header is None:
-            header = [cell.strip() for cell in line.strip("┃").split("┃")]
-        elif line.startswith("│") and header is not None:
-            rows.append(dict(zip(header, [c.strip() for c in line.strip("│").split("│")], strict=True)))
-    assert header is not None, f"no table in:\n{output}"
-    return rows
 
 
 def test_submit_prints_per_gpu_counts_and_latency(gpu_cluster: GpuCluster) -> None:
