@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
 import multiprocessing as mp
 import os
-import platform
 import re
 import shlex
 import socket
@@ -44,6 +42,7 @@ TARGET_RATE, TARGET_P99_MS = 1000, 50.0
 if str(REPO_DIR) not in sys.path:
     sys.path.insert(0, str(REPO_DIR))
 
+from common import machine, machine_line  # noqa: E402  (bench/common.py, beside this script)
 
 # -- the load generator (runs in its own process) ----------------------------------------------------------
 
@@ -193,26 +192,6 @@ def write_section(name: str, body: str) -> None:
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
     RESULTS.write_text(text.rstrip("\n") + "\n")
-
-
-def machine_line() -> str:
-    import dask
-    import distributed
-
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (
-        f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M UTC}; {nproc} cores ({cpu}), {platform.system()} "
-        f"{platform.release()}, Python {platform.python_version()}, dask {dask.__version__}, "
-        f"distributed {distributed.__version__}"
-    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -368,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
     body_md = f"""## REST gateway load (`bench/load.py`)
 
 Command: `{command}`{BR}
-Machine: {machine_line()}{BR}
+Machine: {machine_line(machine())}{BR}
 Load average (1 min) at start / end: {load_before:.2f} / {os.getloadavg()[0]:.2f}; wall time of the script: \
 {time.monotonic() - wall:.0f} s
 
