@@ -103,17 +103,17 @@ def lost_state(device: GpuDevice, worker: str | None, reason: str) -> GpuState:
     )
 
 
-def _real_device(config: AltlasConfig) -> NvmlGpu:
-    """The GPU that CUDA_VISIBLE_DEVICES (set by dask-cuda) puts first for this process."""
-    import pynvml
-    from distributed.diagnostics import nvml as dask_nvml
+def _real_device(config: AltlasConfig, uuid: str | None = None) -> NvmlGpu:
+    """The GPU ``uuid`` names, else the first device of ``CUDA_VISIBLE_DEVICES`` (which dask-cuda rotates).
 
+    Entries may be indices, ``GPU-`` UUIDs or ``MIG-`` ids; MIG slices are devices of their own.
+    """
     from altlas_dask.gpus.nvml import NvmlInventory
 
     det = config.gpu.detection
     inventory = NvmlInventory(min_compute_capability=det.min_compute_capability, max_temperature=det.max_temperature)
-    index = pynvml.nvmlDeviceGetIndex(dask_nvml._pynvml_handles())
-    return NvmlGpu(index, inventory)
+    ref = uuid if uuid is not None else inventory.visible(os.environ.get("CUDA_VISIBLE_DEVICES"))[0].id
+    return NvmlGpu(ref, inventory)
 
 
 def current_device() -> GpuDevice:

@@ -151,6 +151,7 @@ def test_to_api_has_the_nested_seed_shape():
         "health_status": "healthy",
         "simulated": True,
         "worker": "tcp://127.0.0.1:40000",
+        "unknown_fields": [],
     }
     assert isinstance(api["uptime"], int)
     assert json.loads(json.dumps(api)) == api  # JSON-serialisable as is
@@ -164,6 +165,13 @@ def test_to_dict_is_flat_and_round_trips():
     assert all(not isinstance(v, dict | list) for v in data.values())  # msgpack-friendly, flat
     assert GpuState.from_dict(data) == state
     assert GpuState.from_dict(json.loads(json.dumps(data))) == state
+
+
+def test_unknown_fields_survive_the_heartbeat_and_reach_the_api():
+    state = make_state().with_(unknown=("temperature_c", "utilization_gpu"))
+    wire = json.loads(json.dumps(state.to_dict()))  # msgpack/JSON turn the tuple into a list
+    assert GpuState.from_dict(wire) == state
+    assert state.to_api()["unknown_fields"] == ["temperature_c", "utilization_gpu"]
 
 
 def test_from_dict_ignores_unknown_fields_from_newer_workers():

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import logging
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import dask.config
 import pynvml
 import pytest
 from conftest import local_config, nvml_sees_a_gpu, repo_config_data
 
 from altlas_dask.gpus import GpuUnavailableError, NvmlInventory
+from altlas_dask.gpus.device import NvmlGpu
+from altlas_dask.gpus.nvml import NvmlStatus, nvml_status, parse_visible_devices
 from altlas_dask.launcher import detect_gpus
+from altlas_dask.worker import GpuWorkerPlugin
 
 GIB = 1024**3
 MIB = 1024**2
@@ -25,11 +29,16 @@ class FakeDevice:
     cc: tuple[int, int]
     total_bytes: int
     used_bytes: int
-    util_gpu: int = 0
+    util_gpu: int | None = 0  # None (here and below): NVML_ERROR_NOT_SUPPORTED
     util_memory: int = 0
-    temperature: int = 40
-    power_mw: int | None = 100_000  # None: NVML_ERROR_NOT_SUPPORTED
+    temperature: int | None = 40
+    power_mw: int | None = 100_000
     limit_mw: int | None = 250_000
+    memory_supported: bool = True
+    cc_supported: bool = True
+    mig: list[FakeDevice | None] | None = None  # MIG mode on: its slices (None: an empty slot)
+    error: int | None = None  # every query raises NVMLError(error): a driver failure at run time
+    queries: list[str] = field(default_factory=list)
 
 
 def fake_nvml(devices: list[FakeDevice], *, init_error: int | None = None) -> types.ModuleType:
@@ -37,6 +46,8 @@ def fake_nvml(devices: list[FakeDevice], *, init_error: int | None = None) -> ty
     nv = types.ModuleType("fake_pynvml")
     nv.NVMLError = pynvml.NVMLError
     nv.NVMLError_NotSupported = pynvml.NVMLError_NotSupported
+    nv.NVMLError_NotFound = pynvml.NVMLError_NotFound
+    nv.NVML_DEVICE_MIG_ENABLE = pynvml.NVML_DEVICE_MIG_ENABLE
     nv.NVML_TEMPERATURE_GPU = pynvml.NVML_TEMPERATURE_GPU
     nv.calls = []
 
@@ -50,28 +61,60 @@ def fake_nvml(devices: list[FakeDevice], *, init_error: int | None = None) -> ty
             raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         return devices[index]
 
-    def optional(value: int | None) -> int:
-        if value is None:
-            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)  # an NVMLError_NotSupported instance
-        return value
+    def not_supported() -> None:
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)  # an NVMLError_NotSupported instance
 
-    def temperature(dev: FakeDevice, sensor: int) -> int:
+    def query(name: str, read):
+        """A device query: fails like the driver when ``dev.error`` is set, else answers ``read(dev)``."""
+
+        def answer(dev: FakeDevice, *args):
+            dev.queries.append(name)
+            if dev.error is not None:
+                raise pynvml.NVMLError(dev.error)
+            value = read(dev, *args)
+            if value is None:
+                not_supported()
+            return value
+
+        return answer
+
+    def temperature(dev: FakeDevice, sensor: int) -> int | None:
         assert sensor == pynvml.NVML_TEMPERATURE_GPU
         return dev.temperature
+
+    def memory(dev: FakeDevice):
+        if not dev.memory_supported:
+            return None
+        return types.SimpleNamespace(total=dev.total_bytes, used=dev.used_bytes, free=dev.total_bytes - dev.used_bytes)
+
+    def mig_handle(dev: FakeDevice, slot: int) -> FakeDevice:
+        if dev.mig is None or slot >= len(dev.mig) or dev.mig[slot] is None:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+        return dev.mig[slot]
+
+    def mig_mode(dev: FakeDevice) -> tuple[int, int] | None:
+        if dev.mig is None and dev.cc < (8, 0):
+            return None  # pre-Ampere boards have no MIG at all
+        mode = pynvml.NVML_DEVICE_MIG_ENABLE if dev.mig is not None else pynvml.NVML_DEVICE_MIG_DISABLE
+        return (mode, mode)
 
     nv.nvmlInit = init
     nv.nvmlDeviceGetCount = lambda: len(devices)
     nv.nvmlDeviceGetHandleByIndex = handle
-    nv.nvmlDeviceGetName = lambda dev: dev.name
+    nv.nvmlDeviceGetName = query("name", lambda dev: dev.name)
     nv.nvmlDeviceGetUUID = lambda dev: dev.uuid
-    nv.nvmlDeviceGetCudaComputeCapability = lambda dev: dev.cc
-    nv.nvmlDeviceGetMemoryInfo = lambda dev: types.SimpleNamespace(
-        total=dev.total_bytes, used=dev.used_bytes, free=dev.total_bytes - dev.used_bytes
+    nv.nvmlDeviceGetCudaComputeCapability = query("cc", lambda dev: dev.cc if dev.cc_supported else None)
+    nv.nvmlDeviceGetMemoryInfo = query("memory", memory)
+    nv.nvmlDeviceGetUtilizationRates = query(
+        "utilization",
+        lambda dev: None if dev.util_gpu is None else types.SimpleNamespace(gpu=dev.util_gpu, memory=dev.util_memory),
     )
-    nv.nvmlDeviceGetUtilizationRates = lambda dev: types.SimpleNamespace(gpu=dev.util_gpu, memory=dev.util_memory)
-    nv.nvmlDeviceGetTemperature = temperature
-    nv.nvmlDeviceGetPowerUsage = lambda dev: optional(dev.power_mw)
-    nv.nvmlDeviceGetEnforcedPowerManagementLimit = lambda dev: optional(dev.limit_mw)
+    nv.nvmlDeviceGetTemperature = query("temperature", temperature)
+    nv.nvmlDeviceGetPowerUsage = query("power", lambda dev: dev.power_mw)
+    nv.nvmlDeviceGetEnforcedPowerManagementLimit = query("limit", lambda dev: dev.limit_mw)
+    nv.nvmlDeviceGetMigMode = query("mig_mode", mig_mode)
+    nv.nvmlDeviceGetMaxMigDeviceCount = lambda dev: 7
+    nv.nvmlDeviceGetMigDeviceHandleByIndex = mig_handle
     return nv
 
 
@@ -154,6 +197,7 @@ def test_power_not_supported_reads_as_zero():
     state = NvmlInventory(nvml=fake_nvml([device])).state(0)
     assert state.power_usage_w == 0.0
     assert state.power_limit_w == 0.0
+    assert state.unknown == ("power_usage_w", "power_limit_w")
     assert state.temperature_c == 64.0  # the rest still reads
 
 
@@ -189,6 +233,170 @@ def test_nvml_init_failure_is_gpu_unavailable(code):
 def test_no_device_is_gpu_unavailable():
     with pytest.raises(GpuUnavailableError, match="no GPU"):
         NvmlInventory(nvml=fake_nvml([]))
+
+
+# -- one initialisation per process, and its state ------------------------------------------------
+
+
+def test_nvml_is_initialised_once_per_process_and_reports_ok():
+    nv = fake_nvml([ampere()])
+    assert nvml_status(nv) is NvmlStatus.OK
+    NvmlInventory(nvml=nv)
+    NvmlInventory(nvml=nv).gpus()
+    assert nv.calls == ["init"]
+
+
+def test_nvml_states_no_library_and_no_devices():
+    assert nvml_status(fake_nvml([ampere()], init_error=pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)) is NvmlStatus.NO_LIBRARY
+    assert nvml_status(fake_nvml([])) is NvmlStatus.NO_DEVICES
+
+
+def test_dask_setting_disables_nvml_without_initialising_it():
+    nv = fake_nvml([ampere()])
+    with dask.config.set({"distributed.diagnostics.nvml": False}):
+        assert nvml_status(nv) is NvmlStatus.DISABLED_BY_CONFIG
+        with pytest.raises(GpuUnavailableError, match="distributed.diagnostics.nvml"):
+            NvmlInventory(nvml=nv)
+    assert nv.calls == []  # never initialised
+    assert nvml_status(nv) is NvmlStatus.OK  # the setting back on: NVML starts
+
+
+def test_detect_gpus_names_the_dask_setting_when_it_disables_nvml(caplog):
+    with dask.config.set({"distributed.diagnostics.nvml": False}), caplog.at_level(logging.WARNING):
+        gpus, simulated = detect_gpus(local_config())
+    assert simulated is True and len(gpus) == 4
+    assert any("distributed.diagnostics.nvml" in r.getMessage() for r in caplog.records)
+
+
+# -- MIG slices are devices ------------------------------------------------------------------------
+
+
+def mig_slice(n: int, gib: int) -> FakeDevice:
+    return FakeDevice(
+        f"NVIDIA A100-SXM4-40GB MIG {gib}g.{gib * 5}gb",
+        f"MIG-{n:08d}-aaaa-bbbb-cccc-dddddddddddd",
+        (8, 0),
+        gib * 5 * GIB,
+        n * MIB,
+        util_gpu=None,  # MIG slices answer 'not supported' for utilization and temperature
+        temperature=None,
+        cc_supported=False,
+    )
+
+
+def test_mig_slices_are_enumerated_as_schedulable_devices():
+    parent = ampere()
+    parent.mig = [mig_slice(1, 1), None, mig_slice(2, 3)]  # slot 1 is empty
+    nv = fake_nvml([pascal(), parent, ada_str()])
+    inventory = NvmlInventory(nvml=nv)
+    assert [(d.id, d.nvml_index, d.mig_index, d.uuid[:12]) for d in inventory.devices] == [
+        (0, 0, None, "GPU-p100"),
+        (1, 1, 0, "MIG-00000001"),
+        (2, 1, 2, "MIG-00000002"),
+        (3, 2, None, "GPU-aaaaaaaa"),
+    ]
+    states = inventory.gpus()
+    assert [s.id for s in states] == [0, 1, 2, 3]
+    one, three = states[1], states[2]
+    assert one.name == "NVIDIA A100-SXM4-40GB MIG 1g.5gb"
+    assert (one.memory_total_mb, three.memory_total_mb) == (5 * 1024, 15 * 1024)  # the slice's memory
+    assert one.compute_capability == "8.0"  # the parent's answer
+    assert one.temperature_c == 64.0  # the board's sensor
+    assert one.unknown == ("utilization_gpu", "utilization_memory")
+    assert (one.status, one.health_status) == ("active", "healthy")
+
+
+def test_ids_are_the_same_for_a_new_inventory_of_the_same_node():
+    parent = ampere()
+    parent.mig = [mig_slice(1, 1), mig_slice(2, 3)]
+    first = [(s.id, s.uuid) for s in NvmlInventory(nvml=fake_nvml([parent, ada_str()])).gpus()]
+    again = [(s.id, s.uuid) for s in NvmlInventory(nvml=fake_nvml([parent, ada_str()])).gpus()]
+    assert first == again == [
+        (0, "MIG-00000001-aaaa-bbbb-cccc-dddddddddddd"),
+        (1, "MIG-00000002-aaaa-bbbb-cccc-dddddddddddd"),
+        (2, "GPU-aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"),
+    ]
+
+
+# -- CUDA_VISIBLE_DEVICES: indices, UUIDs, MIG ids ---------------------------------------------------
+
+
+def test_cuda_visible_devices_entries_are_parsed():
+    assert parse_visible_devices(None) == [] and parse_visible_devices(" ") == []
+    assert parse_visible_devices("1, GPU-ab12,MIG-cd34") == [1, "GPU-ab12", "MIG-cd34"]
+    with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES entry 'gpu0'"):
+        parse_visible_devices("0,gpu0")
+
+
+def test_visible_devices_resolve_indices_uuids_prefixes_and_mig_ids():
+    parent = ampere()
+    parent.mig = [mig_slice(1, 1), mig_slice(2, 3)]
+    inventory = NvmlInventory(nvml=fake_nvml([pascal(), ada_str(), parent]))
+    assert [d.id for d in inventory.visible(None)] == [0, 1, 2, 3]
+    assert [d.id for d in inventory.visible("1")] == [1]
+    assert [d.id for d in inventory.visible("GPU-aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee,0")] == [1, 0]
+    assert [d.id for d in inventory.visible("GPU-aaaa")] == [1]  # a unique prefix, as CUDA accepts
+    assert [d.id for d in inventory.visible("MIG-00000002-aaaa-bbbb-cccc-dddddddddddd")] == [3]
+    assert [d.id for d in inventory.visible("2")] == [2]  # an index in MIG mode: its first slice
+    with pytest.raises(GpuUnavailableError, match="'GPU-ffff' matches no device"):
+        inventory.visible("GPU-ffff")
+    with pytest.raises(GpuUnavailableError, match="matches 2 devices"):
+        inventory.visible("MIG-0000000")
+    with pytest.raises(GpuUnavailableError, match="GPU index 7"):
+        inventory.visible("7")
+
+
+def test_worker_binds_the_first_visible_device_by_uuid(monkeypatch):
+    parent = ampere()
+    parent.mig = [mig_slice(1, 1), mig_slice(2, 3)]
+    inventory = NvmlInventory(nvml=fake_nvml([pascal(), parent]))
+    device = NvmlGpu(inventory.visible("MIG-00000002-aaaa-bbbb-cccc-dddddddddddd,0")[0].id, inventory)
+    assert (device.index, device.uuid) == (2, "MIG-00000002-aaaa-bbbb-cccc-dddddddddddd")
+    assert device.state().memory_total_mb == 15 * 1024
+
+
+# -- fields a board does not support, and driver errors at run time ----------------------------------
+
+
+def plugin_on(inventory: NvmlInventory, ref: int | str = 0) -> GpuWorkerPlugin:
+    """The worker plugin reading a real-GPU device through ``inventory`` (no Dask worker needed)."""
+    plugin = GpuWorkerPlugin(local_config())
+    plugin.device = NvmlGpu(ref, inventory)
+    return plugin
+
+
+def test_board_without_temperature_or_utilization_is_active_and_healthy():
+    board = ampere()
+    board.temperature = None
+    board.util_gpu = None
+    inventory = NvmlInventory(nvml=fake_nvml([board]))
+    state = plugin_on(inventory).current_state()
+    assert state.unknown == ("utilization_gpu", "utilization_memory", "temperature_c")  # in GpuState field order
+    assert (state.status, state.health_status) == ("active", "healthy")  # unknown is not failed
+    assert state.memory_total_mb == 81920 and state.power_usage_w == pytest.approx(123.456)  # the rest reads
+
+
+def test_board_without_memory_information_reports_memory_unknown():
+    board = ampere()
+    board.memory_supported = False
+    state = NvmlInventory(nvml=fake_nvml([board])).state(0)
+    assert state.unknown == ("memory_total_mb", "memory_used_mb")
+    assert state.status == "active"
+
+
+def test_driver_error_at_run_time_reports_the_gpu_failed_and_it_comes_back():
+    board = ampere()
+    plugin = plugin_on(NvmlInventory(nvml=fake_nvml([board])))
+    assert plugin.current_state().status == "active"
+    board.error = pynvml.NVML_ERROR_GPU_IS_LOST
+    lost = plugin.current_state()
+    assert (lost.status, lost.health_status) == ("error", "critical")
+    assert lost.uuid == "GPU-11111111-2222-3333-4444-555555555555" and lost.id == 0  # still the same GPU
+    assert "GPU is lost" in lost.name
+    board.error = pynvml.NVML_ERROR_UNKNOWN  # a driver hiccup: also a failure while it lasts
+    assert plugin.current_state().status == "error"
+    board.error = None
+    assert plugin.current_state().status == "active"
 
 
 # -- the real library on this machine ----------------------------------------------------------------

@@ -59,14 +59,19 @@ class GpuDevice(Protocol):
 
 
 class NvmlGpu:
-    """A real GPU: state from NVML, kernels as torch matmuls on CUDA."""
+    """A real GPU (or MIG slice): state from NVML, kernels as torch matmuls on CUDA.
+
+    ``ref`` is the device's short id or UUID in ``inventory``; the process's CUDA device is the
+    first of ``CUDA_VISIBLE_DEVICES``, which the cluster's worker spec sets to this device.
+    """
 
     torch_device = "cuda"
 
-    def __init__(self, index: int, inventory: NvmlInventory) -> None:
-        self.index = index
+    def __init__(self, ref: int | str, inventory: NvmlInventory) -> None:
+        device = inventory.device(ref)
+        self.index = device.id
+        self.uuid = device.uuid
         self.inventory = inventory
-        self.uuid = inventory.state(index).uuid
         self._lock = threading.Lock()
         self._active = 0
         self.cancellation = Cancellation()

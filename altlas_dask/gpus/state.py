@@ -38,6 +38,8 @@ class GpuState:
     health_status: HealthStatus = "healthy"
     simulated: bool = False
     worker: str | None = None
+    #: Fields NVML answered 'not supported' for: their value is unknown (the number is a neutral placeholder).
+    unknown: tuple[str, ...] = ()
 
     @property
     def memory_free_mb(self) -> int:
@@ -57,7 +59,10 @@ class GpuState:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GpuState:
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if "unknown" in fields:  # msgpack turns the tuple into a list
+            fields["unknown"] = tuple(fields["unknown"])
+        return cls(**fields)
 
     def to_api(self) -> dict[str, Any]:
         """The nested shape of seed 001 section 6.3.3 (``GET /gpu/status``)."""
@@ -79,6 +84,7 @@ class GpuState:
             "health_status": self.health_status,
             "simulated": self.simulated,
             "worker": self.worker,
+            "unknown_fields": list(self.unknown),
         }
 
 
