@@ -268,8 +268,34 @@ def test_cancel_a_batch(api: Api):
             timeout=30,
             what="the cancelled batch",
         )
-        assert state["results"] == [None] * 8
+        assert [r["status"] for r in state["results"]] == ["cancelled"] * 8
+        assert all("cancelled by alice" in r["error"] for r in state["results"])
         assert_error(c.delete("/batches/batch-unknown"), 404)
+
+
+def test_a_failed_chunk_keeps_the_other_results_in_place(api: Api):
+    """Results stay aligned with the inputs whatever chunk fails; the failed chunk's items carry its error."""
+    short = [{"text": f"{w} ", "max_length": 3, "temperature": 0.0} for w in ("A", "B", "C", "D")]
+    long = [{"text": "x", "max_length": 1024, "temperature": 1.0} for _ in range(4)]
+    tail = [{"text": f"{w} ", "max_length": 4, "temperature": 0.0} for w in ("E", "F", "G", "H")]
+    with api.client() as c:
+        sub = c.post("/batch_predict", json={"batch": short + long + tail}).json()
+        chunks = {t.get("chunk_id", t["task_id"]) for t in sub["tasks"]}
+        middle = next(t for t in sub["tasks"] if t["items"]["start"] == 4)
+        middle_chunk = middle.get("chunk_id", middle["task_id"])
+        assert len(chunks) >= 2, sub
+        assert c.delete(f"/tasks/{middle_chunk}").status_code == 200
+        state = wait_for(
+            lambda: (s := c.get(f"/batches/{sub['batch_id']}").json())["status"] not in ("queued", "running") and s,
+            timeout=60,
+            what="the batch to finish",
+        )
+    model = char_gru.load_model("cpu")
+    results = state["results"]
+    for i, item in [*enumerate(short), *((8 + j, t) for j, t in enumerate(tail))]:
+        assert results[i]["text"] == char_gru.predict(item["text"], item["max_length"], 0.0, 0, model=model)["text"]
+    for result in results[4:8]:
+        assert result["status"] == "cancelled" and result["error"], results
 
 
 # -- tasks -----------------------------------------------------------------------------------------------

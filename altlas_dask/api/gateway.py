@@ -38,32 +38,43 @@ from altlas_dask.config import AltlasConfig
 from altlas_dask.errors import GpuRoutingError, TaskCancelledError
 from altlas_dask.options import GpuOptions, GpuOptionsError
 from altlas_dask.quotas import QuotaExceededError
+from altlas_dask.scheduling.lifecycle import TaskStatus, api_status
 
 logger = logging.getLogger(__name__)
 
-#: Router task status -> API status (seed 004: queued, running, completed, failed, cancelled).
-STATUS = {
-    "queued": "queued",
-    "released": "queued",
-    "placed": "running",
-    "running": "running",
-    "completed": "completed",
-    "failed": "failed",
-    "timed_out": "failed",
-    "cancelled": "cancelled",
-    "rejected": "rejected",
-}
-#: API status -> router statuses (for ``GET /tasks?status=``); "canceled" (seed 004 spelling) is accepted too.
-ROUTER_STATUSES = {
-    "queued": ("queued", "released"),
-    "running": ("placed", "running"),
-    "completed": ("completed",),
-    "failed": ("failed", "timed_out"),
-    "cancelled": ("cancelled",),
-    "canceled": ("cancelled",),
-    "rejected": ("rejected",),
-}
-FINAL = frozenset({"completed", "failed", "cancelled", "rejected"})
+#: Why a task the gateway submitted has no outcome: its future was dropped when the scheduler connection broke.
+LOST = "lost with the scheduler: the connection to the scheduler broke before the task finished; submit it again"
+
+
+def router_api_status(status: str | None) -> str:
+    """The REST spelling (lifecycle.api_status) of a router status; an unknown one is passed through."""
+    try:
+        return api_status(status or "queued")
+    except ValueError:
+        return str(status)
+
+
+async def future_outcome(future: Future | None) -> tuple[TaskStatus, str | None, Any] | None:
+    """``(status, error, exception)`` of a finished future, ``None`` while it runs.
+
+    A future that is ``cancelled`` on this client was dropped by Dask when the scheduler connection broke
+    (users cancel through the router, which fails the task with ``TaskCancelledError``): it ``failed``.
+    """
+    if future is None or not future.done():
+        return None
+    if future.status == "finished":
+        return TaskStatus.COMPLETED, None, None
+    if future.status == "cancelled":
+        return TaskStatus.FAILED, LOST, None
+    try:
+        exc = await future.exception()
+    except Exception as err:  # the exception could not be fetched (e.g. lost with its worker)
+        exc = err
+    if isinstance(exc, TaskCancelledError):
+        return TaskStatus.CANCELLED, str(exc), exc
+    if isinstance(exc, QuotaExceededError):
+        return TaskStatus.REJECTED, str(exc), exc
+    return TaskStatus.FAILED, f"{type(exc).__name__}: {exc}"[:1000], exc
 
 
 @dataclass
@@ -439,60 +450,62 @@ class Gateway:
             info = None
         if entry is None and info is None:
             raise ApiError(404, f"unknown task {task_id!r}")
-        out: dict[str, Any] = {"task_id": task_id, "gpu_id": None, "status": "queued"}
+        out: dict[str, Any] = {"task_id": task_id, **await self.state(entry, info, with_result=result)}
         if info is not None:
-            out.update(gpu_id=info.get("gpu"), status=STATUS.get(info.get("status", ""), info.get("status")))
             out["user"] = info.get("user")
-            if info.get("error"):
-                out["error"] = info["error"]
         if entry is not None:
             out["user"] = entry.user
-            if entry.future is not None and not entry.future.done() and out["status"] in ("completed", "failed"):
-                # the router has the final state a moment before this client's future does: report the
-                # outcome together with its result or error, on the next poll
-                out["status"] = "running"
-            out.update(await self._future_state(entry, result))
-            if out["gpu_id"] is None:
-                out["gpu_id"] = entry.gpu
-            elif entry.gpu is None:
-                entry.gpu = out["gpu_id"]
             if entry.batch_id is not None:
                 out["batch_id"] = entry.batch_id
                 out["items"] = {"start": entry.items[0], "count": entry.items[1]}
         return out
 
-    async def _future_state(self, entry: TaskEntry, with_result: bool) -> dict[str, Any]:
-        future = entry.future
-        if future is None or not future.done():
-            return {}
-        if future.status == "finished":
-            out: dict[str, Any] = {"status": "completed"}
-            if with_result:
-                value = await future
+    async def state(
+        self, entry: TaskEntry | None, info: dict[str, Any] | None, *, with_result: bool = False
+    ) -> dict[str, Any]:
+        """``gpu_id``, ``status`` (the API's spelling, from :mod:`altlas_dask.scheduling.lifecycle`) and ``error``;
+        the future's outcome wins over the router's record. The one place a task's API status is computed."""
+        out: dict[str, Any] = {"gpu_id": None, "status": "queued"}
+        if info is not None:
+            out.update(gpu_id=info.get("gpu"), status=router_api_status(info.get("status")))
+            if info.get("error"):
+                out["error"] = info["error"]
+        if entry is None:
+            return out
+        outcome = await future_outcome(entry.future)
+        if outcome is None:
+            if out["status"] in ("completed", "failed"):
+                # the router has the final state a moment before this client's future does: report the
+                # outcome together with its result or error, on the next poll
+                out["status"] = "running"
+        else:
+            status, error, _ = outcome
+            out["status"] = api_status(status)
+            if error is not None:
+                out["error"] = error
+            if status is TaskStatus.COMPLETED and with_result:
+                value = await entry.future
                 out["result"] = shape_result(value)
                 gpu = value.get("gpu") if isinstance(value, dict) else (value[0].get("gpu") if value else None)
                 if gpu is not None:
                     out["gpu_id"] = gpu
-            return out
-        if future.status == "cancelled":
-            return {"status": "cancelled"}
-        try:
-            exc = await future.exception()
-        except Exception as err:  # the exception could not be fetched (e.g. lost with its worker)
-            exc = err
-        if isinstance(exc, TaskCancelledError):
-            return {"status": "cancelled", "error": str(exc)}
-        if isinstance(exc, QuotaExceededError):
-            return {"status": "rejected", "error": str(exc)}
-        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:1000]}
+        if out["gpu_id"] is None:
+            out["gpu_id"] = entry.gpu
+        elif entry.gpu is None:
+            entry.gpu = out["gpu_id"]
+        return out
 
     async def results(self, entries: list[TaskEntry]) -> dict[str, Any]:
-        """Results of finished futures, in one gather."""
+        """Results of the finished futures among ``entries``, by task id (one gather; a result that cannot be
+        fetched, e.g. lost with its worker, is left out: it never shifts another task's result)."""
         done = [e for e in entries if e.future is not None and e.future.status == "finished"]
         if not done:
             return {}
-        values = await self.client.gather([e.future for e in done], errors="skip")
-        return {e.task_id: v for e, v in zip(done, values, strict=False)}
+        try:
+            values = await self.client.gather([e.future for e in done], errors="raise")
+        except Exception:  # one result is gone: fetch each on its own so the others stay with their tasks
+            values = await asyncio.gather(*(_outcome(e.future) for e in done), return_exceptions=True)
+        return {e.task_id: v for e, v in zip(done, values, strict=True) if not isinstance(v, BaseException)}
 
 
 async def _outcome(future: Future) -> Any:

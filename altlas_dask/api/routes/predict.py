@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query
 
 from altlas_dask.api.deps import GatewayDep, PrincipalDep
 from altlas_dask.api.errors import ApiError
-from altlas_dask.api.gateway import STATUS, BatchEntry, Gateway, TaskEntry, new_id
+from altlas_dask.api.gateway import BatchEntry, Gateway, TaskEntry, new_id
 from altlas_dask.api.schemas import BatchPredictRequest, CancelRequest, PredictRequest
 from altlas_dask.client import RouterError
 from altlas_dask.model import MODEL_MEMORY_MB, generate, generate_batch
@@ -21,14 +21,9 @@ router = APIRouter(tags=["predict"])
 WORKLOAD = "generate"
 
 
-def _brief(entry: TaskEntry, info: dict[str, Any] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {"task_id": entry.task_id, "gpu_id": None, "status": "queued"}
-    if info is not None:
-        out["gpu_id"] = info.get("gpu")
-        out["status"] = STATUS.get(info.get("status", ""), info.get("status"))
-    if entry.future is not None and entry.future.done():
-        out["status"] = {"finished": "completed", "cancelled": "cancelled"}.get(entry.future.status, "failed")
-    return out
+async def _brief(gateway: Gateway, entry: TaskEntry, info: dict[str, Any] | None) -> dict[str, Any]:
+    state = await gateway.state(entry, info)
+    return {"task_id": entry.task_id, "gpu_id": state["gpu_id"], "status": state["status"]}
 
 
 @router.post("/predict", summary="Generate text from a prompt on a GPU (seed 004 section 3.1)")
@@ -44,7 +39,7 @@ async def predict(body: PredictRequest, who: PrincipalDep, gateway: GatewayDep) 
         await asyncio.wait([asyncio.ensure_future(_settled(entry))], timeout=body.wait)
         if entry.future.done():
             return await gateway.describe(entry.task_id, who.user, who.is_admin, info=found.get(entry.task_id))
-    return _brief(entry, found.get(entry.task_id))
+    return await _brief(gateway, entry, found.get(entry.task_id))
 
 
 async def _settled(entry: TaskEntry) -> None:
@@ -76,7 +71,10 @@ async def _submit_batch(body: BatchPredictRequest, who: PrincipalDep, gateway: G
     )
     gateway.remember_batch(BatchEntry(batch_id, who.user, [e.task_id for e in entries], sizes, time.time()))
     found = await gateway.placed(entries)
-    tasks = [{**_brief(e, found.get(e.task_id)), "items": {"start": e.items[0], "count": e.items[1]}} for e in entries]
+    tasks = [
+        {**await _brief(gateway, e, found.get(e.task_id)), "items": {"start": e.items[0], "count": e.items[1]}}
+        for e in entries
+    ]
     return {"batch_id": batch_id, "status": submission_status(tasks), "size": len(items), "tasks": tasks}
 
 
@@ -156,9 +154,15 @@ async def get_batch(batch_id: str, who: PrincipalDep, gateway: GatewayDep) -> di
     entries = [gateway.tasks[t] for t in batch.task_ids if t in gateway.tasks]
     values = await gateway.results(entries)
     results: list[Any] = []
-    for task_id, size in zip(batch.task_ids, batch.sizes, strict=True):
-        chunk = values.get(task_id)
-        results.extend(chunk if isinstance(chunk, list) else [None] * size)
+    for task, size in zip(state["tasks"], batch.sizes, strict=True):
+        chunk = values.get(task["task_id"])
+        if isinstance(chunk, list) and len(chunk) == size:
+            results.extend(chunk)
+        elif task["status"] in ("failed", "cancelled", "rejected"):  # each item of a failed chunk says why
+            error = task.get("error") or f"its task {task['task_id']} {task['status']}"
+            results.extend({"status": task["status"], "error": error} for _ in range(size))
+        else:
+            results.extend([None] * size)
     state["results"] = results
     return state
 

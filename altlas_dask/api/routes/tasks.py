@@ -14,11 +14,12 @@ from fastapi import APIRouter, Query
 
 from altlas_dask.api.deps import GatewayDep, PrincipalDep
 from altlas_dask.api.errors import ApiError
-from altlas_dask.api.gateway import ROUTER_STATUSES, STATUS, Gateway, shape_result
+from altlas_dask.api.gateway import Gateway, router_api_status, shape_result
 from altlas_dask.api.schemas import CancelRequest, PayloadError, RouteRequest, check_payload
 from altlas_dask.client import RouterError
 from altlas_dask.model import MODEL_MEMORY_MB
 from altlas_dask.options import GpuOptionsError
+from altlas_dask.scheduling.lifecycle import STATUSES_FOR_API
 from altlas_dask.workloads import WORKLOADS
 
 router = APIRouter(tags=["tasks"])
@@ -50,17 +51,22 @@ async def list_tasks(
     user: str | None = Query(None, max_length=128, description="admins: only this user's tasks"),
     results: bool = Query(True, description="include the results the gateway still holds"),
 ) -> dict[str, Any]:
-    if status is not None and status not in ROUTER_STATUSES:
-        raise ApiError(400, f"status: must be one of {', '.join(ROUTER_STATUSES)} (got {status!r})")
+    if status is not None and status not in STATUSES_FOR_API:
+        raise ApiError(400, f"status: must be one of {', '.join(STATUSES_FOR_API)} (got {status!r})")
     if user is not None and user != who.user and not who.is_admin:
         raise ApiError(403, f"user {who.user!r} may not list the tasks of {user!r}")
     as_user = gateway.acting_admin(who.user) if who.is_admin else who.user
     user = user if who.is_admin else who.user
     rows: list[dict[str, Any]] = []
     total = 0
-    for router_status in ROUTER_STATUSES[status] if status else (None,):
+    for router_status in STATUSES_FOR_API[status] if status else (None,):
         answer = await gateway.rpc(
-            "altlas_tasks", as_user=as_user, user=user, status=router_status, limit=offset + limit, offset=0
+            "altlas_tasks",
+            as_user=as_user,
+            user=user,
+            status=router_status and str(router_status),
+            limit=offset + limit,
+            offset=0,
         )
         rows.extend(answer["tasks"])
         total += answer["total"]
@@ -73,7 +79,7 @@ async def list_tasks(
         item: dict[str, Any] = {
             "task_id": r["key"],
             "gpu_id": r.get("gpu"),
-            "status": STATUS.get(r["status"], r["status"]),
+            "status": router_api_status(r["status"]),
             "user": r["user"],
             "task_type": r.get("task_type"),
             "priority": r.get("priority"),
@@ -165,7 +171,7 @@ async def route(body: RouteRequest, who: PrincipalDep, gateway: GatewayDep) -> d
     )
     info = (await gateway.placed([entry])).get(entry.task_id)
     now = time.time()
-    status = STATUS.get(info.get("status", ""), "queued") if info else "queued"
+    status = router_api_status(info.get("status")) if info else "queued"
     placed = status in ("running", "completed")
     expected = requirements.expected_duration if requirements else None
     gpu = info.get("gpu") if info else None
