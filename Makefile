@@ -34,6 +34,7 @@ run: venv
 
 lint: venv
 	$(BIN)/ruff check altlas_dask scheduler_plugins tests bench app
+	$(BIN)/hadolint deploy/docker/Dockerfile
 
 test: venv system-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
