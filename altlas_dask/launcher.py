@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dask.config
-from distributed import Client as DaskClient
 from distributed import LocalCluster, SchedulerPlugin
 from distributed.deploy.spec import SpecCluster
 
@@ -19,7 +18,7 @@ from altlas_dask.gpus.errors import GpuUnavailableError
 from altlas_dask.gpus.nvml import NvmlInventory
 from altlas_dask.gpus.simulated import SimulatedInventory
 from altlas_dask.gpus.state import GpuState
-from altlas_dask.worker import GpuWorkerPlugin
+from altlas_dask.worker import gpu_worker_options
 
 logger = logging.getLogger(__name__)
 
@@ -128,38 +127,63 @@ def start_cluster(
     return GpuCluster(cluster=cluster, gpus=gpus, simulated=simulated, config=config)
 
 
+class _OneSpecPerGpu(SpecCluster):
+    """Sits between ``LocalCluster`` and ``SpecCluster``: swaps the identical worker specs that
+    ``LocalCluster`` computes for one spec per GPU, so the cluster starts them itself (a worker that
+    fails to start fails the constructor) and ``scale``/restarts reuse :meth:`gpu_spec`."""
+
+    gpus: list[GpuState]
+
+    def gpu_spec(self, gpu: GpuState, base: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        raise NotImplementedError
+
+    def __init__(self, *args: Any, worker: dict[str, Any], workers: dict[Any, Any] | None = None, **kwargs: Any):
+        workers = dict(self.gpu_spec(gpu, worker) for gpu in self.gpus)
+        super().__init__(*args, worker=worker, workers=workers, **kwargs)
+
+    def new_worker_spec(self) -> dict[str, dict[str, Any]]:
+        for gpu in self.gpus:
+            name, spec = self.gpu_spec(gpu, self.new_spec)
+            if name not in self.worker_spec:
+                return {name: spec}
+        raise ValueError(f"cannot scale beyond the {len(self.gpus)} GPUs of this cluster")
+
+
+class SimulatedGpuCluster(LocalCluster, _OneSpecPerGpu):
+    """A ``LocalCluster`` with one worker process per virtual GPU, named ``gpu-K``.
+
+    Like dask-cuda's ``LocalCUDACluster``, each worker's differences (its GPU plugin and its
+    resources) are composed into its own spec, so ``scale`` and restarts bring back the same GPU
+    under the same worker name. Public constructor arguments only: no edits of the spec from outside.
+    """
+
+    def __init__(
+        self, config: AltlasConfig, gpus: Sequence[GpuState], pool_size: int | None = None, **kwargs: Any
+    ) -> None:
+        self.altlas_config, self.gpus, self.pool_size = config, list(gpus), pool_size
+        super().__init__(n_workers=0, processes=True, **kwargs)
+
+    def gpu_spec(self, gpu: GpuState, base: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        spec = copy.deepcopy(base)
+        name = f"gpu-{gpu.id}"
+        options = gpu_worker_options(self.altlas_config, gpu, simulate_count=self.pool_size)
+        spec["options"].update(name=name, **options)
+        return name, spec
+
+
 def _simulated_cluster(
     config: AltlasConfig, gpus: list[GpuState], common: dict[str, Any], pool_size: int | None = None
 ) -> LocalCluster:
-    cluster = LocalCluster(n_workers=0, processes=True, **common)
-    try:
-        for gpu in gpus:
-            spec = copy.deepcopy(cluster.new_spec)
-            spec["options"].update(
-                name=f"gpu-{gpu.id}",
-                plugins={GpuWorkerPlugin(config, simulated_index=gpu.id, simulate_count=pool_size)},
-            )
-            cluster.worker_spec[f"gpu-{gpu.id}"] = spec
-        cluster.sync(cluster._correct_state)
-    except BaseException:
-        cluster.close()
-        raise
-    return cluster
+    return SimulatedGpuCluster(config, gpus, pool_size, **common)
 
 
 def _cuda_cluster(config: AltlasConfig, gpus: list[GpuState], common: dict[str, Any]) -> SpecCluster:
     """Only reached once NVML has seen a GPU, so importing dask-cuda is safe here."""
     try:
-        from dask_cuda import LocalCUDACluster
+        from altlas_dask.gpus.cuda_cluster import GpuCUDACluster
     except ImportError as exc:
         raise GpuUnavailableError(
             f"NVML sees {len(gpus)} GPU(s) but dask-cuda is not importable ({exc}); "
             "install the GPU extra: pip install 'altlas-dask[gpu]'"
         ) from exc
-    cluster = LocalCUDACluster(CUDA_VISIBLE_DEVICES=[g.id for g in gpus], n_workers=len(gpus), **common)
-    client = DaskClient(cluster)
-    try:
-        client.register_plugin(GpuWorkerPlugin(config), name="altlas-gpu")
-    finally:
-        client.close()
-    return cluster
+    return GpuCUDACluster(config, gpus, **common)

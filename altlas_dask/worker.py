@@ -1,10 +1,10 @@
 """Bind a Dask worker to its GPU, advertise it as resources and report it with heartbeats.
 
 Used three ways, all ending in :class:`GpuWorkerPlugin`:
-the launcher passes the plugin to each worker it starts; ``dask worker
---preload altlas_dask.worker --altlas-gpu K`` (simulated GPU K) and
-``dask cuda worker --preload altlas_dask.worker`` (the real GPU dask-cuda
-gave the process) install it from the command line.
+the launcher composes the plugin and the GPU resources into each worker's spec
+(:func:`gpu_worker_options`); ``dask worker --preload altlas_dask.worker --altlas-gpu K``
+(simulated GPU K) and ``dask cuda worker --preload altlas_dask.worker`` (the real GPU
+dask-cuda gave the process) install it from the command line.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import click
 from distributed import WorkerPlugin, get_worker
 
 from altlas_dask.config import AltlasConfig, load_config
+from altlas_dask.gpus import dask_worker_internals
 from altlas_dask.gpus.device import GpuDevice, NvmlGpu
 from altlas_dask.gpus.state import GpuState
 from altlas_dask.resources import gpu_resources
@@ -28,14 +29,24 @@ METRIC_NAME = "altlas_gpu"
 
 
 class GpuWorkerPlugin(WorkerPlugin):
-    """Owns the worker's device: ``simulated_index`` for a virtual GPU, ``None`` for the real one."""
+    """Owns the worker's device: ``simulated_index`` for a virtual GPU, else the real one.
+
+    A real GPU is the one ``uuid`` names (a ``GPU-`` or ``MIG-`` UUID), else the first of ``CUDA_VISIBLE_DEVICES``.
+    """
 
     name = PLUGIN_NAME
 
-    def __init__(self, config: AltlasConfig, simulated_index: int | None = None, simulate_count: int | None = None):
+    def __init__(
+        self,
+        config: AltlasConfig,
+        simulated_index: int | None = None,
+        simulate_count: int | None = None,
+        uuid: str | None = None,
+    ):
         self.config = config
         self.simulated_index = simulated_index
         self.simulate_count = simulate_count
+        self.uuid = uuid
         self.device: GpuDevice | None = None
 
     def _make_device(self) -> GpuDevice:
@@ -49,18 +60,21 @@ class GpuWorkerPlugin(WorkerPlugin):
                     f"{len(pool.specs)} GPUs (0..{len(pool.specs) - 1})"
                 )
             return pool.devices[self.simulated_index]
-        return _real_device(self.config)
+        return _real_device(self.config, self.uuid)
 
     async def setup(self, worker) -> None:
         self.device = device = self._make_device()
         state = device.state()
-        resources = gpu_resources(state.memory_total_mb)
-        worker.state.total_resources.update(resources)
-        worker.state.available_resources.update(resources)
         worker.metrics[METRIC_NAME] = self.metric
         logger.info("worker %s bound to GPU %d (%s, %s)", worker.name, state.id, state.name, state.uuid)
+        resources = gpu_resources(state.memory_total_mb)
+        advertised = dask_worker_internals.advertised_resources(worker)
+        if all(advertised.get(k) == v for k, v in resources.items()):
+            return  # the cluster's worker spec gave them (the launcher's path)
         if worker.status.name == "running":  # installed after registration: tell the scheduler
             await worker.set_resources(**resources)
+        else:  # a command-line worker's preload, before registration
+            dask_worker_internals.advertise_before_registration(worker, resources)
 
     def transition(self, key, start, finish, **kwargs) -> None:
         """A task cancelled while executing (timeout, user, failover) stops its kernel."""
@@ -79,6 +93,18 @@ class GpuWorkerPlugin(WorkerPlugin):
         except Exception as exc:  # NVMLError_GpuIsLost and friends: show it as NVML would
             logger.warning("GPU %d unreadable: %s", self.device.index, exc)
             return lost_state(self.device, address, str(exc))
+
+
+def gpu_worker_options(config: AltlasConfig, gpu: GpuState, *, simulate_count: int | None = None) -> dict[str, Any]:
+    """What one GPU's worker spec adds to the cluster's: its plugin and its Dask resources.
+
+    ``gpu.simulated``: the virtual GPU ``gpu.id`` of a pool of ``simulate_count``; else the real GPU ``gpu.uuid``.
+    """
+    if gpu.simulated:
+        plugin = GpuWorkerPlugin(config, simulated_index=gpu.id, simulate_count=simulate_count)
+    else:
+        plugin = GpuWorkerPlugin(config, uuid=gpu.uuid)
+    return {"plugins": {plugin}, "resources": gpu_resources(gpu.memory_total_mb)}
 
 
 def lost_state(device: GpuDevice, worker: str | None, reason: str) -> GpuState:

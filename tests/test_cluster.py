@@ -55,6 +55,19 @@ def test_scheduler_sees_one_worker_per_gpu_advertising_gpu_resources(gpu_cluster
         assert worker["nthreads"] == gpu_cluster.config.routing().max_concurrent_tasks_per_gpu
 
 
+def test_each_workers_spec_carries_its_gpu_plugin_and_resources(gpu_cluster):
+    """The binding is part of the cluster's own worker spec (as dask-cuda composes it), not patched in later."""
+    specs = gpu_cluster.cluster.worker_spec
+    assert sorted(specs) == ["gpu-0", "gpu-1", "gpu-2", "gpu-3"]
+    for k, expected in enumerate(POOL):
+        options = specs[f"gpu-{k}"]["options"]
+        (plugin,) = options["plugins"]
+        assert (plugin.name, plugin.simulated_index, plugin.simulate_count) == (PLUGIN_NAME, k, 4)
+        assert options["resources"] == {GPU_RESOURCE: 1, GPU_MEMORY_RESOURCE: expected["memory_mb"]}
+    with pytest.raises(ValueError, match="cannot scale beyond the 4 GPUs"):
+        gpu_cluster.cluster.new_worker_spec()
+
+
 def test_heartbeat_metric_describes_each_workers_gpu(dask_client):
     workers = dask_client.scheduler_info(n_workers=-1)["workers"]
     for address, worker in workers.items():
@@ -245,3 +258,24 @@ def test_error_rate_fault_fails_tasks_and_turns_health_critical(small_client):
     )
     assert state.status == "active"
     assert state.error_rate > 0
+
+
+def test_restarted_workers_report_the_same_gpu_uuid_and_id(small_cluster, small_client):
+    """After the fault tests damaged GPUs 1 and 2, restart both workers: each comes back as the same GPU."""
+    before = {s.id: s for s in live_gpus(small_client)}
+    old = gpu_workers(small_client)
+    small_client.restart_workers([old[1], old[2]], timeout=60)
+    after = wait_for(
+        lambda: (
+            (states := {s.id: s for s in live_gpus(small_client)})
+            and all(states.get(k) and states[k].status == "active" and states[k].error_rate == 0 for k in (1, 2))
+            and states
+        ),
+        what="both restarted workers to report a healthy GPU",
+    )
+    assert sorted(after) == [1, 2]
+    for k in (1, 2):
+        assert after[k].uuid == before[k].uuid == simulated_uuid(k)
+        assert after[k].name == "Simulated A100 40GB"  # GPU 2 read "unreachable: GPU is lost" before
+    assert sorted(small_cluster.cluster.worker_spec) == ["gpu-1", "gpu-2"]
+    assert small_client.submit(run_on_gpu, 1.0, 10, **on(small_client, 2)).result(timeout=60)["gpu"] == 2

@@ -1,0 +1,30 @@
+"""Every use of distributed's internal *worker* API in one place (the scheduler's is in scheduler_plugins).
+
+Only one path needs it: a worker started from the command line with ``--preload altlas_dask.worker``
+learns its GPU's memory inside the preload, after ``Worker.__init__`` took its ``resources`` and before
+it registers with the scheduler. ``Worker.set_resources`` (public) tells a scheduler the worker is
+already registered with, so before registration the plugin writes the worker state that registration
+sends. Clusters that altlas-dask starts pass ``resources`` in each worker's spec and never come here.
+If a Dask upgrade changes this, this module and ``tests/test_worker_internals.py`` are what break.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from distributed import Worker
+
+
+def advertised_resources(worker: Worker) -> dict[str, float]:
+    """The resources the worker advertises (what it registers with, or last sent)."""
+    return dict(worker.state.total_resources)
+
+
+def advertise_before_registration(worker: Worker, resources: Mapping[str, float]) -> None:
+    """Add ``resources`` to what the worker will register with (it must not have registered yet)."""
+    if worker.status.name == "running":
+        raise RuntimeError("the worker is registered already: use `await worker.set_resources(...)`")
+    for name, quantity in resources.items():
+        held = worker.state.total_resources.get(name, 0.0) - worker.state.available_resources.get(name, 0.0)
+        worker.state.total_resources[name] = float(quantity)
+        worker.state.available_resources[name] = float(quantity) - held
