@@ -69,6 +69,9 @@ def test_uuid_is_stable_per_index_and_seed():
     assert simulated_uuid(1) != simulated_uuid(2)
     assert simulated_uuid(1, seed=0) != simulated_uuid(1, seed=7)
     assert SimulatedGpu(2, SPEC).uuid == SimulatedGpu(2, SPEC).uuid == simulated_uuid(2)
+    # the same in every process, whatever PYTHONHASHSEED: a restarted worker or another host agrees
+    assert simulated_uuid(0) == "GPU-0a6b7ed1-bbe4-e0d9-1cfd-ffd60528a586"
+    assert simulated_uuid(0, seed=7) == "GPU-1c266a0c-386d-f24e-c9ed-e9421fcb2ecc"
 
 
 # -- memory ----------------------------------------------------------------------------------
