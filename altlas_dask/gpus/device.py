@@ -8,14 +8,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
+from altlas_dask.gpus.chunks import ChunkGuard, KernelCancelledError
 from altlas_dask.gpus.nvml import NvmlInventory
 from altlas_dask.gpus.state import GpuState
 
+__all__ = ["Cancellation", "GpuDevice", "KernelCancelledError", "NvmlGpu"]
+
 REAL_KERNEL_SIZE = 2048  # one matmul of this size is 2 * n**3 flop
-
-
-class KernelCancelledError(RuntimeError):
-    """The task owning a kernel was cancelled (timeout, user, failover); the kernel stopped early."""
 
 
 class Cancellation:
@@ -50,6 +49,7 @@ class GpuDevice(Protocol):
     index: int
     uuid: str
     torch_device: str
+    cancellation: Cancellation
 
     def state(self) -> GpuState: ...
     def reserve(self, memory_mb: int) -> contextmanager: ...
@@ -98,17 +98,15 @@ class NvmlGpu:
         yield
 
     def run(self, work_gflop: float, key: object = None) -> float:
-        """Matmuls on CUDA; a cancelled task stops between steps."""
+        """Matmuls on CUDA; a cancelled task stops after the step running on the device, its memory freed."""
         import torch
 
         n = REAL_KERNEL_SIZE
         steps = max(1, round(work_gflop * 1e9 / (2 * n**3)))
-        a = torch.randn(n, n, device="cuda")
         start = time.perf_counter()
-        with self.cancellation.watch(key) as stop:
+        with self.cancellation.watch(key) as stop, ChunkGuard(stop, "cuda", f"kernel on GPU {self.index}") as guard:
+            a = torch.randn(n, n, device="cuda")
             for _ in range(steps):
-                if stop.is_set():
-                    raise KernelCancelledError(f"kernel on GPU {self.index} stopped: task {key} was cancelled")
                 a = torch.tanh(a @ a)
-            torch.cuda.synchronize()
+                guard.chunk_done()
         return time.perf_counter() - start

@@ -13,8 +13,8 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -125,13 +125,18 @@ def predict(
     model: CharGRU | None = None,
     torch_device: str = "cpu",
     stop: threading.Event | None = None,
+    on_chunk: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Continue ``text`` by ``max_length`` characters.
 
     ``temperature`` scales the logits before sampling (0 picks the most likely character every step);
     the same ``seed`` and parameters give the same text on the same device. ``seed=None`` draws one and
-    reports it, so any result can be reproduced.
+    reports it, so any result can be reproduced. Generation runs in chunks of :data:`CANCEL_CHECK_EVERY`
+    characters: after each the device is synchronised and ``stop`` checked (see
+    :class:`~altlas_dask.gpus.chunks.ChunkGuard`, which also calls ``on_chunk(n)``).
     """
+    from altlas_dask.gpus.chunks import ChunkGuard
+
     check_params(text, max_length, temperature, seed)
     model = model or get_model(torch_device)
     device = next(model.parameters()).device
@@ -139,22 +144,21 @@ def predict(
     generator = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     prompt = encode(text[-PROMPT_CONTEXT:]) or [CHAR_TO_INDEX["\n"]]
-    logits, h = model(torch.tensor([prompt], device=device))
-    last = logits[0, -1]
     out: list[int] = []
-    for step in range(max_length):
-        if stop is not None and step % CANCEL_CHECK_EVERY == 0 and stop.is_set():
-            from altlas_dask.gpus.device import KernelCancelledError
-
-            raise KernelCancelledError("text generation stopped: its task was cancelled")
-        if temperature == 0:
-            index = int(last.argmax())
-        else:
-            probs = torch.softmax(last.float().cpu() / float(temperature), dim=-1)
-            index = int(torch.multinomial(probs, 1, generator=generator))
-        out.append(index)
-        logits, h = model(torch.tensor([[index]], device=device), h)
+    with ChunkGuard(stop, str(device), "text generation", on_chunk) as guard:
+        logits, h = model(torch.tensor([prompt], device=device))
         last = logits[0, -1]
+        for step in range(max_length):
+            if step and step % CANCEL_CHECK_EVERY == 0:
+                guard.chunk_done()
+            if temperature == 0:
+                index = int(last.argmax())
+            else:
+                probs = torch.softmax(last.float().cpu() / float(temperature), dim=-1)
+                index = int(torch.multinomial(probs, 1, generator=generator))
+            out.append(index)
+            logits, h = model(torch.tensor([[index]], device=device), h)
+            last = logits[0, -1]
     return {
         "text": decode(out),
         "max_length": max_length,
@@ -177,10 +181,8 @@ def _on_gpu() -> Iterator[tuple[Any, threading.Event | None]]:
     from altlas_dask.worker import current_device
 
     device = current_device()
-    cancellation = getattr(device, "cancellation", None)
     key = get_worker().get_current_task()
-    watch = cancellation.watch(key) if cancellation is not None else nullcontext(None)
-    with device.reserve(MODEL_MEMORY_MB), watch as stop, device.busy():
+    with device.reserve(MODEL_MEMORY_MB), device.cancellation.watch(key) as stop, device.busy():
         yield device, stop
 
 

@@ -1,0 +1,120 @@
+"""Cancellation of GPU work between chunks (altlas_dask.gpus.chunks), with the CPU build of torch.
+
+The checks count chunks through the guard's ``on_chunk`` hook: no timing. CUDA itself is not here;
+its two calls (synchronize, empty_cache) are observed at the torch.cuda boundary.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from conftest import wait_for
+
+from altlas_dask.gpus.chunks import ChunkGuard, KernelCancelledError
+from altlas_dask.kernels import dense_layer, matmul_chunks
+from altlas_dask.live import gpu_workers, live_gpus
+from altlas_dask.model.char_gru import CANCEL_CHECK_EVERY, get_model, predict
+
+
+def cancel_after(k: int, stop: threading.Event, seen: list[int]):
+    """An ``on_chunk`` hook: record each finished chunk, set the task's stop flag after chunk ``k``."""
+
+    def hook(n: int) -> None:
+        seen.append(n)
+        if n == k:
+            stop.set()
+
+    return hook
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_matmul_stops_before_the_chunk_after_the_cancel(k):
+    stop, seen = threading.Event(), []
+    a = torch.randn(32, 32, generator=torch.Generator().manual_seed(0))
+    guard = ChunkGuard(stop, "cpu", "matmul", cancel_after(k, stop, seen))
+    with pytest.raises(KernelCancelledError, match=f"stopped after {k} chunk"), guard:
+        matmul_chunks(a, 10, guard)
+    assert seen == list(range(1, k + 1))  # chunk k+1 never ran
+    assert guard.chunks == k
+
+
+def test_matmul_uncancelled_runs_every_chunk():
+    seen: list[int] = []
+    a = torch.randn(16, 16, generator=torch.Generator().manual_seed(0))
+    with ChunkGuard(threading.Event(), "cpu", on_chunk=seen.append) as guard:
+        matmul_chunks(a, 5, guard)
+    assert seen == [1, 2, 3, 4, 5]
+
+
+def test_a_task_cancelled_before_it_starts_runs_no_chunk():
+    stop = threading.Event()
+    stop.set()
+    seen: list[int] = []
+    with pytest.raises(KernelCancelledError, match="after 0 chunk"), ChunkGuard(stop, "cpu", on_chunk=seen.append):
+        seen.append(-1)  # never reached
+    assert seen == []
+
+
+class CountingModel(torch.nn.Module):
+    """The shipped model, counting its forward passes (one per generated character, one for the prompt)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model, self.calls = model, 0
+
+    def forward(self, *args):
+        self.calls += 1
+        return self.model(*args)
+
+
+def test_text_generation_stops_before_the_chunk_after_the_cancel():
+    stop, seen = threading.Event(), []
+    model = CountingModel(get_model("cpu"))
+    with pytest.raises(KernelCancelledError):
+        predict("To be", 10 * CANCEL_CHECK_EVERY, 0.0, 1, model=model, stop=stop, on_chunk=cancel_after(2, stop, seen))
+    assert seen == [1, 2]
+    assert model.calls == 1 + 2 * CANCEL_CHECK_EVERY  # the prompt, then exactly two chunks of characters
+
+
+def test_on_cuda_each_chunk_is_synchronised_before_the_check_and_cached_memory_freed_on_cancel(monkeypatch):
+    calls: list[str] = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append("synchronize"))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty_cache"))
+    stop = threading.Event()
+    guard = ChunkGuard(stop, "cuda", on_chunk=lambda n: calls.append(f"chunk {n}"))
+    with pytest.raises(KernelCancelledError), guard as g:
+        for n in range(1, 10):
+            calls.append(f"launch {n}")
+            if n == 2:
+                stop.set()  # cancelled while chunk 2 is queued on the device
+            g.chunk_done()
+    assert calls == ["launch 1", "synchronize", "chunk 1", "launch 2", "synchronize", "chunk 2", "empty_cache"]
+
+
+def test_failed_work_on_cuda_also_frees_cached_memory(monkeypatch):
+    calls: list[str] = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty_cache"))
+    with pytest.raises(RuntimeError, match="CUDA out of memory"), ChunkGuard(None, "cuda"):
+        raise RuntimeError("CUDA out of memory")
+    assert calls == ["empty_cache"]
+
+
+def test_cancelling_a_running_dense_layer_on_the_cluster_frees_its_gpu(dask_client):
+    gpu, marker_mb = 1, 777
+    address = gpu_workers(dask_client)[gpu]
+    future = dask_client.submit(
+        dense_layer, 32, 32, 3600.0, 8, 0, marker_mb, workers=[address], allow_other_workers=False, pure=False
+    )
+
+    def state():
+        return next(s for s in live_gpus(dask_client) if s.id == gpu)
+
+    wait_for(lambda: state().memory_used_mb == marker_mb, what="the dense layer to hold its memory on GPU 1")
+    future.cancel()
+    freed = wait_for(
+        lambda: (s := state()).memory_used_mb == 0 and s.active_requests == 0 and s,
+        what="the cancelled dense layer to give GPU 1 back (it would run for an hour otherwise)",
+    )
+    assert freed.status == "active"
