@@ -16,6 +16,22 @@ from altlas_dask.gpus.state import GpuState
 from altlas_dask.options import ANNOTATION, GpuOptions, GpuOptionsError
 
 CHUNKS_PER_GPU = 4  # batch split: several chunks per GPU so faster GPUs take more of the batch
+#: The largest quota value accepted: anything above is a unit mistake, and every value stays inside
+#: msgpack's and SQLite's 64-bit integers on its way to the router and the accounting database.
+MAX_QUOTA_VALUE = 10**9
+
+
+def check_quota_limits(limits: Mapping[str, Any]) -> dict[str, Any]:
+    """``limits`` unchanged if every value is a finite number in 0..``MAX_QUOTA_VALUE`` (or None); else
+    ``ValueError`` naming the limit and the value."""
+    for name, value in limits.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"set_quota: {name} must be a number (got {value!r})")
+        if not math.isfinite(value) or not 0 <= value <= MAX_QUOTA_VALUE:
+            raise ValueError(f"set_quota: {name} must be in 0..{MAX_QUOTA_VALUE:,} (got {value!r})")
+    return dict(limits)
 
 
 def run_chunk(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
@@ -223,7 +239,7 @@ class Client(distributed.Client):
 
     def set_quota(self, user: str, **limits: Any) -> dict[str, Any]:
         """Admin only: change ``user``'s limits (concurrent_requests, gpu_time_minutes, ...); kept on restart."""
-        return self._call("altlas_set_quota", user=user, as_user=self.user, limits=limits)
+        return self._call("altlas_set_quota", user=user, as_user=self.user, limits=check_quota_limits(limits))
 
     def usage(self, user: str | None = None, since: str | None = None) -> list[dict[str, Any]]:
         """Per-day usage rows (tasks, gpu_seconds, rejected) from the accounting database."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from concurrent.futures import CancelledError
 from typing import Any
 
 import click
@@ -71,14 +72,25 @@ def summary_line(summary: RunSummary) -> str:
     )
 
 
-def wait_with_progress(run: WorkloadRun, timeout: float | None, quiet: bool) -> None:
-    """Poll the run's futures until all are done; on timeout or Ctrl-C cancel what is left."""
+def lost_connection(address: str, run: WorkloadRun) -> click.ClickException:
+    """The one line for a scheduler that went away mid-run (Dask dropped the unfinished tasks with it)."""
+    return click.ClickException(
+        f"lost the connection to the scheduler at {address} with {run.done_calls()}/{run.calls} calls done: "
+        "the unfinished tasks were lost with it; run the command again once the scheduler is back"
+    )
+
+
+def wait_with_progress(run: WorkloadRun, timeout: float | None, quiet: bool, client: Any = None) -> None:
+    """Poll the run's futures until all are done; on timeout or Ctrl-C cancel what is left; stop with one line
+    if the scheduler connection breaks."""
     deadline = None if timeout is None else time.monotonic() + timeout
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, TimeElapsedColumn(), console=Console(stderr=True), disable=quiet) as progress:
         bar = progress.add_task(run.name, total=run.calls)
         try:
             while not run.done():
+                if client is not None and client.status != "running":
+                    raise lost_connection(client.scheduler.address if client.scheduler else "?", run)
                 progress.update(bar, completed=run.done_calls())
                 if deadline is not None and time.monotonic() > deadline:
                     run.cancel()
@@ -137,11 +149,17 @@ def submit(
             run = submit_workload(
                 client, workload.name, count, batch_size=batch_size, params=values, gpu_options=gpu_options
             )
-            wait_with_progress(run, timeout, quiet=as_json)
+            wait_with_progress(run, timeout, quiet=as_json, client=client)
+            if client.status != "running":
+                raise lost_connection(address, run)
             summary = run.summary()
             names = {str(g.id): g.name for g in client.gpus()}
         except RouterError as exc:
             raise click.ClickException(str(exc)) from None
+        except (OSError, CancelledError) as exc:  # CommClosedError, FutureCancelledError: the scheduler went away
+            if client.status == "running":
+                raise click.ClickException(f"the scheduler at {address} failed the run: {exc}") from None
+            raise lost_connection(address, run) from None
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=2))
     else:

@@ -361,7 +361,7 @@ def test_route_and_route_status(api: Api):
         assert state["model_id"] == "modelled" and state["user_id"] == "alice"
         assert state["duration"] is not None and state["progress"] == 1.0
         assert state["result"]["gpu"] in (0, 1)
-        assert_error(c.post("/route", json=body), 409, "already exists")
+        assert_error(c.post("/route", json=body), 409, "already has a request")
         assert_error(c.post("/route", json={"model_id": "nope"}), 400, "model_id")
         assert_error(c.post("/route", json={"model_id": "modelled", "payload": {"work_gflop": "x"}}), 400, "work_gflop")
         assert_error(c.post("/route", json={"model_id": "modelled", "payload": {"bogus": 1}}), 400, "bogus")
@@ -433,6 +433,34 @@ def test_quota_read_and_429_with_retry_after(api: Api):
         r = carol.post("/route", json={"model_id": "modelled", "payload": {"work_gflop": 1}})
         assert_error(r, 429)
         assert carol.get("/user/carol/quota").json()["rate_limits"]["requests_per_minute"]["used"] == 1
+
+
+def test_numbers_out_of_range_are_400_naming_the_field(api: Api):
+    from altlas_dask.client import Client
+
+    with api.client("admin") as admin:
+        r = admin.put("/admin/user/carol/quota", json={"requests_per_day_limit": 10**30})
+        assert_error(r, 400, "requests_per_day_limit")
+        assert_error(admin.put("/admin/user/carol/quota", json={"gpu_time_limit": 1e30}), 400, "gpu_time_limit")
+        assert_error(admin.get("/batches", params={"offset": 10**30}), 400, "offset")
+    with Client(api.cluster.scheduler_address, gpu_defaults={"user": "admin"}, set_as_default=False) as client:
+        with pytest.raises(ValueError, match="requests_per_day must be in 0..1,000,000,000"):
+            client.set_quota("carol", requests_per_day=10**30)
+        with pytest.raises(ValueError, match="gpu_time_minutes must be a number"):
+            client.set_quota("carol", gpu_time_minutes="lots")
+
+
+def test_route_never_reveals_another_users_request_id(api: Api):
+    body = {"request_id": "shared-name-1", "model_id": "modelled", "payload": {"work_gflop": 1}}
+    with api.client("bob") as bob, api.client("dave") as dave:
+        first = bob.post("/route", json=body)
+        assert first.status_code == 200, first.text
+        second = dave.post("/route", json=body)  # the same id as bob's: dave's own request, nothing revealed
+        assert second.status_code == 200 and second.json()["request_id"] == "shared-name-1", second.text
+        assert poll_task(dave, "shared-name-1")["user"] == "dave"
+        assert poll_task(bob, "shared-name-1")["user"] == "bob"
+        assert dave.get("/route/shared-name-1").json()["user_id"] == "dave"
+        assert_error(dave.post("/route", json=body), 409, "already has a request")
 
 
 # -- admin -------------------------------------------------------------------------------------------------------

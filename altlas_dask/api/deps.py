@@ -13,10 +13,18 @@ from altlas_dask.api.gateway import Gateway
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="altlas-dask"'}
 
 
-async def get_gateway(request: Request) -> Gateway:
+async def any_gateway(request: Request) -> Gateway:
+    """The gateway, connected or not (503 only before it first connected)."""
     gateway = getattr(request.app.state, "gateway", None)
     if gateway is None:
-        raise ApiError(503, "the gateway is not connected to the cluster yet")
+        raise ApiError(503, "the gateway is not connected to the cluster yet", {"Retry-After": "5"})
+    return gateway
+
+
+async def get_gateway(request: Request) -> Gateway:
+    """The gateway; 503 with ``Retry-After`` at once (no network wait) while the scheduler is away."""
+    gateway = await any_gateway(request)
+    gateway.check_available()
     return gateway
 
 
@@ -44,5 +52,6 @@ async def get_admin(principal: Annotated[Principal, Depends(get_principal)]) -> 
 
 
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+AnyGatewayDep = Annotated[Gateway, Depends(any_gateway)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 AdminDep = Annotated[Principal, Depends(get_admin)]

@@ -20,6 +20,7 @@ raising ``RouterError``. ``submit``/``map`` work.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -90,6 +91,10 @@ class ApiSettings:
     key_cache_ttl: float = 10.0
     connect_timeout: float = 30.0
     warm_up: bool = True  # load the model on every GPU worker at start-up
+    rpc_timeout: float = 1.5  # seconds a router call may take before the request answers 503 (bounded latency)
+    watch_interval: float = 0.25  # seconds between checks of the scheduler connection
+    reconnect_timeout: float = 2.0  # seconds one reconnection attempt may take (then the next one starts)
+    retry_after_s: int = 5  # Retry-After of a 503 while the scheduler is away
 
 
 @dataclass
@@ -117,6 +122,12 @@ class BatchEntry:
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def route_key(request_id: str, user: str) -> str:
+    """The task key of ``POST /route`` with a client-chosen ``request_id``: per user, so one user's ids
+    neither clash with nor reveal another's."""
+    return f"{request_id}@{user}"
 
 
 def parse_gpu_id(ref: str) -> int:
@@ -172,7 +183,10 @@ class PlacementWatcher:
                 continue
             try:
                 found = await self.gateway.rpc("altlas_explain", keys=keys)
-            except Exception:  # the scheduler is away: the waiters time out and answer "queued"
+            except ApiError:  # the scheduler is away: the waiters time out and answer "queued" (or fail as lost)
+                await asyncio.sleep(0.1)
+                continue
+            except Exception:
                 logger.warning("placement look-up failed", exc_info=True)
                 await asyncio.sleep(0.1)
                 continue
@@ -246,6 +260,11 @@ class Gateway:
         self._gpus_at = -math.inf
         self._gpus_lock = asyncio.Lock()
         self.started = time.time()
+        self.address = client.scheduler.address if client.scheduler is not None else ""
+        self.down_since: float | None = None  # wall time the scheduler connection was lost, None while connected
+        self.down_reason = ""
+        self.reconnects = 0
+        self._supervisor: asyncio.Task | None = None
 
     @classmethod
     async def connect(cls, address: str, config: AltlasConfig, settings: ApiSettings) -> Gateway:
@@ -256,14 +275,95 @@ class Gateway:
         except BaseException:
             await client.close()
             raise
+        gateway.address = address
         gateway.watcher.start()
+        gateway._supervisor = asyncio.create_task(gateway._supervise(), name="altlas-gateway-supervisor")
         if settings.warm_up:
             asyncio.create_task(gateway.warm_up())
         return gateway
 
     async def close(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            await asyncio.gather(self._supervisor, return_exceptions=True)
         await self.watcher.stop()
         await self.client.close()
+
+    # -- the scheduler connection --------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self.down_since is None and self.client.status == "running"
+
+    def unavailable(self, reason: str | None = None) -> ApiError:
+        """The 503 every endpoint answers while the scheduler is away (or did not answer in time)."""
+        reason = reason or self.down_reason or f"the connection to the scheduler at {self.address} is not ready"
+        return ApiError(
+            503,
+            f"{reason}; retry later",
+            {"Retry-After": str(self.settings.retry_after_s)},
+            reason=reason,
+            retry_after=self.settings.retry_after_s,
+        )
+
+    def check_available(self) -> None:
+        """Raise the 503 at once (no network wait) while the scheduler connection is down."""
+        if not self.connected:
+            if self.down_since is None:
+                self._mark_down(f"lost the connection to the scheduler at {self.address}")
+            raise self.unavailable()
+
+    def _mark_down(self, reason: str) -> None:
+        if self.down_since is None:
+            self.down_since = time.time()
+            when = time.strftime("%H:%M:%S", time.gmtime(self.down_since))
+            self.down_reason = f"{reason} (since {when} UTC); the gateway reconnects by itself"
+            logger.warning("scheduler unavailable: %s", self.down_reason)
+
+    async def _supervise(self) -> None:
+        """Watch the connection; after an outage of any length, connect again (a new client if Dask gave up)."""
+        while True:
+            await asyncio.sleep(self.settings.watch_interval)
+            try:
+                status = self.client.status
+                if status == "running":
+                    if self.down_since is not None:
+                        await self._recovered()
+                    continue
+                self._mark_down(f"lost the connection to the scheduler at {self.address}")
+                if status in ("closing", "closed", "failed"):  # Dask's own reconnection gave up: start afresh
+                    await self._new_client()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning("reconnection attempt failed", exc_info=True)
+
+    async def _new_client(self) -> None:
+        try:
+            client = await Client(
+                self.address, asynchronous=True, set_as_default=False, timeout=self.settings.reconnect_timeout
+            )
+        except (OSError, TimeoutError):
+            return  # still away: the next round tries again
+        old, self.client = self.client, client
+        self.coalescer.client = client
+        self.reconnects += 1
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(old.close(), self.settings.reconnect_timeout)
+
+    async def _recovered(self) -> None:
+        """The scheduler answers again: re-read its policy; until the router answers, stay unavailable."""
+        try:
+            self.policy = await self._call("altlas_policy")
+        except RouterError as exc:
+            self.down_reason = f"the scheduler at {self.address} is back but its router is not ready: {exc}"
+            return
+        except (OSError, TimeoutError):
+            return
+        logger.info("scheduler connection restored after %.1f s", time.time() - (self.down_since or time.time()))
+        self.down_since, self.down_reason = None, ""
+        self.invalidate_gpus()
+        if self.settings.warm_up:
+            asyncio.create_task(self.warm_up())
 
     async def warm_up(self) -> None:
         from altlas_dask.model import warm_up
@@ -276,8 +376,34 @@ class Gateway:
 
     # -- the router --------------------------------------------------------------------------------
     async def rpc(self, handler: str, **kwargs: Any) -> Any:
-        """Call a router handler; its ``{"error", "code"}`` answers raise :class:`RouterError`."""
-        result = await getattr(self.client.scheduler, handler)(**kwargs)
+        """Call a router handler; its ``{"error", "code"}`` answers raise :class:`RouterError`.
+
+        Answers within ``rpc_timeout``: while the scheduler is away, or when it does not answer in time, the
+        503 of :meth:`unavailable` (never a hang, never a 500)."""
+        self.check_available()
+        try:
+            return await self._call(handler, **kwargs)
+        except (OSError, TimeoutError) as exc:
+            if self.client.status != "running":
+                self._mark_down(f"lost the connection to the scheduler at {self.address}")
+                raise self.unavailable() from None
+            raise self.unavailable(
+                f"the scheduler at {self.address} did not answer {handler} within {self.settings.rpc_timeout:g} s"
+                if isinstance(exc, TimeoutError)
+                else f"the scheduler at {self.address} is unreachable ({type(exc).__name__}: {exc})"
+            ) from None
+
+    async def bounded(self, awaitable: Any) -> Any:
+        """``awaitable`` (a gather, a future's result) within ``rpc_timeout``, else the 503."""
+        try:
+            return await asyncio.wait_for(awaitable, self.settings.rpc_timeout)
+        except (OSError, TimeoutError):
+            raise self.unavailable(
+                f"the cluster did not deliver the results within {self.settings.rpc_timeout:g} s"
+            ) from None
+
+    async def _call(self, handler: str, **kwargs: Any) -> Any:
+        result = await asyncio.wait_for(getattr(self.client.scheduler, handler)(**kwargs), self.settings.rpc_timeout)
         if result is None:
             raise RouterError(f"no GPU router on scheduler {self.client.scheduler.address}", 503)
         if isinstance(result, dict) and "error" in result:
@@ -370,6 +496,7 @@ class Gateway:
     ) -> TaskEntry:
         """Submit ``fn(**kwargs)`` as task ``key``; coalesced with the submissions of the same moment."""
         key = key or new_id(workload)
+        self.check_available()
         future = await self.coalescer.submit(fn, kwargs, options, key)
         task = TaskEntry(key, user, kind, workload, future, time.time(), **entry)
         self._remember(task)
@@ -431,6 +558,15 @@ class Gateway:
             return entry
         return None
 
+    async def resolve(self, task_id: str, user: str) -> str:
+        """The key of ``task_id`` as ``user`` names it: a task id, or a ``request_id`` of theirs from /route."""
+        if task_id in self.tasks:
+            return task_id
+        own = route_key(task_id, user)
+        if own in self.tasks:
+            return own
+        return own if own in await self.explain([task_id, own]) else task_id
+
     async def explain(self, task_ids: list[str]) -> dict[str, dict[str, Any]]:
         if not task_ids:
             return {}
@@ -443,6 +579,7 @@ class Gateway:
 
         404 when neither the gateway nor the router knows the task, or it is another user's.
         """
+        task_id = await self.resolve(task_id, user)
         entry = self.entry(task_id, user, is_admin)
         if info is None and (entry is None or entry.future is None or not entry.future.done()):
             info = (await self.explain([task_id])).get(task_id)
@@ -484,7 +621,7 @@ class Gateway:
             if error is not None:
                 out["error"] = error
             if status is TaskStatus.COMPLETED and with_result:
-                value = await entry.future
+                value = await self.bounded(_outcome(entry.future))
                 out["result"] = shape_result(value)
                 gpu = value.get("gpu") if isinstance(value, dict) else (value[0].get("gpu") if value else None)
                 if gpu is not None:
@@ -502,9 +639,11 @@ class Gateway:
         if not done:
             return {}
         try:
-            values = await self.client.gather([e.future for e in done], errors="raise")
+            values = await self.bounded(self.client.gather([e.future for e in done], errors="raise"))
+        except ApiError:
+            raise
         except Exception:  # one result is gone: fetch each on its own so the others stay with their tasks
-            values = await asyncio.gather(*(_outcome(e.future) for e in done), return_exceptions=True)
+            values = await self.bounded(asyncio.gather(*(_outcome(e.future) for e in done), return_exceptions=True))
         return {e.task_id: v for e, v in zip(done, values, strict=True) if not isinstance(v, BaseException)}
 
 

@@ -6,6 +6,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from altlas_dask.client import MAX_QUOTA_VALUE
 from altlas_dask.model import MAX_LENGTH, MAX_PROMPT_CHARS, MAX_SEED, MAX_TEMPERATURE
 from altlas_dask.options import MAX_MEMORY_MB, describe
 
@@ -80,16 +81,16 @@ class CancelRequest(_Body):
 class QuotaUpdate(_Body):
     """Seed 001 section 6.3.6 names, plus the router's own names; only the given keys change."""
 
-    gpu_time_limit: float | None = Field(None, gt=0, description="minutes of GPU time per UTC day")
+    gpu_time_limit: float | None = Field(None, le=MAX_QUOTA_VALUE, gt=0, description="minutes of GPU time per UTC day")
     concurrent_requests_limit: int | None = Field(None, ge=1, le=100_000)
     priority_requests_limit: int | None = Field(None, ge=0, le=100_000)
-    requests_per_minute_limit: int | None = Field(None, ge=1)
-    requests_per_day_limit: int | None = Field(None, ge=1)
-    gpu_time_minutes: float | None = Field(None, gt=0)
+    requests_per_minute_limit: int | None = Field(None, le=MAX_QUOTA_VALUE, ge=1)
+    requests_per_day_limit: int | None = Field(None, le=MAX_QUOTA_VALUE, ge=1)
+    gpu_time_minutes: float | None = Field(None, le=MAX_QUOTA_VALUE, gt=0)
     concurrent_requests: int | None = Field(None, ge=1, le=100_000)
     priority_requests: int | None = Field(None, ge=0, le=100_000)
-    requests_per_minute: int | None = Field(None, ge=1)
-    requests_per_day: int | None = Field(None, ge=1)
+    requests_per_minute: int | None = Field(None, le=MAX_QUOTA_VALUE, ge=1)
+    requests_per_day: int | None = Field(None, le=MAX_QUOTA_VALUE, ge=1)
     weight: float | None = Field(None, gt=0, le=1000)
 
     ALIASES: ClassVar[dict[str, str]] = {

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 
 from altlas_dask.api import metrics
-from altlas_dask.api.deps import GatewayDep, PrincipalDep
+from altlas_dask.api.deps import AnyGatewayDep, GatewayDep, PrincipalDep
 from altlas_dask.api.errors import ApiError
 from altlas_dask.config import USER_NAME_PATTERN
 from altlas_dask.gpus.state import GpuState
@@ -75,10 +75,15 @@ async def quota(user_id: str, who: PrincipalDep, gateway: GatewayDep) -> dict[st
     return await gateway.rpc("altlas_quota", user=user_id, as_user=as_user)
 
 
-@router.get("/health", summary="Liveness: no key needed", tags=["meta"])
-async def health(gateway: GatewayDep) -> dict[str, Any]:
+@router.get(
+    "/health", summary="Liveness: no key needed; 503 with the reason while the scheduler is away", tags=["meta"]
+)
+async def health(gateway: AnyGatewayDep) -> dict[str, Any]:
+    if not gateway.connected:
+        gateway.check_available()  # raises the 503 with the reason and Retry-After
     return {
         "status": "ok",
-        "scheduler": gateway.client.scheduler.address,
+        "scheduler": gateway.address,
         "uptime_s": round(time.time() - gateway.started, 1),
+        "reconnects": gateway.reconnects,
     }

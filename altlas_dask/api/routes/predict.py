@@ -140,7 +140,7 @@ async def list_batches(
     who: PrincipalDep,
     gateway: GatewayDep,
     limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=1_000_000),
 ) -> dict[str, Any]:
     mine = [b for b in reversed(gateway.batches.values()) if who.is_admin or b.user == who.user]
     page = mine[offset : offset + limit]

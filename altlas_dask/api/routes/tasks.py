@@ -14,7 +14,7 @@ from fastapi import APIRouter, Query
 
 from altlas_dask.api.deps import GatewayDep, PrincipalDep
 from altlas_dask.api.errors import ApiError
-from altlas_dask.api.gateway import Gateway, router_api_status, shape_result
+from altlas_dask.api.gateway import Gateway, route_key, router_api_status, shape_result
 from altlas_dask.api.schemas import CancelRequest, PayloadError, RouteRequest, check_payload
 from altlas_dask.client import RouterError
 from altlas_dask.model import MODEL_MEMORY_MB
@@ -109,6 +109,7 @@ async def delete_task(
     task_id: str, who: PrincipalDep, gateway: GatewayDep, body: CancelRequest | None = None
 ) -> dict[str, Any]:
     """409 if the task already finished, 404 if it is unknown or another user's."""
+    task_id = await gateway.resolve(task_id, who.user)
     if who.is_admin:
         return await cancel_task(gateway, task_id, gateway.acting_admin(who.user), body.reason if body else "")
     entry = gateway.entry(task_id, who.user, False)
@@ -139,8 +140,6 @@ async def route(body: RouteRequest, who: PrincipalDep, gateway: GatewayDep) -> d
         kwargs = check_payload(workload.name, workload.defaults, body.payload)
     except PayloadError as exc:
         raise ApiError(400, str(exc)) from None
-    if body.request_id is not None and (body.request_id in gateway.tasks or await gateway.explain([body.request_id])):
-        raise ApiError(409, f"request_id: a request {body.request_id!r} already exists")
     raw = dict(body.gpu_options or {})
     given = body.model_fields_set
     for name, field, value in (("priority", "priority", body.priority), ("task_type", "type", body.type)):
@@ -159,6 +158,11 @@ async def route(body: RouteRequest, who: PrincipalDep, gateway: GatewayDep) -> d
     if body.timeout is not None:
         raw.setdefault("timeout", body.timeout / 1000)
     options = await gateway.options(raw, who.user, who.is_admin, workload.task_type)
+    key = None
+    if body.request_id is not None:  # the task's key is the id in its user's namespace: no clash, no leak
+        key = route_key(body.request_id, options.user)
+        if key in gateway.tasks or await gateway.explain([key]):
+            raise ApiError(409, f"request_id: {options.user!r} already has a request {body.request_id!r}")
     entry = await gateway.submit(
         workload.fn,
         kwargs,
@@ -166,7 +170,7 @@ async def route(body: RouteRequest, who: PrincipalDep, gateway: GatewayDep) -> d
         user=options.user,
         kind="route",
         workload=workload.name,
-        key=body.request_id,
+        key=key,
         meta={"model_id": workload.name},
     )
     info = (await gateway.placed([entry])).get(entry.task_id)
@@ -176,7 +180,7 @@ async def route(body: RouteRequest, who: PrincipalDep, gateway: GatewayDep) -> d
     expected = requirements.expected_duration if requirements else None
     gpu = info.get("gpu") if info else None
     return {
-        "request_id": entry.task_id,
+        "request_id": body.request_id or entry.task_id,
         "status": "accepted" if placed else "queued",
         "assigned_gpu": f"gpu_{gpu}" if placed and gpu is not None else None,
         "estimated_start_time": iso(now) if placed else None,
@@ -188,9 +192,10 @@ async def route(body: RouteRequest, who: PrincipalDep, gateway: GatewayDep) -> d
 
 @router.get("/route/{request_id}", summary="A routed job's status (seed 001 section 6.3.2)")
 async def route_status(request_id: str, who: PrincipalDep, gateway: GatewayDep) -> dict[str, Any]:
-    task = await gateway.describe(request_id, who.user, who.is_admin, result=True)
-    info = (await gateway.explain([request_id])).get(request_id) or {}
-    entry = gateway.tasks.get(request_id)
+    key = await gateway.resolve(request_id, who.user)
+    task = await gateway.describe(key, who.user, who.is_admin, result=True)
+    info = (await gateway.explain([key])).get(key) or {}
+    entry = gateway.tasks.get(key)
     start, end = info.get("placed_at"), info.get("finished_at")
     status = {"running": "processing"}.get(task["status"], task["status"])
     out = {
