@@ -11,10 +11,12 @@ import json
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -230,8 +232,9 @@ def test_batch_results_in_input_order(api: Api):
         assert r.status_code == 200, r.text
         sub = r.json()
         assert sub["status"] in ("running", "queued", "mixed", "all_distributed", "all_queued")
-        assert sum(t["items"]["count"] for t in sub["tasks"]) == len(batch)
-        assert len(sub["tasks"]) > 1  # split (min 4 per chunk: 10 items -> 3 chunks)
+        assert sum(t["items"]["count"] for t in sub["chunks"]) == len(batch)
+        assert len(sub["chunks"]) > 1  # split (min 4 per chunk: 10 items -> 3 chunks)
+        assert [t["item"] for t in sub["tasks"]] == list(range(len(batch)))  # one task entry per input item
 
         def finished() -> dict[str, Any] | None:
             state = c.get(f"/batches/{sub['batch_id']}").json()
@@ -243,11 +246,14 @@ def test_batch_results_in_input_order(api: Api):
         assert [len(t) for t in texts] == [12 + i for i in range(len(batch))]
         model = char_gru.load_model("cpu")
         assert texts == [char_gru.predict(p["text"], p["max_length"], 0.0, 0, model=model)["text"] for p in batch]
-        chunk = c.get(f"/task/{sub['tasks'][0]['task_id']}").json()
+        chunk = c.get(f"/task/{sub['chunks'][0]['task_id']}").json()
         assert chunk["batch_id"] == sub["batch_id"] and len(chunk["result"]["results"]) == 4
+        item = c.get(f"/task/{sub['tasks'][5]['task_id']}").json()
+        assert item["result"]["text"] == texts[5] and item["item"] == 5 and item["status"] == "completed"
 
         one = c.post("/predict/batch", json={"batch": batch[:6], "gpu_options": {"batch_split": False}}).json()
-        assert len(one["tasks"]) == 1 and one["tasks"][0]["items"] == {"start": 0, "count": 6}
+        assert len(one["chunks"]) == 1 and one["chunks"][0]["items"] == {"start": 0, "count": 6}
+        assert len(one["tasks"]) == 6 and {t["chunk_id"] for t in one["tasks"]} == {one["chunks"][0]["task_id"]}
         listed = c.get("/batches").json()
         assert {sub["batch_id"], one["batch_id"]} <= {b["batch_id"] for b in listed["batches"]}
         with api.client("bob") as other:
@@ -280,11 +286,9 @@ def test_a_failed_chunk_keeps_the_other_results_in_place(api: Api):
     tail = [{"text": f"{w} ", "max_length": 4, "temperature": 0.0} for w in ("E", "F", "G", "H")]
     with api.client() as c:
         sub = c.post("/batch_predict", json={"batch": short + long + tail}).json()
-        chunks = {t.get("chunk_id", t["task_id"]) for t in sub["tasks"]}
-        middle = next(t for t in sub["tasks"] if t["items"]["start"] == 4)
-        middle_chunk = middle.get("chunk_id", middle["task_id"])
-        assert len(chunks) >= 2, sub
-        assert c.delete(f"/tasks/{middle_chunk}").status_code == 200
+        assert len(sub["chunks"]) == 3, sub
+        middle = next(t for t in sub["chunks"] if t["items"]["start"] == 4)
+        assert c.delete(f"/tasks/{middle['task_id']}").status_code == 200
         state = wait_for(
             lambda: (s := c.get(f"/batches/{sub['batch_id']}").json())["status"] not in ("queued", "running") and s,
             timeout=60,
@@ -296,6 +300,75 @@ def test_a_failed_chunk_keeps_the_other_results_in_place(api: Api):
         assert results[i]["text"] == char_gru.predict(item["text"], item["max_length"], 0.0, 0, model=model)["text"]
     for result in results[4:8]:
         assert result["status"] == "cancelled" and result["error"], results
+
+
+def test_waiting_without_polling(api: Api):
+    """``wait`` on every submission and long polls on tasks and batches: one request each, no client loop.
+    (The client's timeout is shorter than ``wait``: an answer that waited the whole ``wait`` fails the test.)"""
+    with api.client() as c, httpx.Client(base_url=c.base_url, headers=c.headers, timeout=20) as short:
+        task_id = c.post("/predict", json={"text": "Long ", "max_length": 64}).json()["task_id"]
+        done = short.get(f"/task/{task_id}", params={"wait": 60}).json()
+        assert done["status"] == "completed" and len(done["result"]["text"]) == 64, done
+        sub = c.post("/batch_predict", json={"batch": [{"text": "a", "max_length": 5}] * 5, "wait": 30}).json()
+        assert sub["status"] == "completed" and [len(r["text"]) for r in sub["results"]] == [5] * 5, sub
+        assert all(t["status"] == "completed" and len(t["result"]["text"]) == 5 for t in sub["tasks"]), sub
+        later = c.post("/batch_predict", json={"batch": [{"text": "b", "max_length": 40}] * 6}).json()
+        state = short.get(f"/batches/{later['batch_id']}", params={"wait": 60}).json()
+        assert state["status"] == "completed" and len(state["results"]) == 6, state
+        item = short.get(f"/task/{later['tasks'][-1]['task_id']}", params={"wait": 60}).json()
+        assert item["status"] == "completed" and len(item["result"]["text"]) == 40, item
+        routed = c.post("/route", json={"model_id": "modelled", "payload": {"work_gflop": 5}, "wait": 30}).json()
+        assert routed["status"] == "completed" and routed["result"]["gpu"] in (0, 1), routed
+        job = c.post("/route", json={"model_id": "generate", "payload": {"text": "x", "max_length": 30}}).json()
+        record = short.get(f"/route/{job['request_id']}", params={"wait": 60}).json()
+        assert record["status"] == "completed" and len(record["result"]["text"]) == 30, record
+        assert_error(c.get(f"/task/{task_id}", params={"wait": 61}), 400, "wait")
+        assert_error(c.post("/batch_predict", json={"batch": [{"text": "a"}], "wait": -1}), 400, "wait")
+
+
+SEED_CLIENT = Path(__file__).parent / "data" / "seed_004_client.md"
+
+
+def seed_client_code() -> str:
+    """The Python client of seed 004 section 6.1, verbatim (the first python block after its heading)."""
+    text = SEED_CLIENT.read_text(encoding="utf-8")
+    section = text[text.index("### 6.1") :]
+    start = section.index("```python") + len("```python")
+    return section[start : section.index("```", start)]
+
+
+def test_seed_004_client_passes_unchanged(api: Api):
+    """Seed 004's own client (section 6.1) against this gateway: only its two settings (URL, key) are set."""
+    code = seed_client_code()
+    assert 'api_url = "https://api.example.com/api/v1"' in code and 'api_key = "your_api_key"' in code
+    code = code.replace("https://api.example.com/api/v1", api.url + "/api/v1").replace(
+        "your_api_key", api.tokens["bob"]
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "Task ID: " in run.stdout and "GPU Status:" in run.stdout and "Status: " in run.stdout
+    client: dict[str, Any] = {}
+    exec(compile(code, "seed_004_client", "exec"), client)  # as a module: its functions, not its __main__
+    batch = [
+        {"text": "Sample input text 1", "max_length": 128, "temperature": 0.7},
+        {"text": "Sample input text 2", "max_length": 256, "temperature": 0.5},
+    ]
+    answer = client["batch_predict"](batch, gpu_options={"strategy": "round_robin", "batch_split": True})
+    assert answer["status"] in ("running", "queued", "mixed", "all_distributed", "all_queued"), answer
+    assert len(answer["tasks"]) == 2, answer  # one task entry per input item, whatever the chunking
+    for task, item in zip(answer["tasks"], batch, strict=True):
+        assert set(task) >= {"task_id", "gpu_id", "status"}
+        state = wait_for(
+            lambda t=task: (s := client["get_task_status"](t["task_id"]))["status"] == "completed" and s,
+            what="a batch item",
+        )
+        assert len(state["result"]["text"]) == item["max_length"] and state["result"]["execution_time"] >= 0
+    with api.client("bob") as c:
+        task_id = start_long(c)
+        assert c.delete(f"/tasks/{task_id}").status_code == 200
+        poll_task(c, task_id)
+        both = [set(c.get("/tasks", params={"status": s}).json()["tasks"]) for s in ("canceled", "cancelled")]
+        assert task_id in both[0] and both[0] == both[1]
 
 
 # -- tasks -----------------------------------------------------------------------------------------------

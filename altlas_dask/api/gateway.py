@@ -558,6 +558,26 @@ class Gateway:
             return entry
         return None
 
+    async def settle(self, entries: list[TaskEntry], timeout: float) -> None:
+        """Long poll: return as soon as every entry's future is done, or after ``timeout`` seconds (events, no
+        polling). A scheduler outage ends it at once: Dask drops the futures with the connection."""
+        pending = [e.future for e in entries if e.future is not None and not e.future.done()]
+        if pending and timeout > 0:
+            waiters = [asyncio.ensure_future(_settled(f)) for f in pending]
+            try:
+                await asyncio.wait(waiters, timeout=timeout)
+            finally:
+                for w in waiters:
+                    w.cancel()
+
+    def item(self, task_id: str) -> tuple[TaskEntry, int] | None:
+        """``(chunk, index)`` for a batch item's id (``<chunk id>.<index>``, see :func:`item_id`)."""
+        chunk_id, dot, index = task_id.rpartition(".")
+        entry = self.tasks.get(chunk_id) if dot and index.isdigit() else None
+        if entry is None or entry.items is None or int(index) >= entry.items[1]:
+            return None
+        return entry, int(index)
+
     async def resolve(self, task_id: str, user: str) -> str:
         """The key of ``task_id`` as ``user`` names it: a task id, or a ``request_id`` of theirs from /route."""
         if task_id in self.tasks:
@@ -579,6 +599,9 @@ class Gateway:
 
         404 when neither the gateway nor the router knows the task, or it is another user's.
         """
+        item = self.item(task_id)
+        if item is not None and (is_admin or item[0].user == user):
+            return await self.describe_item(task_id, *item, with_result=result)
         task_id = await self.resolve(task_id, user)
         entry = self.entry(task_id, user, is_admin)
         if info is None and (entry is None or entry.future is None or not entry.future.done()):
@@ -596,6 +619,20 @@ class Gateway:
                 out["batch_id"] = entry.batch_id
                 out["items"] = {"start": entry.items[0], "count": entry.items[1]}
         return out
+
+    async def describe_item(self, task_id: str, chunk: TaskEntry, index: int, *, with_result: bool) -> dict[str, Any]:
+        """One input item of a batch: its chunk's status and GPU, its own result or error."""
+        info = None
+        if chunk.future is None or not chunk.future.done():
+            info = (await self.explain([chunk.task_id])).get(chunk.task_id)
+        state = await self.state(chunk, info, with_result=with_result)
+        out: dict[str, Any] = {"task_id": task_id, "gpu_id": state["gpu_id"], "status": state["status"]}
+        if "error" in state:
+            out["error"] = state["error"]
+        if "result" in state:
+            out["result"] = state["result"]["results"][index]
+        first = chunk.items[0] if chunk.items else 0
+        return {**out, "user": chunk.user, "batch_id": chunk.batch_id, "chunk_id": chunk.task_id, "item": first + index}
 
     async def state(
         self, entry: TaskEntry | None, info: dict[str, Any] | None, *, with_result: bool = False
@@ -649,6 +686,16 @@ class Gateway:
 
 async def _outcome(future: Future) -> Any:
     return await future
+
+
+async def _settled(future: Future) -> None:
+    with contextlib.suppress(Exception):
+        await future
+
+
+def item_id(chunk_id: str, index: int) -> str:
+    """The task id of item ``index`` of a batch chunk: resolvable with ``GET /task/{id}`` like any task."""
+    return f"{chunk_id}.{index}"
 
 
 def shape_result(value: Any) -> Any:

@@ -36,9 +36,13 @@ class PredictRequest(GenerateParams):
     )
 
 
+WAIT_DESCRIPTION = "seconds to wait for the result before answering (0 = answer at once, the seed's default)"
+
+
 class BatchPredictRequest(_Body):
     batch: list[GenerateParams] = Field(min_length=1, max_length=MAX_BATCH_ITEMS)
     gpu_options: dict[str, Any] | None = Field(None, description="as for /predict, plus batch_split (true/false)")
+    wait: float = Field(0.0, ge=0.0, le=60.0, description=WAIT_DESCRIPTION)
 
 
 class ResourceRequirements(_Body):
@@ -63,6 +67,7 @@ class RouteRequest(_Body):
     callback_url: str | None = Field(None, max_length=2048)
     payload: dict[str, Any] = Field(default_factory=dict)
     gpu_options: dict[str, Any] | None = Field(None, description="strategy, specific_gpu_id, retries, ...")
+    wait: float = Field(0.0, ge=0.0, le=60.0, description=WAIT_DESCRIPTION)
 
 
 class MaintenanceRequest(_Body):

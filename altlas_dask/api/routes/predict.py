@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import Any
 
@@ -11,7 +10,7 @@ from fastapi import APIRouter, Query
 
 from altlas_dask.api.deps import GatewayDep, PrincipalDep
 from altlas_dask.api.errors import ApiError
-from altlas_dask.api.gateway import BatchEntry, Gateway, TaskEntry, new_id
+from altlas_dask.api.gateway import BatchEntry, Gateway, TaskEntry, item_id, new_id
 from altlas_dask.api.schemas import BatchPredictRequest, CancelRequest, PredictRequest
 from altlas_dask.client import RouterError
 from altlas_dask.model import MODEL_MEMORY_MB, generate, generate_batch
@@ -36,15 +35,10 @@ async def predict(body: PredictRequest, who: PrincipalDep, gateway: GatewayDep) 
     entry = await gateway.submit(generate, kwargs, options, user=who.user, kind="predict", workload=WORKLOAD)
     found = await gateway.placed([entry])
     if body.wait > 0 and entry.future is not None:
-        await asyncio.wait([asyncio.ensure_future(_settled(entry))], timeout=body.wait)
+        await gateway.settle([entry], body.wait)
         if entry.future.done():
             return await gateway.describe(entry.task_id, who.user, who.is_admin, info=found.get(entry.task_id))
     return await _brief(gateway, entry, found.get(entry.task_id))
-
-
-async def _settled(entry: TaskEntry) -> None:
-    with contextlib.suppress(Exception):
-        await entry.future
 
 
 async def _submit_batch(body: BatchPredictRequest, who: PrincipalDep, gateway: Gateway) -> dict[str, Any]:
@@ -69,13 +63,46 @@ async def _submit_batch(body: BatchPredictRequest, who: PrincipalDep, gateway: G
             for start, size in zip(starts, sizes, strict=True)
         )
     )
-    gateway.remember_batch(BatchEntry(batch_id, who.user, [e.task_id for e in entries], sizes, time.time()))
+    batch = BatchEntry(batch_id, who.user, [e.task_id for e in entries], sizes, time.time())
+    gateway.remember_batch(batch)
     found = await gateway.placed(entries)
-    tasks = [
+    if body.wait > 0:
+        await gateway.settle(entries, body.wait)
+    chunks = [
         {**await _brief(gateway, e, found.get(e.task_id)), "items": {"start": e.items[0], "count": e.items[1]}}
         for e in entries
     ]
-    return {"batch_id": batch_id, "status": submission_status(tasks), "size": len(items), "tasks": tasks}
+    done = all(e.future is not None and e.future.done() for e in entries)
+    values = await gateway.results(entries) if done else {}
+    tasks = item_tasks(entries, chunks, values)
+    status = batch_status(chunks) if done else submission_status(tasks)
+    out = {"batch_id": batch_id, "status": status, "size": len(items), "tasks": tasks, "chunks": chunks}
+    if done:
+        out["results"] = batch_results(chunks, batch.sizes, values)
+    return out
+
+
+def item_tasks(entries: list[TaskEntry], chunks: list[dict[str, Any]], values: dict[str, Any]) -> list[dict[str, Any]]:
+    """Seed 004 section 3.2.5: one task entry per input item, in input order. Its ``task_id`` (an item of its
+    chunk, ``<chunk id>.<index>``) resolves with ``GET /task/{id}``; ``result`` once known."""
+    tasks = []
+    for entry, chunk in zip(entries, chunks, strict=True):
+        start, count = entry.items or (0, 1)
+        value = values.get(entry.task_id)
+        for j in range(count):
+            task: dict[str, Any] = {
+                "task_id": item_id(entry.task_id, j),
+                "gpu_id": chunk["gpu_id"],
+                "status": chunk["status"],
+                "chunk_id": entry.task_id,
+                "item": start + j,
+            }
+            if chunk.get("error"):
+                task["error"] = chunk["error"]
+            if isinstance(value, list) and len(value) == count:
+                task["result"] = value[j]
+            tasks.append(task)
+    return tasks
 
 
 def submission_status(tasks: list[dict[str, Any]]) -> str:
@@ -94,8 +121,9 @@ def submission_status(tasks: list[dict[str, Any]]) -> str:
 async def batch_predict(body: BatchPredictRequest, who: PrincipalDep, gateway: GatewayDep) -> dict[str, Any]:
     """The batch is cut into chunks like ``Client.submit_batch``: with ``gpu_options.batch_split`` (default:
     ``gpu.multi_gpu.batch_split``) about 4 chunks per active GPU, never smaller than
-    ``min_batch_size_per_gpu``; without it one chunk. Each chunk is one task; ``GET /batches/{batch_id}``
-    gives the results in input order."""
+    ``min_batch_size_per_gpu``; without it one chunk. Each chunk is one task; the answer has one task entry per
+    input item (seed 004 section 3.2.5; each resolves with ``GET /task/{id}``) and the chunks. With ``wait``
+    > 0 it waits up to that many seconds and includes the results; ``GET /batches/{batch_id}`` gives them too."""
     return await _submit_batch(body, who, gateway)
 
 
@@ -111,23 +139,25 @@ def _batch(gateway: Gateway, batch_id: str, user: str, is_admin: bool) -> BatchE
     return batch
 
 
+def batch_status(chunks: list[dict[str, Any]]) -> str:
+    """completed (every chunk), running or queued (some unfinished), else failed or cancelled."""
+    statuses = {t["status"] for t in chunks}
+    if statuses == {"completed"}:
+        return "completed"
+    if statuses & {"queued", "running"}:
+        return "running" if statuses & {"running", "completed"} else "queued"
+    return "failed" if "failed" in statuses else "cancelled"
+
+
 async def batch_state(gateway: Gateway, batch: BatchEntry, user: str, is_admin: bool) -> dict[str, Any]:
     tasks = [await gateway.describe(t, user, is_admin, result=False) for t in batch.task_ids]
     counts: dict[str, int] = {}
     for t in tasks:
         counts[t["status"]] = counts.get(t["status"], 0) + 1
-    if counts.get("completed") == len(tasks):
-        status = "completed"
-    elif any(s in counts for s in ("queued", "running")):
-        status = "running" if "running" in counts or "completed" in counts else "queued"
-    elif "failed" in counts:
-        status = "failed"
-    else:
-        status = "cancelled"
     return {
         "batch_id": batch.batch_id,
         "user": batch.user,
-        "status": status,
+        "status": batch_status(tasks),
         "size": sum(batch.sizes),
         "submitted": batch.submitted,
         "counts": counts,
@@ -148,13 +178,24 @@ async def list_batches(
 
 
 @router.get("/batches/{batch_id}", summary="A batch's status, its tasks and (when done) results in input order")
-async def get_batch(batch_id: str, who: PrincipalDep, gateway: GatewayDep) -> dict[str, Any]:
+async def get_batch(
+    batch_id: str,
+    who: PrincipalDep,
+    gateway: GatewayDep,
+    wait: float = Query(0.0, ge=0.0, le=60.0, description="long poll: seconds to wait for the batch to finish"),
+) -> dict[str, Any]:
     batch = _batch(gateway, batch_id, who.user, who.is_admin)
-    state = await batch_state(gateway, batch, who.user, who.is_admin)
     entries = [gateway.tasks[t] for t in batch.task_ids if t in gateway.tasks]
-    values = await gateway.results(entries)
+    await gateway.settle(entries, wait)
+    state = await batch_state(gateway, batch, who.user, who.is_admin)
+    state["results"] = batch_results(state["tasks"], batch.sizes, await gateway.results(entries))
+    return state
+
+
+def batch_results(chunks: list[dict[str, Any]], sizes: list[int], values: dict[str, Any]) -> list[Any]:
+    """Every item's result in input order; a failed chunk's items carry its error, an unfinished one's null."""
     results: list[Any] = []
-    for task, size in zip(state["tasks"], batch.sizes, strict=True):
+    for task, size in zip(chunks, sizes, strict=True):
         chunk = values.get(task["task_id"])
         if isinstance(chunk, list) and len(chunk) == size:
             results.extend(chunk)
@@ -163,8 +204,7 @@ async def get_batch(batch_id: str, who: PrincipalDep, gateway: GatewayDep) -> di
             results.extend({"status": task["status"], "error": error} for _ in range(size))
         else:
             results.extend([None] * size)
-    state["results"] = results
-    return state
+    return results
 
 
 async def cancel_batch(gateway: Gateway, batch: BatchEntry, as_user: str, reason: str) -> dict[str, Any]:

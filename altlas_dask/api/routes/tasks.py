@@ -31,13 +31,33 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+WaitQuery = Query(
+    0.0, ge=0.0, le=60.0, description="long poll: answer as soon as the task finishes, at most this many seconds"
+)
+
+
+async def settle_task(gateway: Gateway, task_id: str, user: str, is_admin: bool, wait: float) -> None:
+    """Long poll on a task this gateway submitted (a batch item waits on its chunk); others answer at once."""
+    if wait <= 0:
+        return
+    item = gateway.item(task_id)
+    entry = item[0] if item is not None else gateway.entry(await gateway.resolve(task_id, user), user, is_admin)
+    if entry is not None and (is_admin or entry.user == user):
+        await gateway.settle([entry], wait)
+
+
 @router.get("/task/{task_id}", summary="A task's status and, when completed, its result (seed 004 section 3.3)")
-async def get_task(task_id: str, who: PrincipalDep, gateway: GatewayDep) -> dict[str, Any]:
+async def get_task(task_id: str, who: PrincipalDep, gateway: GatewayDep, wait: float = WaitQuery) -> dict[str, Any]:
+    """With ``wait`` > 0: returns as soon as the task finishes (or after ``wait`` seconds, as it stands then)."""
+    await settle_task(gateway, task_id, who.user, who.is_admin, wait)
     return await gateway.describe(task_id, who.user, who.is_admin)
 
 
 @router.get("/tasks/{task_id}", summary="Alias of GET /task/{task_id}")
-async def get_task_alias(task_id: str, who: PrincipalDep, gateway: GatewayDep) -> dict[str, Any]:
+async def get_task_alias(
+    task_id: str, who: PrincipalDep, gateway: GatewayDep, wait: float = WaitQuery
+) -> dict[str, Any]:
+    await settle_task(gateway, task_id, who.user, who.is_admin, wait)
     return await gateway.describe(task_id, who.user, who.is_admin)
 
 
@@ -109,6 +129,13 @@ async def delete_task(
     task_id: str, who: PrincipalDep, gateway: GatewayDep, body: CancelRequest | None = None
 ) -> dict[str, Any]:
     """409 if the task already finished, 404 if it is unknown or another user's."""
+    item = gateway.item(task_id)
+    if item is not None and (who.is_admin or item[0].user == who.user):
+        raise ApiError(
+            409,
+            f"task {task_id!r} is item {item[1]} of the batch chunk {item[0].task_id!r}: cancel the chunk "
+            f"(DELETE /tasks/{item[0].task_id}) or its batch (DELETE /batches/{item[0].batch_id})",
+        )
     task_id = await gateway.resolve(task_id, who.user)
     if who.is_admin:
         return await cancel_task(gateway, task_id, gateway.acting_admin(who.user), body.reason if body else "")
@@ -174,6 +201,10 @@ async def route(body: RouteRequest, who: PrincipalDep, gateway: GatewayDep) -> d
         meta={"model_id": workload.name},
     )
     info = (await gateway.placed([entry])).get(entry.task_id)
+    if body.wait > 0:
+        await gateway.settle([entry], body.wait)
+        if entry.future is not None and entry.future.done():
+            return await route_record(gateway, body.request_id or entry.task_id, who.user, who.is_admin)
     now = time.time()
     status = router_api_status(info.get("status")) if info else "queued"
     placed = status in ("running", "completed")
@@ -191,9 +222,17 @@ async def route(body: RouteRequest, who: PrincipalDep, gateway: GatewayDep) -> d
 
 
 @router.get("/route/{request_id}", summary="A routed job's status (seed 001 section 6.3.2)")
-async def route_status(request_id: str, who: PrincipalDep, gateway: GatewayDep) -> dict[str, Any]:
-    key = await gateway.resolve(request_id, who.user)
-    task = await gateway.describe(key, who.user, who.is_admin, result=True)
+async def route_status(
+    request_id: str, who: PrincipalDep, gateway: GatewayDep, wait: float = WaitQuery
+) -> dict[str, Any]:
+    await settle_task(gateway, request_id, who.user, who.is_admin, wait)
+    return await route_record(gateway, request_id, who.user, who.is_admin)
+
+
+async def route_record(gateway: Gateway, request_id: str, user: str, is_admin: bool) -> dict[str, Any]:
+    """Seed 001 section 6.3.2: a routed job's record."""
+    key = await gateway.resolve(request_id, user)
+    task = await gateway.describe(key, user, is_admin, result=True)
     info = (await gateway.explain([key])).get(key) or {}
     entry = gateway.tasks.get(key)
     start, end = info.get("placed_at"), info.get("finished_at")
