@@ -211,3 +211,16 @@ class AccountingStore:
         query += " ORDER BY finished DESC LIMIT ? OFFSET ?"
         with self._reader() as conn:
             return [dict(r) for r in conn.execute(query, [*args, limit, offset])]
+
+    def tasks_by_key(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        """Final records of these tasks, as explanations (``placed_at``/``finished_at`` named as live ones)."""
+        out: dict[str, dict[str, Any]] = {}
+        with self._reader() as conn:
+            for start in range(0, len(keys), 500):
+                chunk = keys[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for r in conn.execute(f"SELECT * FROM tasks WHERE key IN ({marks})", chunk):
+                    row = dict(r)
+                    row["placed_at"], row["finished_at"] = row.pop("started"), row.pop("finished")
+                    out[row["key"]] = row
+        return out

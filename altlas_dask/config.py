@@ -12,9 +12,8 @@ import functools
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import dask.config
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -27,9 +26,10 @@ STRATEGIES = (
     "random",
     "hybrid",
 )
-StrategyName = Literal[
-    "single_gpu", "round_robin", "least_loaded", "memory_optimized", "task_specific", "random", "hybrid"
-]
+#: A strategy name: one of STRATEGIES, or a name in ``gpu.multi_gpu.custom_strategies``.
+StrategyName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+#: ``module:Class`` or ``module.Class`` of a custom strategy (see altlas_dask.scheduling.strategies).
+ImportPath = Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*[:.][A-Za-z_]\w*$")]
 ENV_PREFIX = "ALTLAS_"
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "cluster.yaml"
 
@@ -65,7 +65,7 @@ class Detection(_Strict):
     memory_threshold: float = Field(0.9, gt=0.0, le=1.0)
     utilization_threshold: float = Field(0.95, gt=0.0, le=1.0)
     max_temperature: float = Field(85.0, gt=0, le=120)
-    health_check_interval: float = Field(60.0, gt=0)
+    health_check_interval: float = Field(10.0, gt=0)  # a GPU silent this long is unresponsive
 
 
 class Selection(_Strict):
@@ -91,6 +91,7 @@ class MultiGpu(_Strict):
     memory_threshold: float = Field(0.9, gt=0.0, le=1.0)
     utilization_threshold: float = Field(0.95, gt=0.0, le=1.0)
     task_specific_mappings: dict[str, str] = Field(default_factory=dict)
+    custom_strategies: dict[StrategyName, ImportPath] = Field(default_factory=dict)
 
     @field_validator("task_specific_mappings")
     @classmethod
@@ -100,12 +101,25 @@ class MultiGpu(_Strict):
         return mapping
 
 
+class Health(_Strict):
+    """How the router judges a GPU from the outcomes of the tasks it ran (see docs/design.md "Health")."""
+
+    window: int = Field(20, ge=1, le=10_000)  # the last N task attempts on a GPU count
+    min_samples: int = Field(10, ge=1, le=10_000)  # attempts needed before the error rate can make it critical
+    warning_error_rate: float = Field(0.05, ge=0.0, le=1.0)
+    critical_error_rate: float = Field(0.5, gt=0.0, le=1.0)
+    recovery_seconds: float = Field(60.0, gt=0)  # a critical GPU is tried again after this long
+    hung_task_factor: float = Field(10.0, gt=1)  # a task running this many times its expected time ...
+    hung_task_min_seconds: float = Field(30.0, gt=0)  # ... and at least this long marks its GPU unresponsive
+
+
 class Gpu(_Strict):
     enabled: bool = True
     detection: Detection = Detection()
     selection: Selection = Selection()
     workload: Workload = Workload()
     multi_gpu: MultiGpu = MultiGpu()
+    health: Health = Health()
 
 
 class Cluster(_Strict):
@@ -202,6 +216,7 @@ class Accounting(_Strict):
 
     database: str = "var/altlas.sqlite"  # relative to the working directory; ":memory:" keeps nothing
     flush_interval: float = Field(0.2, gt=0, le=60)  # seconds between batched writes (off the event loop)
+    recent_records: int = Field(1000, ge=0, le=1_000_000)  # final records kept in memory; older: from the database
 
 
 class AltlasConfig(_Strict):
@@ -213,8 +228,15 @@ class AltlasConfig(_Strict):
 
     @model_validator(mode="after")
     def _default_strategy_enabled(self) -> AltlasConfig:
+        known = (*STRATEGIES, *self.gpu.multi_gpu.custom_strategies)
         for section in ("selection", "multi_gpu"):
             block = getattr(self.gpu, section)
+            for name in block.strategies:
+                if name not in known:
+                    raise ValueError(
+                        f"gpu.{section}.strategies: unknown strategy {name!r}; built in: {', '.join(STRATEGIES)}"
+                        " (add your own in gpu.multi_gpu.custom_strategies)"
+                    )
             if block.default_strategy not in block.strategies:
                 raise ValueError(
                     f"gpu.{section}.default_strategy={block.default_strategy!r} is not in "
@@ -243,6 +265,9 @@ class AltlasConfig(_Strict):
             },
             timeout=g.workload.timeout,
             retry_count=g.workload.retry_count,
+            custom_strategies=g.multi_gpu.custom_strategies,
+            health=g.health,
+            unresponsive_after=g.detection.health_check_interval,
         )
 
 
@@ -261,6 +286,9 @@ class RoutingPolicy(_Strict):
     task_specific_mappings: dict[str, int]
     timeout: float
     retry_count: int
+    custom_strategies: dict[str, str] = Field(default_factory=dict)
+    health: Health = Health()
+    unresponsive_after: float = 10.0
 
 
 def meets_compute_capability(capability: str, minimum: float | str) -> bool:
@@ -286,8 +314,16 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     for name, raw in environ.items():
         if name.startswith(ENV_PREFIX) and "__" in name:
             dotted = name[len(ENV_PREFIX) :].lower().replace("__", ".")
-            _set_path(tree, dotted, dask.config.interpret_value(raw))
+            _set_path(tree, dotted, _interpret(raw))
     return tree
+
+
+def _interpret(raw: str) -> Any:
+    """An environment value the way Dask's config reads it (imported late: the scheduling core imports
+    this module and must not pull in Dask)."""
+    import dask.config
+
+    return dask.config.interpret_value(raw)
 
 
 def _scalar_or_yaml(raw: str) -> Any:
@@ -353,5 +389,7 @@ def load_config(
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
         data = loaded or {}
+    import dask.config
+
     data = dask.config.merge(data, env_overrides(environ), cli_overrides(overrides))
     return build_config(data)

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from altlas_dask.config import STRATEGIES, parse_compute_capability, parse_gpu_ref
-from altlas_dask.strategies import TaskRequest
+from altlas_dask.scheduling.strategies import TaskRequest
 
 #: The annotation key that carries gpu_options: ``dask.annotate(gpu_options={...})``.
 ANNOTATION = "gpu_options"

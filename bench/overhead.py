@@ -286,7 +286,7 @@ def synthetic_options(n: int, strategy: str, rng: random.Random) -> list[dict[st
 def bench_choose(gpus, options: list[dict[str, Any]], config) -> tuple[list[float], list[float]]:
     """Wall and thread-CPU seconds per ``choose()`` over a fixed snapshot (round_robin's cursor advances)."""
     from altlas_dask.options import GpuOptions
-    from altlas_dask.strategies import RoutingContext, choose
+    from altlas_dask.scheduling.strategies import RoutingContext, choose
 
     policy = config.routing()
     rng = random.Random(1)

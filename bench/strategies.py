@@ -18,7 +18,7 @@ sequence with its arrival times stretched by 5,000/2,000 (same per-GPU load), on
 reported apart.
 
 Diagnosis (same run, same arrivals): an *experimental* variant of ``least_loaded``, swapped into
-``altlas_dask.strategies.STRATEGIES`` in this process only (the scheduler runs in-process), to test
+``altlas_dask.scheduling.strategies.STRATEGIES`` in this process only (the scheduler runs in-process), to test
 why ``least_loaded`` trails: ``inflight`` ranks GPUs by the router's own in-flight count only (no
 heartbeat utilization). It runs in every round like the shipped strategies.
 
@@ -142,7 +142,7 @@ VARIANTS = {"least_loaded, inflight": least_loaded_inflight}  # run in every rou
 
 @contextmanager
 def swapped_least_loaded(fn):
-    from altlas_dask import strategies
+    from altlas_dask.scheduling import strategies
 
     original = strategies.STRATEGIES["least_loaded"]
     strategies.STRATEGIES["least_loaded"] = fn
@@ -514,7 +514,7 @@ def main() -> None:
     if variants:
         lines += [
             "Diagnosis, same arrivals, in every round: an *experimental* `least_loaded` variant swapped into "
-            "`altlas_dask.strategies.STRATEGIES` in this process only (not the shipped code; "
+            "`altlas_dask.scheduling.strategies.STRATEGIES` in this process only (not the shipped code; "
             "decisions made by the variant / placed tasks shown). `inflight` ranks the eligible GPUs by the "
             "router's own in-flight count only (`active_requests / max_concurrent_tasks_per_gpu`), leaving out the "
             "heartbeat utilization that the shipped `load()` takes the max with.",

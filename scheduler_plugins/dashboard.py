@@ -137,7 +137,7 @@ def find_router(scheduler: Scheduler) -> GpuRouter | None:
 def gpu_rows(router: GpuRouter | None) -> dict[str, list[Any]]:
     """One row per GPU, in GPU order, from the router's snapshot (heartbeat + in-flight work + drain)."""
     data: dict[str, list[Any]] = {c: [] for c in GPU_COLUMNS}
-    for g in router.snapshot() if router is not None else ():
+    for g in router.view.gpus() if router is not None else ():
         ratio = g.memory_used_ratio if g.memory_total_mb else 0.0
         values = {
             "gpu": str(g.id),
@@ -163,7 +163,7 @@ def gpu_rows(router: GpuRouter | None) -> dict[str, list[Any]]:
 def decision_rows(router: GpuRouter | None, limit: int = DECISION_ROWS) -> dict[str, list[Any]]:
     """The router's last placements, newest first, with the strategy's reason."""
     data: dict[str, list[Any]] = {c: [] for c in DECISION_COLUMNS}
-    recent = list(router.recent)[-limit:] if router is not None else []
+    recent = router.view.placements(limit) if router is not None else []
     for d in reversed(recent):
         millis = int(d["time"] * 1000) % 1000
         data["time"].append(f"{time.strftime('%H:%M:%S', time.localtime(d['time']))}.{millis:03d}")
@@ -182,13 +182,10 @@ def summary_html(router: GpuRouter | None) -> str:
             "<h3>GPUs</h3><p>No GPU router on this scheduler (start it with <code>altlas_dask.start_cluster</code> "
             "or <code>dask scheduler --preload scheduler_plugins.gpu_router</code>).</p>"
         )
-    gpus = router.snapshot()
-    queued: dict[str, int] = {}
-    for tracked in list(router.tracked.values()):
-        if tracked.status == "queued":
-            queued[tracked.user] = queued.get(tracked.user, 0) + 1
+    gpus = router.view.gpus()
+    queued = router.view.queued_by_user()
     by_user = ", ".join(f"{html.escape(u)}: {n}" for u, n in sorted(queued.items(), key=lambda kv: -kv[1])[:8])
-    c = router.counters
+    c = router.view.counters()
     return (
         f"<h3>GPUs</h3><p><b>{len(gpus)}</b> GPUs ({sum(g.status == 'active' for g in gpus)} active) &middot; "
         f"<b>{sum(g.active_requests for g in gpus)}</b> tasks placed on GPUs &middot; "
@@ -204,7 +201,7 @@ class GpuPage:
     def __init__(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
         router = find_router(scheduler)
-        policy = router.policy if router is not None else None
+        policy = router.view.policy if router is not None else None
         self.gpus = ColumnDataSource({c: [] for c in GPU_COLUMNS}, name="altlas-gpus")
         self.summary = Div(text="", sizing_mode="stretch_width", name="altlas-summary")
         # Plain HTML tables: a Bokeh DataTable does not redraw when new data has as many rows as the old

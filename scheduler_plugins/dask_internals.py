@@ -51,8 +51,11 @@ def place(scheduler: Scheduler, placements: Iterable[tuple[TaskState, str, int]]
         scheduler.transitions(recommendations, stimulus_id)
 
 
-def fail(scheduler: Scheduler, ts: TaskState, error: BaseException, stimulus_id: str) -> None:
-    """Make a held or running task err with ``error`` (the client's future raises it)."""
+def fail(scheduler: Scheduler, ts: TaskState, error: BaseException, stimulus_id: str) -> bool:
+    """Make a held, waiting or running task err with ``error`` (the client's future raises it).
+
+    Returns False when the task is in a state that cannot err now (try again later).
+    """
     blob = pickle.dumps(error)
     kwargs: dict[str, Any] = {"exception": blob, "cause": ts.key, "exception_text": repr(error)}
     if ts.state == "processing":
@@ -62,9 +65,16 @@ def fail(scheduler: Scheduler, ts: TaskState, error: BaseException, stimulus_id:
             scheduler.worker_send(worker, {"op": "free-keys", "keys": [ts.key], "stimulus_id": stimulus_id})
     elif ts.state == "no-worker":
         recommendations = scheduler.transition(ts.key, "erred", stimulus_id, **kwargs)
+    elif ts.state in ("waiting", "released"):
+        # No waiting -> erred transition takes an exception: blame the task itself, release it, then err it.
+        ts.exception, ts.exception_text, ts.traceback, ts.exception_blame = blob, repr(error), None, ts
+        if ts.state == "waiting":
+            scheduler.transitions({ts.key: "released"}, stimulus_id)
+        recommendations = {ts.key: "erred"}
     else:
-        return
+        return ts.state in ("memory", "erred", "forgotten")
     scheduler.transitions(recommendations, stimulus_id)
+    return True
 
 
 def release_from(scheduler: Scheduler, keys: Iterable[str], stimulus_id: str) -> None:

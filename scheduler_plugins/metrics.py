@@ -96,7 +96,7 @@ def gpu_gauges(router: GpuRouter) -> Iterator[Metric]:
             "altlas_gpu_health", "1 for the GPU's current health state", labels=[*labels, "state"]
         ),
     }
-    for g in router.snapshot():
+    for g in router.view.gpus():
         key = [str(g.id), g.name]
         families["memory_used"].add_metric(key, g.memory_used_mb * MB)
         families["memory_total"].add_metric(key, g.memory_total_mb * MB)
@@ -104,7 +104,7 @@ def gpu_gauges(router: GpuRouter) -> Iterator[Metric]:
         families["temp"].add_metric(key, g.temperature_c)
         families["power"].add_metric(key, g.power_usage_w)
         families["limit"].add_metric(key, g.power_limit_w)
-        families["up"].add_metric(key, 0.0 if g.status in ("error", "inactive") else 1.0)
+        families["up"].add_metric(key, 0.0 if g.status in ("error", "inactive", "unresponsive") else 1.0)
         families["draining"].add_metric(key, 1.0 if g.status == "maintenance" else 0.0)
         families["running"].add_metric(key, g.active_requests)
         for state in HEALTH_STATES:
@@ -113,11 +113,7 @@ def gpu_gauges(router: GpuRouter) -> Iterator[Metric]:
     queued = GaugeMetricFamily(
         "altlas_queued_tasks", "GPU tasks held on the scheduler waiting for a GPU", labels=["user"]
     )
-    by_user: dict[str, int] = {}
-    for tracked in router.tracked.values():
-        if tracked.status == "queued":
-            by_user[tracked.user] = by_user.get(tracked.user, 0) + 1
-    for user, count in sorted(by_user.items()):
+    for user, count in sorted(router.view.queued_by_user().items()):
         queued.add_metric([user], count)
     yield queued
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from altlas_dask.config import build_config
 from altlas_dask.gpus.state import GpuState, health_score
-from altlas_dask.strategies import (
+from altlas_dask.scheduling.strategies import (
     HYBRID_WEIGHTS,
     RoutingContext,
     TaskRequest,

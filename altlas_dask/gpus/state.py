@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
-GpuStatus = Literal["active", "inactive", "maintenance", "error"]
+GpuStatus = Literal["active", "inactive", "maintenance", "unresponsive", "error"]
 HealthStatus = Literal["healthy", "warning", "critical"]
 
 #: Degrees below ``max_temperature`` at which a GPU is flagged ``warning``.
@@ -38,6 +38,8 @@ class GpuState:
     health_status: HealthStatus = "healthy"
     simulated: bool = False
     worker: str | None = None
+    drain_reason: str = ""  # why it is in maintenance (set by the router)
+    health_reason: str = ""  # why it is not healthy, or not responding (set by the router)
     #: Fields NVML answered 'not supported' for: their value is unknown (the number is a neutral placeholder).
     unknown: tuple[str, ...] = ()
 

@@ -10,15 +10,19 @@ no GPU can take the task now (``wait``) or ever (``impossible``).
 
 from __future__ import annotations
 
+import functools
+import importlib
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 from altlas_dask.config import RoutingPolicy, meets_compute_capability
 from altlas_dask.gpus.state import GpuState, health_score
 
-Outcome = Literal["placed", "wait", "impossible"]
+#: placed; wait (no GPU can take it now); unhealthy (every GPU that could take it is critical);
+#: impossible (no GPU ever can).
+Outcome = Literal["placed", "wait", "unhealthy", "impossible"]
 
 #: Seed 001 section 4.1 weights.
 HYBRID_WEIGHTS = {"usage": 0.35, "priority": 0.25, "type": 0.15, "performance": 0.15, "health": 0.10}
@@ -49,6 +53,7 @@ class RoutingContext:
     rng: random.Random | None = None  # random's source (seed it for repeatable runs)
     performance: Mapping[int, float] = field(default_factory=dict)  # observed, 0..1, by GPU id
     recently_used: frozenset[int] = frozenset()  # GPUs whose utilization is (partly) the router's own work
+    registry: Mapping[str, Strategy] | None = None  # strategies by name (default: the built-in ones)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +134,7 @@ def relative_speed(gpu: GpuState, ctx: RoutingContext) -> float:
 # -- the strategies: each picks among eligible GPUs (non-empty) -----------------------
 
 Pick = tuple[GpuState, str, dict[int, float]]
-Strategy = Callable[[Sequence[GpuState], TaskRequest, RoutingContext], Pick]
+StrategyFn = Callable[[Sequence[GpuState], TaskRequest, RoutingContext], Pick]
 
 
 def round_robin(gpus: Sequence[GpuState], request: TaskRequest, ctx: RoutingContext) -> Pick:
@@ -212,7 +217,7 @@ def hybrid(gpus: Sequence[GpuState], request: TaskRequest, ctx: RoutingContext) 
     )
 
 
-STRATEGIES: dict[str, Strategy] = {
+STRATEGIES: dict[str, StrategyFn] = {
     "round_robin": round_robin,
     "least_loaded": least_loaded,
     "memory_optimized": memory_optimized,
@@ -222,14 +227,107 @@ STRATEGIES: dict[str, Strategy] = {
 }
 
 
+# -- the protocol and the registry ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Candidates:
+    """The GPUs a strategy chooses among: those in its scope, which of them can take the task now, and why not."""
+
+    gpus: Sequence[GpuState]
+    eligible: Sequence[GpuState]
+    rejected: Mapping[int, str]
+    permanent: frozenset[int]  # rejected for good (too small, too old, already failed this task)
+
+
+class Strategy(Protocol):
+    """A placement policy. ``pick`` returns a pick, or a string saying why the task must wait.
+
+    Custom strategies implement this and are named in ``gpu.multi_gpu.custom_strategies``
+    (``{name: "package.module:Class"}``); the class is called with no arguments.
+    """
+
+    def scope(self, gpus: Sequence[GpuState], request: TaskRequest) -> Sequence[GpuState]: ...
+
+    def pick(self, c: Candidates, request: TaskRequest, ctx: RoutingContext) -> Pick | str: ...
+
+
+class EligibleStrategy:
+    """A strategy that chooses among the eligible GPUs of the whole pool with a function."""
+
+    def __init__(self, fn: StrategyFn) -> None:
+        self.fn = fn
+
+    def scope(self, gpus: Sequence[GpuState], request: TaskRequest) -> Sequence[GpuState]:
+        return gpus
+
+    def pick(self, c: Candidates, request: TaskRequest, ctx: RoutingContext) -> Pick | str:
+        return self.fn(c.eligible, request, ctx)
+
+
+class SingleGpu(EligibleStrategy):
+    """Seed 003's default: everything on the first usable GPU; the next one only if it has failed."""
+
+    def __init__(self) -> None:
+        super().__init__(round_robin)
+
+    def pick(self, c: Candidates, request: TaskRequest, ctx: RoutingContext) -> Pick | str:
+        usable = sorted((g for g in c.gpus if g.id not in c.permanent and g.status != "error"), key=lambda g: g.id)
+        if not usable:
+            return "no usable GPU"
+        primary = usable[0]
+        if primary in c.eligible:
+            return primary, f"single-GPU mode: GPU {primary.id} is the primary", {}
+        return f"single-GPU mode: primary GPU {primary.id} busy: {c.rejected[primary.id]}"
+
+
+class SpecificGpu(EligibleStrategy):
+    """``gpu_options.specific_gpu_id``: that GPU and no other."""
+
+    def __init__(self) -> None:
+        super().__init__(round_robin)
+
+    def scope(self, gpus: Sequence[GpuState], request: TaskRequest) -> Sequence[GpuState]:
+        return [g for g in gpus if g.id == request.gpu]
+
+    def pick(self, c: Candidates, request: TaskRequest, ctx: RoutingContext) -> Pick | str:
+        return c.eligible[0], f"gpu_options asked for GPU {request.gpu}", {}
+
+
+def load_strategy(path: str) -> Strategy:
+    """Instantiate ``package.module:Class`` (or ``package.module.Class``)."""
+    module_name, sep, attr = path.partition(":")
+    if not sep:
+        module_name, _, attr = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"custom strategy {path!r} cannot be imported: {exc}") from None
+    strategy = cls()
+    if not (callable(getattr(strategy, "pick", None)) and callable(getattr(strategy, "scope", None))):
+        raise ValueError(f"custom strategy {path!r} has no scope()/pick() methods (see Strategy)")
+    return strategy
+
+
+def build_registry(custom: Mapping[str, str] | None = None) -> dict[str, Strategy]:
+    """Every strategy by name: the built-in ones, ``single_gpu``, ``specific_gpu`` and the config's own."""
+    registry: dict[str, Strategy] = {name: EligibleStrategy(fn) for name, fn in STRATEGIES.items()}
+    registry["single_gpu"] = SingleGpu()
+    registry["specific_gpu"] = SpecificGpu()
+    for name, path in (custom or {}).items():
+        registry[name] = load_strategy(path)
+    return registry
+
+
 # -- the entry point -------------------------------------------------------------------
 
 
 def choose(gpus: Sequence[GpuState], request: TaskRequest, ctx: RoutingContext) -> Decision:
     """Pick a GPU for ``request`` with its strategy (or the policy's default)."""
     policy = ctx.policy
+    registry = ctx.registry if ctx.registry is not None else _builtin()
     name = request.strategy or policy.default_strategy
-    if name not in policy.allowed_strategies and name != "single_gpu":
+    if name not in policy.allowed_strategies and name != "single_gpu" or name not in registry:
         return Decision(
             name,
             "impossible",
@@ -238,15 +336,16 @@ def choose(gpus: Sequence[GpuState], request: TaskRequest, ctx: RoutingContext) 
             f"(enabled: {', '.join(policy.allowed_strategies)})",
         )
     if request.gpu is not None:
-        wanted = [g for g in gpus if g.id == request.gpu]
-        if not wanted:
-            known = ", ".join(str(g.id) for g in sorted(gpus, key=lambda g: g.id)) or "none"
-            return Decision(name, "wait", None, f"GPU {request.gpu} is not connected (connected: {known})")
-        gpus, name = wanted, "specific_gpu"
+        name = "specific_gpu"
+    strategy = registry[name]
+    scoped = strategy.scope(gpus, request)
+    if request.gpu is not None and not scoped:
+        known = ", ".join(str(g.id) for g in sorted(gpus, key=lambda g: g.id)) or "none"
+        return Decision(name, "wait", None, f"GPU {request.gpu} is not connected (connected: {known})")
     rejected: dict[int, str] = {}
     permanent: set[int] = set()
     eligible: list[GpuState] = []
-    for g in gpus:
+    for g in scoped:
         why = rejection(g, request, policy, own_load=g.active_requests > 0 or g.id in ctx.recently_used)
         if why is None:
             eligible.append(g)
@@ -254,33 +353,20 @@ def choose(gpus: Sequence[GpuState], request: TaskRequest, ctx: RoutingContext) 
             rejected[g.id] = why[0]
             if why[1]:
                 permanent.add(g.id)
-    if name == "single_gpu":
-        return _single_gpu(gpus, eligible, rejected, permanent)
-    if not eligible:
-        return _no_gpu(name, gpus, rejected, permanent)
-    if name == "specific_gpu":
-        return Decision(name, "placed", eligible[0].id, f"gpu_options asked for GPU {request.gpu}", rejected=rejected)
-    chosen, reason, scores = STRATEGIES[name](eligible, request, ctx)
+    if not eligible and name != "single_gpu":
+        return _no_gpu(name, scoped, rejected, permanent)
+    picked = strategy.pick(Candidates(scoped, eligible, rejected, frozenset(permanent)), request, ctx)
+    if isinstance(picked, str):
+        if not eligible:
+            return _no_gpu(name, scoped, rejected, permanent)
+        return Decision(name, "wait", None, picked, rejected=rejected)
+    chosen, reason, scores = picked
     return Decision(name, "placed", chosen.id, reason, scores, rejected)
 
 
-def _single_gpu(gpus, eligible, rejected, permanent) -> Decision:
-    """Everything on the first usable GPU (seed 003's default); the next one only if it has failed."""
-    usable = sorted((g for g in gpus if g.id not in permanent and g.status != "error"), key=lambda g: g.id)
-    if not usable:
-        return _no_gpu("single_gpu", gpus, rejected, permanent)
-    primary = usable[0]
-    if primary in eligible:
-        return Decision(
-            "single_gpu", "placed", primary.id, f"single-GPU mode: GPU {primary.id} is the primary", rejected=rejected
-        )
-    return Decision(
-        "single_gpu",
-        "wait",
-        None,
-        f"single-GPU mode: primary GPU {primary.id} busy: {rejected[primary.id]}",
-        rejected=rejected,
-    )
+@functools.cache
+def _builtin() -> dict[str, Strategy]:
+    return build_registry()
 
 
 def _no_gpu(name: str, gpus, rejected, permanent) -> Decision:
@@ -289,4 +375,8 @@ def _no_gpu(name: str, gpus, rejected, permanent) -> Decision:
         return Decision(name, "wait", None, "no GPU worker is connected yet")
     if len(permanent) == len(gpus):
         return Decision(name, "impossible", None, f"no GPU can ever take this task ({details})", rejected=rejected)
+    if all(why.startswith("health critical") for g, why in rejected.items() if g not in permanent):
+        return Decision(
+            name, "unhealthy", None, f"every GPU that fits this task is unhealthy ({details})", rejected=rejected
+        )
     return Decision(name, "wait", None, f"no GPU can take it now ({details})", rejected=rejected)

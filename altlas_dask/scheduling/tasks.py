@@ -1,77 +1,70 @@
-"""What the router keeps per GPU and per task."""
+"""A GPU task as the core tracks it, from submission to its final record."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from altlas_dask.gpus.state import GpuState
-from altlas_dask.strategies import Decision, TaskRequest
+from altlas_dask.scheduling.lifecycle import TaskStatus, allowed
+from altlas_dask.scheduling.strategies import Decision, TaskRequest
+
+
+class IllegalTransition(AssertionError):
+    """The core tried a status change the lifecycle does not allow (a bug, never user input)."""
 
 
 @dataclass
-class GpuSlot:
-    """One GPU worker as the router sees it: last heartbeat plus its own accounting."""
-
-    gpu_id: int
-    worker: str
-    base: GpuState
-    raw: dict[str, Any] | None = None  # the heartbeat payload ``base`` was built from
-    assigned: dict[str, int] = field(default_factory=dict)  # key -> memory_mb
-    draining: bool = False
-    drain_reason: str = ""
-    last_busy: float = 0.0  # monotonic time the router's last task here finished
-    _view: GpuState | None = None
-
-    def view(self) -> GpuState:
-        """The snapshot strategies see: heartbeat state + in-flight work + drain."""
-        if self._view is None:
-            base = self.base
-            status = "maintenance" if self.draining and base.status == "active" else base.status
-            self._view = base.with_(
-                id=self.gpu_id,
-                worker=self.worker,
-                status=status,
-                active_requests=len(self.assigned),
-                memory_used_mb=max(base.memory_used_mb, sum(self.assigned.values())),
-            )
-        return self._view
-
-    def changed(self) -> None:
-        self._view = None
-
-
-@dataclass
-class Tracked:
-    """A GPU task the router is responsible for, from submission to its final record."""
-
+class TaskRecord:
     key: str
     request: TaskRequest
     submitted: float
     timeout: float
     retries_left: int
-    admitted: bool = True
-    error: BaseException | None = None  # rejected at submission (bad options, quota)
+    cost: float  # estimated GPU seconds, charged to fair share when placed
+    charged: bool = True  # counted against the user's quotas (False for rejections and recomputations)
+    status: TaskStatus = TaskStatus.QUEUED
+    ready: bool = False  # dependencies done and not on a GPU: waiting only for a GPU
+    error: BaseException | None = None  # why it was rejected at submission
     decision: Decision | None = None
     gpu: int | None = None
     placed_at: float | None = None
+    started_at: float | None = None
     finished_at: float | None = None
     gpu_seconds: float = 0.0
     attempts: list[dict[str, Any]] = field(default_factory=list)
-    status: str = "queued"
     cancelled_by: str | None = None
-    timed_out: bool = False
-    sharing: int = 1  # tasks on its GPU, itself included, when it was placed (they time-share the device)
+    sharing: int = 1  # tasks on its GPU, itself included, when placed (they time-share the device)
+    served_cost: float = 0.0  # fair-share cost charged when it was placed
+    waiting_reason: str = ""
 
     @property
     def user(self) -> str:
         return self.request.user
 
+    @property
+    def deadline(self) -> float:
+        return self.submitted + self.timeout
+
+    def move(self, status: TaskStatus) -> None:
+        if not allowed(self.status, status):
+            raise IllegalTransition(f"task {self.key}: {self.status} -> {status} is not an allowed transition")
+        self.status = status
+
+    def where(self) -> str:
+        """Where the task is, in words (timeouts and explanations say it)."""
+        if self.status in (TaskStatus.PLACED, TaskStatus.RUNNING):
+            return f"running on GPU {self.gpu}"
+        if self.status == TaskStatus.RETRYING:
+            return f"waiting to be retried after {len(self.attempts)} attempt(s)"
+        if not self.ready:
+            return "waiting for its dependencies"
+        return "still waiting for a GPU"
+
     def explain(self) -> dict[str, Any]:
         r = self.request
         out: dict[str, Any] = {
             "key": self.key,
-            "status": self.status,
+            "status": str(self.status),
             "user": r.user,
             "priority": r.priority,
             "task_type": r.task_type,
@@ -88,6 +81,8 @@ class Tracked:
         if self.decision is not None:
             out.update(self.decision.to_dict())
             out["gpu"] = self.gpu
+        if self.waiting_reason and not self.status.final:
+            out["waiting_reason"] = self.waiting_reason
         return out
 
     def record(self) -> dict[str, Any]:
@@ -99,7 +94,7 @@ class Tracked:
             "gpu": self.gpu,
             "strategy": decision.strategy if decision else self.request.strategy,
             "reason": decision.reason if decision else None,
-            "status": self.status,
+            "status": str(self.status),
             "priority": self.request.priority,
             "task_type": self.request.task_type,
             "memory_mb": self.request.memory_mb,

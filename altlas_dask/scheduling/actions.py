@@ -1,0 +1,75 @@
+"""What the scheduling core asks the Dask adapter to do."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """Run the task on this GPU's worker (pin it there)."""
+
+    key: str
+    gpu: int
+    worker: str
+    memory_mb: int
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """Keep the task on the scheduler until a later :class:`Place`."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    """Make the task err with ``error`` wherever it is (held, waiting on dependencies, or running)."""
+
+    key: str
+    error: BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Take a running task back from its worker; it comes back as ready and is placed again."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Answer to an error report: let Dask run the task again (it comes back held, then ready)."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeepError:
+    """Answer to an error report: the task fails, with ``replacement`` as its error if given."""
+
+    key: str
+    replacement: BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A task reached its final status: its row for the accounting database."""
+
+    row: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Add to a user's durable usage for a UTC day."""
+
+    user: str
+    day: str
+    tasks: int = 0
+    gpu_seconds: float = 0.0
+    rejected: int = 0
+    limit: str | None = None  # the quota limit that rejected it
+
+
+Action = Place | Hold | Fail | Release | Retry | KeepError | Record | Usage

@@ -1,0 +1,46 @@
+"""Learned run times: per task type and GPU, what a task takes alone on that GPU (an EWMA)."""
+
+from __future__ import annotations
+
+from collections.abc import Container
+from dataclasses import dataclass, field
+
+EWMA = 0.2
+DEFAULT_COST_S = 1.0  # fair-share cost of a task type nothing has been learned about
+
+
+def _blend(previous: float | None, value: float) -> float:
+    return value if previous is None else (1 - EWMA) * previous + EWMA * value
+
+
+@dataclass
+class Estimates:
+    per_type: dict[str, dict[int, float]] = field(default_factory=dict)  # task type -> GPU -> seconds alone
+    by_type: dict[str, float] = field(default_factory=dict)  # task type -> seconds, over every GPU
+
+    def learn(self, gpu: int, task_type: str, alone_seconds: float) -> None:
+        if alone_seconds <= 0:
+            return
+        table = self.per_type.setdefault(task_type, {})
+        table[gpu] = _blend(table.get(gpu), alone_seconds)
+        self.by_type[task_type] = _blend(self.by_type.get(task_type), alone_seconds)
+
+    def expected(self, gpu: int, task_type: str) -> float | None:
+        return self.per_type.get(task_type, {}).get(gpu)
+
+    def cost(self, task_type: str) -> float:
+        """Estimated GPU seconds of one task of this type (fair share charges it before the task runs)."""
+        known = self.by_type.get(task_type)
+        if known is not None:
+            return known
+        if self.by_type:
+            return sum(self.by_type.values()) / len(self.by_type)
+        return DEFAULT_COST_S
+
+    def performance(self, task_type: str, gpus: Container[int]) -> dict[int, float]:
+        """Relative speed per GPU for this task type: the fastest mean duration over this GPU's."""
+        means = {g: d for g, d in self.per_type.get(task_type, {}).items() if g in gpus}
+        if not means:
+            return {}
+        best = min(means.values())
+        return {g: best / d if d > 0 else 1.0 for g, d in means.items()}

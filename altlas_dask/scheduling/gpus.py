@@ -1,0 +1,129 @@
+"""The core's bookkeeping of GPUs: identity, in-flight work, memory as counted, drain, health, liveness."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from altlas_dask.config import Health
+from altlas_dask.gpus.state import GpuState
+from altlas_dask.scheduling.health import HealthWindow
+
+
+@dataclass
+class GpuSlot:
+    """One connected GPU: its last report plus what the core placed there."""
+
+    gpu_id: int
+    worker: str
+    base: GpuState
+    health: HealthWindow
+    last_report: float
+    assigned: dict[str, int] = field(default_factory=dict)  # key -> memory_mb counted
+    draining: bool = False
+    drain_reason: str = ""
+    unresponsive: str = ""  # why it is considered unresponsive ("" while it answers)
+    hung_since: float | None = None  # marked unresponsive for a hung task (not silence) at this time
+    last_busy: float = 0.0  # when the core's last task here ended
+    _view: GpuState | None = None
+
+    def view(self, max_temperature: float) -> GpuState:
+        """The state strategies see: heartbeat + in-flight work + drain + health as the core judges it."""
+        if self._view is None:
+            base = self.base
+            health, why = self.health.status(base, max_temperature)
+            status = base.status
+            if self.unresponsive:
+                status, why = "unresponsive", self.unresponsive
+            elif self.draining and status == "active":
+                status = "maintenance"
+            self._view = base.with_(
+                id=self.gpu_id,
+                worker=self.worker,
+                status=status,
+                active_requests=len(self.assigned),
+                memory_used_mb=max(base.memory_used_mb, sum(self.assigned.values())),
+                error_rate=round(self.health.error_rate, 4),
+                health_status=health,
+                health_reason=why,
+                drain_reason=self.drain_reason if self.draining else "",
+            )
+        return self._view
+
+    def changed(self) -> None:
+        self._view = None
+
+    @property
+    def counted_memory_mb(self) -> int:
+        return sum(self.assigned.values())
+
+
+class GpuBook:
+    """Connected GPUs by id and worker, with identities and drains that survive a worker's restart."""
+
+    def __init__(self, health: Health, max_temperature: float) -> None:
+        self.health_policy = health
+        self.max_temperature = max_temperature
+        self.slots: dict[int, GpuSlot] = {}
+        self.by_worker: dict[str, int] = {}
+        self.ids: dict[str, int] = {}  # GPU UUID -> id, for the cluster's life
+        self.drains: dict[int, str] = {}  # id -> reason, kept while the GPU is away
+        self.windows: dict[int, HealthWindow] = {}
+        self._snapshot: tuple[GpuState, ...] | None = None
+
+    def __contains__(self, gpu: int) -> bool:
+        return gpu in self.slots
+
+    @property
+    def known(self) -> set[int]:
+        """Every id this cluster has given a GPU (connected or not)."""
+        return set(self.ids.values())
+
+    def join(self, worker: str, state: GpuState, now: float) -> GpuSlot:
+        gpu_id = self._id_for(state)
+        window = self.windows.setdefault(gpu_id, HealthWindow(self.health_policy))
+        slot = GpuSlot(gpu_id, worker, state, window, last_report=now)
+        if gpu_id in self.drains:
+            slot.draining, slot.drain_reason = True, self.drains[gpu_id]
+        self.slots[gpu_id] = slot
+        self.by_worker[worker] = gpu_id
+        self.changed()
+        return slot
+
+    def _id_for(self, state: GpuState) -> int:
+        uuid = state.uuid or f"index-{state.id}"
+        if uuid in self.ids:
+            return self.ids[uuid]
+        taken = set(self.ids.values())
+        gpu_id = state.id if state.id not in taken else max(taken) + 1
+        self.ids[uuid] = gpu_id
+        return gpu_id
+
+    def leave(self, worker: str) -> GpuSlot | None:
+        gpu_id = self.by_worker.pop(worker, None)
+        if gpu_id is None:
+            return None
+        self.changed()
+        return self.slots.pop(gpu_id)
+
+    def slot_of(self, worker: str | None) -> GpuSlot | None:
+        gpu_id = self.by_worker.get(worker or "")
+        return None if gpu_id is None else self.slots.get(gpu_id)
+
+    def drain(self, gpu: int, draining: bool, reason: str) -> None:
+        slot = self.slots[gpu]
+        slot.draining, slot.drain_reason = draining, reason if draining else ""
+        if draining:
+            self.drains[gpu] = reason
+        else:
+            self.drains.pop(gpu, None)
+        self.changed(slot)
+
+    def changed(self, slot: GpuSlot | None = None) -> None:
+        if slot is not None:
+            slot.changed()
+        self._snapshot = None
+
+    def snapshot(self) -> tuple[GpuState, ...]:
+        if self._snapshot is None:
+            self._snapshot = tuple(self.slots[g].view(self.max_temperature) for g in sorted(self.slots))
+        return self._snapshot

@@ -1,0 +1,148 @@
+"""A read-only view of the scheduling core, for RPC handlers, metrics and the dashboard."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+from altlas_dask.config import RoutingPolicy
+from altlas_dask.gpus.state import GpuState
+from altlas_dask.scheduling.core import HELD, SchedulingCore
+from altlas_dask.scheduling.lifecycle import TaskStatus
+from altlas_dask.scheduling.tasks import TaskRecord
+
+ORDERS = ("submitted", "priority", "queue")
+
+
+class CoreView:
+    """What the core knows, as plain data; nothing here changes it."""
+
+    def __init__(self, core: SchedulingCore) -> None:
+        self._core = core
+
+    @property
+    def policy(self) -> RoutingPolicy:
+        return self._core.policy
+
+    def gpus(self) -> tuple[GpuState, ...]:
+        return self._core.gpus.snapshot()
+
+    def known_gpus(self) -> set[int]:
+        return self._core.gpus.known
+
+    def counters(self) -> dict[str, int]:
+        return dict(self._core.counters)
+
+    def placements(self, limit: int = 50) -> list[dict[str, Any]]:
+        return list(self._core.placements)[-limit:]
+
+    def decision_seconds(self) -> list[float]:
+        return list(self._core.decision_seconds)
+
+    def live_statuses(self) -> Counter[str]:
+        return Counter(str(t.status) for t in self._core.tasks.values())
+
+    def queued_by_user(self) -> Counter[str]:
+        return Counter(t.user for t in self._core.tasks.values() if t.status in HELD)
+
+    def queued(self) -> int:
+        return sum(1 for t in self._core.tasks.values() if t.status in HELD)
+
+    def is_admin(self, user: str | None) -> bool:
+        return self._core.book.is_admin(user)
+
+    def quota_report(self, user: str) -> dict[str, Any]:
+        return self._core.book.report(user)
+
+    def owner(self, key: str) -> str | None:
+        """The user of a live or recently finished task."""
+        task = self._core.tasks.get(key)
+        if task is not None:
+            return task.user
+        info = self._core.recent.get(key)
+        return info["user"] if info is not None else None
+
+    # -- explanations ---------------------------------------------------------------------------
+    def explain(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Live tasks (with queue position and waiting reason) and recently finished ones; others are absent."""
+        core, out = self._core, {}
+        positions: dict[str, int] | None = None
+        for key in keys:
+            task = core.tasks.get(key)
+            if task is None:
+                if key in core.recent:
+                    out[key] = dict(core.recent[key])
+                continue
+            if positions is None:
+                positions = self._positions()
+            out[key] = self._row(task, positions)
+        return out
+
+    def tasks(
+        self,
+        user: str | None = None,
+        status: Iterable[str] | None = None,
+        order: str = "submitted",
+        limit: int = 100,
+        offset: int = 0,
+    ) -> dict[str, Any]:
+        """Live and recently finished tasks of ``user`` (None: all), with true counts per status."""
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {', '.join(ORDERS)} (got {order!r})")
+        core = self._core
+        positions = self._positions()
+        live = [t for t in core.tasks.values() if user is None or t.user == user]
+        done = [r for r in core.recent.values() if user is None or r["user"] == user]
+        counts = Counter(str(t.status) for t in live) + Counter(r["status"] for r in done)
+        wanted = set(status) if status is not None else None
+        rows = [self._row(t, positions) for t in live if wanted is None or str(t.status) in wanted]
+        rows += [dict(r) for r in done if wanted is None or r["status"] in wanted]
+        if order == "queue":
+            rows.sort(key=lambda r: (r.get("queue_position") is None, r.get("queue_position") or 0, -r["submitted"]))
+        elif order == "priority":
+            rows.sort(key=lambda r: (-r["priority"], r["submitted"]))
+        else:
+            rows.sort(key=lambda r: r["submitted"], reverse=True)
+        return {"tasks": rows[offset : offset + limit], "total": len(rows), "counts": dict(counts), "order": order}
+
+    def _positions(self) -> dict[str, int]:
+        core = self._core
+        order = [k for k in core.queue.order() if k in core.tasks and core.tasks[k].ready]
+        return {key: i + 1 for i, key in enumerate(dict.fromkeys(order))}
+
+    def _row(self, task: TaskRecord, positions: dict[str, int]) -> dict[str, Any]:
+        row = task.explain()
+        row["queue_position"] = positions.get(task.key)
+        if task.status in HELD:
+            row["waiting_reason"] = self._waiting_reason(task, positions)
+        return row
+
+    def _waiting_reason(self, task: TaskRecord, positions: dict[str, int]) -> str:
+        core = self._core
+        if not task.ready:
+            return task.waiting_reason or task.where()
+        if not core.book.can_start(task.user):
+            limit = core.book.limits(task.user).concurrent_requests
+            return f"user {task.user!r} is at its concurrency limit ({limit} running)"
+        ahead = positions.get(task.key, 1) - 1
+        higher = sum(
+            1
+            for t in core.tasks.values()
+            if t.ready and t.status in HELD and t.request.priority > task.request.priority
+        )
+        parts = []
+        if higher:
+            parts.append(f"behind {higher} higher-priority task(s)")
+        elif ahead:
+            parts.append(f"behind {ahead} task(s) ahead in the queue")
+        if task.waiting_reason:
+            parts.append(task.waiting_reason)
+        return "; ".join(parts) or "next in line for a GPU"
+
+    def status_of(self, key: str) -> TaskStatus | None:
+        task = self._core.tasks.get(key)
+        if task is not None:
+            return task.status
+        info = self._core.recent.get(key)
+        return TaskStatus(info["status"]) if info is not None else None

@@ -1,0 +1,213 @@
+"""The scheduling core, event by event with the test's own clock: each defect of issue 10, and the lifecycle."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from core_helpers import Driver, failed, make_core, placed
+
+from altlas_dask.errors import GpuRoutingError, GpuTaskTimeoutError
+from altlas_dask.scheduling import events as ev
+from altlas_dask.scheduling.actions import Record, Release, Retry
+from altlas_dask.scheduling.fairqueue import FairQueue
+from altlas_dask.scheduling.lifecycle import TRANSITIONS, TaskStatus, api_status
+from altlas_dask.scheduling.view import CoreView
+
+OOM = "GpuOutOfMemoryError('CUDA out of memory')"
+
+
+def test_the_core_imports_nothing_from_dask():
+    code = (
+        "import sys\n"
+        "import altlas_dask.scheduling.core, altlas_dask.scheduling.view\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'dask', 'distributed', 'tornado', 'torch'}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def take(queue: FairQueue, n: int) -> list[str]:
+    out = []
+    for entry in queue.in_order(lambda user: True):
+        queue.served(entry)
+        out.append(entry.key)
+        if len(out) == n:
+            break
+    return out
+
+
+# -- fair share ------------------------------------------------------------------------------------
+
+
+def test_service_at_one_priority_does_not_push_back_a_newcomer_at_another():
+    """One virtual clock per priority: 500 priority-5 tasks served leave priority 3's clock where it was."""
+    queue = FairQueue()
+    for i in range(1000):
+        queue.push(f"flood-{i}", "flood", 3)
+    for i in range(500):
+        queue.push(f"urgent-{i}", "boss", 5)
+    assert all(k.startswith("urgent") for k in take(queue, 500))
+    queue.push("lone", "newcomer", 3)
+    assert "lone" in take(queue, 2)
+
+
+def test_fair_share_divides_gpu_time_not_task_count():
+    """A user of 20 s tasks and a user of 1 s tasks, both backlogged on one GPU, get equal GPU time."""
+    core = make_core({"gpu": {"multi_gpu": {"max_concurrent_tasks_per_gpu": 1}}})
+    d = Driver(core, gpus=1)
+    seconds = {"heavy": 20.0, "light": 1.0}
+    for i in range(400):
+        for user in seconds:
+            d.submit(f"{user}-{i}", user=user, task_type=user, timeout=600_000)
+    served = dict.fromkeys(seconds, 0.0)
+    running = next(iter(core.gpus.slots[0].assigned))
+    while min(served.values()) < 200:
+        user = running.split("-")[0]
+        d.now += seconds[user]
+        served[user] += seconds[user]
+        d.finish(running, seconds[user])
+        d.report(0)
+        (running,) = placed(d.tick())
+    assert abs(served["heavy"] - served["light"]) <= seconds["heavy"], served
+
+
+# -- deadlines --------------------------------------------------------------------------------------
+
+
+def test_a_deadline_fires_while_the_task_waits_for_its_dependencies():
+    d = Driver(make_core())
+    d.submit("child", ready=False, timeout=5)
+    assert not failed(d.tick(4.9))
+    (error,) = failed(d.tick(0.2)).values()
+    assert isinstance(error, GpuTaskTimeoutError) and "waiting for its dependencies" in str(error)
+
+
+def test_a_deadline_fires_while_the_task_waits_for_a_retry():
+    d = Driver(make_core())
+    assert placed(d.submit("t", timeout=10))
+    d.start("t")
+    assert any(isinstance(a, Retry) for a in d.err("t", OOM))
+    assert core_status(d, "t") == TaskStatus.RETRYING
+    (error,) = failed(d.tick(11)).values()
+    assert "waiting to be retried after 1 attempt(s)" in str(error)
+    assert CoreView(d.core).status_of("t") == TaskStatus.TIMED_OUT
+
+
+def core_status(d: Driver, key: str) -> TaskStatus:
+    return d.core.tasks[key].status
+
+
+# -- health -------------------------------------------------------------------------------------------
+
+
+def test_a_few_errors_do_not_make_a_gpu_critical_and_a_critical_gpu_recovers():
+    core = make_core({"gpu": {"health": {"min_samples": 10, "recovery_seconds": 60}}})
+    d = Driver(core, gpus=1)
+
+    def attempt(key: str, error: str | None) -> None:
+        d.submit(key, retries=0)
+        d.err(key, error) if error else d.finish(key)
+
+    for i in range(4):  # 4 errors in 8 attempts: 50 %, but under min_samples
+        attempt(f"ok{i}", None)
+        attempt(f"bad{i}", OOM)
+    assert CoreView(core).gpus()[0].health_status == "warning"
+    attempt("bad4", OOM)
+    attempt("bad5", OOM)  # 6 of 10
+    view = CoreView(core).gpus()[0]
+    assert view.health_status == "critical" and "60% GPU errors in its last 10 attempts" in view.health_reason
+    d.report(0)
+    d.tick(59)
+    assert CoreView(core).gpus()[0].health_status == "critical"
+    d.report(0)
+    d.tick(2)
+    assert CoreView(core).gpus()[0].health_status == "healthy"
+    assert placed(d.submit("after"))
+
+
+def test_when_every_gpu_is_critical_a_task_fails_at_once_saying_so():
+    core = make_core({"gpu": {"health": {"min_samples": 2}}})
+    d = Driver(core, gpus=2)
+    for g in range(2):
+        for i in range(2):
+            key = f"g{g}-{i}"
+            d.submit(key, specific_gpu_id=g, retries=0)
+            d.err(key, OOM)
+    (error,) = failed(d.submit("new")).values()
+    assert isinstance(error, GpuRoutingError)
+    assert "every GPU that fits this task is unhealthy" in str(error) and "GPU 1: health critical" in str(error)
+
+
+def test_a_silent_gpu_is_unresponsive_its_work_moves_and_it_comes_back():
+    core = make_core({"gpu": {"detection": {"health_check_interval": 10}}})
+    d = Driver(core, gpus=2)
+    d.submit("t", specific_gpu_id=None, strategy="round_robin")
+    victim = core.tasks["t"].gpu
+    d.start("t")
+    d.tick(5)
+    d.report(1 - victim)
+    actions = d.tick(6)  # 11 s without a report from the victim
+    assert [a.key for a in actions if isinstance(a, Release)] == ["t"]
+    gpus = {g.id: g for g in CoreView(core).gpus()}
+    assert gpus[victim].status == "unresponsive" and "no report for 11s" in gpus[victim].health_reason
+    assert core.handle(ev.Finished("t", d.now, d.worker(victim), 1.0)) == []  # a late result: ignored
+    d.core.handle(ev.Released("t", d.now))
+    core.handle(ev.Ready("t", d.now))
+    assert placed(d.tick()) == {"t": 1 - victim}
+    records = [a for a in d.finish("t") if isinstance(a, Record)]
+    assert len(records) == 1 and records[0].row["status"] == "completed"
+    d.report(victim)
+    assert {g.id: g.status for g in CoreView(core).gpus()}[victim] == "active"
+
+
+def test_a_task_running_far_past_its_expected_time_marks_its_gpu_unresponsive():
+    d = Driver(make_core({"gpu": {"health": {"hung_task_factor": 10, "hung_task_min_seconds": 30}}}), gpus=1)
+    d.submit("learn")
+    d.start("learn")
+    d.finish("learn", 2.0)  # this GPU runs the type in about 2 s
+    d.submit("stuck")
+    d.start("stuck")
+    for _ in range(10):  # 20 s: under the 30 s minimum
+        d.report(0)
+        assert not any(isinstance(a, Release) for a in d.tick(2))
+    for _ in range(6):  # 32 s: over 30 s and 10x 2 s
+        d.report(0)
+        actions = d.tick(2)
+    assert [a.key for a in actions if isinstance(a, Release)] == ["stuck"]
+    assert CoreView(d.core).gpus()[0].status == "unresponsive"
+
+
+# -- lifecycle, views, memory --------------------------------------------------------------------------
+
+
+def test_final_records_in_memory_are_bounded():
+    d = Driver(make_core(recent_size=5), gpus=1)
+    for i in range(20):
+        d.submit(f"t{i}")
+        d.finish(f"t{i}")
+    assert list(d.core.recent) == [f"t{i}" for i in range(15, 20)]
+    assert CoreView(d.core).explain(["t0", "t19"]).keys() == {"t19"}
+
+
+def test_every_status_has_an_api_spelling_and_final_ones_go_nowhere():
+    for status in TaskStatus:
+        assert api_status(status) in {"queued", "running", "completed", "failed", "cancelled", "rejected"}
+        assert (TRANSITIONS[status] == frozenset()) == status.final
+    with pytest.raises(ValueError):
+        api_status("released")
+
+
+def test_queued_tasks_explain_their_position_and_why_they_wait():
+    core = make_core({"gpu": {"multi_gpu": {"max_concurrent_tasks_per_gpu": 1}}})
+    d = Driver(core, gpus=1)
+    d.submit("running")
+    d.submit("low", priority=1)
+    d.submit("high", priority=5)
+    d.tick()
+    rows = {r["key"]: r for r in CoreView(core).tasks(order="queue")["tasks"]}
+    assert rows["high"]["queue_position"] == 1 and rows["low"]["queue_position"] == 2
+    assert "behind 1 higher-priority task(s)" in rows["low"]["waiting_reason"]
+    assert "max_concurrent_tasks_per_gpu" in rows["high"]["waiting_reason"]
+    assert CoreView(core).tasks()["counts"] == {"placed": 1, "queued": 2}
