@@ -198,6 +198,10 @@ from altlas_dask.submit_cli import submit  # noqa: E402  (submit a named workloa
 cli.add_command(console_command)
 cli.add_command(submit)
 
+from altlas_dask.selftest import selftest_command  # noqa: E402  (seed 003's test suite)
+
+cli.add_command(selftest_command)
+
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point: configuration and GPU errors print one clear line, exit 2."""

@@ -219,12 +219,76 @@ class Accounting(_Strict):
     recent_records: int = Field(1000, ge=0, le=1_000_000)  # final records kept in memory; older: from the database
 
 
+# -- the `test:` section (seed 003): what `altlas-dask selftest` runs ------------------------------------------
+
+
+class SelftestToggle(_Strict):
+    enabled: bool = True
+
+
+class SelftestWork(_Strict):
+    """One kind of task: a dense layer ``input_size -> output_size`` applied for ``duration`` seconds."""
+
+    enabled: bool = True
+    input_size: int = Field(1024, ge=1, le=1_048_576)
+    output_size: int = Field(1024, ge=1, le=1_048_576)
+    duration: float = Field(5.0, ge=0, le=86_400)
+
+
+class SelftestConcurrent(SelftestWork):
+    concurrent_tasks: int = Field(4, ge=1, le=10_000)
+    task_count: int = Field(20, ge=1, le=1_000_000)
+    duration: float = Field(2.0, ge=0, le=86_400)
+
+
+class SelftestScenario(_Strict):
+    name: str = Field(min_length=1, max_length=128)
+    input_size: int = Field(ge=1, le=1_048_576)
+    output_size: int = Field(ge=1, le=1_048_576)
+    duration: float = Field(ge=0, le=86_400)
+
+
+class SelftestErrorScenario(SelftestScenario):
+    name: Literal["gpu_overload", "task_timeout"]
+    concurrent_tasks: int = Field(1, ge=1, le=10_000)
+
+
+class SelftestPerformance(_Strict):
+    enabled: bool = True
+    scenarios: tuple[SelftestScenario, ...] = (
+        SelftestScenario(name="small_model", input_size=1024, output_size=1024, duration=5),
+        SelftestScenario(name="medium_model", input_size=4096, output_size=4096, duration=5),
+        SelftestScenario(name="large_model", input_size=8192, output_size=8192, duration=5),
+    )
+
+
+class SelftestErrorHandling(_Strict):
+    enabled: bool = True
+    scenarios: tuple[SelftestErrorScenario, ...] = (
+        SelftestErrorScenario(
+            name="gpu_overload", concurrent_tasks=10, input_size=16384, output_size=16384, duration=10
+        ),
+        SelftestErrorScenario(name="task_timeout", input_size=8192, output_size=8192, duration=310),
+    )
+
+
+class SelftestSuite(_Strict):
+    """Seed 003's test settings, key for key: the scenarios of ``altlas-dask selftest``."""
+
+    detection: SelftestToggle = SelftestToggle()
+    basic_functionality: SelftestWork = SelftestWork()
+    concurrent_processing: SelftestConcurrent = SelftestConcurrent()
+    performance: SelftestPerformance = SelftestPerformance()
+    error_handling: SelftestErrorHandling = SelftestErrorHandling()
+
+
 class AltlasConfig(_Strict):
     gpu: Gpu = Gpu()
     cluster: Cluster = Cluster()
     simulation: Simulation = Simulation()
     quotas: Quotas = Quotas()
     accounting: Accounting = Accounting()
+    test: SelftestSuite = SelftestSuite()
 
     @model_validator(mode="after")
     def _default_strategy_enabled(self) -> AltlasConfig:

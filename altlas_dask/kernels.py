@@ -114,6 +114,7 @@ def dense_layer(
         )
     reserve_mb = max(dense_memory_mb(input_size, output_size, batch), int(memory_mb))
     with torch_work(reserve_mb, "dense_layer") as (device, guard):
+        began = time.time()
         x, w = (t.to(device.torch_device) for t in dense_inputs(input_size, output_size, batch, seed))
         start = time.perf_counter()
         y = x @ w
@@ -125,6 +126,7 @@ def dense_layer(
             guard.chunk_done()
             iterations += 1
         seconds = time.perf_counter() - start
+        ended = time.time()
     return {
         "gpu": device.index,
         "uuid": device.uuid,
@@ -134,4 +136,6 @@ def dense_layer(
         "gflop": 2.0 * batch * input_size * output_size * iterations / 1e9,
         "memory_mb": reserve_mb,
         "checksum": checksum,
+        "started": began,  # wall clock while the memory was held (epoch seconds)
+        "ended": ended,
     }

@@ -67,8 +67,9 @@ class GpuState:
         return cls(**fields)
 
     def to_api(self) -> dict[str, Any]:
-        """The nested shape of seed 001 section 6.3.3 (``GET /gpu/status``)."""
-        return {
+        """The nested shape of seed 001 section 6.3.3 (``GET /gpu/status``), plus ``unknown_fields``
+        when NVML could not report some field (their numbers are placeholders then)."""
+        api = {
             "gpu_id": f"gpu_{self.id}",
             "uuid": self.uuid,
             "name": self.name,
@@ -86,8 +87,10 @@ class GpuState:
             "health_status": self.health_status,
             "simulated": self.simulated,
             "worker": self.worker,
-            "unknown_fields": list(self.unknown),
         }
+        if self.unknown:
+            api["unknown_fields"] = list(self.unknown)
+        return api
 
 
 def classify_health(
