@@ -202,6 +202,10 @@ from altlas_dask.selftest import selftest_command  # noqa: E402  (seed 003's tes
 
 cli.add_command(selftest_command)
 
+from altlas_dask.k8s_cli import k8s  # noqa: E402  (Kubernetes manifests for the Dask operator)
+
+cli.add_command(k8s)
+
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point: configuration and GPU errors print one clear line, exit 2."""

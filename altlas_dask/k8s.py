@@ -1,0 +1,373 @@
+"""``altlas-dask k8s render``: Kubernetes manifests for the Dask operator (dask-kubernetes).
+
+The ``DaskCluster`` comes from ``dask_kubernetes.operator.make_cluster_spec`` (the operator's own
+builder, offline), then gets the router preload on its scheduler and ``dask cuda worker`` with
+``nvidia.com/gpu`` on its default worker group. Around it: a ``DaskAutoscaler``, the gateway and the
+console as Deployments with Services, the config as a ConfigMap, a volume for the scheduler's
+accounting database, the API-key database and TLS certificates from Secrets, and Prometheus scraping
+(a ``ServiceMonitor`` per target, and the same as a plain scrape config). Nothing here talks to a cluster.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from altlas_dask.config import AltlasConfig, ConfigError, load_config
+
+Manifest = dict[str, Any]
+
+UID = 10001  # the image's user (deploy/docker/Dockerfile)
+CONFIG_DIR = "/etc/altlas"
+DATA_DIR = "/var/lib/altlas"
+CERTS_DIR = "/certs"
+KEYS_DIR = "/secrets/api-keys"
+API_KEYS_SECRET = "altlas-api-keys"  # kubectl create secret generic altlas-api-keys --from-file=altlas.sqlite=...
+TLS_SECRET = "altlas-tls"  # issue 12 (mutual TLS): mounted when it exists (optional)
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+
+class K8sRenderError(ValueError):
+    """The manifests cannot be rendered (the message says why)."""
+
+
+NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """What the command line chooses; everything else follows from the config."""
+
+    nodes: int = 2
+    gpus_per_node: int = 4
+    max_nodes: int | None = None  # DaskAutoscaler maximum (default: nodes)
+    min_nodes: int = 1
+    name: str = "altlas"
+    namespace: str | None = None
+    image: str = "altlas-dask:0.1.0"
+
+    def check(self) -> None:
+        if not NAME.match(self.name):
+            raise K8sRenderError(f"--name {self.name!r} must be a DNS label: lower-case letters, digits and '-'")
+        if self.nodes < 1 or self.gpus_per_node < 1:
+            raise K8sRenderError(f"--nodes ({self.nodes}) and --gpus-per-node ({self.gpus_per_node}) must be >= 1")
+        if not 0 <= self.min_nodes <= self.maximum:
+            raise K8sRenderError(f"--min-nodes {self.min_nodes} must be between 0 and --max-nodes {self.maximum}")
+        if self.maximum < self.nodes:
+            raise K8sRenderError(f"--max-nodes {self.maximum} is below --nodes {self.nodes}")
+
+    @property
+    def maximum(self) -> int:
+        return self.nodes if self.max_nodes is None else self.max_nodes
+
+
+def _meta(name: str, options: RenderOptions, component: str) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": name,
+        "labels": {"app.kubernetes.io/name": "altlas-dask", "app.kubernetes.io/component": component},
+    }
+    if options.namespace:
+        meta["namespace"] = options.namespace
+    return meta
+
+
+def _security() -> dict[str, Any]:
+    return {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID}
+
+
+def _config_volume(options: RenderOptions) -> dict[str, Any]:
+    return {"name": "config", "configMap": {"name": f"{options.name}-config"}}
+
+
+def _tls_volume() -> dict[str, Any]:
+    return {"name": "tls", "secret": {"secretName": TLS_SECRET, "optional": True, "defaultMode": 0o440}}
+
+
+def _mounts(*extra: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "tls", "mountPath": CERTS_DIR, "readOnly": True},
+        *extra,
+    ]
+
+
+def _env(**extra: str) -> list[dict[str, str]]:
+    env = {"ALTLAS_CONFIG": f"{CONFIG_DIR}/cluster.yaml", **extra}
+    return [{"name": k, "value": v} for k, v in env.items()]
+
+
+def _probe(port: str, path: str, delay: int) -> dict[str, Any]:
+    return {"httpGet": {"port": port, "path": path}, "initialDelaySeconds": delay, "periodSeconds": 20}
+
+
+def dask_cluster(config: AltlasConfig, options: RenderOptions) -> Manifest:
+    """The operator's ``DaskCluster``: router preload on the scheduler, ``dask cuda worker`` on GPU pods."""
+    try:
+        from dask_kubernetes.operator import make_cluster_spec
+    except ImportError as exc:
+        raise K8sRenderError(f"k8s render needs dask-kubernetes ({exc}): pip install 'altlas-dask[k8s]'") from None
+
+    threads = config.routing().max_concurrent_tasks_per_gpu
+    spec = make_cluster_spec(
+        name=options.name,
+        image=options.image,
+        n_workers=options.nodes,
+        worker_command=f"dask cuda worker --nthreads {threads} --preload altlas_dask.worker",
+    )
+    spec["metadata"] = _meta(options.name, options, "dask-cluster")
+
+    scheduler_pod = spec["spec"]["scheduler"]["spec"]
+    [scheduler] = scheduler_pod["containers"]
+    # the router, and the GPU-slot adaptive target the DaskAutoscaler reads (scheduler_plugins/autoscale.py)
+    preloads = ["--preload", "scheduler_plugins.gpu_router", "--preload", "scheduler_plugins.autoscale"]
+    scheduler["args"] = ["dask", "scheduler", "--host", "0.0.0.0", *preloads]
+    scheduler["env"] = _env(
+        ALTLAS_ACCOUNTING__DATABASE=f"{DATA_DIR}/altlas.sqlite", DASK_ALTLAS__GPUS_PER_POD=str(options.gpus_per_node)
+    )
+    scheduler["volumeMounts"] = _mounts({"name": "data", "mountPath": DATA_DIR})
+    scheduler["resources"] = {"requests": {"cpu": "2", "memory": "4Gi"}}
+    scheduler_pod["securityContext"] = _security()
+    scheduler_pod["volumes"] = [
+        _config_volume(options),
+        _tls_volume(),
+        {"name": "data", "persistentVolumeClaim": {"claimName": f"{options.name}-accounting"}},
+    ]
+
+    worker_pod = spec["spec"]["worker"]["spec"]
+    [worker] = worker_pod["containers"]
+    worker["env"] = _env(ALTLAS_HEALTH_URL="http://127.0.0.1:8788/health")
+    worker["resources"] = {"limits": {"nvidia.com/gpu": str(options.gpus_per_node)}}  # a quantity: a string
+    worker["volumeMounts"] = _mounts({"name": "dshm", "mountPath": "/dev/shm"})
+    worker["livenessProbe"] = _probe("http-dashboard", "/health", 60)
+    worker_pod["securityContext"] = _security()
+    worker_pod["tolerations"] = [GPU_TOLERATION]
+    worker_pod["volumes"] = [_config_volume(options), _tls_volume(), {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    return spec
+
+
+def autoscaler(options: RenderOptions) -> Manifest:
+    """Scales the default worker group (pods of ``gpus_per_node`` GPUs) between min and max nodes."""
+    return {
+        "apiVersion": "kubernetes.dask.org/v1",
+        "kind": "DaskAutoscaler",
+        "metadata": _meta(options.name, options, "autoscaler"),
+        "spec": {"cluster": options.name, "minimum": options.min_nodes, "maximum": options.maximum},
+    }
+
+
+def config_map(options: RenderOptions, config_text: str) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(f"{options.name}-config", options, "config"),
+        "data": {"cluster.yaml": config_text},
+    }
+
+
+def accounting_claim(options: RenderOptions) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": _meta(f"{options.name}-accounting", options, "scheduler"),
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    }
+
+
+def _service_deployment(
+    options: RenderOptions, component: str, port: int, args: list[str], health: str, pod_extra: dict[str, Any]
+) -> list[Manifest]:
+    name = f"{options.name}-{component}"
+    selector = {"app.kubernetes.io/name": "altlas-dask", "app.kubernetes.io/component": component}
+    container = {
+        "name": component,
+        "image": options.image,
+        "args": args,
+        "env": _env(ALTLAS_HEALTH_URL=f"http://127.0.0.1:{port}{health}", **pod_extra.pop("env", {})),
+        "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
+        "readinessProbe": {"httpGet": {"port": "http", "path": health}, "periodSeconds": 5},
+        "livenessProbe": _probe("http", health, 30),
+        "volumeMounts": _mounts(*pod_extra.pop("mounts", [])),
+    }
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(name, options, component),
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": selector},
+                "spec": {
+                    "securityContext": _security(),
+                    "containers": [container],
+                    "volumes": [_config_volume(options), _tls_volume(), *pod_extra.pop("volumes", [])],
+                    **pod_extra,
+                },
+            },
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(name, options, component),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector,
+            "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+    return [deployment, service]
+
+
+def gateway(options: RenderOptions) -> list[Manifest]:
+    """The REST gateway; its key database is copied from the Secret into a writable volume at start."""
+    scheduler = f"tcp://{options.name}-scheduler:8786"
+    database = f"{DATA_DIR}/altlas.sqlite"
+    copy_keys = {
+        "name": "api-keys",
+        "image": options.image,
+        "command": ["python", "-c", f"import shutil; shutil.copy('{KEYS_DIR}/altlas.sqlite', '{database}')"],
+        "volumeMounts": [
+            {"name": "api-keys", "mountPath": KEYS_DIR, "readOnly": True},
+            {"name": "data", "mountPath": DATA_DIR},
+        ],
+    }
+    args = ["altlas-dask", "api", "--scheduler", scheduler, "--host", "0.0.0.0", "--port", "8000"]
+    return _service_deployment(
+        options,
+        "gateway",
+        8000,
+        args,
+        "/api/v1/health",
+        {
+            "initContainers": [copy_keys],
+            "env": {"ALTLAS_ACCOUNTING__DATABASE": database},
+            "mounts": [{"name": "data", "mountPath": DATA_DIR}],
+            "volumes": [
+                {"name": "api-keys", "secret": {"secretName": API_KEYS_SECRET, "defaultMode": 0o440}},
+                {"name": "data", "emptyDir": {}},
+            ],
+        },
+    )
+
+
+def console(options: RenderOptions) -> list[Manifest]:
+    scheduler = f"tcp://{options.name}-scheduler:8786"
+    args = ["altlas-dask", "console", "--scheduler", scheduler, "--host", "0.0.0.0", "--port", "8501"]
+    return _service_deployment(options, "console", 8501, args, "/_stcore/health", {})
+
+
+def service_monitors(options: RenderOptions) -> list[Manifest]:
+    """prometheus-operator ``ServiceMonitor``s: the scheduler's /metrics and NVIDIA's dcgm-exporter."""
+    scheduler = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": _meta(f"{options.name}-scheduler", options, "monitoring"),
+        "spec": {
+            "selector": {"matchLabels": {"dask.org/cluster-name": options.name, "dask.org/component": "scheduler"}},
+            "endpoints": [{"port": "http-dashboard", "path": "/metrics", "interval": "15s"}],
+        },
+    }
+    dcgm = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": _meta(f"{options.name}-dcgm-exporter", options, "monitoring"),
+        "spec": {
+            # the GPU Operator's dcgm-exporter Service (namespace gpu-operator); adjust for a Helm-installed one
+            "namespaceSelector": {"matchNames": ["gpu-operator"]},
+            "selector": {"matchLabels": {"app": "nvidia-dcgm-exporter"}},
+            "endpoints": [{"port": "gpu-metrics", "path": "/metrics", "interval": "15s"}],
+        },
+    }
+    return [scheduler, dcgm]
+
+
+def scrape_config(options: RenderOptions) -> Manifest:
+    """The same two targets for a Prometheus without the operator: a ConfigMap holding scrape jobs."""
+    namespace = options.namespace or "default"
+    jobs = {
+        "scrape_configs": [
+            {
+                "job_name": "altlas-dask-scheduler",
+                "metrics_path": "/metrics",
+                "static_configs": [
+                    {
+                        "targets": [f"{options.name}-scheduler.{namespace}.svc:8787"],
+                        "labels": {"cluster": options.name},
+                    }
+                ],
+            },
+            {
+                "job_name": "dcgm-exporter",
+                "kubernetes_sd_configs": [{"role": "endpoints", "namespaces": {"names": ["gpu-operator"]}}],
+                "relabel_configs": [
+                    {
+                        "source_labels": ["__meta_kubernetes_service_label_app"],
+                        "regex": "nvidia-dcgm-exporter",
+                        "action": "keep",
+                    },
+                    {"source_labels": ["__meta_kubernetes_pod_node_name"], "target_label": "Hostname"},
+                ],
+            },
+        ]
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(f"{options.name}-prometheus-scrape", options, "monitoring"),
+        "data": {"scrape-configs.yml": yaml.safe_dump(jobs, sort_keys=False)},
+    }
+
+
+def render(config_path: str | Path | None, options: RenderOptions) -> dict[str, Manifest]:
+    """File name -> manifest, in apply order. The config file is validated and shipped verbatim."""
+    options.check()
+    path = Path(config_path) if config_path else _default_config()
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {exc.strerror}") from None
+    config = load_config(path, environ={})
+    manifests: list[Manifest] = [
+        config_map(options, text),
+        accounting_claim(options),
+        dask_cluster(config, options),
+        autoscaler(options),
+        *gateway(options),
+        *console(options),
+        *service_monitors(options),
+        scrape_config(options),
+    ]
+    out: dict[str, Manifest] = {}
+    for index, manifest in enumerate(manifests):
+        out[f"{index:02d}-{manifest['kind'].lower()}-{manifest['metadata']['name']}.yaml"] = manifest
+    return out
+
+
+def _default_config() -> Path:
+    from altlas_dask.config import DEFAULT_CONFIG_PATH
+
+    return DEFAULT_CONFIG_PATH
+
+
+def kustomization(files: list[str]) -> str:
+    return yaml.safe_dump(
+        {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": files}
+    )
+
+
+def write(manifests: dict[str, Manifest], out: Path, header: str) -> list[Path]:
+    """Write one YAML file per manifest plus a kustomization.yaml (``kubectl apply -k DIR``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, manifest in manifests.items():
+        path = out / name
+        path.write_text(f"# {header}\n" + yaml.safe_dump(manifest, sort_keys=False))
+        written.append(path)
+    path = out / "kustomization.yaml"
+    path.write_text(f"# {header}\n" + kustomization(list(manifests)))
+    return [*written, path]
