@@ -1,0 +1,314 @@
+"""Invariants of the scheduling core over thousands of random event sequences (hypothesis stateful testing).
+
+The machine plays Dask's part: it carries out the core's actions the way the adapter and Dask do
+(a retried or released task comes back ready; a failed one is gone) and keeps its own ledger of
+placements, from which every oracle below is written: from the property's definition, never by
+asking the core's own functions.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from core_helpers import gpu, make_core
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from altlas_dask.scheduling import events as ev
+from altlas_dask.scheduling.actions import Fail, Place, Record, Release, Retry
+from altlas_dask.scheduling.fairqueue import FairQueue
+from altlas_dask.scheduling.tasks import TaskRecord
+
+MAX_CONCURRENT = 2
+MEMORY_THRESHOLD = 0.9
+USERS = ("ana", "bob", "cap", "rate", "vip")
+LIMITS = {"cap": {"concurrent_requests": 2}, "rate": {"requests_per_minute": 5}, "vip": {"priority_requests": 2}}
+MEMORY = (0, 1000, 6000, 15000, 40000)
+GPU_MEMORY = (16384, 16384, 81920, 81920)
+OOM = "GpuOutOfMemoryError('out of memory')"
+
+# Written from the issue's lifecycle, not read from the code under test.
+ALLOWED = {
+    ("queued", "placed"), ("queued", "rejected"), ("queued", "failed"), ("queued", "timed_out"),
+    ("queued", "cancelled"), ("placed", "running"), ("placed", "retrying"), ("placed", "completed"),
+    ("placed", "failed"), ("placed", "timed_out"), ("placed", "cancelled"), ("running", "retrying"),
+    ("running", "completed"), ("running", "failed"), ("running", "timed_out"), ("running", "cancelled"),
+    ("retrying", "placed"), ("retrying", "failed"), ("retrying", "timed_out"), ("retrying", "cancelled"),
+}  # fmt: skip
+FINAL = {"completed", "failed", "timed_out", "cancelled", "rejected"}
+
+
+class CoreMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        config = {
+            "gpu": {
+                "multi_gpu": {"max_concurrent_tasks_per_gpu": MAX_CONCURRENT, "memory_threshold": MEMORY_THRESHOLD},
+                "health": {"min_samples": 3, "recovery_seconds": 30},
+                "detection": {"health_check_interval": 20},
+            },
+            "quotas": {"users": LIMITS},
+        }
+        self.core = make_core(config)
+        self.now = 1000.0
+        self.moves: list[tuple[str, str, str]] = []
+        self._watch_moves()
+        self.joined: dict[int, str] = {}  # gpu index -> worker
+        self.next_gpu = 0
+        self.submitted: dict[str, dict] = {}  # key -> user, priority, memory, time, deadline
+        self.records: dict[str, int] = defaultdict(int)
+        self.on_gpu: dict[str, int] = {}  # key -> GPU, from Place until the attempt ends
+        self.admitted: list[tuple[str, float]] = []
+        self.count = 0
+        for _ in range(2):
+            self.join()
+
+    def _watch_moves(self) -> None:
+        original, moves = TaskRecord.move, self.moves
+
+        def move(task: TaskRecord, status) -> None:
+            moves.append((task.key, str(task.status), str(status)))
+            original(task, status)
+
+        self._original_move = original
+        TaskRecord.move = move  # observe every status change (restored in teardown)
+
+    def teardown(self) -> None:
+        TaskRecord.move = self._original_move
+
+    # -- playing Dask --------------------------------------------------------------------------------
+    def send(self, event) -> list:
+        actions = self.core.handle(event)
+        snapshot = {g.id: g for g in self.core.gpus.snapshot()}
+        for action in actions:  # in order: a slot freed by a Fail may be taken by the next Place
+            if isinstance(action, Place):
+                self.check_placement(action, snapshot)
+            elif isinstance(action, Record):
+                self.records[action.row["key"]] += 1
+                self.on_gpu.pop(action.row["key"], None)
+            elif isinstance(action, Fail | Retry | Release):
+                self.on_gpu.pop(action.key, None)
+        for action in actions:  # Dask's answer: a retried or released task comes back, held and ready
+            if isinstance(action, Retry | Release):
+                self.send(ev.Released(action.key, self.now))
+                self.send(ev.Ready(action.key, self.now))
+        return actions
+
+    def check_placement(self, action: Place, snapshot: dict) -> None:
+        """No double placement; per GPU, slots and memory; no higher-priority task that fits is passed."""
+        assert action.key not in self.on_gpu, f"{action.key} placed on GPU {action.gpu} while on {self.on_gpu}"
+        mine = self.submitted[action.key]
+        for key, info in self.waiting_ready().items():
+            if info["priority"] > mine["priority"] and self.could_take(key, info, action.gpu, snapshot):
+                raise AssertionError(f"{action.key} (p{mine['priority']}) passed {key} (p{info['priority']})")
+        self.on_gpu[action.key] = action.gpu
+        on_this = [k for k, g in self.on_gpu.items() if g == action.gpu]
+        assert len(on_this) <= MAX_CONCURRENT
+        total = GPU_MEMORY[action.gpu % len(GPU_MEMORY)]
+        assert sum(self.submitted[k]["memory"] for k in on_this) <= MEMORY_THRESHOLD * total
+
+    def waiting_ready(self) -> dict[str, dict]:
+        return {
+            k: self.submitted[k]
+            for k, t in self.core.tasks.items()
+            if t.ready and t.status in ("queued", "retrying") and k not in self.on_gpu
+        }
+
+    def could_take(self, key: str, info: dict, gpu_id: int, snapshot: dict) -> bool:
+        g = snapshot.get(gpu_id)
+        if g is None or g.status != "active" or g.health_status == "critical":
+            return False
+        task = self.core.tasks[key]
+        if gpu_id in task.request.exclude:
+            return False
+        on_this = [k for k, x in self.on_gpu.items() if x == gpu_id]
+        total = GPU_MEMORY[gpu_id % len(GPU_MEMORY)]
+        used = sum(self.submitted[k]["memory"] for k in on_this)
+        running = sum(1 for k in self.on_gpu if self.submitted[k]["user"] == info["user"])
+        limit = LIMITS.get(info["user"], {}).get("concurrent_requests", 1024)
+        return len(on_this) < MAX_CONCURRENT and used + info["memory"] <= MEMORY_THRESHOLD * total and running < limit
+
+    # -- rules -----------------------------------------------------------------------------------------
+    @rule()
+    def join(self) -> None:
+        if len(self.joined) >= 4:
+            return
+        index = self.next_gpu
+        self.next_gpu += 1
+        self.joined[index] = f"tcp://gpu-{index}"
+        state = gpu(index, memory_mb=GPU_MEMORY[index % len(GPU_MEMORY)])
+        self.send(ev.GpuJoined(self.joined[index], state, self.now))
+
+    @precondition(lambda self: len(self.joined) > 1)
+    @rule(data=st.data())
+    def leave(self, data) -> None:
+        index = data.draw(st.sampled_from(sorted(self.joined)))
+        worker = self.joined.pop(index)
+        self.send(ev.GpuLeft(worker, self.now))
+        for key, g in list(self.on_gpu.items()):  # Dask releases what ran there
+            if g == index:
+                self.on_gpu.pop(key)
+                self.send(ev.Released(key, self.now))
+                self.send(ev.Ready(key, self.now))
+
+    @rule(
+        user=st.sampled_from(USERS),
+        priority=st.integers(1, 5),
+        memory=st.sampled_from(MEMORY),
+        ready=st.booleans(),
+        timeout=st.sampled_from([3.0, 30.0, 300.0]),
+    )
+    def submit(self, user, priority, memory, ready, timeout) -> None:
+        key = f"t{self.count}"
+        self.count += 1
+        self.submitted[key] = {"user": user, "priority": priority, "memory": memory, "deadline": self.now + timeout}
+        options = {"user": user, "priority": priority, "memory_mb": memory, "timeout": timeout, "retries": 1}
+        actions = self.send(ev.Submitted(key, options, self.now, ready=ready))
+        if not any(isinstance(a, Record) and a.row["status"] == "rejected" for a in actions):
+            self.admitted.append((user, self.now))
+
+    def live(self, *statuses: str) -> list[str]:
+        return sorted(k for k, t in self.core.tasks.items() if not statuses or t.status in statuses)
+
+    @precondition(lambda self: any(not t.ready and t.status == "queued" for t in self.core.tasks.values()))
+    @rule(data=st.data())
+    def dependencies_done(self, data) -> None:
+        keys = sorted(k for k, t in self.core.tasks.items() if not t.ready and t.status == "queued")
+        self.send(ev.Ready(data.draw(st.sampled_from(keys)), self.now))
+
+    @precondition(lambda self: self.on_gpu)
+    @rule(data=st.data(), what=st.sampled_from(["start", "finish", "gpu_error", "user_error"]))
+    def on_a_gpu(self, data, what) -> None:
+        key = data.draw(st.sampled_from(sorted(self.on_gpu)))
+        worker = self.joined.get(self.on_gpu[key])
+        if what == "start":
+            self.send(ev.Started(key, self.now))
+        elif what == "finish":
+            self.send(ev.Finished(key, self.now, worker, data.draw(st.floats(0.01, 20))))
+        else:
+            self.send(ev.Erred(key, self.now, OOM if what == "gpu_error" else "ValueError('bad')", worker, 0.1))
+
+    @precondition(lambda self: self.core.tasks)
+    @rule(data=st.data(), how=st.sampled_from(["cancel", "forget"]))
+    def stop(self, data, how) -> None:
+        key = data.draw(st.sampled_from(self.live()))
+        event = ev.Cancel(key, self.now, "ana") if how == "cancel" else ev.Forgotten(key, self.now)
+        self.send(event)
+
+    @precondition(lambda self: self.joined)
+    @rule(data=st.data(), what=st.sampled_from(["report", "error", "drain", "enable"]))
+    def gpu_event(self, data, what) -> None:
+        index = data.draw(st.sampled_from(sorted(self.joined)))
+        state = gpu(
+            index, memory_mb=GPU_MEMORY[index % len(GPU_MEMORY)], status="error" if what == "error" else "active"
+        )
+        gpu_id = self.core.gpus.by_worker[self.joined[index]]
+        if what in ("report", "error"):
+            self.send(ev.GpuReported(self.joined[index], state, self.now))
+        elif what == "drain":
+            self.send(ev.Drain(gpu_id, self.now, "test"))
+        else:
+            self.send(ev.Enable(gpu_id, self.now))
+
+    @rule(seconds=st.sampled_from([0.0, 0.5, 2.0, 11.0]))
+    def tick(self, seconds) -> None:
+        self.now += seconds
+        self.send(ev.Tick(self.now))
+        overdue = [k for k in self.core.tasks if self.submitted[k]["deadline"] <= self.now]
+        assert not overdue, f"deadlines passed at {self.now} without firing: {overdue}"
+
+    # -- invariants --------------------------------------------------------------------------------------
+    @invariant()
+    def every_task_ends_once_through_allowed_moves(self) -> None:
+        bad = [m for m in self.moves if (m[1], m[2]) not in ALLOWED]
+        assert not bad, bad
+        assert all(n == 1 for n in self.records.values()), {k: n for k, n in self.records.items() if n > 1}
+        for key in self.submitted:
+            live = key in self.core.tasks
+            assert live != (key in self.records), key
+            if live:
+                assert str(self.core.tasks[key].status) not in FINAL
+
+    @invariant()
+    def one_gpu_at_a_time(self) -> None:
+        holders = defaultdict(list)
+        for slot in self.core.gpus.slots.values():
+            for key in slot.assigned:
+                holders[key].append(slot.gpu_id)
+        assert all(len(g) == 1 for g in holders.values()), holders
+
+    @invariant()
+    def hard_quotas_hold(self) -> None:
+        times = sorted(t for u, t in self.admitted if u == "rate")
+        assert all(times[i + 5] - times[i] >= 60 for i in range(len(times) - 5)), times
+        outstanding = [k for k, t in self.core.tasks.items() if t.user == "vip" and t.request.priority >= 4]
+        assert len(outstanding) <= 2
+        running = [k for k in self.on_gpu if self.submitted[k]["user"] == "cap"]
+        assert len(running) <= 2
+
+
+CoreMachine.TestCase.settings = settings(
+    max_examples=1500, stateful_step_count=50, deadline=None, suppress_health_check=list(HealthCheck)
+)
+TestCoreInvariants = CoreMachine.TestCase
+
+
+# -- fair share, from its definition ---------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    costs_a=st.lists(st.floats(0.1, 50), min_size=30, max_size=60),
+    costs_b=st.lists(st.floats(0.1, 50), min_size=30, max_size=60),
+    priority=st.integers(1, 5),
+)
+def test_two_backlogged_users_differ_by_at_most_one_task(costs_a, costs_b, priority):
+    queue = FairQueue()
+    cost = {}
+    for user, costs in (("a", costs_a), ("b", costs_b)):
+        for i, c in enumerate(costs):
+            cost[f"{user}{i}"] = c
+            queue.push(f"{user}{i}", user, priority, 1.0, c)
+    served = {"a": 0.0, "b": 0.0}
+    largest = max(cost.values())
+    for entry in queue.in_order(lambda user: True):
+        queue.served(entry)
+        served[entry.user] += cost[entry.key]
+        if all(served[u] < sum(cs) for u, cs in (("a", costs_a), ("b", costs_b))):  # both still backlogged
+            assert abs(served["a"] - served["b"]) <= largest + 1e-9, served
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    flood=st.integers(10, 3000),
+    flood_priority=st.integers(1, 5),
+    others=st.lists(st.tuples(st.integers(1, 5), st.integers(1, 200)), max_size=3),
+    served_first=st.integers(0, 300),
+    lone_priority=st.integers(1, 5),
+)
+def test_a_lone_users_wait_is_bounded_whatever_the_flood(flood, flood_priority, others, served_first, lone_priority):
+    queue = FairQueue()
+    for i in range(flood):
+        queue.push(f"f{i}", "flood", flood_priority)
+    for n, (p, count) in enumerate(others):
+        for i in range(count):
+            queue.push(f"o{n}-{i}", f"other{n}", p)
+    order = []
+    for entry in queue.in_order(lambda user: True):
+        if len(order) == served_first:
+            queue.requeue(entry)
+            break
+        queue.served(entry)
+        order.append(entry)
+    waiting = [e for q in queue.by_user.values() for e in q]
+    queue.push("lone", "lone", lone_priority)
+    ahead = 0
+    for entry in queue.in_order(lambda user: True):
+        queue.served(entry)
+        if entry.key == "lone":
+            break
+        ahead += 1
+    higher = sum(1 for e in waiting if e.priority > lone_priority)
+    users_same_level = len({e.user for e in waiting if e.priority == lone_priority})
+    assert ahead <= higher + users_same_level, (ahead, higher, users_same_level)
