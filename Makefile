@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 SYSTEM_PACKAGES ?= chromium prometheus
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv system-deps run test lint bench clean
+.PHONY: venv system-deps run test lint bench clean gpu-check
 
 system-deps:
 	@missing=""; \
@@ -43,6 +43,10 @@ bench: venv
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/scaling.py
 	$(BIN)/python bench/strategies.py
+
+# On a machine with NVIDIA GPUs: install the gpu extra + CUDA torch, up, selftest, benches -> gpu-check-out/
+gpu-check:
+	VENV=$(VENV) PYTHON=$(PYTHON) scripts/gpu-check.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache dask-scratch-space *.egg-info

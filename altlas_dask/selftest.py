@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import click
@@ -124,9 +125,25 @@ class Selftest:
         """Memory a real GPU keeps after the work (the worker's CUDA context and allocator); none when simulated."""
         return 0 if gpu.simulated else 1024
 
+    def _reported_gpus(self, timeout: float = 30.0) -> list[GpuState]:
+        """The router's GPUs once every worker has reported an active GPU (a cluster just started, or one on a
+        loaded machine, may lag by a few heartbeats); after ``timeout`` the GPUs as they are."""
+        deadline = time.monotonic() + timeout
+        while True:
+            gpus = self.client.gpus()
+            workers = len(self.client.scheduler_info(n_workers=-1)["workers"])
+            reported = [
+                g
+                for g in gpus
+                if g.worker and g.status == "active" and (g.memory_total_mb > 0 or "memory_total_mb" in g.unknown)
+            ]
+            if workers and len(reported) >= workers or time.monotonic() > deadline:
+                return gpus
+            time.sleep(0.2)
+
     # -- scenarios -------------------------------------------------------------------------------
     def detection(self) -> Outcome:
-        self.gpus = gpus = self.client.gpus()
+        self.gpus = gpus = self._reported_gpus()
         if not gpus:
             raise ScenarioFailed("the cluster reports no GPU")
         problems = []
@@ -276,7 +293,9 @@ class Selftest:
         pool_mb = sum(g.memory_total_mb for g in baseline.values())
         largest = max(g.memory_total_mb for g in baseline.values())
         tensors = dense_memory_mb(scenario.input_size, scenario.output_size, BATCH)
-        per_task = min(max(tensors, math.ceil(1.25 * pool_mb / scenario.concurrent_tasks)), largest)
+        # each task fits one GPU under the router's memory threshold, but all of them together exceed the pool
+        fits = int(largest * self.config.routing().memory_threshold * 0.95)
+        per_task = max(tensors, min(math.ceil(1.25 * pool_mb / scenario.concurrent_tasks), fits))
         futures = [self._submit(scenario, seed=i, memory_mb=per_task) for i in range(scenario.concurrent_tasks)]
         done, not_done = wait(futures, timeout=self._deadline(scenario.duration, scenario.concurrent_tasks))
         completed, clear, unclear, held = 0, Counter(), [], []
@@ -315,8 +334,9 @@ class Selftest:
         return Outcome(
             "error_handling:gpu_overload",
             True,
-            f"{scenario.concurrent_tasks} tasks x {per_task} MB declared = {figures['declared_mb_total']} MB on a "
-            f"{pool_mb} MB pool: {completed} completed, never more than a GPU's memory at once "
+            f"{scenario.concurrent_tasks} tasks x {per_task} MB declared = {figures['declared_mb_total']} MB "
+            f"{'>' if figures['declared_mb_total'] > pool_mb else '<='} the {pool_mb} MB pool: "
+            f"{completed} completed, never more than a GPU's memory at once "
             f"(peak MB per GPU {peak}){refused}; GPUs given back",
             figures,
         )
@@ -454,6 +474,7 @@ def print_report(console: Console, outcomes: Sequence[Outcome], gpus: Sequence[G
 )
 @click.option("--simulate", type=click.IntRange(1, 256), default=None, help="Start N virtual GPUs (no --scheduler).")
 @click.option("--json", "as_json_output", is_flag=True, help="Print the report as JSON.")
+@click.option("--json-file", type=click.Path(dir_okay=False), default=None, help="Also write the JSON report here.")
 @click.option("--connect-timeout", type=float, default=30.0, show_default=True, help="Seconds to reach --scheduler.")
 @click.pass_obj
 def selftest_command(
@@ -462,6 +483,7 @@ def selftest_command(
     config_path: str | None,
     simulate: int | None,
     as_json_output: bool,
+    json_file: str | None,
     connect_timeout: float,
 ) -> None:
     """Run seed 003's test scenarios (the config's test: section) against a cluster; exit 1 if one fails."""
@@ -485,8 +507,11 @@ def selftest_command(
     finally:
         if cluster is not None:
             cluster.close()
+    report = json.dumps(as_json(outcomes, test.gpus), indent=2, default=str)
+    if json_file:
+        Path(json_file).write_text(report + "\n")
     if as_json_output:
-        click.echo(json.dumps(as_json(outcomes, test.gpus), indent=2, default=str))
+        click.echo(report)
     else:
         console = Console(width=shutil.get_terminal_size((200, 24)).columns)
         print_report(console, outcomes, test.gpus, scheduler if cluster is None else "a fresh local cluster")

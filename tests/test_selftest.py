@@ -126,7 +126,7 @@ def test_a_failing_scenario_fails_the_run(gpu_cluster):
         "concurrent_processing": None,
         "performance": None,
         "error_handling:task_timeout": False,
-    }
+    }, outcomes
     failed = outcomes[-1]
     assert "without being timed out (gpu.workload.timeout=300s)" in failed.summary
     assert passed(outcomes) is False
@@ -145,3 +145,14 @@ def test_selftest_cannot_reach_a_scheduler_says_so():
     assert done.returncode != 0
     assert "cannot reach the scheduler at tcp://127.0.0.1:9" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_gpu_check_script_and_its_config_are_valid():
+    """``make gpu-check`` cannot run here (no GPU); its shell syntax and its config are checked instead."""
+    import subprocess
+
+    config = build_config(yaml.safe_load((REPO / "scripts" / "gpu-check.yaml").read_text()))
+    assert config.cluster.simulate is None  # real GPUs
+    timeout = next(s for s in config.test.error_handling.scenarios if s.name == "task_timeout")
+    assert timeout.duration > config.gpu.workload.timeout  # the scenario's task must outlast the timeout
+    assert subprocess.run(["bash", "-n", str(REPO / "scripts" / "gpu-check.sh")], capture_output=True).returncode == 0
