@@ -33,6 +33,7 @@ from altlas_dask.resources import GPU_RESOURCE
 from altlas_dask.scheduling import events as ev
 from altlas_dask.scheduling.actions import Action, Fail, Hold, KeepError, Place, Record, Release, Retry, Usage
 from altlas_dask.scheduling.core import SchedulingCore
+from altlas_dask.scheduling.strategies import Decision
 from altlas_dask.scheduling.view import CoreView
 from altlas_dask.worker import METRIC_NAME, fatal_preload
 from scheduler_plugins import dask_internals as dx
@@ -62,11 +63,11 @@ class GpuRouter(SchedulerPlugin):
 
     def __init__(self, config: AltlasConfig | None = None) -> None:
         self.config = config or load_config()
-        self.core = SchedulingCore.from_config(self.config)
+        self.metrics = RouterMetrics()
+        self.core = SchedulingCore.from_config(self.config, on_decision=self._observe_decision)
         self.view = CoreView(self.core)
         self.store: AccountingStore | None = None
         self.scheduler: Scheduler | None = None
-        self.metrics = RouterMetrics()
         self._reports: dict[str, Any] = {}  # worker -> the last heartbeat payload passed to the core
         self._pending_fail: dict[str, BaseException] = {}  # Fail actions Dask could not apply yet
         self._in_update_graph = False
@@ -291,6 +292,10 @@ class GpuRouter(SchedulerPlugin):
         self.metrics.tasks.labels(row["status"], row["user"], row["task_type"], strategy, gpu).inc()
         if row["status"] == "completed":
             self.metrics.duration.labels(gpu, row["task_type"]).observe(row["gpu_seconds"])
+
+    def _observe_decision(self, decision: Decision, seconds: float) -> None:
+        self.metrics.decision_seconds.observe(seconds)
+        self.metrics.decisions.labels(decision.strategy, decision.outcome).inc()
 
     def _observe_placement(self, key: str) -> None:
         task = self.core.tasks.get(key)

@@ -60,6 +60,7 @@ class SchedulingCore:
         seed: int = 0,
         recent_size: int = 1000,
         timer: Callable[[], float] = time.perf_counter,
+        on_decision: Callable[[Decision, float], None] | None = None,
     ) -> None:
         self.policy = policy
         self.registry = build_registry(policy.custom_strategies)
@@ -80,6 +81,7 @@ class SchedulingCore:
         self.decision_counts: Counter[tuple[str, str]] = Counter()
         self.wants_dispatch = False
         self._timer = timer
+        self._on_decision = on_decision  # instrumentation (Prometheus): each decision and its seconds
         self._rr_last: int | None = None
         self._rng = random.Random(seed)
         self._queue_seq: dict[str, int] = {}  # key -> the fair-queue entry that is current
@@ -262,8 +264,11 @@ class SchedulingCore:
                 self.registry,
             )
             decision = choose(self.gpus.snapshot(), request, ctx)
-        self.decision_seconds.append(self._timer() - start)
+        elapsed = self._timer() - start
+        self.decision_seconds.append(elapsed)
         self.decision_counts[(decision.strategy, decision.outcome)] += 1
+        if self._on_decision is not None:
+            self._on_decision(decision, elapsed)
         task.decision = decision
         return decision
 
