@@ -150,8 +150,8 @@ def run_mode(mode: str, work: Workload) -> Run:
         flood_results = flood.gather(flood_futures)
         explained = [analyst.explain(f) for f in analyst_futures]
         router = cluster.cluster.scheduler.plugins["altlas-router"]  # LocalCluster: the scheduler is in-process
-        decisions, decide_s = len(router.decision_seconds), sum(router.decision_seconds)
-        if decisions == router.decision_seconds.maxlen:  # a bounded deque: only the latest are kept
+        decisions, decide_s = len(router.core.decision_seconds), sum(router.core.decision_seconds)
+        if decisions == router.core.decision_seconds.maxlen:  # a bounded deque: only the latest are kept
             decisions = -decisions
         del flood_futures, analyst_futures
     finally:

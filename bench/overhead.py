@@ -196,7 +196,7 @@ def _stop_profiles(cluster, profilers) -> None:
 
     cluster.cluster.scheduler.loop.add_callback(disable)
     stopped.wait(10)
-    ours = r"altlas_dask|scheduler_plugins|quotas|accounting|fairshare|router_state"
+    ours = r"altlas_dask|scheduler_plugins|quotas|accounting|scheduling"
     for name, prof in (("scheduler event-loop thread", scheduler_prof), ("submitting (main) thread", client_prof)):
         for order, restrict in (("tottime", ()), ("cumulative", ()), ("cumulative", (ours, 40))):
             out = io.StringIO()
@@ -364,64 +364,54 @@ class StandInScheduler:
 
 
 def bench_router(gpus, options: list[dict[str, Any]], config, seed: int) -> dict[str, Any]:
-    """Drive a real GpuRouter: update_graph with every task, then one _dispatch per completed task."""
-    from altlas_dask.options import ANNOTATION
-    from scheduler_plugins import dask_internals as dx
-    from scheduler_plugins.gpu_router import GpuRouter, GpuSlot
+    """Drive the scheduling core the router runs: every task submitted, then one tick per completed task."""
+    from altlas_dask.scheduling import events as ev
+    from altlas_dask.scheduling.actions import Place
+    from altlas_dask.scheduling.core import SchedulingCore
 
     rng = random.Random(seed)
-    router = GpuRouter(config)
-    scheduler = StandInScheduler(router)
-    router.scheduler = scheduler  # as _attach would, without RPC handlers or the periodic poller
-    if hasattr(router, "_open_store"):
-        router._open_store()  # the accounting store (SQLite writer thread), as in a real scheduler
-    router.decision_seconds = deque()  # the router's own timer, unbounded for the bench
+    core = SchedulingCore.from_config(config)
+    core.decision_seconds = deque()  # the core's own timer, unbounded for the bench
     cpu_decide: list[float] = []
-    decide = router._decide
+    decide = core._decide
 
-    def cpu_timed_decide(tracked):
+    def cpu_timed_decide(task):
         c0 = time.thread_time()
-        decision = decide(tracked)
+        decision = decide(task)
         cpu_decide.append(time.thread_time() - c0)
         return decision
 
-    router._decide = cpu_timed_decide
+    core._decide = cpu_timed_decide
     max_concurrent = config.routing().max_concurrent_tasks_per_gpu
+    now = time.time()  # one instant: no GPU goes silent, no deadline passes
+    workers = {}
     for g in gpus:
-        slot = GpuSlot(g.id, g.worker, g.with_(active_requests=0))
+        core.handle(ev.GpuJoined(g.worker, g.with_(active_requests=0), now))
+        slot = core.gpus.slot_of(g.worker)
+        workers[slot.gpu_id] = g.worker
         for j in range(rng.randint(0, max_concurrent // 2)):  # work that started before the bench
             slot.assigned[f"background-{g.id}-{j}"] = rng.choice((0, 512, 2048))
-        router.slots[g.id] = slot
-        router.by_worker[g.worker] = g.id
-        if hasattr(router, "seen_gpus"):
-            router.seen_gpus.add(g.id)
+        core.gpus.changed(slot)
         for task_type in TASK_TYPES:  # observed durations, as after a warm-up
-            router.durations[(g.id, task_type)] = rng.uniform(0.05, 0.5) / g.performance_index
-    keys = []
-    for i, opts in enumerate(options):
-        key = f"task-{i}"
-        scheduler.tasks[key] = _Task(key, {ANNOTATION: opts}, i)
-        keys.append(key)
+            core.estimates.learn(slot.gpu_id, task_type, rng.uniform(0.05, 0.5) / g.performance_index)
+
+    def places(actions) -> list[Place]:
+        return [a for a in actions if isinstance(a, Place)]
 
     gc.collect()
+    running: list[str] = []
     t0 = time.perf_counter()
-    router.update_graph(scheduler, tasks=keys)
+    for i, opts in enumerate(options):
+        running += [a.key for a in places(core.handle(ev.Submitted(f"task-{i}", opts, now)))]
     update_graph_s = time.perf_counter() - t0
-    decide_ug, cpu_ug = list(router.decision_seconds), list(cpu_decide)
-    placed_at_submit = 0
-    for key in keys:  # what Dask does next: restricted tasks go to processing, held ones to no-worker
-        ts = scheduler.tasks[key]
-        if ts.worker_restrictions == {dx.HELD}:
-            scheduler._move(key, "no-worker")
-        else:
-            placed_at_submit += 1
-            scheduler._move(key, "processing")
-    router._dispatch()  # what the add_callback queued by the no-worker transitions would run
+    decide_ug, cpu_ug = list(core.decision_seconds), list(cpu_decide)
+    placed_at_submit = len(running)
+    running += [a.key for a in places(core.handle(ev.Tick(now)))]
+    for key in running:
+        core.handle(ev.Started(key, now))
 
-    router.decision_seconds.clear()
+    core.decision_seconds.clear()
     cpu_decide.clear()
-    running = [k for k in scheduler.started if router.tracked.get(k) and router.tracked[k].status == "running"]
-    scheduler.started.clear()
     dispatch_wall: list[float] = []
     dispatch_cpu: list[float] = []
     per_dispatch: list[int] = []
@@ -432,33 +422,23 @@ def bench_router(gpus, options: list[dict[str, Any]], config, seed: int) -> dict
         i = rng.randrange(len(running))
         running[i], running[-1] = running[-1], running[i]
         key = running.pop()
-        ts = scheduler.tasks[key]
-        now = time.time()
-        ts.state = "memory"
-        router.transition(
-            key,
-            "processing",
-            "memory",
-            worker=router.slots[router.tracked[key].gpu].worker,
-            startstops=[{"action": "compute", "start": now - 0.1, "stop": now}],
-        )
+        core.handle(ev.Finished(key, now, workers[core.tasks[key].gpu], 0.1))
         before = len(cpu_decide)
         c0, t0 = time.thread_time(), time.perf_counter()
-        router._dispatch()
+        started = places(core.handle(ev.Tick(now)))
         t1, c1 = time.perf_counter(), time.thread_time()
         dispatch_wall.append(t1 - t0)
         dispatch_cpu.append(c1 - c0)
         per_dispatch.append(len(cpu_decide) - before)
-        running.extend(scheduler.started)
-        scheduler.started.clear()
-    if getattr(router, "store", None) is not None:
-        router.store.close()
+        for action in started:
+            core.handle(ev.Started(action.key, now))
+            running.append(action.key)
     return {
-        "update_graph_per_task_us": update_graph_s / len(keys) * 1e6,
+        "update_graph_per_task_us": update_graph_s / len(options) * 1e6,
         "placed_at_submit": placed_at_submit,
         "decide_ug": decide_ug,
         "cpu_ug": cpu_ug,
-        "decide_dispatch": list(router.decision_seconds),
+        "decide_dispatch": list(core.decision_seconds),
         "cpu_dispatch": list(cpu_decide),
         "dispatch_wall": dispatch_wall,
         "dispatch_cpu": dispatch_cpu,
