@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import http.server
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -32,17 +34,23 @@ from bokeh.document import Document
 from bokeh.models import HBar
 from conftest import REPO, wait_for
 from distributed import wait
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from altlas_dask import Client, QuotaExceededError, run_on_gpu
 from altlas_dask.launcher import GpuCluster
 from scheduler_plugins.dashboard import PAGE, decision_rows, gpus_doc
+from scheduler_plugins.gpu_info import gpu_info_family
 
 DEPLOY = REPO / "deploy"
 PROMTOOL = shutil.which("promtool")
 PROMETHEUS = shutil.which("prometheus") or ("/usr/bin/prometheus" if Path("/usr/bin/prometheus").exists() else None)
 NO_PROMETHEUS = "Debian's prometheus/promtool are not installed (`make system-deps` installs them)"
 METRIC_NAME = re.compile(r"\baltlas_[a-z0-9_]*[a-z0-9]")
+DCGM_NAME = re.compile(r"\bDCGM_FI_[A-Z0-9_]*[A-Z0-9]")
+DCGM_FIXTURE = REPO / "tests" / "data" / "dcgm-exporter.txt"
+#: Served by scheduler_plugins.gpu_info; the router's /metrics serves it once metrics.gpu_gauges yields it.
+NOT_YET_WIRED = {"altlas_gpu_info"}
 LIMITED_USER = "obs-limited"
 GPU_IDS = ["0", "1", "2", "3"]
 
@@ -251,6 +259,9 @@ def test_every_metric_in_the_dashboard_and_alerts_is_served(batch_scrapes: dict[
         for name in METRIC_NAME.findall(query):
             used.setdefault(name, set()).add("dashboard variable")
 
+    for name in NOT_YET_WIRED - served:  # the family scheduler_plugins.gpu_info builds, until the router serves it
+        assert gpu_info_family([]).name == name
+        served.add(name)
     missing = {name: sorted(where) for name, where in used.items() if name not in served}
     assert not missing, f"not served by /metrics: {missing}; served: {sorted(served)}"
     # and between them they cover every family of the issue
@@ -261,9 +272,48 @@ def test_every_metric_in_the_dashboard_and_alerts_is_served(batch_scrapes: dict[
 
 
 # -- (c) a real Prometheus -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dcgm_exporter(admin: Client) -> Iterator[str]:
+    """tests/data/dcgm-exporter.txt on loopback as a dcgm-exporter would serve it, its four UUIDs replaced by
+    the test cluster's (fixture GPU i = cluster GPU i), plus ``altlas_gpu_info`` from scheduler_plugins.gpu_info
+    over the live GPUs; fixture GPU 3's thermal-violation counter grows 0.5 s per scrape."""
+    gpus = sorted(admin.gpus(), key=lambda g: g.id)
+    text = DCGM_FIXTURE.read_text()
+    fixture_uuids = sorted(set(re.findall(r'UUID="([^"]+)"', text)), key=text.index)
+    for old, gpu in zip(fixture_uuids, gpus, strict=True):
+        text = text.replace(old, gpu.uuid)
+    registry = CollectorRegistry()
+    registry.register(type("Info", (), {"collect": lambda self: [gpu_info_family(gpus)]})())
+    info = generate_latest(registry).decode()
+    throttled = re.compile(r'(DCGM_FI_DEV_THERMAL_VIOLATION\{gpu="3",[^}]*\}) (\d+)')
+    scrapes = iter(range(1, 1_000_000))
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            n = next(scrapes)
+            body = throttled.sub(lambda m: f"{m.group(1)} {int(m.group(2)) + n * 500_000}", text) + info
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture
-def prometheus(tmp_path: Path, base_url: str) -> Iterator[str]:
-    """``/usr/bin/prometheus`` scraping the test cluster every second with deploy/'s job and rules."""
+def prometheus(tmp_path: Path, base_url: str, dcgm_exporter: str) -> Iterator[str]:
+    """``/usr/bin/prometheus`` scraping the test cluster (and a dcgm-exporter stand-in) every second with
+    deploy/'s jobs and rules."""
     if PROMETHEUS is None:
         pytest.skip(NO_PROMETHEUS)
     config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
@@ -272,6 +322,9 @@ def prometheus(tmp_path: Path, base_url: str) -> Iterator[str]:
     job = config["scrape_configs"][0]
     job["scrape_timeout"] = "1s"
     job["static_configs"][0]["targets"] = [base_url.split("://", 1)[1]]
+    [dcgm_job] = [j for j in config["scrape_configs"] if j["job_name"] == "dcgm-exporter"]
+    dcgm_job["scrape_timeout"] = "1s"
+    dcgm_job["static_configs"][0]["targets"] = [dcgm_exporter.split("://", 1)[1]]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
     log = (tmp_path / "prometheus.log").open("wb")
@@ -375,6 +428,56 @@ def test_prometheus_scrapes_the_cluster_and_evaluates_the_rules(
     assert states[("AltlasGpuDown", "3")] == "pending"
     assert states[("AltlasQuotaRejections", LIMITED_USER)] == "firing"
     assert not any(name == "AltlasGpuDown" and gpu != "3" for name, gpu in states)
+
+
+def test_prometheus_joins_dcgm_series_to_router_gpus_and_alerts(prometheus: str, admin: Client):
+    """The dashboard's DCGM row: one series per router GPU through altlas_gpu_info; XID and thermal alerts."""
+
+    def query(expr: str) -> list[dict[str, Any]]:
+        return prom_api(prometheus, "query", query=expr)["result"]
+
+    wait_for(lambda: len(query("DCGM_FI_DEV_GPU_UTIL")) == 4, timeout=30, what="a scrape of the DCGM series")
+    wait_for(lambda: query("altlas_gpu_info"), timeout=30, what="altlas_gpu_info")
+    dcgm_panels = [(title, expr) for title, expr in dashboard_exprs() if "DCGM_FI_" in expr]
+    assert len(dcgm_panels) >= 6
+    fixture = {  # fixture GPU i (= router GPU i): utilization, temperature, last XID
+        "DCGM_FI_DEV_GPU_UTIL": {"0": 87, "1": 12, "2": 0, "3": 99},
+        "DCGM_FI_DEV_GPU_TEMP": {"0": 71, "1": 44, "2": 38, "3": 89},
+        "DCGM_FI_DEV_XID_ERRORS": {"0": 0, "1": 0, "2": 79, "3": 0},
+    }
+    for title, expr in dcgm_panels:
+        result = wait_for(
+            lambda e=expr: len(r := query(grafana_to_promql(e))) == 4 and r, timeout=30, what=f"panel {title!r}"
+        )
+        assert sorted(s["metric"]["router_gpu"] for s in result) == GPU_IDS, (title, result)
+        for name, values in fixture.items():
+            if expr.startswith(name):
+                assert {s["metric"]["router_gpu"]: float(s["value"][1]) for s in result} == values, title
+
+    def alert_states() -> dict[tuple[str, str], str] | None:
+        alerts = prom_api(prometheus, "alerts")["alerts"]
+        states = {(a["labels"]["alertname"], a["labels"].get("UUID", "")): a["state"] for a in alerts}
+        wanted = {("AltlasGpuXidError", uuids[2]), ("AltlasGpuThermalThrottling", uuids[3])}
+        return states if wanted <= set(states) else None
+
+    uuids = [g.uuid for g in sorted(admin.gpus(), key=lambda g: g.id)]
+    states = wait_for(alert_states, timeout=60, what="the XID and thermal-throttling alerts")
+    assert states[("AltlasGpuXidError", uuids[2])] == "firing"
+    assert states[("AltlasGpuThermalThrottling", uuids[3])] == "pending"  # its 5m `for:`
+    assert not [k for k in states if k[0] in ("AltlasGpuXidError", "AltlasGpuThermalThrottling") and k[1] in uuids[:2]]
+    assert not [k for k in states if k[0] == "AltlasDcgmExporterDown"]
+
+
+def test_every_dcgm_field_used_is_exported_and_in_the_fixture():
+    used = {n for _, e in dashboard_exprs() for n in DCGM_NAME.findall(e)}
+    used |= {n for e in alert_exprs().values() for n in DCGM_NAME.findall(e)}
+    assert {"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_GPU_TEMP", "DCGM_FI_DEV_POWER_USAGE",
+            "DCGM_FI_DEV_XID_ERRORS"} <= used  # fmt: skip
+    counters = DEPLOY / "dcgm" / "counters.csv"
+    exported = {line.split(",")[0].strip() for line in counters.read_text().splitlines() if line[:1] not in ("#", "")}
+    assert used <= exported, f"add to {counters.name}: {sorted(used - exported)}"
+    recorded = {f.name for f in text_string_to_metric_families(DCGM_FIXTURE.read_text())}
+    assert used <= recorded
 
 
 # -- (d) every family while a batch runs -----------------------------------------------------------
