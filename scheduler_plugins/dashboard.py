@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+PLUGIN_NAME = "altlas-router"  # the router's name in scheduler.plugins
 PAGE = "/altlas-gpus"
 MENU_PAGE = "/individual-altlas-gpus"  # listed in the dashboard's "More..." menu
 REFRESH_MS = 1000
@@ -129,8 +130,6 @@ def html_table(columns: dict[str, str], data: dict[str, list[Any]]) -> str:
 
 def find_router(scheduler: Scheduler) -> GpuRouter | None:
     """The scheduler's GPU router, or ``None`` where it has none."""
-    from scheduler_plugins.gpu_router import PLUGIN_NAME  # here: gpu_router imports this module
-
     return scheduler.plugins.get(PLUGIN_NAME)
 
 

@@ -15,7 +15,9 @@ from typing import Any
 from distributed.protocol import pickle
 from distributed.scheduler import Scheduler, TaskState
 
-from altlas_dask.resources import GPU_MEMORY_RESOURCE
+from altlas_dask.options import ANNOTATION
+from altlas_dask.resources import GPU_MEMORY_RESOURCE, GPU_RESOURCE
+from altlas_dask.worker import METRIC_NAME
 
 #: A worker address that never exists: tasks restricted to it wait in ``no-worker``.
 HELD = "altlas://held"
@@ -110,3 +112,46 @@ def set_priority(ts: TaskState, priority: int) -> None:
     """Make the 1-5 priority Dask's own (lower tuple runs first), keeping Dask's tie-breakers."""
     rest = tuple(ts.priority[1:]) if ts.priority else ()
     ts.priority = (-priority, *rest)
+
+
+# -- reading tasks and workers -------------------------------------------------------------------
+
+
+def is_gpu_task(ts: TaskState) -> bool:
+    """A task with a ``gpu_options`` annotation or a ``GPU`` resource restriction."""
+    return ANNOTATION in (ts.annotations or {}) or GPU_RESOURCE in (ts.resource_restrictions or {})
+
+
+def gpu_options(ts: TaskState) -> Any:
+    """The task's raw ``gpu_options`` annotation (validated by the core), or None."""
+    return (ts.annotations or {}).get(ANNOTATION)
+
+
+def dependencies_done(ts: TaskState) -> bool:
+    return all(dts.state == "memory" for dts in ts.dependencies)
+
+
+def gpu_report(scheduler: Scheduler, worker: str) -> Any:
+    """The GPU state a worker's last heartbeat carried (``worker.metrics``), or None (not a GPU worker).
+
+    Each heartbeat brings a new object, so identity tells a fresh report from the last one.
+    """
+    ws = scheduler.workers.get(worker)
+    return ws.metrics.get(METRIC_NAME) if ws is not None else None
+
+
+# -- answering a worker's error report (inside intercept_task_erred's ``before``) --------------------
+
+
+def retry_elsewhere(ts: TaskState) -> None:
+    """Let Dask run the task once more; it comes back held (then the router places it again)."""
+    ts.retries = 1
+    hold(ts)
+
+
+def give_up(ts: TaskState, msg: dict[str, Any], replacement: BaseException | None) -> None:
+    """No Dask retry; the client sees ``replacement`` instead of the worker's error when given."""
+    ts.retries = 0
+    if replacement is not None:
+        msg["exception"] = pickle.dumps(replacement)
+        msg["exception_text"] = repr(replacement)

@@ -27,33 +27,25 @@ from tornado.ioloop import PeriodicCallback
 from altlas_dask.accounting import AccountingStore
 from altlas_dask.config import AltlasConfig, load_config
 from altlas_dask.gpus.state import GpuState
-from altlas_dask.options import ANNOTATION
 from altlas_dask.quotas import utc_day
-from altlas_dask.resources import GPU_RESOURCE
 from altlas_dask.scheduling import events as ev
 from altlas_dask.scheduling.actions import Action, Fail, Hold, KeepError, Place, Record, Release, Retry, Usage
 from altlas_dask.scheduling.core import SchedulingCore
 from altlas_dask.scheduling.strategies import Decision
 from altlas_dask.scheduling.view import CoreView
-from altlas_dask.worker import METRIC_NAME, fatal_preload
+from altlas_dask.worker import fatal_preload
 from scheduler_plugins import dask_internals as dx
-from scheduler_plugins.dashboard import register_page
+from scheduler_plugins.dashboard import PLUGIN_NAME, register_page
 from scheduler_plugins.metrics import RouterMetrics, publish, unpublish
 from scheduler_plugins.router_api import handlers
 
 logger = logging.getLogger(__name__)
 register_page()  # the dashboard's "GPUs" page (/altlas-gpus): before any scheduler here starts its HTTP server
 
-PLUGIN_NAME = "altlas-router"
-
 
 def compute_seconds(startstops: Any) -> float:
     """Seconds of compute in a transition's ``startstops``."""
     return sum(s["stop"] - s["start"] for s in startstops or () if s.get("action") == "compute")
-
-
-def is_gpu_task(ts: TaskState) -> bool:
-    return ANNOTATION in (ts.annotations or {}) or GPU_RESOURCE in (ts.resource_restrictions or {})
 
 
 class GpuRouter(SchedulerPlugin):
@@ -122,8 +114,7 @@ class GpuRouter(SchedulerPlugin):
 
     def add_worker(self, scheduler: Scheduler, worker: str) -> None:
         self._attach(scheduler)
-        ws = scheduler.workers.get(worker)
-        reported = ws.metrics.get(METRIC_NAME) if ws is not None else None
+        reported = dx.gpu_report(scheduler, worker)
         if reported is not None:  # a GPU worker
             self._reports[worker] = reported
             self.handle(ev.GpuJoined(worker, GpuState.from_dict(reported), time.time()))
@@ -139,8 +130,7 @@ class GpuRouter(SchedulerPlugin):
             return
         now = time.time()
         for worker, last in list(self._reports.items()):
-            ws = scheduler.workers.get(worker)
-            reported = ws.metrics.get(METRIC_NAME) if ws is not None else None
+            reported = dx.gpu_report(scheduler, worker)
             if reported is not None and reported is not last:
                 self._reports[worker] = reported
                 self.handle(ev.GpuReported(worker, GpuState.from_dict(reported), now))
@@ -153,10 +143,9 @@ class GpuRouter(SchedulerPlugin):
         try:
             for key in tasks:
                 ts = scheduler.tasks.get(key)
-                if ts is None or not is_gpu_task(ts):
+                if ts is None or not dx.is_gpu_task(ts):
                     continue
-                ready = all(dts.state == "memory" for dts in ts.dependencies)
-                self.handle(ev.Submitted(str(key), (ts.annotations or {}).get(ANNOTATION), now, ready=ready))
+                self.handle(ev.Submitted(str(key), dx.gpu_options(ts), now, ready=dx.dependencies_done(ts)))
                 task = self.core.tasks.get(key)
                 if task is not None:
                     dx.set_priority(ts, task.request.priority)
@@ -171,12 +160,11 @@ class GpuRouter(SchedulerPlugin):
             if finish != "no-worker" or key in self._pending_fail or self.scheduler is None:
                 return
             ts = self.scheduler.tasks.get(key)
-            if ts is None or not is_gpu_task(ts):
+            if ts is None or not dx.is_gpu_task(ts):
                 return
             # A finished GPU task being recomputed (its result was on a worker that died), or one
             # submitted before the router started: track it again, without charging its user twice.
-            options = (ts.annotations or {}).get(ANNOTATION)
-            self.handle(ev.Submitted(str(key), options, time.time(), ready=True, charge=False))
+            self.handle(ev.Submitted(str(key), dx.gpu_options(ts), time.time(), ready=True, charge=False))
             return
         now = time.time()
         if finish == "no-worker":
@@ -206,14 +194,10 @@ class GpuRouter(SchedulerPlugin):
         actions = self.core.handle(event)
         for action in actions:
             if isinstance(action, Retry):
-                ts.retries = 1
-                dx.hold(ts)
+                dx.retry_elsewhere(ts)
                 self.metrics.retries.labels(str(self.core.tasks[ts.key].attempts[-1]["gpu"])).inc()
             elif isinstance(action, KeepError):
-                ts.retries = 0
-                if action.replacement is not None:
-                    msg["exception"] = dx.pickle.dumps(action.replacement)
-                    msg["exception_text"] = repr(action.replacement)
+                dx.give_up(ts, msg, action.replacement)
         self._apply(actions)
 
     def cancel(self, key: str, by: str, reason: str = "") -> None:
