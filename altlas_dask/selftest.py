@@ -68,7 +68,10 @@ def _warm_up(dask_worker: Any = None) -> str:
 
     from altlas_dask.worker import PLUGIN_NAME
 
-    device = dask_worker.plugins[PLUGIN_NAME].device
+    plugin = dask_worker.plugins.get(PLUGIN_NAME)
+    if plugin is None or plugin.device is None:
+        return "no GPU"
+    device = plugin.device
     x = torch.ones(8, 8, device=device.torch_device)
     float((x @ x).sum().cpu())
     return device.torch_device
@@ -384,14 +387,18 @@ class Selftest:
         except Exception as exc:  # a scenario that crashed is a failed scenario, reported with its error
             return Outcome(name, False, f"{type(exc).__name__}: {exc}")
 
+    def _warm_up(self) -> Outcome:
+        began = time.perf_counter()
+        devices = self.client.run(_warm_up)
+        warm = time.perf_counter() - began
+        kinds = dict(Counter(devices.values()))
+        return Outcome(
+            "warm_up", True, f"torch loaded on every worker in {warm:.1f}s ({kinds})", {"seconds": round(warm, 2)}
+        )
+
     def run(self) -> list[Outcome]:
         suite = self.suite
-        began = time.perf_counter()
-        self.client.run(_warm_up)
-        warm = time.perf_counter() - began
-        outcomes = [
-            Outcome("warm_up", True, f"torch loaded on every worker in {warm:.1f}s", {"seconds": round(warm, 2)})
-        ]
+        outcomes = [self._guarded("warm_up", self._warm_up)]
         detected = self._guarded("detection", self.detection)
         if not suite.detection.enabled:  # the other scenarios still need the GPU list
             detected = Outcome("detection", None, "disabled (test.detection.enabled)")

@@ -279,3 +279,26 @@ def test_restarted_workers_report_the_same_gpu_uuid_and_id(small_cluster, small_
         assert after[k].name == "Simulated A100 40GB"  # GPU 2 read "unreachable: GPU is lost" before
     assert sorted(small_cluster.cluster.worker_spec) == ["gpu-1", "gpu-2"]
     assert small_client.submit(run_on_gpu, 1.0, 10, **on(small_client, 2)).result(timeout=60)["gpu"] == 2
+
+
+def test_a_killed_worker_comes_back_as_the_same_gpu_and_runs_the_task_pinned_to_it(small_cluster, small_client):
+    """Forced: the worker process dies (no goodbye); its Nanny restarts it from the same spec, so the GPU
+    comes back with the same id and uuid, and a task pinned to that GPU while it was gone runs there."""
+    import os
+
+    from altlas_dask.client import Client as AltlasClient
+
+    async def die() -> None:
+        os._exit(1)
+
+    old = gpu_workers(small_client)[1]
+    small_client.run(die, workers=[old], wait=False)
+    with AltlasClient(small_cluster.scheduler_address, timeout=30) as client:
+        pinned = client.submit(run_on_gpu, 1.0, 10, gpu_options={"specific_gpu_id": 1}, pure=False)
+        back = wait_for(
+            lambda: (s := live_state(small_client, 1)) and s.worker != old and s.status == "active" and s,
+            timeout=60,
+            what="GPU 1 to come back on a new worker process",
+        )
+        assert (back.id, back.uuid) == (1, simulated_uuid(1))
+        assert pinned.result(timeout=60)["gpu"] == 1
