@@ -206,6 +206,10 @@ from altlas_dask.k8s_cli import k8s  # noqa: E402  (Kubernetes manifests for the
 
 cli.add_command(k8s)
 
+from altlas_dask.certs import certs  # noqa: E402  (the CA for mutual TLS)
+
+cli.add_command(certs)
+
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point: configuration and GPU errors print one clear line, exit 2."""

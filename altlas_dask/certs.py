@@ -1,0 +1,207 @@
+"""``altlas-dask certs``: a small certificate authority for the cluster's mutual TLS.
+
+``certs init DIR`` creates ``DIR/ca.pem`` and ``DIR/ca-key.pem``; ``certs issue DIR --user alice``
+(``--service gateway``, ``--node worker-1``) writes ``DIR/<name>.pem`` and ``DIR/<name>-key.pem``,
+signed by that CA. The identity mapping the router applies (scheduler_plugins/identity.py):
+
+* subject **common name** (CN) = the name: a user name for ``--user`` (the name quotas, fair share
+  and accounting use), a service name for ``--service`` (``gateway``, ``console``), a host name for
+  ``--node`` (scheduler and workers);
+* subject **organizational unit** (OU) = the kind: ``user``, ``service`` or ``node``. Only user and
+  service certificates act as users; services listed in ``security.delegates`` may act for others.
+
+Every certificate is an RSA 2048 key, SHA-256 signed, valid ``days`` (default 365); node certificates
+also carry ``localhost``/``127.0.0.1`` and the node name as subject alternative names.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import click
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from altlas_dask.config import USER_NAME_PATTERN
+
+Kind = Literal["user", "service", "node"]
+KINDS: tuple[Kind, ...] = ("user", "service", "node")
+CA_CERT, CA_KEY = "ca.pem", "ca-key.pem"
+CA_NAME = "altlas-dask CA"
+
+
+class CertError(ValueError):
+    """A certificate cannot be created (the message names what and why)."""
+
+
+@dataclass(frozen=True)
+class Issued:
+    """Paths of one issued certificate and its key."""
+
+    name: str
+    kind: Kind
+    cert: Path
+    key: Path
+
+
+def _new_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _write(path: Path, data: bytes, private: bool = False) -> None:
+    path.write_bytes(data)
+    if private:
+        os.chmod(path, 0o600)
+
+
+def _key_pem(key: rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def init_ca(directory: str | os.PathLike[str], days: int = 3650, force: bool = False) -> Path:
+    """Create the CA in ``directory`` (made if missing); refuses to overwrite one unless ``force``."""
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    if (root / CA_CERT).exists() and not force:
+        raise CertError(f"{root / CA_CERT} already exists: a new CA would invalidate every issued certificate")
+    key = _new_key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CA_NAME)])
+    now = _now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    _write(root / CA_KEY, _key_pem(key), private=True)
+    _write(root / CA_CERT, cert.public_bytes(serialization.Encoding.PEM))
+    return root / CA_CERT
+
+
+def _load_ca(root: Path) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+    try:
+        cert = x509.load_pem_x509_certificate((root / CA_CERT).read_bytes())
+        key = serialization.load_pem_private_key((root / CA_KEY).read_bytes(), password=None)
+    except FileNotFoundError as exc:
+        raise CertError(
+            f"no CA in {str(root)!r} ({exc.filename} missing): run `altlas-dask certs init {root}`"
+        ) from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise CertError(f"{root / CA_KEY} is not an RSA key")
+    return cert, key
+
+
+def issue(
+    directory: str | os.PathLike[str], name: str, kind: Kind = "user", days: int = 365, force: bool = False
+) -> Issued:
+    """Sign a certificate ``CN=name, OU=kind`` with the CA in ``directory``; write ``<name>.pem``/``<name>-key.pem``."""
+    if kind not in KINDS:
+        raise CertError(f"kind must be one of {', '.join(KINDS)} (got {kind!r})")
+    if not re.match(USER_NAME_PATTERN, name or ""):
+        raise CertError(f"{kind} name {name!r} must be 1-128 letters, digits or _ . @ -")
+    if name in ("ca", "ca-key") or name.endswith("-key"):
+        raise CertError(f"{kind} name {name!r} would clash with the CA's or a key's file name")
+    root = Path(directory)
+    ca_cert, ca_key = _load_ca(root)
+    cert_path, key_path = root / f"{name}.pem", root / f"{name}-key.pem"
+    if cert_path.exists() and not force:
+        raise CertError(f"{cert_path} already exists (pass --force to replace it)")
+    key = _new_key()
+    now = _now()
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, name),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, kind),
+        ]
+    )
+    usages = [ExtendedKeyUsageOID.CLIENT_AUTH] + ([ExtendedKeyUsageOID.SERVER_AUTH] if kind == "node" else [])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+    )
+    if kind == "node":
+        alt: list[x509.GeneralName] = [x509.DNSName(name), x509.DNSName("localhost")]
+        alt.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+        builder = builder.add_extension(x509.SubjectAlternativeName(alt), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    _write(key_path, _key_pem(key), private=True)
+    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    return Issued(name, kind, cert_path, key_path)
+
+
+def subject_of(path: str | os.PathLike[str]) -> tuple[str, str | None]:
+    """``(common name, organizational unit)`` of a PEM certificate file."""
+    cert = x509.load_pem_x509_certificate(Path(path).read_bytes())
+    cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    ou = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    return (str(cn[0].value) if cn else ""), (str(ou[0].value) if ou else None)
+
+
+# -- the CLI -----------------------------------------------------------------------------------------------
+
+
+@click.group()
+def certs() -> None:
+    """A certificate authority for mutual TLS (security.identity: tls). See README "Security"."""
+
+
+@certs.command("init")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--days", type=click.IntRange(1, 36500), default=3650, show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing CA (every issued certificate stops working).")
+def init_command(directory: str, days: int, force: bool) -> None:
+    """Create DIRECTORY/ca.pem and DIRECTORY/ca-key.pem (keep ca-key.pem private)."""
+    try:
+        path = init_ca(directory, days, force)
+    except CertError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"CA: {path} (key {Path(directory) / CA_KEY}, mode 600)")
+
+
+@certs.command("issue")
+@click.argument("directory", type=click.Path(file_okay=False, exists=True))
+@click.option("--user", "users", multiple=True, help="A user certificate, CN = the user name (repeatable).")
+@click.option("--service", "services", multiple=True, help="A service certificate (gateway, console; repeatable).")
+@click.option("--node", "nodes", multiple=True, help="A node certificate for the scheduler/workers (repeatable).")
+@click.option("--days", type=click.IntRange(1, 36500), default=365, show_default=True)
+@click.option("--force", is_flag=True, help="Replace existing certificates of the same names.")
+def issue_command(
+    directory: str, users: tuple[str, ...], services: tuple[str, ...], nodes: tuple[str, ...], days: int, force: bool
+) -> None:
+    """Issue certificates signed by the CA in DIRECTORY: DIRECTORY/<name>.pem and <name>-key.pem."""
+    wanted = [(n, "user") for n in users] + [(n, "service") for n in services] + [(n, "node") for n in nodes]
+    if not wanted:
+        raise click.UsageError("name at least one of --user NAME, --service NAME, --node NAME")
+    for name, kind in wanted:
+        try:
+            issued = issue(directory, name, kind, days, force)  # type: ignore[arg-type]
+        except CertError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"{kind} {name}: {issued.cert} (key {issued.key})")
