@@ -315,3 +315,43 @@ def test_the_router_helpers_work_on_an_asynchronous_client(cluster):
                 aclient.explain("some-key")
 
     asyncio.run(main())
+
+
+def test_a_task_waiting_for_its_dependencies_still_times_out(client):
+    """Issue 10: a deadline was dropped while the task waited on dependencies; now it fires where the task is."""
+    upstream = client.submit(run_on_gpu, 5e6, pure=False, gpu_options={"specific_gpu_id": 0})  # runs for hours
+    downstream = client.submit(
+        lambda x: x, upstream, pure=False, gpu_options={"timeout": 0.5, "specific_gpu_id": 1}
+    )
+    with pytest.raises(GpuTaskTimeoutError, match="timeout of 0.5s \\(waiting for its dependencies\\)"):
+        downstream.result(timeout=60)
+    assert client.explain(downstream)["status"] == "timed_out"
+    client.cancel_task(upstream)
+
+
+def test_a_stopped_gpu_worker_is_unresponsive_its_work_moves_and_it_comes_back(tmp_path):
+    """Issue 10: a GPU worker frozen (SIGSTOP) kept its tasks hostage while every surface said 'active'."""
+    config = {**ROUTER_CONFIG, "gpu": {**ROUTER_CONFIG["gpu"], "detection": {"health_check_interval": 2}}}
+    config["simulation"] = {"gpus": [{"name": "Big", "memory_mb": 16000, "speed_gflops": 1000, "count": 2}]}
+    log = tmp_path / "completions.log"
+    with start_cluster(build_config(config)) as gpu_cluster, gpu_cluster.client() as client:
+        wait_for(lambda: len(client.gpus()) == 2)
+        futures = [
+            client.submit(logged_kernel, i, 2000, str(log), pure=False, gpu_options={"strategy": "round_robin"})
+            for i in range(4)
+        ]
+        frozen = wait_for(lambda: next((g for g in client.gpus() if g.id == 0 and g.active_requests), None))
+        pid = client.run(os.getpid, workers=[frozen.worker])[frozen.worker]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            gpu0 = wait_for(lambda: next((g for g in client.gpus() if g.id == 0 and g.status == "unresponsive"), None))
+            assert "no report for" in gpu0.health_reason
+            results = client.gather(futures[1::2])  # GPU 1's own tasks, and then GPU 0's, placed again on GPU 1
+            moved = client.gather(futures[0::2])
+            assert {r["gpu"] for r in moved} == {1} and all(r["gpu"] == 1 for r in results)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        wait_for(lambda: next(g for g in client.gpus() if g.id == 0).status == "active", what="GPU 0 re-admitted")
+        assert [r["value"] for r in client.gather(futures)] == [0, 2, 4, 6]
+        infos = client.explain_many(futures)
+        assert all(i["status"] == "completed" for i in infos.values())
