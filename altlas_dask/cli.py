@@ -45,9 +45,9 @@ def gpu_table(gpus: Sequence[GpuState], title: str) -> Table:
             g.name,
             g.compute_capability,
             f"{g.memory_used_mb} / {g.memory_total_mb}",
-            f"{g.utilization_gpu:.0f}",
-            f"{g.temperature_c:.0f}",
-            f"{g.power_usage_w:.0f} / {g.power_limit_w:.0f}",
+            "n/a" if "utilization_gpu" in g.unknown else f"{g.utilization_gpu:.0f}",  # NVML: not supported
+            "n/a" if "temperature_c" in g.unknown else f"{g.temperature_c:.0f}",
+            "n/a" if "power_usage_w" in g.unknown else f"{g.power_usage_w:.0f} / {g.power_limit_w:.0f}",
             f"[{style}]{g.health_status}[/{style}]",
             g.status,
             g.worker or "-",

@@ -246,6 +246,21 @@ def test_nvml_is_initialised_once_per_process_and_reports_ok():
     assert nv.calls == ["init"]
 
 
+def test_a_forked_child_initialises_nvml_again():
+    import multiprocessing
+
+    nv = fake_nvml([ampere()])
+    assert nvml_status(nv) is NvmlStatus.OK
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=lambda: queue.put((nvml_status(nv).value, list(nv.calls))))
+    child.start()
+    status, calls = queue.get(timeout=30)
+    child.join(timeout=30)
+    assert (status, calls) == ("ok", ["init", "init"])  # NVML handles do not survive a fork: the child inits
+    assert nv.calls == ["init"]  # the parent's stays valid
+
+
 def test_nvml_states_no_library_and_no_devices():
     assert nvml_status(fake_nvml([ampere()], init_error=pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)) is NvmlStatus.NO_LIBRARY
     assert nvml_status(fake_nvml([])) is NvmlStatus.NO_DEVICES
