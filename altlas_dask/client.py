@@ -59,6 +59,22 @@ class Batch:
         return sum(self.sizes)
 
 
+def batched_function(func: Callable[..., Any], batched: bool | Mapping[str, Any]) -> Callable[..., Any]:
+    """``func`` itself, or, with ``batched``, a per-item task function running ``func(items)`` in batches."""
+    from altlas_dask.batching import Batched
+
+    if batched is False or batched is None or isinstance(func, Batched):
+        return func
+    if batched is True:
+        return Batched(func)
+    if isinstance(batched, Mapping):
+        unknown = set(batched) - {"max_batch_size", "max_wait_ms"}
+        if unknown:
+            raise ValueError(f"batched: unknown option {sorted(unknown)[0]!r}; use max_batch_size, max_wait_ms")
+        return Batched(func, **batched)
+    raise ValueError(f"batched must be True, False or a dict of max_batch_size/max_wait_ms (got {batched!r})")
+
+
 class RouterError(RuntimeError):
     """The router refused a request; ``code`` is HTTP-like (400 bad value, 403 not allowed, 404 unknown)."""
 
@@ -96,10 +112,16 @@ class Client(distributed.Client):
         with dask.annotate(**{ANNOTATION: options.wire()}):
             return method(**kwargs)
 
-    def submit(self, func, *args, gpu_options=None, **kwargs) -> Future:  # type: ignore[override]
+    def submit(self, func, *args, gpu_options=None, batched=False, **kwargs) -> Future:  # type: ignore[override]
+        """``distributed.Client.submit`` with ``gpu_options``; ``batched=True`` (or ``{"max_batch_size": n,
+        "max_wait_ms": ms}``): ``func`` takes a list, and this call's item shares one ``func(items)`` call with
+        the items of other such tasks running on the same GPU worker at the moment (see altlas_dask.batching)."""
+        func = batched_function(func, batched)
         return self._routed(lambda **kw: super(Client, self).submit(func, *args, **kw), gpu_options, kwargs)
 
-    def map(self, func, *iterables, gpu_options=None, **kwargs) -> list[Future]:  # type: ignore[override]
+    def map(self, func, *iterables, gpu_options=None, batched=False, **kwargs) -> list[Future]:  # type: ignore[override]
+        """``distributed.Client.map`` with ``gpu_options`` and ``batched`` (as :meth:`submit`)."""
+        func = batched_function(func, batched)
         return self._routed(lambda **kw: super(Client, self).map(func, *iterables, **kw), gpu_options, kwargs)
 
     def submit_batch(

@@ -282,6 +282,18 @@ class SelftestSuite(_Strict):
     error_handling: SelftestErrorHandling = SelftestErrorHandling()
 
 
+class ModelBatching(_Strict):
+    """Dynamic batching of one model's requests on its GPU worker (see altlas_dask/batching.py)."""
+
+    enabled: bool = True
+    max_batch_size: int = Field(8, ge=1, le=1024)  # at most max_concurrent_tasks_per_gpu meet on a worker
+    max_wait_ms: float = Field(2.0, ge=0, le=10_000)  # how long a request waits for others to join its batch
+
+
+class Serving(_Strict):
+    batching: dict[str, ModelBatching] = Field(default_factory=lambda: {"generate": ModelBatching()})
+
+
 class AltlasConfig(_Strict):
     gpu: Gpu = Gpu()
     cluster: Cluster = Cluster()
@@ -289,6 +301,7 @@ class AltlasConfig(_Strict):
     quotas: Quotas = Quotas()
     accounting: Accounting = Accounting()
     test: SelftestSuite = SelftestSuite()
+    serving: Serving = Serving()
 
     @model_validator(mode="after")
     def _default_strategy_enabled(self) -> AltlasConfig:

@@ -663,6 +663,8 @@ class Gateway:
                 gpu = value.get("gpu") if isinstance(value, dict) else (value[0].get("gpu") if value else None)
                 if gpu is not None:
                     out["gpu_id"] = gpu
+                if isinstance(value, dict) and value.get("batch_size"):  # dynamic batching: the batch it ran in
+                    out["batch_size"] = value["batch_size"]
         if out["gpu_id"] is None:
             out["gpu_id"] = entry.gpu
         elif entry.gpu is None:

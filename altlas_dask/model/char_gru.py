@@ -14,7 +14,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -170,29 +170,147 @@ def predict(
     }
 
 
+@torch.inference_mode()
+def predict_many(
+    items: Sequence[dict[str, Any]],
+    *,
+    model: CharGRU | None = None,
+    torch_device: str = "cpu",
+    stops: Sequence[threading.Event | None] | None = None,
+) -> list[dict[str, Any] | BaseException]:
+    """:func:`predict` for several prompts at once: one forward pass of the whole batch per generated step.
+
+    Each item keeps its own parameters, seed (a row's text equals :func:`predict`'s up to float rounding in
+    batched matrix products), stop flag and error: an invalid or cancelled item gets an exception in its
+    place, the others their results. Every :data:`CANCEL_CHECK_EVERY` steps the device is synchronised and
+    the stop flags checked.
+    """
+    from altlas_dask.gpus.chunks import KernelCancelledError, synchronize
+
+    model = model or get_model(torch_device)
+    device = next(model.parameters()).device
+    stops = list(stops) if stops is not None else [None] * len(items)
+    out: list[dict[str, Any] | BaseException] = [None] * len(items)  # type: ignore[list-item]
+    rows, params = [], []
+    for i, item in enumerate(items):
+        p = (item.get("text", ""), item.get("max_length", 128), item.get("temperature", 0.7), item.get("seed"))
+        try:
+            check_params(*p)
+        except ValueError as exc:
+            out[i] = exc
+            continue
+        seed = random.SystemRandom().randrange(2**31) if p[3] is None else p[3]
+        rows.append(i)
+        params.append((p[0], p[1], float(p[2]), seed))
+    if not rows:
+        return out
+    start = time.perf_counter()
+    generators = [torch.Generator().manual_seed(seed) for *_, seed in params]
+    prompts = [
+        torch.tensor(encode(text[-PROMPT_CONTEXT:]) or [CHAR_TO_INDEX["\n"]], device=device) for text, *_ in params
+    ]
+    packed = nn.utils.rnn.pack_sequence([model.embed(p) for p in prompts], enforce_sorted=False)
+    _, h = model.gru(packed)  # each row's state after its own last prompt character
+    last = model.head(h[-1])
+    temperatures = torch.tensor([max(t, 1e-9) for _, _, t, _ in params]).unsqueeze(1)
+    greedy = [t == 0 for _, _, t, _ in params]
+    steps = max(length for _, length, _, _ in params)
+    live = [True] * len(rows)
+    texts: list[list[int]] = [[] for _ in rows]
+    for step in range(steps):
+        if step and step % CANCEL_CHECK_EVERY == 0:
+            synchronize(str(device))
+            for r, i in enumerate(rows):
+                if live[r] and stops[i] is not None and stops[i].is_set():
+                    live[r] = False
+                    out[i] = KernelCancelledError(f"text generation stopped after {step} steps: its task was cancelled")
+            if not any(live):
+                return out
+        logits = last.float().cpu()
+        probs = torch.softmax(logits / temperatures, dim=-1)
+        chosen = logits.argmax(dim=-1).tolist()
+        for r in range(len(rows)):
+            if not greedy[r]:
+                chosen[r] = int(torch.multinomial(probs[r], 1, generator=generators[r]))
+            texts[r].append(chosen[r])
+        logits, h = model(torch.tensor(chosen, device=device).unsqueeze(1), h)
+        last = logits[:, -1]
+    elapsed = round(time.perf_counter() - start, 6)
+    now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    for r, i in enumerate(rows):
+        if live[r]:
+            _, length, temperature, seed = params[r]
+            out[i] = {
+                "text": decode(texts[r][:length]),
+                "max_length": length,
+                "temperature": temperature,
+                "seed": seed,
+                "device": str(device),
+                "execution_time": elapsed,
+                "timestamp": now,
+                "batch_size": len(rows),
+            }
+    return out
+
+
 # -- the workload: runs inside a GPU worker -------------------------------------------------------------
 
 
 @contextmanager
-def _on_gpu() -> Iterator[tuple[Any, threading.Event | None]]:
-    """The worker's GPU, its memory reserved and its time metered; a stop flag set if the task is cancelled."""
+def _on_gpu(busy: bool = True) -> Iterator[tuple[Any, threading.Event | None]]:
+    """The worker's GPU, its memory reserved and (``busy``) its time metered; a stop flag set if the task is
+    cancelled. A batched request meters the device only around its batch's work (see :func:`generate`)."""
     from distributed import get_worker
 
     from altlas_dask.worker import current_device
 
     device = current_device()
     key = get_worker().get_current_task()
-    with device.reserve(MODEL_MEMORY_MB), device.cancellation.watch(key) as stop, device.busy():
+    metered = device.busy() if busy else nullcontext()
+    with device.reserve(MODEL_MEMORY_MB), device.cancellation.watch(key) as stop, metered:
         yield device, stop
 
 
 def generate(text: str, max_length: int = 128, temperature: float = 0.7, seed: int | None = None) -> dict[str, Any]:
-    """The ``generate`` workload: :func:`predict` on this worker's GPU (CUDA when real, CPU when simulated)."""
+    """The ``generate`` workload: :func:`predict` on this worker's GPU (CUDA when real, CPU when simulated).
+
+    With ``serving.batching.generate`` enabled, the requests of the same ``max_length`` that this GPU runs at
+    the same moment are generated together (:func:`predict_many` through a worker-side
+    :class:`~altlas_dask.batching.Batcher`); each stays its own task, with its own stop flag.
+    """
     check_params(text, max_length, temperature, seed)
-    with _on_gpu() as (device, stop):
+    settings = _batching("generate")
+    batching = settings is not None and settings.max_batch_size > 1
+    with _on_gpu(busy=not batching) as (device, stop):
         model = get_model(device.torch_device)
-        result = predict(text, max_length, temperature, seed, model=model, stop=stop)
+        if not batching:
+            result = predict(text, max_length, temperature, seed, model=model, stop=stop)
+        else:
+            from altlas_dask.batching import batcher
+
+            def run(rows: list[tuple[dict[str, Any], threading.Event | None]]) -> list[Any]:
+                with device.busy():  # one batch holds the device once, for all its requests
+                    return predict_many([r[0] for r in rows], model=model, stops=[r[1] for r in rows])
+
+            key = ("generate", device.torch_device, max_length)
+            item = {"text": text, "max_length": max_length, "temperature": temperature, "seed": seed}
+            result = batcher(key, run, settings.max_batch_size, settings.max_wait_ms / 1000)((item, stop))
     return {**result, "gpu": device.index, "uuid": device.uuid}
+
+
+def _batching(model_name: str) -> Any:
+    """``serving.batching.<model_name>`` of this worker's configuration, or None when it is off."""
+    from altlas_dask.worker import PLUGIN_NAME
+
+    try:
+        from distributed import get_worker
+
+        plugin = get_worker().plugins.get(PLUGIN_NAME)
+    except ValueError:  # not on a worker
+        return None
+    config = getattr(plugin, "config", None)
+    settings = config.serving.batching.get(model_name) if config is not None else None
+    return settings if settings is not None and settings.enabled else None
 
 
 def generate_batch(items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
