@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 SYSTEM_PACKAGES ?= chromium prometheus
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv system-deps run test lint bench clean gpu-check
+.PHONY: venv system-deps run test lint bench screenshots clean gpu-check
 
 system-deps:
 	@missing=""; \
@@ -33,11 +33,15 @@ run: venv
 	$(BIN)/altlas-dask up --with-console --with-api
 
 lint: venv
-	$(BIN)/ruff check altlas_dask scheduler_plugins tests bench app
+	$(BIN)/ruff check altlas_dask scheduler_plugins tests bench
 	$(BIN)/hadolint deploy/docker/Dockerfile
 
 test: venv system-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The README's console pictures: the browser walk-through, saving into docs/screenshots (tests alone never do).
+screenshots: venv system-deps
+	SCREENSHOTS_DIR=$(CURDIR)/docs/screenshots $(BIN)/python -m pytest tests/test_console.py -k submit_tasks_reports_gpus -q
 
 bench: venv
 	$(BIN)/python bench/overhead.py

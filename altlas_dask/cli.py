@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
+from altlas_dask.cli_errors import UNREACHABLE_HINT, CliError, fail, unreachable
 from altlas_dask.config import AltlasConfig, ConfigError, load_config
 from altlas_dask.gpus.errors import GpuUnavailableError
 from altlas_dask.gpus.state import GpuState
 
 console = Console(width=shutil.get_terminal_size((160, 24)).columns)
+CONNECT_TIMEOUT_S = 5
 HEALTH_STYLE = {"healthy": "green", "warning": "yellow", "critical": "red"}
 
 
@@ -62,17 +67,18 @@ class _Context:
     def config(self) -> AltlasConfig:
         return load_config(self.config_path, overrides=self.overrides)
 
-    def spawn(self, *args: str) -> subprocess.Popen:
-        """Run another altlas-dask command as a child process with the same config and overrides."""
+    def command(self, *args: str) -> list[str]:
+        """Another altlas-dask command line with the same config and overrides (to run as a child process)."""
         head = [sys.executable, "-m", "altlas_dask.cli"]
         if self.config_path:
             head += ["--config", self.config_path]
         for item in self.overrides:
             head += ["--set", item]
-        return subprocess.Popen([*head, *args])
+        return [*head, *args]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="altlas-dask", prog_name="altlas-dask")
 @click.option(
     "--config",
     "config_path",
@@ -109,8 +115,11 @@ def gpus(ctx: _Context, simulate: int | None, as_json: bool, scheduler: str | No
 
         from altlas_dask.live import live_gpus
 
-        with Client(scheduler, timeout=10) as client:
-            states, title = live_gpus(client), f"GPUs of {scheduler}"
+        try:
+            with Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False) as client:
+                states, title = live_gpus(client), f"GPUs of {scheduler}"
+        except (OSError, TimeoutError) as exc:
+            raise unreachable(scheduler, exc) from None
     else:
         from altlas_dask.launcher import detect_gpus
 
@@ -142,49 +151,118 @@ def up(
     api_port: int,
 ) -> None:
     """Start the cluster (one worker per GPU) and keep it up until Ctrl-C; optionally the console and API."""
+    from altlas_dask import services
     from altlas_dask.launcher import start_cluster
 
     config = ctx.config()
+    for what, address in (
+        ("scheduler", scheduler_address or config.cluster.scheduler_address),
+        ("dashboard", dashboard_address or config.cluster.dashboard_address),
+    ):
+        if services.port_in_use(address):
+            raise CliError(
+                f"the {what} address {address} is in use (another `altlas-dask up`?): stop it, or pass "
+                f"--{what}-address HOST:PORT (port 0 picks a free one)"
+            )
+    # A terminal's Ctrl-C goes to the whole process group. The worker processes inherit an ignored SIGINT
+    # (Python then leaves it ignored), so only this process hears it and stops them in order.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     cluster = start_cluster(
         config, simulate=simulate, scheduler_address=scheduler_address, dashboard_address=dashboard_address
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    services: dict[str, subprocess.Popen] = {}
+    running: list[services.Service] = []
     try:
         console.print(gpu_table(cluster.gpus, "Simulated GPUs" if cluster.simulated else "GPUs (NVML)"))
         click.echo(f"Scheduler: {cluster.scheduler_address}")
         click.echo(f"Dashboard: {cluster.dashboard_link}")
         click.echo(f"GPU page:  {cluster.dashboard_link.replace('/status', '/altlas-gpus')}")
         click.echo(f"Metrics:   {cluster.dashboard_link.replace('/status', '/metrics')}")
-        if with_console:
-            address = cluster.scheduler_address
-            services["console"] = ctx.spawn("console", "--scheduler", address, "--port", str(console_port))
-            click.echo(f"Console:   http://127.0.0.1:{console_port}")
-        if with_api:
-            services["api"] = ctx.spawn("api", "--scheduler", cluster.scheduler_address, "--port", str(api_port))
-            click.echo(
-                f"REST API:  http://127.0.0.1:{api_port}/api/v1 (docs: /docs; create a key with "
-                "`altlas-dask keys create --user admin --admin`)"
-            )
-        click.echo("Press Ctrl-C to stop.", err=True)
+        click.echo(f"State:     {config.home}")
         sys.stdout.flush()
-        while not stop.wait(1.0):
-            for name, service in services.items():
-                if service.poll() is not None:
-                    click.echo(f"error: the {name} exited with code {service.returncode}; stopping", err=True)
-                    stop.set()
+        wanted = _services(ctx, config.home, cluster.scheduler_address, with_console, console_port, with_api, api_port)
+        running = services.wait_ready(wanted, _announce, stop.is_set)
+        click.echo("Press Ctrl-C to stop.", err=True)
+        while not stop.wait(0.5):
+            for service in [s for s in running if s.process.poll() is not None]:
+                click.echo(f"error: the {service.name} stopped: {service.failure()}; the cluster stays up", err=True)
+                running.remove(service)
     finally:
         click.echo("Stopping cluster...", err=True)
-        for service in services.values():
-            service.terminate()
-        for service in services.values():
-            try:
-                service.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                service.kill()
-        cluster.close()
+        for service in running:
+            service.process.terminate()  # they let go of the cluster first
+        for service in running:
+            service.stop(timeout=1.0)
+        _close_quietly(cluster)
+
+
+def _services(
+    ctx: _Context, home: str, scheduler: str, with_console: bool, console_port: int, with_api: bool, api_port: int
+) -> list[Any]:
+    """Start the asked-for console and API (their output goes to HOME/logs/); a busy port is reported, not fatal."""
+    from altlas_dask import services
+
+    wanted = []
+    if with_console:
+        url = f"http://127.0.0.1:{console_port}"
+        wanted.append(("console", console_port, url, f"{url}/_stcore/health", ("console", "--port")))
+    if with_api:
+        url = f"http://127.0.0.1:{api_port}"
+        wanted.append(("REST API", api_port, f"{url}/api/v1", f"{url}/api/v1/health", ("api", "--port")))
+    started = []
+    for name, port, url, health, (command, flag) in wanted:
+        if services.port_in_use(f"127.0.0.1:{port}"):
+            option = "--console-port" if command == "console" else "--api-port"
+            _announce_failure(name, f"port {port} is in use; pass {option} PORT")
+            continue
+        args = ctx.command(command, "--scheduler", scheduler, flag, str(port))
+        started.append(services.start(name, args, url, health, Path(home) / "logs" / f"{command}.log"))
+    return started
+
+
+def _announce(service: Any, failure: str | None) -> None:
+    if failure is not None:
+        _announce_failure(service.name, f"{failure} (log: {service.log})")
+    elif service.name == "console":
+        click.echo(f"Console:   {service.url}")
+    else:
+        click.echo(
+            f"REST API:  {service.url} (docs: {service.url.removesuffix('/api/v1')}/docs; create a key with "
+            "`altlas-dask keys create --user admin --admin`)"
+        )
+    sys.stdout.flush()
+
+
+def _announce_failure(name: str, why: str) -> None:
+    click.echo(f"error: the {name} did not start: {why}; the cluster stays up", err=True)
+
+
+def _close_quietly(cluster: Any, timeout: float = 2.5) -> None:
+    """Close the cluster within ``timeout`` seconds, without shutdown noise.
+
+    Workers slow to exit (torch loaded, a busy machine) are killed once the router's accounting is on disk,
+    and the process ends there (Dask's own exit hook would wait for them again, with no limit).
+    """
+    import psutil
+
+    for name in ("distributed", "tornado", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        cluster.cluster.close(timeout=timeout)
+        return
+    except Exception:
+        pass
+    for child in psutil.Process().children(recursive=True):  # before the scheduler goes: they would log that
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    for plugin in getattr(getattr(cluster.cluster, "scheduler", None), "plugins", {}).values():
+        if hasattr(getattr(plugin, "store", None), "flush"):
+            plugin.store.flush(timeout=2.0)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 from altlas_dask.api.cli import api, keys  # noqa: E402  (the REST API's commands)
@@ -212,17 +290,23 @@ cli.add_command(certs)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point: configuration and GPU errors print one clear line, exit 2."""
+    """Console entry point: user errors print one clear line (and a JSON object under --json), exit 2."""
     try:
         cli.main(args=argv, prog_name="altlas-dask", standalone_mode=False)
     except click.exceptions.Abort:
         sys.exit(130)
-    except click.ClickException as exc:
+    except click.exceptions.Exit as exc:  # --version, --help
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        fail(exc.format_message(), exc.exit_code, argv)
     except (ConfigError, GpuUnavailableError, ValueError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        fail(str(exc), 2, argv)
+    except (OSError, TimeoutError) as exc:  # a scheduler lost mid-command (CommClosedError is an OSError)
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        fail(f"lost contact with the scheduler ({detail}); {UNREACHABLE_HINT}", 2, argv)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ the file, then ``ALTLAS_<SECTION>__<KEY>=value`` environment variables
 
 from __future__ import annotations
 
+import collections
 import functools
 import os
 from collections.abc import Iterable, Mapping
@@ -31,7 +32,7 @@ StrategyName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
 #: ``module:Class`` or ``module.Class`` of a custom strategy (see altlas_dask.scheduling.strategies).
 ImportPath = Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*[:.][A-Za-z_]\w*$")]
 ENV_PREFIX = "ALTLAS_"
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "cluster.yaml"
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent / "cluster.yaml"  # package data (a link to the repo's file)
 
 
 class ConfigError(ValueError):
@@ -214,7 +215,7 @@ class Quotas(_Strict):
 class Accounting(_Strict):
     """The embedded SQLite database of usage, quota overrides and task records."""
 
-    database: str = "var/altlas.sqlite"  # relative to the working directory; ":memory:" keeps nothing
+    database: str = "altlas.sqlite"  # resolved against the state directory (``home``); ":memory:" keeps nothing
     flush_interval: float = Field(0.2, gt=0, le=60)  # seconds between batched writes (off the event loop)
     recent_records: int = Field(1000, ge=0, le=1_000_000)  # final records kept in memory; older: from the database
 
@@ -294,7 +295,34 @@ class Serving(_Strict):
     batching: dict[str, ModelBatching] = Field(default_factory=lambda: {"generate": ModelBatching()})
 
 
+HOME_ENV = "ALTLAS_HOME"
+
+
+def state_home(configured: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Path:
+    """The state directory (accounting database, API keys, logs of ``up``), absolute.
+
+    ``configured`` (cluster.yaml ``home``), else ``$ALTLAS_HOME``, else the platform's user data
+    directory (e.g. ``~/.local/share/altlas-dask``): the same wherever a command runs.
+    """
+    environ = os.environ if environ is None else environ
+    chosen = configured or environ.get(HOME_ENV)
+    if not chosen:
+        import platformdirs
+
+        chosen = platformdirs.user_data_dir("altlas-dask", appauthor=False)
+    return Path(chosen).expanduser().resolve()
+
+
+def _database_in(home: Path, database: str) -> str:
+    """``accounting.database`` made absolute: a relative path lies in the state directory."""
+    if database == ":memory:" or database.startswith("file:"):
+        return database
+    path = Path(database).expanduser()
+    return str(path if path.is_absolute() else home / path)
+
+
 class AltlasConfig(_Strict):
+    home: str | None = None  # the state directory; resolved by state_home() (always absolute once validated)
     gpu: Gpu = Gpu()
     cluster: Cluster = Cluster()
     simulation: Simulation = Simulation()
@@ -302,6 +330,23 @@ class AltlasConfig(_Strict):
     accounting: Accounting = Accounting()
     test: SelftestSuite = SelftestSuite()
     serving: Serving = Serving()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _state_paths(cls, data: Any) -> Any:
+        """Resolve ``home`` and put a relative ``accounting.database`` inside it."""
+        if not isinstance(data, Mapping) or not isinstance(data.get("home"), str | os.PathLike | None):
+            return data
+        home = state_home(data.get("home"))
+        accounting = data.get("accounting")
+        if isinstance(accounting, Accounting):
+            accounting = accounting.model_dump()
+        if isinstance(accounting, Mapping) and not isinstance(accounting.get("database", ""), str):
+            return {**data, "home": str(home)}  # a bad database value: its own validation error names it
+        accounting = dict(accounting or {}) if isinstance(accounting, Mapping | None) else accounting
+        if isinstance(accounting, dict):
+            accounting["database"] = _database_in(home, accounting.get("database") or Accounting().database)
+        return {**data, "home": str(home), "accounting": accounting}
 
     @model_validator(mode="after")
     def _default_strategy_enabled(self) -> AltlasConfig:
@@ -451,7 +496,10 @@ def load_config(
     overrides: Iterable[str] = (),
     environ: Mapping[str, str] | None = None,
 ) -> AltlasConfig:
-    """Read ``cluster.yaml`` (default: ``$ALTLAS_CONFIG`` or the repo's), apply env and CLI overrides."""
+    """Read ``cluster.yaml`` (default: ``$ALTLAS_CONFIG``, else the one shipped in the package), apply overrides.
+
+    ``config_source(result)`` names the file read (or says none was).
+    """
     environ = os.environ if environ is None else environ
     if path is None:
         path = environ.get("ALTLAS_CONFIG") or (DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None)
@@ -468,5 +516,18 @@ def load_config(
         data = loaded or {}
     import dask.config
 
-    data = dask.config.merge(data, env_overrides(environ), cli_overrides(overrides))
-    return build_config(data)
+    home = {"home": environ[HOME_ENV]} if environ.get(HOME_ENV) else {}  # above the file, below --set
+    data = dask.config.merge(data, home, env_overrides(environ), cli_overrides(overrides))
+    config = build_config(data)
+    _SOURCES.append((config, str(Path(path).resolve()) if path is not None else None))
+    return config
+
+
+# (config, file) of the last configs loaded: kept apart so a config's equality stays that of its values
+_SOURCES: collections.deque[tuple[AltlasConfig, str | None]] = collections.deque(maxlen=64)
+
+
+def config_source(config: AltlasConfig) -> str:
+    """The file ``config`` was loaded from, for log lines (``"built-in defaults"`` when none is known)."""
+    found = next((source for loaded, source in reversed(_SOURCES) if loaded is config), None)
+    return found or "built-in defaults (no cluster.yaml)"

@@ -1,17 +1,15 @@
-"""``altlas-dask console``: serve the Streamlit console (app/console.py) for a running cluster."""
+"""``altlas-dask console``: serve the Streamlit console (altlas_dask/console/app.py) for a running cluster."""
 
 from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
 
+from altlas_dask.console import APP
 from altlas_dask.submit_cli import scheduler_address
-
-APP = Path(__file__).resolve().parent.parent / "app" / "console.py"
 
 
 def streamlit_command(port: int, host: str, extra: tuple[str, ...] = ()) -> list[str]:
@@ -48,8 +46,6 @@ def console(
     obj: Any, scheduler: str | None, port: int, host: str, user: str | None, streamlit_args: tuple[str, ...]
 ) -> None:
     """Open the web console (GPUs, Submit, Tasks, Reports) on http://HOST:PORT; extra args go to streamlit."""
-    if not APP.exists():
-        raise click.ClickException(f"the console app is missing: {APP} (install altlas-dask from a source checkout)")
     env = {**os.environ, "ALTLAS_SCHEDULER": scheduler_address(obj, scheduler)}
     if user:
         env["ALTLAS_USER"] = user

@@ -13,7 +13,7 @@ from distributed import LocalCluster, SchedulerPlugin
 from distributed.deploy.spec import SpecCluster
 
 from altlas_dask.client import Client
-from altlas_dask.config import AltlasConfig, load_config
+from altlas_dask.config import AltlasConfig, config_source, load_config
 from altlas_dask.gpus.errors import GpuUnavailableError
 from altlas_dask.gpus.nvml import NvmlInventory
 from altlas_dask.gpus.simulated import SimulatedInventory
@@ -34,7 +34,7 @@ def detect_gpus(config: AltlasConfig, simulate: int | None = None) -> tuple[list
             )
             return inventory.gpus(), False
         except GpuUnavailableError as exc:
-            logger.warning("%s: falling back to the simulated GPU pool from cluster.yaml", exc)
+            logger.warning("%s: falling back to the simulated GPU pool of %s", exc, config_source(config))
     pool = SimulatedInventory(config, count=simulate)
     gpus = pool.gpus()
     if not gpus:

@@ -13,8 +13,36 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from altlas_dask.cli_errors import unreachable
 from altlas_dask.runs import RunSummary, WorkloadRun, parse_params, submit_workload
 from altlas_dask.workloads import WORKLOADS, get_workload
+
+CONNECT_TIMEOUT_S = 5
+
+
+def strategy_names() -> list[str]:
+    """The routing strategies ``--strategy`` accepts (read at run time, so registered ones appear)."""
+    from altlas_dask.config import STRATEGIES
+
+    return list(STRATEGIES)
+
+
+def workload_names() -> list[str]:
+    return list(WORKLOADS)
+
+
+class ListedOption(click.Option):
+    """An option whose ``--help`` lists the names a function returns when help is shown."""
+
+    def __init__(self, *args: Any, names: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.names = names
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        record = super().get_help_record(ctx)
+        if record is None:
+            return None
+        return record[0], f"{record[1]} One of: {', '.join(self.names())}."
 
 
 def scheduler_address(obj: Any, scheduler: str | None) -> str:
@@ -35,9 +63,9 @@ def connect(address: str, user: str) -> Any:
     from altlas_dask.client import Client
 
     try:
-        return Client(address, gpu_defaults={"user": user}, timeout=10, set_as_default=False)
+        return Client(address, gpu_defaults={"user": user}, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
     except (OSError, TimeoutError) as exc:
-        raise click.ClickException(f"cannot reach the scheduler at {address}: {exc}") from None
+        raise unreachable(address, exc) from None
 
 
 def _ms(seconds: float | None) -> str:
@@ -106,10 +134,18 @@ def wait_with_progress(run: WorkloadRun, timeout: float | None, quiet: bool, cli
 
 
 @click.command()
-@click.option("--workload", "workload_name", required=True, help=f"Named workload: {', '.join(WORKLOADS)}.")
+@click.option(
+    "--workload", "workload_name", required=True, cls=ListedOption, names=workload_names, help="Named workload."
+)
 @click.option("--count", type=int, default=1, show_default=True, help="Workload calls to run.")
 @click.option("--batch-size", type=int, default=1, show_default=True, help="Calls per Dask task.")
-@click.option("--strategy", default=None, help="Routing strategy (default: the cluster's).")
+@click.option(
+    "--strategy",
+    default=None,
+    cls=ListedOption,
+    names=strategy_names,
+    help="Routing strategy (default: the cluster's).",
+)
 @click.option("--priority", type=int, default=3, show_default=True, help="1 (low) .. 5 (high).")
 @click.option("--user", envvar="ALTLAS_USER", default="anonymous", show_default=True, help="Submit as this user.")
 @click.option("--task-type", default=None, help="Task type for routing (default: the workload's).")

@@ -7,10 +7,13 @@ Tests that damage a cluster (fault injection) start their own small one.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,6 +32,13 @@ LOCAL_ADDRESSES = {"scheduler_address": "127.0.0.1:0", "dashboard_address": "127
 
 T = TypeVar("T")
 
+# Tests never touch the real state directory: one throw-away home for the whole session (inherited by every
+# subprocess; XDG_DATA_HOME covers the ones started with the ALTLAS_* variables removed).
+TEST_STATE = Path(tempfile.mkdtemp(prefix="altlas-tests-"))
+os.environ["ALTLAS_HOME"] = str(TEST_STATE / "home")
+os.environ["XDG_DATA_HOME"] = str(TEST_STATE / "xdg")
+atexit.register(shutil.rmtree, TEST_STATE, ignore_errors=True)
+
 
 def repo_config_data() -> dict[str, Any]:
     """The parsed repo cluster.yaml (a fresh copy each call)."""
@@ -43,7 +53,7 @@ def local_config(data: dict[str, Any] | None = None, **cluster: Any) -> AltlasCo
     """
     if data is None:
         data = repo_config_data()
-        data["accounting"]["database"] = ":memory:"  # tests never write the repo's var/altlas.sqlite
+        data["accounting"]["database"] = ":memory:"  # tests keep no accounting between runs
     else:
         data = copy.deepcopy(data)
     data["cluster"] = {**data.get("cluster", {}), **LOCAL_ADDRESSES, **cluster}
@@ -69,8 +79,8 @@ def cli_command() -> list[str]:
 
 
 def cli_env() -> dict[str, str]:
-    """The environment for CLI subprocesses: no ALTLAS_* leaking in, a wide table."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ALTLAS_")}
+    """The environment for CLI subprocesses: no ALTLAS_* leaking in (but the session's home), a wide table."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALTLAS_") or k == "ALTLAS_HOME"}
     env["COLUMNS"] = "250"
     env["PYTHONIOENCODING"] = "utf-8"
     return env

@@ -762,7 +762,7 @@ def test_cli_keys_and_api_serve(api: Api, tmp_path):
         env=cli_env(),
         timeout=60,
     )
-    assert away.returncode == 1 and "cannot reach the scheduler" in away.stderr and "Traceback" not in away.stderr
+    assert away.returncode == 2 and "cannot reach the scheduler" in away.stderr and "Traceback" not in away.stderr
     bad = subprocess.run(
         [*cli_command(), "--set", "accounting.database=:memory:", "keys", "create", "--user", "x"],
         capture_output=True,

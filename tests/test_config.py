@@ -67,7 +67,7 @@ def test_repo_cluster_yaml_loads_with_its_documented_values():
 
 
 def test_default_path_is_the_repo_file_and_altlas_config_env_picks_another(tmp_path):
-    assert DEFAULT_CONFIG_PATH == CLUSTER_YAML
+    assert DEFAULT_CONFIG_PATH.resolve() == CLUSTER_YAML  # the package's cluster.yaml links to the repo's
     assert load_config(environ={}) == load_config(CLUSTER_YAML, environ={})
     other = write_yaml(tmp_path, with_key("gpu.multi_gpu.default_strategy", "round_robin"))
     assert load_config(environ={"ALTLAS_CONFIG": str(other)}).gpu.multi_gpu.default_strategy == "round_robin"

@@ -1,11 +1,13 @@
 """The Streamlit console in a real headless Chromium: `altlas-dask console` against the shared cluster.
 
 Walks GPUs -> Submit -> Tasks -> Reports -> GPUs -> cancel a task the way a person would (sidebar
-links, one browser session) and saves docs/screenshots/{gpus,submit,tasks,reports}.png on the way.
+links, one browser session) and saves {gpus,submit,tasks,reports}.png on the way: into a temp folder,
+or into $SCREENSHOTS_DIR (``make screenshots`` sets docs/screenshots: the README's pictures).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, cli_command, cli_env, wait_for
+from conftest import cli_command, cli_env, wait_for
 
 from altlas_dask.launcher import GpuCluster
 
@@ -35,7 +37,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SCREENSHOTS = REPO / "docs" / "screenshots"
 USER = "console-ui"  # a user of its own: as a non-admin it sees only the tasks this test submits
 VIEWPORT = {"width": 1400, "height": 1500}
 TIMEOUT_MS = 60_000
@@ -190,15 +191,26 @@ def submit_run(page: Any, *, count: int, work_gflop: float) -> str:
     )
 
 
-def shot(page: Any, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where screenshots go: $SCREENSHOTS_DIR (``make screenshots``), else a temp folder (tests never rewrite
+    the committed pictures)."""
+    chosen = os.environ.get("SCREENSHOTS_DIR")
+    folder = Path(chosen) if chosen else tmp_path_factory.mktemp("screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def shot(page: Any, folder: Path, name: str) -> None:
+    page.screenshot(path=str(folder / f"{name}.png"))
 
 
 # -- tests ----------------------------------------------------------------------------------------------
 
 
-def test_console_submit_tasks_reports_gpus(page: Any, console_url: str, gpu_cluster: GpuCluster) -> None:
+def test_console_submit_tasks_reports_gpus(
+    page: Any, console_url: str, gpu_cluster: GpuCluster, screenshots: Path
+) -> None:
     started = time.monotonic()
     page.goto(console_url)
     page.get_by_role("heading", name="GPUs", exact=True).wait_for()
@@ -220,7 +232,7 @@ def test_console_submit_tasks_reports_gpus(page: Any, console_url: str, gpu_clus
     per_gpu = wait_for(lambda: grid_rows(box.get_by_test_id("stDataFrame")), what="the per-GPU summary rows")
     assert sum(int(row[2]) for row in per_gpu) == 8, per_gpu  # columns: GPU, Tasks, Calls, p50, p95
     no_errors(page)
-    shot(page, "submit")
+    shot(page, screenshots, "submit")
 
     # Tasks: this user's 8 tasks, all completed, each explained.
     go(page, "Tasks")
@@ -236,7 +248,7 @@ def test_console_submit_tasks_reports_gpus(page: Any, console_url: str, gpu_clus
     explanation.get_by_text("Why:").wait_for()
     assert re.search(r"completed · GPU \d", explanation.inner_text())
     no_errors(page)
-    shot(page, "tasks")
+    shot(page, screenshots, "tasks")
 
     # Reports: per-GPU and per-user tables over the default window.
     go(page, "Reports")
@@ -248,7 +260,7 @@ def test_console_submit_tasks_reports_gpus(page: Any, console_url: str, gpu_clus
     assert [row[:3] for row in per_user] == [[USER, "8", "8"]], per_user
     page.get_by_role("heading", name=re.compile("Completed tasks per")).wait_for()
     no_errors(page)
-    shot(page, "reports")
+    shot(page, screenshots, "reports")
 
     # GPUs again, with a longer run going so the cards and the chart have something to show.
     go(page, "Submit")
@@ -263,7 +275,7 @@ def test_console_submit_tasks_reports_gpus(page: Any, console_url: str, gpu_clus
         card = page.locator(f".st-key-gpu-card-{gpu.id}")
         assert f"GPU {gpu.id}" in card.inner_text() and gpu.name in card.inner_text()
     no_errors(page)
-    shot(page, "gpus")
+    shot(page, screenshots, "gpus")
     go(page, "Submit")
     page.locator(f".st-key-run-{busy}").get_by_text("16 / 16 calls done").wait_for()
 

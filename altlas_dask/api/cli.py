@@ -1,7 +1,8 @@
 """``altlas-dask api`` (serve the REST API) and ``altlas-dask keys`` (create, list, revoke API keys).
 
 Registered on the main ``altlas-dask`` group; ``--config``/``--set`` of that group apply (the key
-database is ``accounting.database``). Heavy imports (FastAPI, uvicorn) happen only when a command runs.
+database is ``accounting.database``, in the state directory: ``home`` / ``$ALTLAS_HOME``).
+Heavy imports (FastAPI, uvicorn) happen only when a command runs.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import click
+
+from altlas_dask.cli_errors import CliError
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +135,7 @@ def _check_scheduler(address: str, timeout: float) -> None:
                     "or `dask scheduler --preload scheduler_plugins.gpu_router`"
                 )
     except (OSError, TimeoutError) as exc:
-        raise click.ClickException(
+        raise CliError(
             f"cannot reach the scheduler at {address} ({exc}); start the cluster first (`altlas-dask up`), pass "
             "--scheduler, or use --start-cluster"
         ) from None
@@ -144,8 +147,11 @@ def _check_scheduler(address: str, timeout: float) -> None:
 def _store(ctx: Any, database: str | None):
     from altlas_dask.api.auth import KeyStore, KeyStoreError
 
+    config = ctx.config()
+    if database is None:
+        click.echo(f"state directory: {config.home}", err=True)
     try:
-        return KeyStore(database or ctx.config().accounting.database)
+        return KeyStore(database or config.accounting.database)
     except KeyStoreError as exc:
         raise click.ClickException(str(exc)) from None
 

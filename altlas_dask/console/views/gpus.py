@@ -9,8 +9,8 @@ import pandas as pd
 import streamlit as st
 
 from altlas_dask.client import Client
+from altlas_dask.console.views import common
 from altlas_dask.gpus.state import GpuState
-from views import common
 
 REFRESH_S = 2.0
 KEEP_S = 15 * 60

@@ -1,4 +1,4 @@
-"""altlas-dask web console: ``altlas-dask console`` (or ``streamlit run app/console.py``).
+"""altlas-dask web console: ``altlas-dask console`` (or ``streamlit run altlas_dask/console/app.py``).
 
 The scheduler comes from ``$ALTLAS_SCHEDULER`` (or the sidebar), the acting user from
 ``$ALTLAS_USER`` (default ``admin``). Pages: GPUs, Submit, Tasks, Reports.
@@ -7,7 +7,8 @@ The scheduler comes from ``$ALTLAS_SCHEDULER`` (or the sidebar), the acting user
 from __future__ import annotations
 
 import streamlit as st
-from views import common, gpus, reports, submit, tasks
+
+from altlas_dask.console.views import common, gpus, reports, submit, tasks
 
 st.set_page_config(page_title="altlas-dask console", page_icon=":material/memory:", layout="wide")
 

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from views import common
+from altlas_dask.console.views import common
 
 WINDOWS = {"Last 15 minutes": 900, "Last hour": 3600, "Last 24 hours": 86_400, "Last 7 days": 604_800, "All": None}
 LIMIT = 50_000

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from altlas_dask.client import Client
-from views import common
+from altlas_dask.console.views import common
 
 STATUSES = ["all", "queued", "placed", "running", "completed", "failed", "timed_out", "cancelled", "rejected"]
 CANCELLABLE = {"queued", "placed", "running"}

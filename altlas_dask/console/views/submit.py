@@ -12,9 +12,9 @@ import pandas as pd
 import streamlit as st
 
 from altlas_dask.config import STRATEGIES
+from altlas_dask.console.views import common
 from altlas_dask.runs import RunSummary, WorkloadRun, coerce, submit_workload
 from altlas_dask.workloads import WORKLOADS, Workload
-from views import common
 
 DEFAULT_STRATEGY = "(cluster default)"
 KEEP_RUNS = 10
