@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -20,14 +21,19 @@ from altlas_dask.workloads import WORKLOADS, get_workload
 CONNECT_TIMEOUT_S = 5
 
 
-def strategy_names() -> list[str]:
-    """The routing strategies ``--strategy`` accepts (read at run time, so registered ones appear)."""
+def strategy_names(ctx: click.Context | None = None) -> list[str]:
+    """The routing strategies ``--strategy`` accepts: the built-in ones and the config's custom ones."""
     from altlas_dask.config import STRATEGIES
 
-    return list(STRATEGIES)
+    custom: list[str] = []
+    obj = ctx.find_root().obj if ctx is not None else None
+    if obj is not None and hasattr(obj, "config"):
+        with contextlib.suppress(ValueError):  # a bad config is reported when the command runs
+            custom = list(obj.config().gpu.multi_gpu.custom_strategies)
+    return [*STRATEGIES, *custom]
 
 
-def workload_names() -> list[str]:
+def workload_names(ctx: click.Context | None = None) -> list[str]:
     return list(WORKLOADS)
 
 
@@ -42,7 +48,7 @@ class ListedOption(click.Option):
         record = super().get_help_record(ctx)
         if record is None:
             return None
-        return record[0], f"{record[1]} One of: {', '.join(self.names())}."
+        return record[0], f"{record[1]} One of: {', '.join(self.names(ctx))}."
 
 
 def scheduler_address(obj: Any, scheduler: str | None) -> str:

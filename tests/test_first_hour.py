@@ -332,8 +332,9 @@ def test_version_and_listed_choices() -> None:
 
     custom = register(Workload("custom-echo", print, "a custom workload", "inference"))
     try:
-        text = " ".join(CliRunner().invoke(cli, ["submit", "--help"], terminal_width=400).output.split())
+        custom_strategy = ["--set", "gpu.multi_gpu.custom_strategies.mine=os.path:join", "submit", "--help"]
+        text = " ".join(CliRunner().invoke(cli, custom_strategy, terminal_width=400).output.split())
     finally:
         WORKLOADS.pop(custom.name)
     assert f"One of: {', '.join([*WORKLOADS, 'custom-echo'])}." in text
-    assert f"One of: {', '.join(strategy_names())}." in text and "least_loaded" in text
+    assert f"One of: {', '.join([*strategy_names(), 'mine'])}." in text and "least_loaded" in text
