@@ -129,11 +129,13 @@ class GpuRouter(SchedulerPlugin):
         if scheduler is None:
             return
         now = time.time()
-        for worker, last in list(self._reports.items()):
+        for worker in list(scheduler.workers):  # also workers whose first report came after they registered
             reported = dx.gpu_report(scheduler, worker)
-            if reported is not None and reported is not last:
+            if reported is not None and reported is not self._reports.get(worker):
+                joined = worker in self._reports
                 self._reports[worker] = reported
-                self.handle(ev.GpuReported(worker, GpuState.from_dict(reported), now))
+                state = GpuState.from_dict(reported)
+                self.handle(ev.GpuReported(worker, state, now) if joined else ev.GpuJoined(worker, state, now))
         self._tick()
 
     def update_graph(self, scheduler: Scheduler, *, tasks: Iterable = (), **kwargs: Any) -> None:

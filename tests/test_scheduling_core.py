@@ -211,3 +211,22 @@ def test_queued_tasks_explain_their_position_and_why_they_wait():
     assert "behind 1 higher-priority task(s)" in rows["low"]["waiting_reason"]
     assert "max_concurrent_tasks_per_gpu" in rows["high"]["waiting_reason"]
     assert CoreView(core).tasks()["counts"] == {"placed": 1, "queued": 2}
+
+
+def test_a_restarted_worker_registering_before_the_old_one_leaves_keeps_its_gpu():
+    """The new worker of a GPU (same UUID) may register before Dask removes the old one."""
+    d = Driver(make_core(), gpus=2)
+    d.core.handle(ev.GpuJoined("tcp://gpu-1-new", d.core.gpus.slots[1].base, d.now))
+    d.core.handle(ev.GpuLeft(d.worker(1), d.now))
+    gpus = {g.id: g.worker for g in CoreView(d.core).gpus()}
+    assert gpus == {0: d.worker(0), 1: "tcp://gpu-1-new"}
+
+
+def test_a_drained_gpu_stays_drained_across_its_worker_restart():
+    d = Driver(make_core(), gpus=2)
+    d.core.handle(ev.Drain(1, d.now, "firmware"))
+    state = d.core.gpus.slots[1].base
+    d.core.handle(ev.GpuLeft(d.worker(1), d.now))
+    d.core.handle(ev.GpuJoined("tcp://gpu-1-new", state, d.now))
+    (gpu1,) = [g for g in CoreView(d.core).gpus() if g.id == 1]
+    assert gpu1.status == "maintenance" and gpu1.drain_reason == "firmware"

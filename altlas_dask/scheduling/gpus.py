@@ -80,6 +80,9 @@ class GpuBook:
 
     def join(self, worker: str, state: GpuState, now: float) -> GpuSlot:
         gpu_id = self._id_for(state)
+        previous = self.slots.get(gpu_id)
+        if previous is not None:  # its restarted worker registered before the old one was removed
+            self.by_worker.pop(previous.worker, None)
         window = self.windows.setdefault(gpu_id, HealthWindow(self.health_policy))
         slot = GpuSlot(gpu_id, worker, state, window, last_report=now)
         if gpu_id in self.drains:
@@ -100,7 +103,7 @@ class GpuBook:
 
     def leave(self, worker: str) -> GpuSlot | None:
         gpu_id = self.by_worker.pop(worker, None)
-        if gpu_id is None:
+        if gpu_id is None or self.slots[gpu_id].worker != worker:
             return None
         self.changed()
         return self.slots.pop(gpu_id)

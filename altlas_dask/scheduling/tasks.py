@@ -13,7 +13,7 @@ class IllegalTransition(AssertionError):
     """The core tried a status change the lifecycle does not allow (a bug, never user input)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class TaskRecord:
     key: str
     request: TaskRequest
