@@ -22,7 +22,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import click
 from cryptography import x509
@@ -30,7 +30,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from altlas_dask.config import USER_NAME_PATTERN
+from altlas_dask.config import USER_NAME_PATTERN, ConfigError
+from altlas_dask.config import Security as SecurityConfig
+
+if TYPE_CHECKING:
+    from distributed import Security
 
 Kind = Literal["user", "service", "node"]
 KINDS: tuple[Kind, ...] = ("user", "service", "node")
@@ -162,6 +166,60 @@ def subject_of(path: str | os.PathLike[str]) -> tuple[str, str | None]:
     cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     ou = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
     return (str(cn[0].value) if cn else ""), (str(ou[0].value) if ou else None)
+
+
+# -- Dask Security objects ---------------------------------------------------------------------------------
+
+
+def _existing(value: str | None, key: str, hint: str) -> str:
+    if not value:
+        raise ConfigError(f"security.{key} is not set, but security.identity is tls: {hint}")
+    if not Path(value).is_file():
+        raise ConfigError(f"security.{key}={value!r}: no such file ({hint})")
+    return value
+
+
+def tls_security(ca_file: str, cert: str, key: str | None, role: Literal["client", "node"]) -> Security:
+    """A ``distributed.Security`` for mutual TLS: a client's certificate, or a node's for scheduler and workers."""
+    from distributed import Security
+
+    fields = {"tls_ca_file": str(ca_file), "tls_client_cert": str(cert), "tls_client_key": key and str(key)}
+    if role == "node":
+        for server in ("scheduler", "worker"):
+            fields[f"tls_{server}_cert"], fields[f"tls_{server}_key"] = str(cert), key and str(key)
+    return Security(require_encryption=True, **fields)
+
+
+def client_security(directory: str | os.PathLike[str], name: str) -> Security:
+    """The ``security=`` of a client acting as ``name``: ``DIR/ca.pem``, ``DIR/<name>.pem``, ``DIR/<name>-key.pem``."""
+    root = Path(directory)
+    for path in (root / CA_CERT, root / f"{name}.pem", root / f"{name}-key.pem"):
+        if not path.is_file():
+            raise CertError(f"{path} does not exist: run `altlas-dask certs issue {root} --user {name}`")
+    return tls_security(str(root / CA_CERT), str(root / f"{name}.pem"), str(root / f"{name}-key.pem"), "client")
+
+
+def dask_security(config: SecurityConfig, role: Literal["client", "node"]) -> Security | None:
+    """The Dask ``Security`` for this process from ``security:`` in cluster.yaml (``None`` in open mode)."""
+    if config.identity == "none":
+        return None
+    ca = _existing(config.ca_file, "ca_file", "altlas-dask certs init DIR writes DIR/ca.pem")
+    if role == "node":
+        cert = _existing(config.node_cert, "node_cert", "altlas-dask certs issue DIR --node NAME")
+        key = config.node_key and _existing(config.node_key, "node_key", "the -key.pem beside the node cert")
+    else:
+        cert = _existing(config.client_cert, "client_cert", "altlas-dask certs issue DIR --user NAME")
+        key = config.client_key and _existing(config.client_key, "client_key", "the -key.pem beside the cert")
+    return tls_security(ca, cert, key, role)
+
+
+def common_name(cert: str | None) -> str | None:
+    """The CN of a PEM certificate given as a path or as PEM text (``None`` for no certificate)."""
+    if not cert:
+        return None
+    data = cert.encode() if "\n" in cert else Path(cert).read_bytes()
+    names = x509.load_pem_x509_certificate(data).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else None
 
 
 # -- the CLI -----------------------------------------------------------------------------------------------

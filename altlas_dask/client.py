@@ -12,6 +12,8 @@ import dask
 import distributed
 from distributed import Future
 
+from altlas_dask.certs import common_name
+from altlas_dask.errors import IdentityError
 from altlas_dask.gpus.state import GpuState
 from altlas_dask.options import ANNOTATION, GpuOptions, GpuOptionsError
 
@@ -32,6 +34,24 @@ def check_quota_limits(limits: Mapping[str, Any]) -> dict[str, Any]:
         if not math.isfinite(value) or not 0 <= value <= MAX_QUOTA_VALUE:
             raise ValueError(f"set_quota: {name} must be in 0..{MAX_QUOTA_VALUE:,} (got {value!r})")
     return dict(limits)
+
+
+def _configured_security(address: str) -> distributed.Security:
+    """The client certificate cluster.yaml names for a ``tls://`` scheduler (IdentityError if it names none)."""
+    from altlas_dask.certs import dask_security
+    from altlas_dask.config import ConfigError, load_config
+
+    try:
+        security = dask_security(load_config().security.model_copy(update={"identity": "tls"}), "client")
+    except ConfigError as exc:
+        raise IdentityError(
+            f"the scheduler at {address} uses mutual TLS and needs a client certificate: pass "
+            f"security=altlas_dask.certs.client_security(DIR, NAME), or set security.client_cert, client_key and "
+            f"ca_file in cluster.yaml (ALTLAS_SECURITY__CLIENT_CERT=...). {exc}",
+            401,
+        ) from None
+    assert security is not None
+    return security
 
 
 def run_chunk(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
@@ -90,11 +110,21 @@ class Client(distributed.Client):
     memory_mb, priority 1-5, user, timeout, retries), validated here so a bad
     value raises :class:`GpuOptionsError` before anything is sent.
     ``gpu_defaults`` apply to every call (e.g. ``{"user": "ana"}``).
+
+    Identity (README "Security"): with ``security.identity: tls`` the client connects with a certificate,
+    ``security=altlas_dask.certs.client_security(DIR, "ana")`` or, for a ``tls://`` address and no
+    ``security=``, ``security.client_cert``/``client_key``/``ca_file`` from cluster.yaml; the router then acts
+    as the certificate's common name. In open mode ``gpu_defaults["user"]`` is a self-declared name.
     """
 
-    def __init__(self, *args: Any, gpu_defaults: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, address: Any = None, *args: Any, gpu_defaults: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> None:
         self.gpu_defaults = GpuOptions.parse(gpu_defaults).wire()
-        super().__init__(*args, **kwargs)
+        if kwargs.get("security") is None and isinstance(address, str) and address.startswith("tls://"):
+            kwargs["security"] = _configured_security(address)
+        super().__init__(address, *args, **kwargs)
+        self.certificate_user = common_name(getattr(self.security, "tls_client_cert", None))
 
     # -- submission ----------------------------------------------------------------------
     def gpu_options(self, gpu_options: Mapping[str, Any] | GpuOptions | None) -> GpuOptions:
@@ -185,8 +215,8 @@ class Client(distributed.Client):
 
     @property
     def user(self) -> str:
-        """Who this client acts as (``gpu_defaults["user"]``, else ``anonymous``)."""
-        return self.gpu_defaults.get("user", "anonymous")
+        """Who this client acts as: ``gpu_defaults["user"]``, else its certificate's name, else ``anonymous``."""
+        return self.gpu_defaults.get("user") or self.certificate_user or "anonymous"
 
     def _policy(self) -> dict[str, Any]:
         return self._call("altlas_policy")
@@ -216,15 +246,15 @@ class Client(distributed.Client):
 
     def drain_gpu(self, gpu: int, reason: str = "") -> dict[str, Any]:
         """No new work on ``gpu``; running work finishes."""
-        return self._call("altlas_drain", gpu=int(gpu), reason=reason)
+        return self._call("altlas_drain", gpu=int(gpu), reason=reason, as_user=self.user)
 
     def enable_gpu(self, gpu: int) -> dict[str, Any]:
         """Undo :meth:`drain_gpu`."""
-        return self._call("altlas_enable", gpu=int(gpu))
+        return self._call("altlas_enable", gpu=int(gpu), as_user=self.user)
 
     def router_status(self) -> dict[str, Any]:
-        """Counters (placed, held, retried, failed, timed out) and the last routing decisions."""
-        return self._call("altlas_status")
+        """Counters (placed, held, retried, failed, timed out) and the last routing decisions (yours; admins: all)."""
+        return self._call("altlas_status", as_user=self.user)
 
     # -- users, quotas, accounting ------------------------------------------------------------
     def tasks(

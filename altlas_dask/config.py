@@ -220,6 +220,35 @@ class Accounting(_Strict):
     recent_records: int = Field(1000, ge=0, le=1_000_000)  # final records kept in memory; older: from the database
 
 
+class Security(_Strict):
+    """Who is who on the Dask comms (README "Security"). ``none``: open mode, names are self-declared;
+    ``tls``: mutual TLS everywhere, a client's user name is its certificate's common name."""
+
+    identity: Literal["none", "tls"] = "none"
+    ca_file: str | None = None  # the cluster CA (altlas-dask certs init DIR -> DIR/ca.pem)
+    node_cert: str | None = None  # scheduler and workers (certs issue DIR --node NAME)
+    node_key: str | None = None
+    client_cert: str | None = None  # this process's identity as a client (a user or a service)
+    client_key: str | None = None
+    delegates: tuple[str, ...] = ("gateway", "console")  # services that act for users they authenticated
+
+    @field_validator("delegates")
+    @classmethod
+    def _delegate_names(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        import re
+
+        for name in names:
+            if not re.match(USER_NAME_PATTERN, name):
+                raise ValueError(f"delegate name {name!r} may only hold letters, digits and _ . @ -")
+        return names
+
+
+class Metrics(_Strict):
+    """Prometheus label values stay bounded (deploy/README.md "Metrics labels")."""
+
+    all_user_labels: bool = False  # true: a `user` label per user name; false: configured users, others `other`
+
+
 # -- the `test:` section (seed 003): what `altlas-dask selftest` runs ------------------------------------------
 
 
@@ -330,6 +359,8 @@ class AltlasConfig(_Strict):
     accounting: Accounting = Accounting()
     test: SelftestSuite = SelftestSuite()
     serving: Serving = Serving()
+    security: Security = Security()
+    metrics: Metrics = Metrics()
 
     @model_validator(mode="before")
     @classmethod

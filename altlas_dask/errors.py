@@ -22,11 +22,20 @@ class TaskCancelledError(RuntimeError):
     """The task was cancelled through the router (by its owner or an admin)."""
 
 
+class IdentityError(PermissionError):
+    """No verified identity, or one that may not act as the user it names; ``code`` 401 (no identity) or 403."""
+
+    def __init__(self, message: str, code: int = 403) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 __all__ = [
     "GpuOptionsError",
     "GpuRetriesExhaustedError",
     "GpuRoutingError",
     "GpuTaskTimeoutError",
+    "IdentityError",
     "QuotaExceededError",
     "TaskCancelledError",
 ]

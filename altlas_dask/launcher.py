@@ -12,6 +12,7 @@ import dask.config
 from distributed import LocalCluster, SchedulerPlugin
 from distributed.deploy.spec import SpecCluster
 
+from altlas_dask.certs import dask_security
 from altlas_dask.client import Client
 from altlas_dask.config import AltlasConfig, config_source, load_config
 from altlas_dask.gpus.errors import GpuUnavailableError
@@ -116,6 +117,9 @@ def start_cluster(
         "threads_per_worker": config.routing().max_concurrent_tasks_per_gpu,
         "scheduler_kwargs": {"plugins": plugins},
     }
+    security = dask_security(config.security, "node")  # security.identity: tls -> mutual TLS on every comm
+    if security is not None:
+        common["security"] = security
     with dask.config.set(_dask_settings(config)):
         if simulated:  # workers rebuild the pool detect_gpus saw (its size, not the filtered count)
             pool_size = simulate if simulate is not None else config.cluster.simulate

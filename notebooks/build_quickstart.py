@@ -43,7 +43,7 @@ from altlas_dask import GpuOptionsError, load_config, run_on_gpu, start_cluster
 
 config = load_config(overrides=["cluster.scheduler_address=127.0.0.1:0", "cluster.dashboard_address=127.0.0.1:0"])
 cluster = start_cluster(config, simulate=4)
-client = cluster.client()
+client = cluster.client(gpu_defaults={"user": "admin"})  # open mode: a declared name; admins drain GPUs
 
 # every worker reports its GPU with its heartbeat: wait (with a deadline) until the router has all four
 deadline = time.monotonic() + 60

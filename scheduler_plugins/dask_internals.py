@@ -127,6 +127,11 @@ def gpu_options(ts: TaskState) -> Any:
     return (ts.annotations or {}).get(ANNOTATION)
 
 
+def set_gpu_options(ts: TaskState, options: Any) -> None:
+    """Replace the task's ``gpu_options`` annotation (the router binds it to the verified user)."""
+    ts.annotations = {**(ts.annotations or {}), ANNOTATION: options}
+
+
 def dependencies_done(ts: TaskState) -> bool:
     return all(dts.state == "memory" for dts in ts.dependencies)
 

@@ -26,6 +26,7 @@ from tornado.ioloop import PeriodicCallback
 
 from altlas_dask.accounting import AccountingStore
 from altlas_dask.config import AltlasConfig, load_config
+from altlas_dask.errors import IdentityError
 from altlas_dask.gpus.state import GpuState
 from altlas_dask.quotas import utc_day
 from altlas_dask.scheduling import events as ev
@@ -36,6 +37,7 @@ from altlas_dask.scheduling.view import CoreView
 from altlas_dask.worker import fatal_preload
 from scheduler_plugins import dask_internals as dx
 from scheduler_plugins.dashboard import PLUGIN_NAME, register_page
+from scheduler_plugins.identity import Identities, guard_admin_handlers
 from scheduler_plugins.metrics import RouterMetrics, publish, unpublish
 from scheduler_plugins.router_api import handlers
 
@@ -58,6 +60,7 @@ class GpuRouter(SchedulerPlugin):
         self.metrics = RouterMetrics()
         self.core = SchedulingCore.from_config(self.config, on_decision=self._observe_decision)
         self.view = CoreView(self.core)
+        self.identities = Identities(self.config.security)  # who each client is (security.identity)
         self.store: AccountingStore | None = None
         self.scheduler: Scheduler | None = None
         self._reports: dict[str, Any] = {}  # worker -> the last heartbeat payload passed to the core
@@ -77,6 +80,7 @@ class GpuRouter(SchedulerPlugin):
         self.scheduler = scheduler
         self._open_store()
         scheduler.handlers.update(handlers(self))
+        guard_admin_handlers(scheduler, self.identities, self.view.is_admin)
         dx.intercept_task_erred(scheduler, self._before_task_erred)
         for address in scheduler.workers:
             self.add_worker(scheduler, address)
@@ -138,16 +142,31 @@ class GpuRouter(SchedulerPlugin):
                 self.handle(ev.GpuReported(worker, state, now) if joined else ev.GpuJoined(worker, state, now))
         self._tick()
 
-    def update_graph(self, scheduler: Scheduler, *, tasks: Iterable = (), **kwargs: Any) -> None:
+    def remove_client(self, scheduler: Scheduler, client: str) -> None:
+        self.identities.forget(client)
+
+    def update_graph(
+        self, scheduler: Scheduler, *, tasks: Iterable = (), client: str | None = None, **kwargs: Any
+    ) -> None:
         self._attach(scheduler)
         now = time.time()
+        identities = self.identities
+        verified = identities.client(scheduler, client) if identities.required else None
         self._in_update_graph = True  # placements pin (Dask's own transitions follow this hook)
         try:
             for key in tasks:
                 ts = scheduler.tasks.get(key)
-                if ts is None or not dx.is_gpu_task(ts):
+                # With identity on every task is routed: GPU workers run only work the router placed.
+                if ts is None or not (identities.required or dx.is_gpu_task(ts)):
                     continue
-                self.handle(ev.Submitted(str(key), dx.gpu_options(ts), now, ready=dx.dependencies_done(ts)))
+                try:
+                    options = identities.task_options(dx.gpu_options(ts), verified, client)
+                except IdentityError as exc:
+                    self._refuse(ts, exc)
+                    continue
+                if identities.required:
+                    dx.set_gpu_options(ts, options)
+                self.handle(ev.Submitted(str(key), options, now, ready=dx.dependencies_done(ts)))
                 task = self.core.tasks.get(key)
                 if task is not None:
                     dx.set_priority(ts, task.request.priority)
@@ -156,13 +175,19 @@ class GpuRouter(SchedulerPlugin):
         if self._pending_fail:
             self._schedule_tick()
 
+    def _refuse(self, ts: TaskState, error: IdentityError) -> None:
+        """A task that may not run as the user it names: it never reaches the core; it errs after this update."""
+        logger.warning("refused task %s: %s", ts.key, error)
+        dx.hold(ts)
+        self._pending_fail[ts.key] = error
+
     def transition(self, key, start, finish, *args, **kwargs) -> None:
         core = self.core
         if key not in core.tasks:
             if finish != "no-worker" or key in self._pending_fail or self.scheduler is None:
                 return
             ts = self.scheduler.tasks.get(key)
-            if ts is None or not dx.is_gpu_task(ts):
+            if ts is None or not (self.identities.required or dx.is_gpu_task(ts)):
                 return
             # A finished GPU task being recomputed (its result was on a worker that died), or one
             # submitted before the router started: track it again, without charging its user twice.

@@ -4,6 +4,13 @@ They read the scheduling core through its read-only :class:`~altlas_dask.schedul
 and change it only through the router's commands. Errors come back as
 ``{"error": message, "code": http_like_status}`` so the Python client and the REST
 gateway can both report them clearly.
+
+Every handler takes the ``comm`` it was called on (Dask passes it to handlers whose first parameter is
+``comm``), and every call that reads a user's data or changes state acts as a :class:`Caller` from
+:mod:`scheduler_plugins.identity`: with ``security.identity: tls`` the comm's verified certificate name
+(``as_user`` may only restate it, except for delegates), in open mode the declared ``as_user``, which is
+then required. There is no trusted default: drain, enable, quota changes and other users' data need an admin
+(``quotas.admins``, or a delegate vouching ``admin=True`` for a user it authenticated, e.g. an admin API key).
 """
 
 from __future__ import annotations
@@ -12,8 +19,10 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from altlas_dask.errors import IdentityError
 from altlas_dask.quotas import QuotaValueError
 from altlas_dask.scheduling.lifecycle import TaskStatus
+from scheduler_plugins.identity import Caller, of_comm
 
 if TYPE_CHECKING:
     from scheduler_plugins.gpu_router import GpuRouter
@@ -33,40 +42,86 @@ class RouterApi:
     def __init__(self, router: GpuRouter) -> None:
         self._router = router
         self._view = router.view
+        self._identities = router.identities
+
+    # -- who is calling ----------------------------------------------------------------------------------
+    def _caller(self, comm: Any, as_user: str | None, admin: bool = False) -> Caller | dict[str, Any]:
+        """The caller, or the error dict to return (401: no identity; 403: may not act as ``as_user``)."""
+        try:
+            return self._identities.caller(comm, as_user, admin)
+        except IdentityError as exc:
+            return error(str(exc), exc.code)
+
+    def _is_admin(self, caller: Caller) -> bool:
+        return caller.vouched_admin or self._view.is_admin(caller.user)
+
+    def _admin(self, comm: Any, as_user: str | None, admin: bool, what: str) -> Caller | dict[str, Any]:
+        caller = self._caller(comm, as_user, admin)
+        if isinstance(caller, Caller) and not self._is_admin(caller):
+            return error(f"user {caller.user!r} is not an admin (quotas.admins in cluster.yaml): may not {what}", 403)
+        return caller
+
+    def _anyone(self, comm: Any) -> dict[str, Any] | None:
+        """Public cluster facts (GPUs, policy) need a verified peer when identity is on; nothing in open mode."""
+        if self._identities.required and of_comm(comm) is None:
+            return error("no verified identity on this connection (security.identity is tls)", 401)
+        return None
 
     # -- GPUs -----------------------------------------------------------------------------------
-    def gpus(self) -> dict[str, Any]:
+    def gpus(self, comm: Any = None, **_: Any) -> dict[str, Any]:
+        if denied := self._anyone(comm):
+            return denied
         return {"gpus": [g.to_dict() for g in self._view.gpus()], "queued": self._view.queued()}
 
-    def policy(self) -> dict[str, Any]:
+    def policy(self, comm: Any = None, **_: Any) -> dict[str, Any]:
+        if denied := self._anyone(comm):
+            return denied
         return self._view.policy.model_dump()
 
-    def drain(self, gpu: int, reason: str = "") -> dict[str, Any]:
-        return self._router.set_draining(gpu, True, reason)
+    def drain(
+        self, comm: Any, gpu: int, reason: str = "", as_user: str | None = None, admin: bool = False
+    ) -> dict[str, Any]:
+        caller = self._admin(comm, as_user, admin, f"drain GPU {gpu}")
+        if not isinstance(caller, Caller):
+            return caller
+        return self._router.set_draining(gpu, True, reason or f"drained by {caller.user}")
 
-    def enable(self, gpu: int) -> dict[str, Any]:
+    def enable(self, comm: Any, gpu: int, as_user: str | None = None, admin: bool = False) -> dict[str, Any]:
+        caller = self._admin(comm, as_user, admin, f"enable GPU {gpu}")
+        if not isinstance(caller, Caller):
+            return caller
         return self._router.set_draining(gpu, False, "")
 
-    def status(self) -> dict[str, Any]:
+    def status(self, comm: Any, as_user: str | None = None, admin: bool = False) -> dict[str, Any]:
+        """Counters and the latest placements: every user's for admins, otherwise only the caller's own."""
+        caller = self._caller(comm, as_user, admin)
+        if not isinstance(caller, Caller):
+            return caller
         view = self._view
-        return {"counters": view.counters(), "tracked": dict(view.live_statuses()), "recent": view.placements(50)}
+        recent = view.placements(50 if self._is_admin(caller) else 200)
+        if not self._is_admin(caller):
+            recent = [p for p in recent if p.get("user") == caller.user][-50:]
+        return {"counters": view.counters(), "tracked": dict(view.live_statuses()), "recent": recent}
 
     # -- tasks (a user sees and cancels only their own; admins all) ----------------------------------
-    def _denied(self, as_user: str | None, user: str | None, what: str) -> dict[str, Any] | None:
-        """A 403 unless ``as_user`` may read ``user``'s data (their own, or an admin; None = trusted caller)."""
-        if as_user is None or user in (None, as_user) or self._view.is_admin(as_user):
+    def _denied(self, caller: Caller, user: str | None, what: str) -> dict[str, Any] | None:
+        """A 403 unless ``caller`` may read ``user``'s data (their own, or an admin)."""
+        if user in (None, caller.user) or self._is_admin(caller):
             return None
-        return error(f"user {as_user!r} may not {what} of {user!r}", 403)
+        return error(f"user {caller.user!r} may not {what} of {user!r}", 403)
 
-    def _scope(self, as_user: str, user: str | None) -> str | None:
+    def _scope(self, caller: Caller, user: str | None) -> str | None:
         """Whose rows to return: any user (or all) for an admin, otherwise only the caller's own."""
-        return user if self._view.is_admin(as_user) else as_user
+        return user if self._is_admin(caller) else caller.user
 
-    def _visible(self, owner: str | None, as_user: str | None) -> bool:
-        return as_user is None or self._view.is_admin(as_user) or owner == as_user
+    def _visible(self, owner: str | None, caller: Caller) -> bool:
+        return owner == caller.user or self._is_admin(caller)
 
-    async def explain(self, keys: list, as_user: str | None = None) -> dict[str, Any]:
+    async def explain(self, comm: Any, keys: list, as_user: str | None = None, admin: bool = False) -> dict[str, Any]:
         """Live and recent tasks from memory; older ones from the accounting database."""
+        caller = self._caller(comm, as_user, admin)
+        if not isinstance(caller, Caller):
+            return caller
         keys = [str(k) for k in keys]
         found = self._view.explain(keys)
         missing = [k for k in keys if k not in found]
@@ -74,54 +129,82 @@ class RouterApi:
             store = self._router.store
             await asyncio.to_thread(store.flush)
             found.update(await asyncio.to_thread(store.tasks_by_key, missing))
-        return {k: info for k, info in found.items() if self._visible(info.get("user"), as_user)}
+        return {k: info for k, info in found.items() if self._visible(info.get("user"), caller)}
 
     def tasks(
         self,
-        as_user: str,
+        comm: Any,
+        as_user: str | None = None,
         user: str | None = None,
         status: str | list[str] | None = None,
         limit: int = 100,
         offset: int = 0,
         order: str = "submitted",
+        admin: bool = False,
     ) -> dict[str, Any]:
         """Live and recently finished tasks, with true counts per status and queue positions."""
-        if denied := self._denied(as_user, user, "list the tasks"):
+        caller = self._caller(comm, as_user, admin)
+        if not isinstance(caller, Caller):
+            return caller
+        if denied := self._denied(caller, user, "list the tasks"):
             return denied
         statuses = [status] if isinstance(status, str) else status
         try:
-            return self._view.tasks(self._scope(as_user, user), statuses, order, limit, offset)
+            return self._view.tasks(self._scope(caller, user), statuses, order, limit, offset)
         except ValueError as exc:
             return error(str(exc), 400)
 
-    def cancel(self, key: str, as_user: str, reason: str = "") -> dict[str, Any]:
+    def cancel(
+        self, comm: Any, key: str, as_user: str | None = None, reason: str = "", admin: bool = False
+    ) -> dict[str, Any]:
+        caller = self._caller(comm, as_user, admin)
+        if not isinstance(caller, Caller):
+            return caller
         owner, status = self._view.owner(key), self._view.status_of(key)
-        if status is None or not self._visible(owner, as_user):
+        if status is None or not self._visible(owner, caller):
             return error(f"unknown task {key}", 404)
         if status.final:
             return error(f"task {key} already {status}", 409)
-        self._router.cancel(key, as_user, reason)
+        self._router.cancel(key, caller.user, reason)
         return {"key": key, "status": str(TaskStatus.CANCELLED)}
 
     # -- quotas and usage -------------------------------------------------------------------------------
-    def quota(self, user: str, as_user: str | None = None) -> dict[str, Any]:
-        if denied := self._denied(as_user, user, "read the quota"):
+    def quota(self, comm: Any, user: str | None = None, as_user: str | None = None, admin: bool = False) -> dict:
+        caller = self._caller(comm, as_user, admin)
+        if not isinstance(caller, Caller):
+            return caller
+        user = user or caller.user
+        if denied := self._denied(caller, user, "read the quota"):
             return denied
         return self._view.quota_report(user)
 
-    def set_quota(self, user: str, as_user: str, limits: dict[str, Any]) -> dict[str, Any]:
-        if not self._view.is_admin(as_user):
-            return error(f"user {as_user!r} is not an admin (admins: quotas.admins in cluster.yaml)", 403)
+    def set_quota(
+        self, comm: Any, user: str, limits: dict[str, Any], as_user: str | None = None, admin: bool = False
+    ) -> dict[str, Any]:
+        caller = self._admin(comm, as_user, admin, f"change the quota of {user!r}")
+        if not isinstance(caller, Caller):
+            return caller
         try:
             new = self._router.core.set_quota(user, limits)
         except QuotaValueError as exc:
             return error(str(exc), 400)
         self._router.store.set_override(user, self._router.core.book.overrides[user])
         self._router._schedule_tick()  # a raised concurrency limit may let waiting work start
-        return {"user_id": user, "limits": new.model_dump()}
+        return {"user_id": user, "limits": new.model_dump(), "by": caller.user}
 
-    async def usage(self, user: str, as_user: str | None = None, since: str | None = None) -> dict[str, Any]:
-        if denied := self._denied(as_user, user, "read the usage"):
+    async def usage(
+        self,
+        comm: Any,
+        user: str | None = None,
+        as_user: str | None = None,
+        since: str | None = None,
+        admin: bool = False,
+    ) -> dict[str, Any]:
+        caller = self._caller(comm, as_user, admin)
+        if not isinstance(caller, Caller):
+            return caller
+        user = user or caller.user
+        if denied := self._denied(caller, user, "read the usage"):
             return denied
         store = self._router.store
         await asyncio.to_thread(store.flush)
@@ -130,17 +213,22 @@ class RouterApi:
 
     async def records(
         self,
-        as_user: str,
+        comm: Any,
+        as_user: str | None = None,
         user: str | None = None,
         status: str | None = None,
         since: float | None = None,
         limit: int = 1000,
         offset: int = 0,
+        admin: bool = False,
     ) -> dict[str, Any]:
         """Final task records from the database (reports)."""
-        if denied := self._denied(as_user, user, "read the records"):
+        caller = self._caller(comm, as_user, admin)
+        if not isinstance(caller, Caller):
+            return caller
+        if denied := self._denied(caller, user, "read the records"):
             return denied
-        user = self._scope(as_user, user)
+        user = self._scope(caller, user)
         store = self._router.store
         await asyncio.to_thread(store.flush)
         rows = await asyncio.to_thread(store.tasks, user=user, status=status, since=since, limit=limit, offset=offset)

@@ -176,7 +176,7 @@ def multinode(tmp_path_factory) -> Iterator[tuple[altlas_dask.Client, Procs]]:
                     *config,
                 ],
             )
-        client = altlas_dask.Client(address, timeout=60)
+        client = altlas_dask.Client(address, timeout=60, gpu_defaults={"user": "admin"})  # drains a GPU
         procs.wait_for(lambda: len(client.scheduler_info(n_workers=-1)["workers"]) == 2, "two workers to register")
 
         def router_installed(dask_scheduler) -> bool:  # local, so cloudpickle ships it by value

@@ -73,7 +73,7 @@ def cluster():
 
 @pytest.fixture
 def client(cluster):
-    client = cluster.client()
+    client = cluster.client(gpu_defaults={"user": "admin"})  # drain/enable are admin-only
     wait_for(lambda: len(client.gpus()) == 4)
     yield client
     for gpu in range(4):
@@ -309,7 +309,7 @@ def test_the_router_helpers_work_on_an_asynchronous_client(cluster):
         async with Client(cluster.scheduler_address, asynchronous=True, gpu_defaults={"user": "bob"}) as aclient:
             assert [g.id for g in await aclient.gpus()] == [0, 1, 2, 3]
             assert (await aclient.quota())["user_id"] == "bob"
-            with pytest.raises(RouterError, match="unknown GPU 42"):
+            with pytest.raises(RouterError, match="'bob' is not an admin .*: may not drain GPU 42"):
                 await aclient.drain_gpu(42)
             with pytest.raises(RuntimeError, match="explain_many"):
                 aclient.explain("some-key")

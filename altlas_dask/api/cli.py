@@ -178,14 +178,6 @@ def create_key(ctx: Any, user: str, admin: bool, note: str, database: str | None
         raise click.ClickException(str(exc)) from None
     role = "admin" if admin else "user"
     click.echo(f"created {role} key {key_id} for user {user!r} in {store.path}; it is shown only once", err=True)
-    if admin:
-        admins = ctx.config().quotas.admins
-        if user not in admins:
-            click.echo(
-                f"note: {user!r} is not in quotas.admins {list(admins)}; its admin requests reach the router as "
-                f"{admins[0] if admins else '(none: add an admin to quotas.admins)'!r}",
-                err=True,
-            )
     click.echo(key)
 
 

@@ -34,6 +34,7 @@ from distributed import Future
 
 from altlas_dask.api.calls import call
 from altlas_dask.api.errors import ApiError, quota_error
+from altlas_dask.certs import dask_security
 from altlas_dask.client import CHUNKS_PER_GPU, Client, RouterError
 from altlas_dask.config import AltlasConfig
 from altlas_dask.errors import GpuRoutingError, TaskCancelledError
@@ -245,6 +246,12 @@ class Coalescer:
                     waiter.set_result(future)
 
 
+class ActingAdmin(str):
+    """A user name the gateway vouches is an admin (the owner of an admin API key)."""
+
+    __slots__ = ()
+
+
 class Gateway:
     """Submits GPU work for API requests and answers questions about it."""
 
@@ -268,7 +275,13 @@ class Gateway:
 
     @classmethod
     async def connect(cls, address: str, config: AltlasConfig, settings: ApiSettings) -> Gateway:
-        client = await Client(address, asynchronous=True, set_as_default=False, timeout=settings.connect_timeout)
+        client = await Client(
+            address,
+            asynchronous=True,
+            set_as_default=False,
+            timeout=settings.connect_timeout,
+            security=dask_security(config.security, "client"),
+        )
         gateway = cls(client, config, settings)
         try:
             gateway.policy = await gateway.rpc("altlas_policy")
@@ -340,7 +353,11 @@ class Gateway:
     async def _new_client(self) -> None:
         try:
             client = await Client(
-                self.address, asynchronous=True, set_as_default=False, timeout=self.settings.reconnect_timeout
+                self.address,
+                asynchronous=True,
+                set_as_default=False,
+                timeout=self.settings.reconnect_timeout,
+                security=dask_security(self.config.security, "client"),
             )
         except (OSError, TimeoutError):
             return  # still away: the next round tries again
@@ -403,6 +420,7 @@ class Gateway:
             ) from None
 
     async def _call(self, handler: str, **kwargs: Any) -> Any:
+        kwargs = self._acting(kwargs)
         result = await asyncio.wait_for(getattr(self.client.scheduler, handler)(**kwargs), self.settings.rpc_timeout)
         if result is None:
             raise RouterError(f"no GPU router on scheduler {self.client.scheduler.address}", 503)
@@ -410,15 +428,25 @@ class Gateway:
             raise RouterError(result["error"], result.get("code", 400))
         return result
 
+    @property
+    def service_name(self) -> str:
+        """Who the gateway is to the router: its certificate's name (security.identity: tls), else ``gateway``."""
+        return self.client.certificate_user or "gateway"
+
     def acting_admin(self, user: str) -> str:
-        """The name the router must see for an admin key's request: the key's user if the router knows it
-        as an admin (``quotas.admins``), else the first configured admin."""
-        admins = self.config.quotas.admins
-        if user in admins:
-            return user
-        if not admins:
-            raise ApiError(503, "no admin user configured (quotas.admins is empty): the router refuses admin actions")
-        return admins[0]
+        """An admin API key's own user, marked so the router hears it as an admin this gateway authenticated:
+        every admin key acts (and is audited) as its owner, whatever ``quotas.admins`` lists."""
+        return ActingAdmin(user)
+
+    def _acting(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Who a router call acts as: an admin key's owner (``admin=True``), a key's user, or, for the gateway's
+        own bookkeeping (placement polls, GPU list; it filters per key itself), the gateway as an admin."""
+        as_user = kwargs.get("as_user")
+        if as_user is None:
+            return {**kwargs, "as_user": self.service_name, "admin": True}
+        if isinstance(as_user, ActingAdmin):
+            return {**kwargs, "as_user": str(as_user), "admin": True}
+        return kwargs
 
     async def gpus(self, max_age: float | None = None) -> list[dict[str, Any]]:
         """The router's GPU list (heartbeat + in-flight work + drain), at most ``max_age`` seconds old."""

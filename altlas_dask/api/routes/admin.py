@@ -28,7 +28,8 @@ async def maintenance(
 ) -> dict[str, Any]:
     body = body or MaintenanceRequest()
     g = await gateway.gpu(gpu_id)
-    answer = await gateway.rpc("altlas_drain", gpu=g["id"], reason=body.reason or f"maintenance by {who.user}")
+    reason = body.reason or f"maintenance by {who.user}"
+    answer = await gateway.rpc("altlas_drain", gpu=g["id"], reason=reason, as_user=gateway.acting_admin(who.user))
     gateway.invalidate_gpus()
     end = None
     if body.estimated_duration is not None:
@@ -45,7 +46,7 @@ async def maintenance(
 @router.delete("/gpu/{gpu_id}/maintenance", summary="End maintenance: the GPU takes new work again")
 async def end_maintenance(gpu_id: str, who: AdminDep, gateway: GatewayDep) -> dict[str, Any]:
     g = await gateway.gpu(gpu_id)
-    await gateway.rpc("altlas_enable", gpu=g["id"])
+    await gateway.rpc("altlas_enable", gpu=g["id"], as_user=gateway.acting_admin(who.user))
     gateway.invalidate_gpus()
     return {"gpu_id": g["id"], "status": "active"}
 
