@@ -222,6 +222,32 @@ def common_name(cert: str | None) -> str | None:
     return str(names[0].value) if names else None
 
 
+# -- open mode -------------------------------------------------------------------------------------------------
+
+
+def is_loopback(address: str) -> bool:
+    """Whether ``host:port`` (or ``tcp://host:port``) listens on loopback only (an empty host is every interface)."""
+    host = address.split("://")[-1].rpartition(":")[0].strip("[]") or address.split("://")[-1]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name, an empty host (all interfaces): reachable from elsewhere
+
+
+def identity_line(config: SecurityConfig, scheduler_address: str, insecure: bool) -> str:
+    """The one line ``up`` prints about identity; ConfigError for open mode off loopback without ``insecure``."""
+    if config.identity == "tls":
+        return f"tls (mutual TLS; users are certificate names; delegates: {', '.join(config.delegates) or 'none'})"
+    if not is_loopback(scheduler_address) and not insecure:
+        raise ConfigError(
+            f"the scheduler would listen on {scheduler_address} (not loopback) with security.identity: none, so anyone "
+            'who reaches it can act as any user: set security.identity: tls (README "Security"), or pass --insecure'
+        )
+    return "none (open mode: user names are self-declared, anyone who reaches the scheduler can act as any user)"
+
+
 # -- the CLI -----------------------------------------------------------------------------------------------
 
 

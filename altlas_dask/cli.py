@@ -139,6 +139,7 @@ def gpus(ctx: _Context, simulate: int | None, as_json: bool, scheduler: str | No
 @click.option("--console-port", type=click.IntRange(1, 65535), default=8501, show_default=True)
 @click.option("--with-api", is_flag=True, help="Also serve the REST API (altlas-dask api).")
 @click.option("--api-port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--insecure", is_flag=True, help="Allow a non-loopback scheduler address with security.identity: none.")
 @click.pass_obj
 def up(
     ctx: _Context,
@@ -149,12 +150,15 @@ def up(
     console_port: int,
     with_api: bool,
     api_port: int,
+    insecure: bool,
 ) -> None:
     """Start the cluster (one worker per GPU) and keep it up until Ctrl-C; optionally the console and API."""
     from altlas_dask import services
+    from altlas_dask.certs import identity_line
     from altlas_dask.launcher import start_cluster
 
     config = ctx.config()
+    identity = identity_line(config.security, scheduler_address or config.cluster.scheduler_address, insecure)
     for what, address in (
         ("scheduler", scheduler_address or config.cluster.scheduler_address),
         ("dashboard", dashboard_address or config.cluster.dashboard_address),
@@ -177,6 +181,7 @@ def up(
     try:
         console.print(gpu_table(cluster.gpus, "Simulated GPUs" if cluster.simulated else "GPUs (NVML)"))
         click.echo(f"Scheduler: {cluster.scheduler_address}")
+        click.echo(f"Identity:  {identity}")
         click.echo(f"Dashboard: {cluster.dashboard_link}")
         click.echo(f"GPU page:  {cluster.dashboard_link.replace('/status', '/altlas-gpus')}")
         click.echo(f"Metrics:   {cluster.dashboard_link.replace('/status', '/metrics')}")

@@ -196,6 +196,7 @@ def test_up_serves_the_dashboard_and_stops_on_ctrl_c(tmp_path):
                 dashboard = match.group(1)
         text = "".join(output)
         assert re.search(r"Scheduler: tcp://127\.0\.0\.1:\d+", text)
+        assert "Identity:  none (open mode: user names are self-declared" in text  # issue 12: says so in one line
         assert [row["Name"] for row in table_rows(text)] == POOL_NAMES
 
         with urllib.request.urlopen(dashboard, timeout=30) as response:

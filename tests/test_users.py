@@ -189,3 +189,17 @@ def test_a_scheduler_restart_keeps_usage_and_quota_overrides(tmp_path):
         ana.gather([ana.submit(run_on_gpu, 1, pure=False) for _ in range(2)])
         with pytest.raises(QuotaExceededError, match="requests_per_day limit 6, used 6"):
             ana.submit(run_on_gpu, 1, pure=False).result(timeout=10)
+
+
+def test_open_mode_has_no_trusted_caller_and_admin_calls_need_an_admin(as_user):
+    """security.identity: none: names are self-declared, but every call names one and the admin rules hold."""
+    bob = as_user("bob")
+    for handler in ("altlas_tasks", "altlas_status", "altlas_records", "altlas_drain"):
+        kwargs = {"gpu": 0} if handler == "altlas_drain" else {}
+        answer = bob.sync(getattr(bob.scheduler, handler), as_user=None, **kwargs)
+        assert answer["code"] == 401 and "name the user this call acts as" in answer["error"], handler
+    with pytest.raises(RouterError, match="'bob' is not an admin") as denied:
+        bob.drain_gpu(0)
+    assert denied.value.code == 403
+    assert bob.sync(bob.scheduler.altlas_set_quota, user="bob", limits={"weight": 5}, as_user="bob")["code"] == 403
+    assert [g.status for g in bob.gpus()] == ["active", "active"]  # public cluster facts need no name
