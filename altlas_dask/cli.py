@@ -293,6 +293,10 @@ from altlas_dask.certs import certs  # noqa: E402  (the CA for mutual TLS)
 
 cli.add_command(certs)
 
+from altlas_dask.replay_cli import replay_command  # noqa: E402  (trace replay in virtual time)
+
+cli.add_command(replay_command)
+
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point: user errors print one clear line (and a JSON object under --json), exit 2."""

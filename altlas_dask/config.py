@@ -444,6 +444,7 @@ class RoutingPolicy(_Strict):
     unresponsive_after: float = 10.0
 
 
+@functools.lru_cache(maxsize=256)
 def meets_compute_capability(capability: str, minimum: float | str) -> bool:
     """``meets_compute_capability("8.6", 7.0)`` -> True."""
     return parse_compute_capability(capability) >= parse_compute_capability(minimum)

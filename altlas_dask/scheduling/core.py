@@ -85,6 +85,9 @@ class SchedulingCore:
         self._rr_last: int | None = None
         self._rng = random.Random(seed)
         self._queue_seq: dict[str, int] = {}  # key -> the fair-queue entry that is current
+        self.held: dict[str, tuple] = {}  # ready tasks in the queue -> their wait shape
+        self.held_shapes: Counter[tuple] = Counter()
+        self.held_memory: Counter[int] = Counter()  # memory_mb -> ready tasks in the queue that need it
         self._last_health_check = float("-inf")
         self._handlers: dict[type, Callable[[Any, Out], None]] = {
             ev.Submitted: self._submitted,
@@ -161,11 +164,24 @@ class SchedulingCore:
 
     def _enqueue(self, task: TaskRecord) -> None:
         task.ready = True
+        shape = _wait_shape(task)
+        self.held[task.key] = shape
+        self.held_shapes[shape] += 1
+        self.held_memory[task.request.memory_mb] += 1
         weight = self.book.limits(task.user).weight
         entry = self.queue.push(task.key, task.user, task.request.priority, weight, task.cost)
         self._queue_seq[task.key] = entry.seq
         self.counters["held"] += 1
         self.wants_dispatch = True
+
+    def _unhold(self, task: TaskRecord) -> None:
+        """The task is no longer ready in the queue (placed, finished or its inputs were lost)."""
+        shape = self.held.pop(task.key, None)
+        if shape is not None:
+            for counter, item in ((self.held_shapes, shape), (self.held_memory, task.request.memory_mb)):
+                counter[item] -= 1
+                if counter[item] <= 0:
+                    del counter[item]
 
     def _ready(self, e: ev.Ready, out: Out) -> None:
         task = self.tasks.get(e.key)
@@ -230,6 +246,7 @@ class SchedulingCore:
             self.counters["released"] += 1
         else:
             task.ready = False  # a held task whose inputs were lost: it comes back ready when they are
+            self._unhold(task)
 
     def _forgotten(self, e: ev.Forgotten, out: Out) -> None:
         task = self.tasks.get(e.key)
@@ -278,6 +295,7 @@ class SchedulingCore:
         return frozenset(g for g, slot in self.gpus.slots.items() if slot.assigned or slot.last_busy > horizon)
 
     def _assign(self, task: TaskRecord, decision: Decision, out: Out) -> None:
+        self._unhold(task)
         slot = self.gpus.slots[decision.gpu]
         slot.assigned[task.key] = task.request.memory_mb
         self.gpus.changed(slot)
@@ -319,6 +337,7 @@ class SchedulingCore:
 
     def _finish(self, task: TaskRecord, status: TaskStatus, out: Out, *, fail: BaseException | None = None) -> None:
         self._unassign(task)
+        self._unhold(task)
         task.move(status)
         task.finished_at = self.now
         del self.tasks[task.key]
@@ -330,9 +349,10 @@ class SchedulingCore:
                 weight = self.book.limits(task.user).weight
                 self.queue.charge(task.user, task.request.priority, weight, task.gpu_seconds - task.served_cost)
         self.counters[_COUNTER[status]] += 1
-        self.recent[task.key] = task.explain()
-        while len(self.recent) > self.recent_size:
-            self.recent.popitem(last=False)
+        if self.recent_size:  # 0: keep no explanations (the replay simulator)
+            self.recent[task.key] = task.explain()
+            while len(self.recent) > self.recent_size:
+                self.recent.popitem(last=False)
         out.append(Record(task.record()))
         if fail is not None:
             out.append(Fail(task.key, fail))
@@ -349,28 +369,41 @@ class SchedulingCore:
             return
         skipped = []
         must_wait: set[tuple] = set()  # request shapes that had to wait in this pass
-        for entry in self.queue.in_order(self.book.can_start):
+        may_start: dict[str, bool] = {}  # per user, until a placement of theirs in this pass
+
+        def can_start(user: str) -> bool:
+            known = may_start.get(user)
+            if known is None:
+                known = may_start[user] = self.book.can_start(user)
+            return known
+
+        for entry in self.queue.in_order(can_start):
             task = self.tasks.get(entry.key)
             if task is None or self._queue_seq.get(entry.key) != entry.seq or not task.ready:
                 continue  # stale: finished, cancelled, placed or taken back since it was queued
-            shape = _wait_shape(task)
+            shape = self.held.get(entry.key) or _wait_shape(task)
             if shape in must_wait:  # placements only take capacity: the same request must wait again
                 skipped.append(entry)
-                if len(skipped) >= BACKFILL_SCAN:
-                    break
+                if len(skipped) >= BACKFILL_SCAN or len(must_wait) >= len(self.held_shapes):
+                    break  # (or every shape still held must wait: nothing further down can start)
                 continue
             decision = self._decide(task)
             if decision.placed:
                 self.queue.served(entry)
                 self._queue_seq.pop(entry.key, None)
                 self._assign(task, decision, out)
+                may_start.pop(task.user, None)
             elif decision.outcome in ("impossible", "unhealthy"):
                 self._finish(task, TaskStatus.FAILED, out, fail=self._no_gpu_error(task, decision))
             else:
                 task.waiting_reason = decision.reason
                 skipped.append(entry)
                 must_wait.add(shape)
-                if len(skipped) >= BACKFILL_SCAN or not self._has_free_slot():
+                if (
+                    len(skipped) >= BACKFILL_SCAN
+                    or len(must_wait) >= len(self.held_shapes)
+                    or not self._has_free_slot()
+                ):
                     break  # every GPU is full: nothing further down the queue can start either
         for entry in skipped:
             self.queue.requeue(entry)
@@ -511,6 +544,9 @@ class SchedulingCore:
             self._finish(task, TaskStatus.CANCELLED, out)
         self.queue = FairQueue(self.queue.fair_share)
         self.deadlines.clear()
+        self.held.clear()
+        self.held_shapes.clear()
+        self.held_memory.clear()
         return out
 
 

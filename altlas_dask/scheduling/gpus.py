@@ -69,6 +69,8 @@ class GpuBook:
         self.drains: dict[int, str] = {}  # id -> reason, kept while the GPU is away
         self.windows: dict[int, HealthWindow] = {}
         self._snapshot: tuple[GpuState, ...] | None = None
+        self._order: dict[int, int] = {}  # GPU id -> its position in the snapshot
+        self._stale: set[int] = set()  # GPUs whose view in the snapshot is out of date
 
     def __contains__(self, gpu: int) -> bool:
         return gpu in self.slots
@@ -122,11 +124,24 @@ class GpuBook:
         self.changed(slot)
 
     def changed(self, slot: GpuSlot | None = None) -> None:
+        """``slot``'s view is stale (only it is rebuilt); with no slot, the set of GPUs changed."""
         if slot is not None:
             slot.changed()
+            if self._snapshot is not None and self._order.get(slot.gpu_id) is not None:
+                self._stale.add(slot.gpu_id)
+                return
         self._snapshot = None
 
     def snapshot(self) -> tuple[GpuState, ...]:
         if self._snapshot is None:
-            self._snapshot = tuple(self.slots[g].view(self.max_temperature) for g in sorted(self.slots))
+            ids = sorted(self.slots)
+            self._order = {g: i for i, g in enumerate(ids)}
+            self._stale.clear()
+            self._snapshot = tuple(self.slots[g].view(self.max_temperature) for g in ids)
+        elif self._stale:
+            views = list(self._snapshot)
+            for g in self._stale:
+                views[self._order[g]] = self.slots[g].view(self.max_temperature)
+            self._stale.clear()
+            self._snapshot = tuple(views)
         return self._snapshot

@@ -1,0 +1,87 @@
+"""Replay speed: the heterogeneous Poisson mix on a large modelled pool, in virtual time, on one core.
+
+Pool: ``--gpus`` modelled GPUs, half A100 80GB (2,000 GFLOP/s) and half T4 16GB (500 GFLOP/s), as
+bench/strategies.py's pool scaled up. Trace: bench/strategies.py's three task classes with Poisson
+arrivals offering ``--load`` of the pool's GFLOP/s, ``--tasks`` tasks. The replay runs the scheduling
+core itself (every decision, quota, fair-share and health check), so its speed is the core's speed.
+Measured: wall and CPU seconds of the replay alone (the trace is generated before the clock starts).
+
+Run: ``.venv/bin/python bench/replay.py [--tasks 100000] [--gpus 64] [--load 0.6] [--strategy S ...]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from common import command, load_average, machine, machine_line, pct, table, verdict, write_section
+
+from altlas_dask.config import load_config
+from altlas_dask.simulation import scenarios
+from altlas_dask.simulation.engine import replay
+
+TARGET_S = 60.0
+
+
+def config_for(gpus: int):
+    pool = [dict(g, count=gpus // 2) for g in scenarios.HETEROGENEOUS_POOL]
+    overrides = ["accounting.database=:memory:", "simulation.gpus=" + json.dumps(pool)]
+    return load_config(overrides=overrides, environ={}), scenarios.pool_gflops(tuple(pool))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", type=int, default=100_000)
+    parser.add_argument("--gpus", type=int, default=64)
+    parser.add_argument("--load", type=float, default=0.6, help="offered share of the pool's GFLOP/s")
+    parser.add_argument("--strategy", action="append", help="default: the config's default strategy")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    info, load_start = machine(), load_average()
+    config, gflops = config_for(args.gpus)
+    rate = args.load * gflops / scenarios.MEAN_GFLOP
+    trace = scenarios.heterogeneous(args.tasks / rate, args.load, args.seed, gflops=gflops)
+    rows, ok = [], True
+    for name in args.strategy or [config.routing().default_strategy]:
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        result = replay(config, trace, name, seed=args.seed)
+        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        lat = [o.done - o.task.t for o in result.outcomes if o.status == "completed"]
+        ok &= cpu < TARGET_S
+        rows.append([
+            name, f"{len(trace):,}", f"{len(lat):,}", f"{result.end:.0f}", f"{result.events:,}", f"{wall:.1f}",
+            f"{cpu:.1f}", f"{len(trace) / cpu:,.0f}", f"{result.end / cpu:.1f}",
+            f"{pct(lat, 50) * 1e3:.0f} / {pct(lat, 95) * 1e3:.0f}",
+        ])  # fmt: skip
+        print(" | ".join(rows[-1]), flush=True)
+    report = "\n".join([
+        "## Replay speed (`bench/replay.py`)",
+        "",
+        f"Command: `{command('replay.py')}`  ",
+        f"Machine: {machine_line(info)}  ",
+        f"Load average (1 min) at start / end: {load_start} / {load_average()} (CPU seconds are the replay "
+        "process's own, so other work on the machine inflates wall time, not them)",
+        "",
+        f"{args.gpus} modelled GPUs ({args.gpus // 2} x A100 80GB at 2,000 GFLOP/s + {args.gpus // 2} x T4 16GB at "
+        f"500 GFLOP/s), bench/strategies.py's task mix, Poisson arrivals offering {args.load:.0%} of "
+        f"{gflops:,.0f} GFLOP/s, seed {args.seed}. One process, one core; the scheduling core makes every "
+        "decision (altlas_dask/simulation/).",
+        "",
+        table(
+            ["strategy", "tasks", "completed", "virtual s", "events", "wall s", "CPU s", "tasks / CPU s",
+             "virtual s / CPU s", "p50 / p95 ms"],
+            rows,
+        ),  # fmt: skip
+        "",
+        table(
+            ["target", "verdict"],
+            [[f"{args.tasks:,} tasks on {args.gpus} GPUs in under {TARGET_S:.0f} s on one core (CPU s)", verdict(ok)]],
+        ),
+    ])  # fmt: skip
+    print("\n" + report)
+    write_section("replay", report)
+
+
+if __name__ == "__main__":
+    main()

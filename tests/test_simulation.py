@@ -1,0 +1,152 @@
+"""The replay simulator: the scheduling core driven in virtual time over modelled GPUs (altlas_dask.simulation)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from altlas_dask.config import build_config
+from altlas_dask.simulation import scenarios
+from altlas_dask.simulation.engine import Replay, Timing, replay
+from altlas_dask.simulation.metrics import summarize
+from altlas_dask.simulation.records import records_to_trace
+from altlas_dask.simulation.trace import TraceError, TraceEvent, TraceTask, dumps, read_trace
+
+NO_LATENCY = Timing(submit_s=0.0, dispatch_s=0.0, report_s=0.0, notify_s=0.0)
+
+
+def config(gpus: list[dict], **sections: dict):
+    data = {"accounting": {"database": ":memory:"}, "simulation": {"gpus": gpus}}
+    data.update(sections)
+    return build_config(data)
+
+
+def a100(count: int = 1) -> dict:
+    return {"name": "A100", "memory_mb": 81920, "speed_gflops": 2000, "count": count}
+
+
+def t4(count: int = 1) -> dict:
+    return {"name": "T4", "memory_mb": 16384, "compute_capability": "7.5", "speed_gflops": 500, "count": count}
+
+
+def task(i: int | str, t: float = 0.0, work: float = 100.0, memory_mb: int = 0, **kw) -> TraceTask:
+    return TraceTask(t=t, id=str(i), work_gflop=work, memory_mb=memory_mb, **kw)
+
+
+def test_a_gpu_runs_one_kernel_at_a_time_in_arrival_order():
+    """As SimulatedGpu: tasks placed together wait for the device; each holds it work / speed seconds."""
+    result = replay(config([a100()]), [task(i, work=1000.0) for i in range(3)], timing=NO_LATENCY)
+    assert [o.done for o in result.outcomes] == pytest.approx([0.5, 1.0, 1.5])
+    assert [o.started for o in result.outcomes] == [0.0, 0.0, 0.0]  # all on the worker at once (its slots)
+    assert result.gpus[0].busy_s == pytest.approx(1.5)
+
+
+def test_the_dask_path_adds_its_latencies():
+    timing = Timing(submit_s=0.001, dispatch_s=0.002, report_s=0.003, notify_s=0.004)
+    (o,) = replay(config([a100()]), [task(0, t=1.0, work=2000.0)], timing=timing).outcomes
+    assert o.started == pytest.approx(1.003)
+    assert o.done == pytest.approx(1.003 + 1.0 + 0.003 + 0.004)
+
+
+def test_placement_is_the_cores_own_decision():
+    """round_robin alternates; a 24 GB task never lands on a 16 GB GPU; memory_optimized packs the small GPU."""
+    cfg = config([a100(), t4()])
+    lines = [task(i, t=i * 0.001, work=1.0) for i in range(4)]
+    assert [o.gpu for o in replay(cfg, lines, "round_robin").outcomes] == [0, 1, 0, 1]
+    big = [task(i, t=i * 0.001, work=1.0, memory_mb=24576) for i in range(4)]
+    assert {o.gpu for o in replay(cfg, big, "round_robin").outcomes} == {0}
+    assert {o.gpu for o in replay(cfg, lines, "memory_optimized").outcomes} == {1}
+
+
+def test_more_work_than_slots_waits_in_the_cores_queue_and_all_of_it_runs():
+    cfg = config([a100(2)], gpu={"multi_gpu": {"max_concurrent_tasks_per_gpu": 2}})
+    sim = Replay(cfg, [task(i, work=200.0) for i in range(40)], strategy="least_loaded", timing=NO_LATENCY)
+    result = sim.run()
+    assert all(o.status == "completed" for o in result.outcomes)
+    assert result.counters["held"] > 0
+    assert max(o.done for o in result.outcomes) == pytest.approx(40 * 0.1 / 2)  # no idle GPU while work waits
+    assert not sim.core.tasks and not sim.core.held and not sim.core.held_memory
+
+
+def test_a_lost_gpu_fails_its_waiting_kernels_and_they_run_elsewhere():
+    """The running kernel finishes (as in SimulatedGpu); the next ones fail with a GPU error and are retried."""
+    cfg = config([a100(2)])
+    lines = [task(i, t=0.0, work=2000.0) for i in range(4)] + [TraceEvent(t=0.5, event="gpu_lost", gpu=0)]
+    result = replay(cfg, lines, "round_robin", timing=NO_LATENCY)
+    assert all(o.status == "completed" for o in result.outcomes)
+    on_lost = [o for o in result.outcomes if o.attempts > 1]
+    assert on_lost and all(o.gpu == 1 for o in on_lost)
+    assert result.counters["retried"] + result.counters["released"] >= 1
+    assert replay(cfg, [*lines, task("late", t=5.0, work=10.0)], "round_robin").outcomes[-1].gpu == 1
+
+
+def test_a_fault_from_the_config_as_well():
+    cfg = config([a100(2)], simulation={"gpus": [a100(2)], "faults": [{"gpu": 1, "kind": "lost", "at_s": 0.0}]})
+    result = replay(cfg, [task(i, t=1.0 + i * 0.01, work=10.0) for i in range(6)], "round_robin")
+    assert all(o.status == "completed" and o.gpu == 0 for o in result.outcomes)
+
+
+def test_a_task_waits_for_its_dependencies_and_fails_with_them():
+    cfg = config([a100()])
+    lines = [task("pre", work=1000.0), task("infer", work=10.0, deps=("pre",))]
+    pre, infer = replay(cfg, lines, timing=NO_LATENCY).outcomes
+    assert infer.started == pytest.approx(pre.done) and infer.status == "completed"
+    failing = [task("pre", work=1000.0, memory_mb=90_000), task("infer", work=10.0, deps=("pre",))]
+    pre, infer = replay(cfg, failing).outcomes
+    assert pre.status == "failed" and infer.status != "completed" and infer.attempts == 0
+
+
+def test_same_trace_and_seed_give_the_same_numbers():
+    cfg = config(list(scenarios.HETEROGENEOUS_POOL))
+    lines = scenarios.heterogeneous(duration=3.0)
+    first = [summarize(replay(cfg, lines, s, seed=7)) for s in ("random", "least_loaded")]
+    second = [summarize(replay(cfg, lines, s, seed=7)) for s in ("random", "least_loaded")]
+    assert first == second
+    assert first[0]["done"] == len(lines)
+    assert summarize(replay(cfg, lines, "random", seed=8)) != first[0]
+
+
+def test_the_standard_scenarios_replay_to_the_end():
+    cfg = config(list(scenarios.HETEROGENEOUS_POOL))
+    for name, make in scenarios.SCENARIOS.items():
+        lines = make()
+        s = summarize(replay(cfg, lines))
+        assert s["done"] + s["failed"] == s["tasks"], name
+        assert s["done"] == s["tasks"], (name, s["failed_by_status"])
+
+
+def test_trace_lines_are_checked_field_by_field(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"t": 0, "id": "a", "work_gflop": 1}\n{"t": 1, "id": "b", "work_gflop": -3}\n')
+    with pytest.raises(TraceError, match=r"t.jsonl line 2: field 'work_gflop' = -3"):
+        read_trace(path)
+    path.write_text('{"t": 0, "id": "a", "work_gflop": 1, "deps": ["zz"]}\n')
+    with pytest.raises(TraceError, match="dependency 'zz' is not an earlier task"):
+        read_trace(path)
+    path.write_text('{"t": 0, "id": "a", "work_gflop": 1, "colour": "red"}\n')
+    with pytest.raises(TraceError, match="field 'colour'"):
+        read_trace(path)
+
+
+def test_traces_round_trip(tmp_path):
+    lines = scenarios.pipeline(items=5) + [TraceEvent(t=0.1, event="gpu_lost", gpu=1)]
+    path = tmp_path / "p.jsonl"
+    path.write_text(dumps(lines))
+    assert read_trace(path) == sorted(lines, key=lambda line: line.t)
+    assert all(json.loads(raw) for raw in path.read_text().splitlines())
+
+
+def test_the_trace_of_what_a_cluster_ran_from_its_records():
+    rows = [
+        {"key": "b", "user": "u", "gpu": 1, "status": "completed", "priority": 4, "task_type": "x",
+         "memory_mb": 100, "submitted": 1000.5, "gpu_seconds": 0.2},
+        {"key": "a", "user": "v", "gpu": 0, "status": "completed", "priority": 3, "task_type": "y",
+         "memory_mb": 0, "submitted": 1000.0, "gpu_seconds": 0.1},
+        {"key": "c", "user": "v", "gpu": None, "status": "rejected", "submitted": 1001.0, "gpu_seconds": 0.0},
+    ]  # fmt: skip
+    trace = records_to_trace(rows, {0: 2000.0, 1: 500.0})
+    assert [(t.id, t.t, t.work_gflop, t.user, t.priority) for t in trace] == [
+        ("a", 0.0, 200.0, "v", 3),
+        ("b", 0.5, 100.0, "u", 4),
+    ]
