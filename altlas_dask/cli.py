@@ -20,12 +20,12 @@ from rich.table import Table
 
 from altlas_dask.cli_errors import UNREACHABLE_HINT, CliError, fail, unreachable
 from altlas_dask.config import AltlasConfig, ConfigError, load_config
+from altlas_dask.gpu_condition import condition
 from altlas_dask.gpus.errors import GpuUnavailableError
 from altlas_dask.gpus.state import GpuState
 
 console = Console(width=shutil.get_terminal_size((160, 24)).columns)
 CONNECT_TIMEOUT_S = 5
-HEALTH_STYLE = {"healthy": "green", "warning": "yellow", "critical": "red"}
 
 
 def gpu_table(gpus: Sequence[GpuState], title: str) -> Table:
@@ -41,10 +41,11 @@ def gpu_table(gpus: Sequence[GpuState], title: str) -> Table:
         "Health",
         "Status",
         "Worker",
+        "Reason",
     ):
         table.add_column(column)
     for g in gpus:
-        style = HEALTH_STYLE.get(g.health_status, "")
+        state = condition(g)
         table.add_row(
             str(g.id),
             g.name,
@@ -53,9 +54,10 @@ def gpu_table(gpus: Sequence[GpuState], title: str) -> Table:
             "n/a" if "utilization_gpu" in g.unknown else f"{g.utilization_gpu:.0f}",  # NVML: not supported
             "n/a" if "temperature_c" in g.unknown else f"{g.temperature_c:.0f}",
             "n/a" if "power_usage_w" in g.unknown else f"{g.power_usage_w:.0f} / {g.power_limit_w:.0f}",
-            f"[{style}]{g.health_status}[/{style}]",
+            f"[{state.style}]{state.label}[/{state.style}]",
             g.status,
             g.worker or "-",
+            state.reason or "-",
         )
     return table
 
@@ -117,7 +119,9 @@ def gpus(ctx: _Context, simulate: int | None, as_json: bool, scheduler: str | No
 
         try:
             with Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False) as client:
-                states, title = live_gpus(client), f"GPUs of {scheduler}"
+                routed = client.sync(client.scheduler.altlas_gpus)  # the router's view: drains and reasons
+                states = [GpuState.from_dict(g) for g in routed["gpus"]] if routed else live_gpus(client)
+                title = f"GPUs of {scheduler}"
         except (OSError, TimeoutError) as exc:
             raise unreachable(scheduler, exc) from None
     else:

@@ -61,6 +61,24 @@ def coerce(default: Any, raw: str, name: str) -> Any:
         raise ValueError(f"parameter {name!r} must be a {kind.__name__}, got {raw!r}") from None
 
 
+PREVIEW_CHARS = 200
+
+
+def preview(value: Any, limit: int = PREVIEW_CHARS) -> str:
+    """One call's result in one line: generated text as it is, anything else as its repr, cut at ``limit``."""
+    text = value["text"] if isinstance(value, Mapping) and isinstance(value.get("text"), str) else repr(value)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def task_preview(result: Any, limit: int = PREVIEW_CHARS) -> str:
+    """A task's result (a list of its calls' results) in one line: the first call's, and how many more."""
+    if isinstance(result, list) and result:
+        more = f" (+{len(result) - 1} more calls)" if len(result) > 1 else ""
+        return preview(result[0], limit) + more
+    return preview(result, limit)
+
+
 def percentile(values: Sequence[float], q: float) -> float | None:
     """Linear-interpolated ``q``-th percentile (0-100); None for no values."""
     if not values:
@@ -132,6 +150,19 @@ class WorkloadRun:
 
     def done(self) -> bool:
         return all(f.done() for f in self.futures)
+
+    def results(self, limit: int = 20) -> list[tuple[str, str]]:
+        """``(task key, result preview)`` of up to ``limit`` finished tasks, in submission order."""
+        finished = [f for f in self.futures if f.status == "finished"][:limit]
+        values = finished[0].client.gather(finished) if finished else []
+        return [(f.key, task_preview(v)) for f, v in zip(finished, values, strict=True)]
+
+    def result_of(self, key: str) -> str | None:
+        """The preview of one task's result, if that task is in this run and finished."""
+        future = next((f for f in self.futures if f.key == key), None)
+        if future is None or future.status != "finished":
+            return None
+        return task_preview(future.result())
 
     def cancel(self) -> None:
         if self.futures:

@@ -159,6 +159,14 @@ def wait_with_progress(run: WorkloadRun, timeout: float | None, quiet: bool, cli
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Workload parameter (repeatable).")
 @click.option("--timeout", type=float, default=None, help="Stop waiting after this many seconds; cancel the rest.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (no progress bar).")
+@click.option(
+    "--show-results",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    metavar="N",
+    help="Also print the results (generated text, return values; one line each) of the first N tasks.",
+)
 @click.pass_obj
 def submit(
     obj: Any,
@@ -173,6 +181,7 @@ def submit(
     params: tuple[str, ...],
     timeout: float | None,
     as_json: bool,
+    show_results: int,
 ) -> None:
     """Submit COUNT calls of a named workload and wait for them; print per-GPU counts and latencies."""
     from altlas_dask.options import GpuOptions
@@ -196,6 +205,7 @@ def submit(
                 raise lost_connection(address, run)
             summary = run.summary()
             names = {str(g.id): g.name for g in client.gpus()}
+            results = run.results(show_results) if show_results else []
         except RouterError as exc:
             raise click.ClickException(str(exc)) from None
         except (OSError, CancelledError) as exc:  # CommClosedError, FutureCancelledError: the scheduler went away
@@ -203,12 +213,17 @@ def submit(
                 raise click.ClickException(f"the scheduler at {address} failed the run: {exc}") from None
             raise lost_connection(address, run) from None
     if as_json:
-        click.echo(json.dumps(summary.to_dict(), indent=2))
+        payload = summary.to_dict()
+        if show_results:
+            payload["results"] = [{"key": key, "result": text} for key, text in results]
+        click.echo(json.dumps(payload, indent=2))
     else:
         out = Console()
         out.print(summary_table(summary, names))
         out.print(summary_line(summary), highlight=False)
         for error in summary.errors:
             out.print(f"[red]error[/red] {error}", highlight=False)
+        for key, text in results:
+            out.print(f"{key}: {text}", highlight=False, markup=False, soft_wrap=True)
     if summary.failed or summary.cancelled:
         raise SystemExit(1)

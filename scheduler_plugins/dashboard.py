@@ -4,7 +4,7 @@ One Bokeh document per browser tab, built by :func:`gpus_doc` over the scheduler
 :class:`~scheduler_plugins.gpu_router.GpuRouter` and refreshed by a 1 s periodic callback:
 a bar per GPU for memory in use (with the configured ``memory_threshold``), utilization
 (with ``utilization_threshold``) and tasks placed on it, each bar coloured by the GPU's
-health (green healthy, orange warning, red critical, grey draining/inactive); a table of
+health (green healthy, orange warning, red critical or error, violet drained, grey inactive); a table of
 the GPUs' temperature and power; the tasks held on the scheduler waiting for a GPU; and the
 last routing decisions with their reasons. Nothing here changes the router's state.
 
@@ -58,6 +58,8 @@ from bokeh.models import (
 from bokeh.plotting import figure
 from distributed.utils import log_errors
 
+from altlas_dask.gpu_condition import condition
+
 if TYPE_CHECKING:
     from distributed.scheduler import Scheduler
 
@@ -71,8 +73,6 @@ MENU_PAGE = "/individual-altlas-gpus"  # listed in the dashboard's "More..." men
 REFRESH_MS = 1000
 DECISION_ROWS = 50
 GIB = 1024.0
-HEALTH_COLOURS = {"healthy": "#2ca02c", "warning": "#ff7f0e", "critical": "#d62728"}
-INACTIVE_COLOUR = "#9e9e9e"
 GPU_COLUMNS = (
     "gpu",
     "label",
@@ -143,8 +143,8 @@ def gpu_rows(router: GpuRouter | None) -> dict[str, list[Any]]:
             "label": f"GPU {g.id}",
             "name": g.name,
             "status": g.status,
-            "health": g.health_status,
-            "colour": HEALTH_COLOURS.get(g.health_status, INACTIVE_COLOUR) if g.status == "active" else INACTIVE_COLOUR,
+            "health": condition(g).label,
+            "colour": condition(g).hex,  # drained, failed and unhealthy GPUs each have their own colour
             "memory_ratio": min(ratio, 1.0),
             "memory_text": f"{g.memory_used_mb / GIB:.1f} / {g.memory_total_mb / GIB:.1f} GiB ({ratio:.0%})",
             "utilization": min(g.utilization_gpu / 100.0, 1.0),

@@ -215,3 +215,18 @@ def test_up_serves_the_dashboard_and_stops_on_ctrl_c(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
+
+
+def test_gpus_table_shows_a_drained_gpu_and_why(gpu_cluster):
+    from altlas_dask.client import Client
+
+    with Client(gpu_cluster.scheduler_address, gpu_defaults={"user": "admin"}, timeout=30) as admin:
+        admin.drain_gpu(1, reason="swap the fan")
+        try:
+            done = altlas("gpus", "--scheduler", gpu_cluster.scheduler_address)
+        finally:
+            admin.enable_gpu(1)
+    assert done.returncode == 0, done.stderr
+    rows = {row["GPU"]: row for row in table_rows(done.stdout)}
+    assert (rows["1"]["Health"], rows["1"]["Status"], rows["1"]["Reason"]) == ("drained", "maintenance", "swap the fan")
+    assert {rows[g]["Health"] for g in ("0", "2", "3")} == {"healthy"}

@@ -236,14 +236,15 @@ def test_console_submit_tasks_reports_gpus(
 
     # Tasks: this user's 8 tasks, all completed, each explained.
     go(page, "Tasks")
-    page.get_by_text("Routing explanation for").wait_for()
+    page.get_by_text("Explain task").wait_for()
     assert metric(page, "Tasks") == "8"
     assert metric(page, "completed") == "8"
     rows = wait_for(lambda: grid_rows(main(page).get_by_test_id("stDataFrame").first), what="the task rows")
     ours = [row for row in rows if row and row[0].startswith(run)]
-    assert len(ours) == 8, rows  # columns: key, status, user, gpu, ...
+    assert len(ours) == 8, rows  # columns: key, status, queue #, waiting / result, user, gpu, ...
     assert {row[1] for row in ours} == {"completed"}
-    assert {row[2] for row in ours} == {USER}
+    assert {row[4] for row in ours} == {USER}
+    assert all(row[3].startswith("{") for row in ours), ours  # this session's results: the workload's dicts
     explanation = page.locator(".st-key-task-explanation")
     explanation.get_by_text("Why:").wait_for()
     assert re.search(r"completed · GPU \d", explanation.inner_text())
@@ -283,7 +284,7 @@ def test_console_submit_tasks_reports_gpus(
     long_run = submit_run(page, count=1, work_gflop=1_000_000)
     go(page, "Tasks")
     choose(page, "Status", "running")
-    choose(page, "Routing explanation for", f"{long_run}-00000 (running)")
+    choose(page, "Explain task", f"{long_run}-00000 (running)")
     page.get_by_role("button", name="Cancel task").click()
     page.get_by_text(f"Task {long_run}-00000: cancelled").wait_for()
     go(page, "Submit")
@@ -308,3 +309,84 @@ def test_console_wrong_scheduler_is_a_clear_error(page: Any, tmp_path: Path) -> 
             assert page.get_by_test_id("stException").count() == 0
     finally:
         stop(proc)
+
+
+def test_console_drained_gpu_true_counts_queue_and_results(
+    page: Any, console_url: str, gpu_cluster: GpuCluster, screenshots: Path
+) -> None:
+    """A drained GPU's badge and reason; a generated text in the run and the task's explanation; a too-big
+    task refused before submission; true counts past "Show at most", queue positions and waiting reasons."""
+    from altlas_dask.client import Client
+    from altlas_dask.runs import submit_workload
+
+    admin = Client(gpu_cluster.scheduler_address, gpu_defaults={"user": "admin"}, timeout=30, set_as_default=False)
+    mine = Client(gpu_cluster.scheduler_address, gpu_defaults={"user": USER}, timeout=30, set_as_default=False)
+    held = None
+    try:
+        admin.drain_gpu(0, reason="firmware update")
+        page.goto(console_url)
+        card = page.locator(".st-key-gpu-card-0")
+        card.get_by_text("firmware update").wait_for()
+        assert "drained" in card.inner_text() and "healthy" not in card.inner_text()
+        assert "healthy" in page.locator(".st-key-gpu-card-1").inner_text()
+        no_errors(page)
+
+        # Submit: a task no GPU can hold is refused with the reason; a generate run shows its text.
+        go(page, "Submit")
+        choose(page, "Workload", "modelled")
+        form = page.get_by_test_id("stForm")
+        form.get_by_label("memory_mb", exact=True).fill("999999")
+        form.get_by_role("button", name="Submit", exact=True).click()
+        refused = page.locator('[data-testid="stAlertContentError"]').filter(has_text="No GPU can ever take")
+        refused.wait_for()
+        assert "999999 MB" in refused.inner_text() and "Nothing was submitted" in refused.inner_text()
+        choose(page, "Workload", "generate")
+        form.get_by_label("Count", exact=True).fill("1")
+        form.get_by_label("text", exact=True).fill("The GPU")
+        before = set(re.findall(r"generate-[0-9a-f]{8}", main(page).inner_text()))
+        form.get_by_role("button", name="Submit", exact=True).click()
+        run = wait_for(
+            lambda: next(iter(set(re.findall(r"generate-[0-9a-f]{8}", main(page).inner_text())) - before), None),
+            timeout=60,
+            what="the generate run",
+        )
+        results = page.locator(f".st-key-run-results-{run}")
+        results.wait_for()
+        generated = results.inner_text().split(f"{run}-00000: ", 1)[1].strip()
+        assert len(generated) > 20 and not generated.startswith("{"), results.inner_text()  # the text, not a dict
+
+        # Tasks: the explanation of the selected task carries its result.
+        go(page, "Tasks")
+        choose(page, "Explain task", f"{run}-00000 (completed)")
+        explanation = page.locator(".st-key-task-explanation")
+        explanation.get_by_text("Result:").wait_for()
+        assert f"{run}-00000" in explanation.inner_text() and generated[:20] in explanation.inner_text()
+
+        # A queue: one slot for this user, one long task in it, 12 waiting; the page shows at most 10.
+        admin.set_quota(USER, concurrent_requests=1)
+        held = submit_workload(mine, "modelled", 13, params={"work_gflop": 1_000_000.0, "memory_mb": 64})
+        wait_for(lambda: len(mine.tasks(status="queued")) == 12, what="12 queued tasks")
+        choose(page, "Status", "queued")
+        main(page).get_by_label("Show at most", exact=True).fill("10")
+        main(page).get_by_label("Show at most", exact=True).press("Enter")
+        choose(page, "Order", "queue position")
+        page.get_by_text("Showing 10 of 12 matching tasks, ordered by queue position").wait_for()
+        assert metric(page, "queued") == "12"
+        rows = wait_for(lambda: grid_rows(main(page).get_by_test_id("stDataFrame").first), what="the queued rows")
+        assert [row[1] for row in rows] == ["queued"] * 10
+        assert [row[2] for row in rows] == [str(n) for n in range(1, 11)], rows  # queue # in order
+        assert all("concurrency limit" in row[3] for row in rows), rows  # every one says why it waits
+        third = rows[2][0]
+        choose(page, "Explain task", f"{third} (queued)")
+        explanation.get_by_text("queue #3").wait_for()
+        text = explanation.inner_text()
+        assert text.startswith(third) and "Waiting:" in text and "concurrency limit" in text
+        no_errors(page)
+        shot(page, screenshots, "tasks-queue")
+    finally:
+        if held is not None:
+            held.cancel()
+        admin.set_quota(USER, concurrent_requests=1024)
+        admin.enable_gpu(0)
+        mine.close()
+        admin.close()

@@ -123,3 +123,14 @@ def test_percentile() -> None:
     assert percentile([3.0], 95) == 3.0
     assert percentile([4.0, 1.0, 3.0, 2.0], 50) == 2.5
     assert percentile(list(range(101)), 95) == 95
+
+
+def test_submit_show_results_prints_the_generated_text(gpu_cluster: GpuCluster) -> None:
+    args = ["submit", "--workload", "generate", "--count", "2", "--user", "cli-results", "--param", "text=Once"]
+    done = altlas(*args, "--show-results", "5", "--scheduler", gpu_cluster.scheduler_address)
+    assert done.returncode == 0, done.stderr
+    texts = re.findall(r"^generate-[0-9a-f]{8}-0000([01]): (.+)$", done.stdout, flags=re.MULTILINE)
+    assert [n for n, _ in texts] == ["0", "1"] and all(len(text) > 10 for _, text in texts), done.stdout
+    as_json = altlas(*args, "--show-results", "1", "--json", "--scheduler", gpu_cluster.scheduler_address)
+    results = json.loads(as_json.stdout)["results"]
+    assert len(results) == 1 and results[0]["key"].endswith("-00000") and len(results[0]["result"]) > 10

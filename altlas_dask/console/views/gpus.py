@@ -10,6 +10,7 @@ import streamlit as st
 
 from altlas_dask.client import Client
 from altlas_dask.console.views import common
+from altlas_dask.gpu_condition import condition
 from altlas_dask.gpus.state import GpuState
 
 REFRESH_S = 2.0
@@ -23,7 +24,6 @@ SERIES = {
     "Power W": "power",
 }
 PERCENT = {"utilization", "memory"}
-HEALTH_COLOR = {"healthy": "green", "warning": "orange", "critical": "red"}
 
 
 def render() -> None:
@@ -86,8 +86,11 @@ def card(gpu: GpuState, samples: pd.DataFrame) -> None:
     with st.container(border=True, key=f"gpu-card-{gpu.id}"):
         title, badge = st.columns([2, 1], vertical_alignment="center")
         title.markdown(f"**GPU {gpu.id}**")
+        state = condition(gpu)
         with badge:
-            st.badge(gpu.health_status, color=HEALTH_COLOR.get(gpu.health_status, "gray"))
+            st.badge(state.label, color=state.badge)
+        if state.reason:
+            st.markdown(f":{state.badge}[{state.reason}]")
         st.caption(
             f"{gpu.name} · CC {gpu.compute_capability} · {gpu.status}" + (" · simulated" if gpu.simulated else "")
         )

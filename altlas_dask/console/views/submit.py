@@ -11,8 +11,10 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from altlas_dask.client import Client
 from altlas_dask.config import STRATEGIES
 from altlas_dask.console.views import common
+from altlas_dask.gpu_condition import why_nothing_fits
 from altlas_dask.runs import RunSummary, WorkloadRun, coerce, submit_workload
 from altlas_dask.workloads import WORKLOADS, Workload
 
@@ -40,7 +42,9 @@ def render() -> None:
         st.markdown("**Parameters**")
         params = param_inputs(workload)
         submitted = st.form_submit_button("Submit", type="primary")
-    if submitted:
+    if submitted and (why := never_fits(client, params)):
+        st.error(f"No GPU can ever take these tasks: {why}. Nothing was submitted.", icon=":material/block:")
+    elif submitted:
         options = {"strategy": None if strategy == DEFAULT_STRATEGY else strategy, "priority": int(priority)}
         options.update(user=user.strip() or None, task_type=task_type.strip() or None)
         run = submit_workload(client, name, int(count), batch_size=int(batch), params=params, gpu_options=options)
@@ -51,6 +55,16 @@ def render() -> None:
 
 
 BATCH_HELP = "Workload calls per Dask task: 1 runs every call as its own task."
+SHOW_RESULTS = 5
+
+
+def never_fits(client: Client, params: dict[str, Any]) -> str | None:
+    """Why no GPU of the cluster could ever hold these tasks (their ``memory_mb``), or None."""
+    memory = params.get("memory_mb")
+    if not isinstance(memory, int) or memory <= 0:
+        return None
+    policy = client._call("altlas_policy")
+    return why_nothing_fits(client.gpus(), memory, policy["memory_threshold"])
 
 
 def param_inputs(workload: Workload) -> dict[str, Any]:
@@ -100,6 +114,18 @@ def show_run(run: WorkloadRun, detailed: bool) -> None:
     (st.success if not summary.failed and not summary.cancelled else st.warning)(text)
     if detailed:
         show_summary(summary)
+        show_results(run)
+
+
+def show_results(run: WorkloadRun) -> None:
+    """The first results: generated text, or the return value's repr (one line each, cut short)."""
+    results = run.results(SHOW_RESULTS)
+    if not results:
+        return
+    with st.container(key=f"run-results-{run.name}"):
+        st.markdown(f"**Results** (first {len(results)} of {len(run.futures)} tasks)")
+        for key, text in results:
+            st.text(f"{key}: {text}")
 
 
 def show_summary(summary: RunSummary) -> None:

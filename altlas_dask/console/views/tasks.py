@@ -1,4 +1,5 @@
-"""Tasks page: live and recent tasks filtered by status/user, a task's routing explanation, and cancel."""
+"""Tasks page: true totals per status, live and recent tasks in a stated order with queue position and the
+reason each queued task waits, results of this session's finished tasks, and the selected task's explanation."""
 
 from __future__ import annotations
 
@@ -9,39 +10,66 @@ import streamlit as st
 
 from altlas_dask.client import Client
 from altlas_dask.console.views import common
+from altlas_dask.runs import WorkloadRun
+from altlas_dask.scheduling.lifecycle import FINAL, TaskStatus
 
-STATUSES = ["all", "queued", "placed", "running", "completed", "failed", "timed_out", "cancelled", "rejected"]
-CANCELLABLE = {"queued", "placed", "running"}
+STATUSES = ["all", *(s.value for s in TaskStatus)]
+CANCELLABLE = {s.value for s in TaskStatus if s not in FINAL}
+ORDERS = {
+    "submission (newest first)": "submitted",
+    "priority (highest first)": "priority",
+    "queue position": "queue",
+}
 
 
 def render() -> None:
     st.title("Tasks")
     client = common.client()
-    cells = st.columns([1, 1, 1, 1])
+    cells = st.columns([1, 1, 1.3, 1, 1])
     status = cells[0].selectbox("Status", STATUSES, key="tasks_status")
     user = cells[1].text_input("User", key="tasks_user", placeholder="everyone you may see")
-    limit = cells[2].number_input("Show at most", min_value=10, max_value=10_000, value=200, step=50, key="tasks_limit")
-    auto = cells[3].toggle("Auto-refresh (2 s)", key="tasks_auto")
+    order = cells[2].selectbox("Order", list(ORDERS), key="tasks_order")
+    limit = cells[3].number_input("Show at most", min_value=10, max_value=10_000, value=200, step=50, key="tasks_limit")
+    auto = cells[4].toggle("Auto-refresh (2 s)", key="tasks_auto")
     if not client.user:
         return
     show = live_table if auto else table
-    show(client, None if status == "all" else status, user.strip() or None, int(limit))
+    show(client, None if status == "all" else status, user.strip() or None, order, int(limit))
+
+
+def fetch(client: Client, user: str | None, status: str | None, order: str, limit: int) -> dict[str, Any]:
+    """The router's answer: ``tasks`` (one page, in ``order``), ``total`` and ``counts`` (true totals per status)."""
+    answer = client._call(
+        "altlas_tasks", as_user=client.user, user=user, status=status, limit=limit, offset=0, order=ORDERS[order]
+    )
+    if not answer.get("counts"):  # a router that does not count: ask for each status's total
+        answer["counts"] = {
+            s: n
+            for s in STATUSES[1:]
+            if (n := client._call("altlas_tasks", as_user=client.user, user=user, status=s, limit=0)["total"])
+        }
+    return answer
 
 
 @common.guarded
-def _table(client: Client, status: str | None, user: str | None, limit: int) -> None:
+def _table(client: Client, status: str | None, user: str | None, order: str, limit: int) -> None:
     if "tasks_flash" in st.session_state:
         st.success(st.session_state.pop("tasks_flash"))
-    rows = client.tasks(user=user, status=status, limit=limit)
+    answer = fetch(client, user, status, order, limit)
+    rows, counts = answer["tasks"], answer["counts"]
+    cells = st.columns(len(counts) + 1)
+    cells[0].metric("Tasks", sum(counts.values()))
+    for cell, name in zip(cells[1:], sorted(counts, key=STATUSES.index), strict=False):
+        cell.metric(name, counts[name])
     if not rows:
         st.info("No tasks match these filters.")
         return
-    counts = pd.Series([r["status"] for r in rows]).value_counts()
-    cells = st.columns(max(len(counts), 1) + 1)
-    cells[0].metric("Tasks", len(rows))
-    for cell, (name, count) in zip(cells[1:], counts.items(), strict=False):
-        cell.metric(str(name), int(count))
-    frame = to_frame(rows)
+    st.caption(
+        f"Showing {len(rows)} of {answer['total']} matching tasks, ordered by {order}. "
+        "Queue # is the place in the line for a GPU (1 = next); 'waiting / result' says why a queued task "
+        "waits, or what a finished task of this session returned."
+    )
+    frame = to_frame(rows, st.session_state.get("runs", []))
     event = st.dataframe(frame, hide_index=True, on_select="rerun", selection_mode="single-row", key="tasks_table")
     keys = frame["key"].tolist()
     picked = event.selection.rows if event is not None else []
@@ -50,9 +78,7 @@ def _table(client: Client, status: str | None, user: str | None, limit: int) -> 
     if st.session_state.get("tasks_explain") not in keys:
         st.session_state.pop("tasks_explain", None)
     status_of = dict(zip(frame["key"], frame["status"], strict=True))
-    key = st.selectbox(
-        "Routing explanation for", keys, key="tasks_explain", format_func=lambda k: f"{k} ({status_of[k]})"
-    )
+    key = st.selectbox("Explain task", keys, key="tasks_explain", format_func=lambda k: f"{k} ({status_of[k]})")
     if key:
         explain(client, key)
 
@@ -61,19 +87,34 @@ table = st.fragment(_table)
 live_table = st.fragment(run_every=2.0)(_table)
 
 
-def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+def result_of(runs: list[WorkloadRun], key: str) -> str | None:
+    """The result preview of a task submitted from this console session (others' futures are not here)."""
+    for run in runs:
+        if key.startswith(run.name):
+            return run.result_of(key)
+    return None
+
+
+def to_frame(rows: list[dict[str, Any]], runs: list[WorkloadRun]) -> pd.DataFrame:
     def span(end: float | None, start: float | None) -> float | None:
         return None if end is None or start is None else round(end - start, 3)
+
+    def waiting_or_result(r: dict[str, Any]) -> str:
+        if r["status"] == TaskStatus.COMPLETED:
+            return result_of(runs, r["key"]) or ""
+        return r.get("waiting_reason") or r.get("error") or ""
 
     return pd.DataFrame(
         [
             {
                 "key": r["key"],
                 "status": r["status"],
+                "queue #": r.get("queue_position"),
+                "waiting / result": waiting_or_result(r),
                 "user": r["user"],
                 "gpu": r.get("gpu"),
-                "strategy": r.get("strategy"),
                 "priority": r.get("priority"),
+                "strategy": r.get("strategy"),
                 "latency_s": span(r.get("finished_at"), r.get("submitted")),
                 "wait_s": span(r.get("placed_at"), r.get("submitted")),
                 "gpu_s": r.get("gpu_seconds"),
@@ -81,20 +122,27 @@ def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
                 "submitted (UTC)": common.when(r.get("submitted")),
                 "task_type": r.get("task_type"),
                 "memory_mb": r.get("memory_mb"),
-                "error": r.get("error") or "",
             }
             for r in rows
         ]
-    )
+    ).astype({"queue #": "Int64"})
 
 
 def explain(client: Client, key: str) -> None:
     info = client.explain(key, wait=0.0)
     with st.container(border=True, key="task-explanation"):
         where = "not placed yet" if info.get("gpu") is None else f"GPU {info['gpu']}"
-        st.markdown(f"**{key}** · {info['status']} · {where} · strategy `{info.get('strategy') or 'default'}`")
+        position = f" · queue #{info['queue_position']}" if info.get("queue_position") else ""
+        st.markdown(
+            f"**{key}** · {info['status']}{position} · {where} · strategy `{info.get('strategy') or 'default'}`"
+        )
+        if info.get("waiting_reason"):
+            st.write(f"Waiting: {info['waiting_reason']}")
         if info.get("reason"):
             st.write(f"Why: {info['reason']}")
+        result = result_of(st.session_state.get("runs", []), key)
+        if result:
+            st.text(f"Result: {result}")
         scores, rejected = info.get("scores") or {}, info.get("rejected") or {}
         gpus = sorted(set(scores) | set(rejected), key=lambda g: int(g) if str(g).isdigit() else 1 << 30)
         if gpus:
