@@ -194,10 +194,46 @@ def test_wheel_up_serves_every_url_and_a_key_from_another_folder_works(installed
         assert status(f"{api}/gpus") == 401
         assert status(f"{api}/gpus", {"Authorization": f"Bearer {key}"}) == 200  # key made in another folder
         assert (home / "altlas.sqlite").exists() and not list(installed.scratch.glob("**/*.sqlite"))
+        docs_offline(api.removesuffix("/api/v1"))
+        console_in_a_browser(urls["Console:"], gpus=2)
         assert up.ctrl_c() == 0, up.stderr()
         assert "Traceback" not in up.stderr(), up.stderr()
     finally:
         up.kill()
+
+
+def docs_offline(base: str) -> None:
+    """/docs names only this server's own assets (no CDN), and each of them answers."""
+    with urllib.request.urlopen(f"{base}/docs", timeout=10) as response:
+        page = response.read().decode()
+    urls = re.findall(r"""(?:src|href)=["']([^"']+)["']|url: *["']([^"']+)["']""", page)
+    urls = [a or b for a, b in urls]
+    assert len(urls) >= 4 and "swagger-ui-bundle.js" in page, page
+    assert all(u.startswith("/") and not u.startswith("//") for u in urls), urls  # nothing from another host
+    assert "cdn" not in page.lower()
+    for url in urls:
+        assert status(f"{base}{url}") == 200, url
+
+
+def console_in_a_browser(url: str, gpus: int) -> None:
+    """The console served from the wheel, in headless Chromium: a card per GPU, no error."""
+    from test_console import CHROMIUM, CHROMIUM_ARGS, gpu_cards, no_errors
+
+    if CHROMIUM is None:
+        return  # test_console covers the browser where Chromium is installed (make system-deps)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(60_000)
+            page.goto(url)
+            page.get_by_role("heading", name="GPUs", exact=True).wait_for()
+            wait_for(lambda: gpu_cards(page).count() == gpus, timeout=60, what="a card per GPU")
+            no_errors(page)
+        finally:
+            browser.close()
 
 
 # -- up -------------------------------------------------------------------------------------------------
