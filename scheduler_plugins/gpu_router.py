@@ -38,7 +38,7 @@ from altlas_dask.worker import fatal_preload
 from scheduler_plugins import dask_internals as dx
 from scheduler_plugins.dashboard import PLUGIN_NAME, register_page
 from scheduler_plugins.identity import Identities, guard_admin_handlers
-from scheduler_plugins.metrics import RouterMetrics, publish, unpublish
+from scheduler_plugins.metrics import LabelPolicy, RouterMetrics, publish, unpublish
 from scheduler_plugins.router_api import handlers
 
 logger = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ class GpuRouter(SchedulerPlugin):
         self.config = config or load_config()
         self.metrics = RouterMetrics()
         self.core = SchedulingCore.from_config(self.config, on_decision=self._observe_decision)
+        self.labels = LabelPolicy(self.config, self.core.book.overrides)  # bounded Prometheus label values
         self.view = CoreView(self.core)
         self.identities = Identities(self.config.security)  # who each client is (security.identity)
         self.store: AccountingStore | None = None
@@ -271,7 +272,7 @@ class GpuRouter(SchedulerPlugin):
                 self._record(action.row)
             elif isinstance(action, Usage):
                 if action.limit:
-                    self.metrics.quota_rejections.labels(action.user, action.limit).inc()
+                    self.metrics.quota_rejections.labels(self.labels.user(action.user), action.limit).inc()
                 self.store.add_usage(
                     action.user,
                     action.day,
@@ -300,9 +301,10 @@ class GpuRouter(SchedulerPlugin):
         self.store.record_task(row)
         gpu = "none" if row["gpu"] is None else str(row["gpu"])
         strategy = row["strategy"] or "none"
-        self.metrics.tasks.labels(row["status"], row["user"], row["task_type"], strategy, gpu).inc()
+        user, model = self.labels.user(row["user"]), self.labels.model(row["task_type"])
+        self.metrics.tasks.labels(row["status"], user, model, strategy, gpu).inc()
         if row["status"] == "completed":
-            self.metrics.duration.labels(gpu, row["task_type"]).observe(row["gpu_seconds"])
+            self.metrics.duration.labels(gpu, model).observe(row["gpu_seconds"])
 
     def _observe_decision(self, decision: Decision, seconds: float) -> None:
         self.metrics.decision_seconds.observe(seconds)
@@ -311,7 +313,8 @@ class GpuRouter(SchedulerPlugin):
     def _observe_placement(self, key: str) -> None:
         task = self.core.tasks.get(key)
         if task is not None and task.decision is not None and task.placed_at is not None:
-            self.metrics.queue_wait.labels(task.user, task.request.task_type).observe(task.placed_at - task.submitted)
+            labels = self.labels.user(task.user), self.labels.model(task.request.task_type)
+            self.metrics.queue_wait.labels(*labels).observe(task.placed_at - task.submitted)
 
     def _schedule_tick(self) -> None:
         if not self._tick_pending and self.scheduler is not None:

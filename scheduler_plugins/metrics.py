@@ -4,25 +4,60 @@ Dask's scheduler renders ``prometheus_client``'s default registry, so one
 collector registered there (once per process) adds every ``altlas_*`` series
 of each live router. Counters and histograms are ``prometheus_client`` objects
 kept per router, unregistered, and yielded by that collector.
+
+Label values are bounded (:class:`LabelPolicy`, deploy/README.md "Metrics labels"): ``model`` is one of
+the configured task types or ``other``; ``user`` is a configured user (``quotas.users``, ``quotas.admins``)
+or a user an admin set a quota for at run time, else ``other``; every user when ``metrics.all_user_labels``.
 """
 
 from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 if TYPE_CHECKING:
+    from altlas_dask.config import AltlasConfig
     from scheduler_plugins.gpu_router import GpuRouter
+
+OTHER = "other"
+DEFAULT_TASK_TYPE = "inference"  # GpuOptions.task_type's default
 
 MB = 1024 * 1024
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 DECISION_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 5e-2)
 HEALTH_STATES = ("healthy", "warning", "critical")
+
+
+class LabelPolicy:
+    """Maps free-form user names and task types onto a bounded set of label values."""
+
+    def __init__(self, config: AltlasConfig, overridden: Collection[str] = ()) -> None:
+        """``overridden``: users an admin gave a quota at run time (a live view; bounded by admins' actions)."""
+        from altlas_dask.workloads import WORKLOADS
+
+        self.overridden = overridden
+
+        self.models = frozenset(
+            {DEFAULT_TASK_TYPE, *config.gpu.multi_gpu.task_specific_mappings, *config.serving.batching}
+            | {w.task_type for w in WORKLOADS.values()}
+        )
+        quotas = config.quotas
+        self.users: frozenset[str] | None = (
+            None if config.metrics.all_user_labels else frozenset({*quotas.users, *quotas.admins})
+        )
+
+    def model(self, task_type: str | None) -> str:
+        return task_type if task_type in self.models else OTHER
+
+    def user(self, user: str | None) -> str:
+        if self.users is None:
+            return user or OTHER
+        return user if user in self.users or user in self.overridden else OTHER
 
 
 class RouterMetrics:
@@ -113,8 +148,12 @@ def gpu_gauges(router: GpuRouter) -> Iterator[Metric]:
     queued = GaugeMetricFamily(
         "altlas_queued_tasks", "GPU tasks held on the scheduler waiting for a GPU", labels=["user"]
     )
-    for user, count in sorted(router.view.queued_by_user().items()):
-        queued.add_metric([user], count)
+    by_label: dict[str, int] = {}
+    for user, count in router.view.queued_by_user().items():
+        label = router.labels.user(user)
+        by_label[label] = by_label.get(label, 0) + count
+    for label, count in sorted(by_label.items()):
+        queued.add_metric([label], count)
     yield queued
 
 

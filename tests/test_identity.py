@@ -206,3 +206,25 @@ def test_a_client_without_a_certificate_is_refused_clearly(cluster, certs, tmp_p
     issue(tmp_path / "rogue", "alice")
     with pytest.raises(OSError):
         Client(cluster.scheduler_address, security=client_security(tmp_path / "rogue", "alice"), timeout=5)
+
+
+def test_metric_labels_stay_bounded(cluster, alice, bob):
+    """Invented task types and unconfigured users are counted as `other`; configured ones by name."""
+    import httpx
+
+    done = [
+        alice.submit(run_on_gpu, 1.0, pure=False, gpu_options={"task_type": "made-up-model-123"}),
+        alice.submit(run_on_gpu, 1.0, pure=False, gpu_options={"task_type": "text_generation"}),
+    ]
+    alice.gather(done)
+    url = cluster.dashboard_link.replace("/status", "/metrics")
+
+    def scraped() -> str | None:
+        text = httpx.get(url, timeout=30).text
+        return text if 'model="text_generation"' in text else None
+
+    text = wait_for(scraped, what="the router's task counters")
+    tasks = [line for line in text.splitlines() if line.startswith("altlas_tasks_total{")]
+    assert not any("made-up-model-123" in line or 'user="alice"' in line for line in tasks), tasks
+    assert any('model="other"' in line and 'user="other"' in line for line in tasks), tasks
+    assert any('user="bob"' in line for line in tasks), tasks  # bob has a configured quota (quotas.users)
