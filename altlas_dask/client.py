@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import dask
@@ -15,6 +15,7 @@ from distributed import Future
 from altlas_dask.certs import common_name
 from altlas_dask.errors import IdentityError
 from altlas_dask.gpus.state import GpuState
+from altlas_dask.notebook import speed_weights, split_plan
 from altlas_dask.options import ANNOTATION, GpuOptions, GpuOptionsError
 
 CHUNKS_PER_GPU = 4  # batch split: several chunks per GPU so faster GPUs take more of the batch
@@ -65,6 +66,12 @@ class Batch:
 
     futures: list[Future]
     sizes: list[int]
+    gpus: list[int | None] = field(default_factory=list)  # the GPU each chunk was given to (None: the router's pick)
+
+    def _repr_html_(self) -> str:
+        from altlas_dask.notebook import batch_html
+
+        return batch_html([f.status for f in self.futures], self.sizes, self.gpus or [None] * len(self.sizes))
 
     def result(self, timeout: float | None = None) -> list[Any]:
         """All results, flattened in input order; ``timeout`` seconds for the whole batch."""
@@ -180,14 +187,18 @@ class Client(distributed.Client):
             raise GpuOptionsError(f"min_batch_size_per_gpu must be >= 1 (got {minimum})")
         if not items:
             return Batch([], [])
-        if split:
-            healthy = max(1, sum(1 for g in self.gpus() if g.status == "active"))
-            size = max(minimum, math.ceil(len(items) / (healthy * CHUNKS_PER_GPU)))
-        else:
-            size = len(items)
-        chunks = [items[i : i + size] for i in range(0, len(items), size)]
-        futures = [self.submit(run_chunk, fn, chunk, gpu_options=options, pure=False) for chunk in chunks]
-        return Batch(futures, [len(c) for c in chunks])
+        plan: list[tuple[int | None, int]] = [(None, len(items))]
+        if split and options.specific_gpu_id is None:
+            weights = speed_weights(self._gpu_rows(), self._learned_speeds(options.task_type))
+            pinned = len(set(weights.values())) > 1  # unequal speeds: each GPU gets its share
+            plan = [(g if pinned else None, n) for g, n in split_plan(len(items), weights, minimum, CHUNKS_PER_GPU)]
+        futures, start = [], 0
+        for gpu, size in plan:
+            chunk_options = options if gpu is None else options.model_copy(update={"specific_gpu_id": gpu})
+            chunk = items[start : start + size]
+            futures.append(self.submit(run_chunk, fn, chunk, gpu_options=chunk_options, pure=False))
+            start += size
+        return Batch(futures, [n for _, n in plan], [g for g, _ in plan])
 
     # -- the router ----------------------------------------------------------------------
     def _call(self, handler: str, *, pick: Callable[[Any], Any] | None = None, **kwargs: Any) -> Any:
@@ -220,6 +231,50 @@ class Client(distributed.Client):
 
     def _policy(self) -> dict[str, Any]:
         return self._call("altlas_policy")
+
+    def _gpu_rows(self) -> list[dict[str, Any]]:
+        """The router's GPU dicts as they come (every field, including ones GpuState does not know)."""
+        return self._call("altlas_gpus", pick=lambda r: r["gpus"])
+
+    def _learned_speeds(self, task_type: str) -> dict[int, float]:
+        """Relative speed per GPU the router learned for ``task_type`` (empty where it offers none)."""
+        try:
+            found = self._call("altlas_speeds", task_type=task_type)
+        except Exception:  # an older router without the handler, or nothing learned: the split uses GPU info
+            return {}
+        speeds = found.get("speeds", found) if isinstance(found, dict) else {}
+        return {int(g): float(v) for g, v in speeds.items()}
+
+    def gpus_frame(self) -> Any:
+        """:meth:`gpus` as a pandas DataFrame (one row per GPU, with its condition and the reason)."""
+        import pandas as pd
+
+        from altlas_dask.notebook import gpu_records
+
+        return pd.DataFrame(gpu_records(self._gpu_rows())).set_index("gpu")
+
+    console_url: str | None = None  # shown in the notebook table; default $ALTLAS_CONSOLE_URL
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the GPUs (condition, memory, utilization) and links to the GPU page and the console."""
+        import os
+
+        from altlas_dask.notebook import gpus_html
+
+        try:
+            if self.asynchronous or self.status != "running":
+                raise RuntimeError(self.status)
+            rows = self._gpu_rows()
+        except Exception:  # not connected, or no router: Dask's own widget
+            return super()._repr_html_()
+        dashboard = self.dashboard_link
+        links = {
+            "GPU page": dashboard.replace("/status", "/altlas-gpus") if dashboard else None,
+            "dashboard": dashboard,
+            "console": self.console_url or os.environ.get("ALTLAS_CONSOLE_URL"),
+        }
+        title = f"altlas_dask.Client as {self.user!r} · scheduler {self.scheduler.address}"
+        return gpus_html(rows, title, links)
 
     def gpus(self) -> list[GpuState]:
         """Live state of every GPU as the router sees it (heartbeat + in-flight work + drain)."""

@@ -64,6 +64,11 @@ class GpuCluster:
     def dashboard_link(self) -> str:
         return self.cluster.dashboard_link
 
+    def _repr_html_(self) -> str:
+        from altlas_dask.notebook import cluster_html
+
+        return cluster_html(self)
+
     def client(self, **kwargs: Any) -> Client:
         client = Client(self.cluster, **kwargs)
         self._clients.append(client)

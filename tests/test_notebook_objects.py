@@ -1,0 +1,74 @@
+"""Notebook-friendly objects: HTML reprs of the cluster, the client and batches; gpus_frame; the weighted split."""
+
+from __future__ import annotations
+
+import pytest
+
+from altlas_dask.client import Client
+from altlas_dask.launcher import GpuCluster
+from altlas_dask.notebook import speed_weights, split_plan
+
+POOL = [  # cluster.yaml's pool as GPU info with the simulated speeds
+    {"id": 0, "status": "active", "speed_gflops": 2000.0},
+    {"id": 1, "status": "active", "speed_gflops": 2000.0},
+    {"id": 2, "status": "active", "speed_gflops": 500.0},
+    {"id": 3, "status": "active", "speed_gflops": 500.0},
+]
+
+
+def per_gpu(plan: list[tuple[int, int]]) -> dict[int, int]:
+    totals: dict[int, int] = {}
+    for gpu, size in plan:
+        totals[gpu] = totals.get(gpu, 0) + size
+    return totals
+
+
+def test_faster_gpus_get_more_of_the_batch() -> None:
+    plan = split_plan(96, speed_weights(POOL), minimum=4, chunks_per_gpu=4)
+    assert per_gpu(plan) == {0: 38, 1: 38, 2: 10, 3: 10}  # 4:4:1:1, whole items, adding up to 96
+    assert all(size >= 4 for _, size in plan) and len(plan) == 4 + 4 + 2 + 2
+
+
+def test_learned_speeds_come_first_and_equal_speeds_split_evenly() -> None:
+    learned = {0: 0.5, 1: 1.0, 2: 1.0, 3: 0.5}  # e.g. GPU 0 throttled: it learned to be slower
+    assert per_gpu(split_plan(60, speed_weights(POOL, learned), 1, 4)) == {0: 10, 1: 20, 2: 20, 3: 10}
+    unknown = [{"id": g, "status": "active"} for g in range(4)]
+    assert per_gpu(split_plan(96, speed_weights(unknown), 4, 4)) == dict.fromkeys(range(4), 24)
+    drained = [*POOL[:3], {**POOL[3], "status": "maintenance"}]
+    assert set(speed_weights(drained)) == {0, 1, 2}  # a drained GPU gets no share
+
+
+def test_shares_under_the_minimum_go_to_faster_gpus() -> None:
+    assert per_gpu(split_plan(20, speed_weights(POOL), minimum=4, chunks_per_gpu=4)) == {0: 10, 1: 10}
+    assert split_plan(3, {0: 1.0, 1: 1.0}, minimum=4, chunks_per_gpu=4) == [(0, 3)]
+
+
+@pytest.fixture(scope="module")
+def client(gpu_cluster: GpuCluster) -> Client:
+    with Client(gpu_cluster.scheduler_address, gpu_defaults={"user": "admin"}, timeout=30) as client:
+        yield client
+
+
+def test_gpus_frame_and_html(client: Client, gpu_cluster: GpuCluster) -> None:
+    frame = client.gpus_frame()
+    assert list(frame.index) == [0, 1, 2, 3]
+    assert list(frame["name"]) == [g.name for g in gpu_cluster.gpus]
+    assert {"condition", "reason", "memory_used_pct", "utilization_pct"} <= set(frame.columns)
+    client.drain_gpu(3, reason="cooling check")
+    try:
+        page = client._repr_html_()
+        frame = client.gpus_frame()
+    finally:
+        client.enable_gpu(3)
+    assert (frame.loc[3, "condition"], frame.loc[3, "reason"]) == ("drained", "cooling check")
+    assert "cooling check" in page and "/altlas-gpus" in page and "Simulated T4 16GB" in page
+    cluster = gpu_cluster._repr_html_()
+    assert gpu_cluster.scheduler_address in cluster and "/altlas-gpus" in cluster and "GPU 0" not in cluster
+
+
+def test_batch_keeps_order_and_shows_its_chunks(client: Client) -> None:
+    batch = client.submit_batch(range(96), abs, gpu_options={"memory_mb": 64})
+    assert batch.result(timeout=120) == list(range(96))
+    assert sum(batch.sizes) == 96 and len(batch.sizes) > 1
+    page = batch._repr_html_()
+    assert f"96 / 96 items done in {len(batch.sizes)} chunks" in page
