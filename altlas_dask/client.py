@@ -73,6 +73,11 @@ class Batch:
 
         return batch_html([f.status for f in self.futures], self.sizes, self.gpus or [None] * len(self.sizes))
 
+    def __repr__(self) -> str:
+        from altlas_dask.notebook import batch_text
+
+        return batch_text([f.status for f in self.futures], self.sizes, self.gpus or [None] * len(self.sizes))
+
     def result(self, timeout: float | None = None) -> list[Any]:
         """All results, flattened in input order; ``timeout`` seconds for the whole batch."""
         deadline = None if timeout is None else time.monotonic() + timeout

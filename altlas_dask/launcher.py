@@ -69,6 +69,10 @@ class GpuCluster:
 
         return cluster_html(self)
 
+    def __repr__(self) -> str:
+        kind = "simulated" if self.simulated else "NVML"
+        return f"GpuCluster({len(self.gpus)} {kind} GPUs, scheduler {self.scheduler_address}, {self.dashboard_link})"
+
     def client(self, **kwargs: Any) -> Client:
         client = Client(self.cluster, **kwargs)
         self._clients.append(client)

@@ -128,6 +128,24 @@ def gpus_html(gpus: Sequence[Any], title: str, links: Mapping[str, str | None]) 
     )
 
 
+def batch_text(statuses: Sequence[str], sizes: Sequence[int], gpus: Sequence[int | None]) -> str:
+    done = sum(size for status, size in zip(statuses, sizes, strict=True) if status == "finished")
+    split = ", ".join(f"{_where(g)}: {n}" for g, n in _per_gpu(sizes, gpus).items())
+    return f"Batch: {done} / {sum(sizes)} items done in {len(sizes)} chunks (split {split})"
+
+
+def _where(gpu: Any) -> str:
+    return "the router's pick" if gpu == "any" else f"GPU {gpu}"
+
+
+def _per_gpu(sizes: Sequence[int], gpus: Sequence[int | None]) -> dict[Any, int]:
+    per_gpu: dict[Any, int] = {}
+    for size, gpu in zip(sizes, gpus, strict=True):
+        key = "any" if gpu is None else gpu
+        per_gpu[key] = per_gpu.get(key, 0) + size
+    return per_gpu
+
+
 def batch_html(statuses: Sequence[str], sizes: Sequence[int], gpus: Sequence[int | None]) -> str:
     """Chunk by chunk: one coloured cell per chunk (green done, red failed, grey waiting), items and GPUs."""
     colours = {"finished": "#2ca02c", "error": "#d62728", "cancelled": "#9e9e9e", "lost": "#d62728"}
@@ -138,10 +156,7 @@ def batch_html(statuses: Sequence[str], sizes: Sequence[int], gpus: Sequence[int
         f'background:{colours.get(status, "#ddd")}"></span>'
         for i, (status, size, gpu) in enumerate(zip(statuses, sizes, gpus, strict=True))
     )
-    per_gpu: dict[Any, int] = {}
-    for size, gpu in zip(sizes, gpus, strict=True):
-        per_gpu[gpu] = per_gpu.get(gpu, 0) + size
-    split = ", ".join(f"GPU {g}: {n}" if g is not None else f"any GPU: {n}" for g, n in per_gpu.items())
+    split = ", ".join(f"{_where(g)}: {n}" for g, n in _per_gpu(sizes, gpus).items())
     return (
         f"<div><strong>Batch</strong>: {done} / {sum(sizes)} items done in {len(sizes)} chunks"
         f" ({sum(s == 'finished' for s in statuses)} finished)<br>{cells}<br><small>split: {split}</small></div>"

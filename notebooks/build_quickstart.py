@@ -1,7 +1,8 @@
-"""Write quickstart.ipynb (no outputs) from the cells below: ``.venv/bin/python notebooks/build_quickstart.py``.
+"""Write quickstart.ipynb from the cells below, run it, and keep its outputs (so it reads well on GitHub):
+``.venv/bin/python notebooks/build_quickstart.py`` (``--no-execute``: sources only).
 
-Edit the cells here, not the .ipynb, so the committed notebook stays output-free and reviewable.
-tests/test_notebook.py executes the result headless.
+Edit the cells here, not the .ipynb. tests/test_notebook.py checks the committed sources match these cells
+and executes the notebook headless itself.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ so the notebook never clashes with a running cluster.""",
         """import time
 from collections import Counter
 
-from distributed import progress
+from distributed import wait
 
 from altlas_dask import GpuOptionsError, load_config, run_on_gpu, start_cluster
 
@@ -52,33 +53,25 @@ while len(client.gpus()) < len(cluster.gpus):
     time.sleep(0.1)
 
 print("scheduler:", cluster.scheduler_address, "| simulated:", cluster.simulated)
-print("dashboard:", cluster.dashboard_link)""",
+print("dashboard:", cluster.dashboard_link)
+cluster  # in a notebook: its GPUs and a link to the dashboard's GPU page""",
     ),
     (
         "md",
         """## 2. The GPUs, as the router sees them
 
 `client.gpus()` is each GPU's last heartbeat plus the router's own accounting (tasks in flight, drain state).
-A pandas DataFrame makes a nice table; without pandas the same rows are printed.""",
+`client.gpus_frame()` is the same as a pandas DataFrame, with each GPU's condition (healthy, warning,
+critical, drained, error) and its reason; displaying the client shows them as a table with links to the
+dashboard's GPU page (and to the console, when `ALTLAS_CONSOLE_URL` is set).""",
     ),
     (
         "code",
-        """COLUMNS = ["id", "name", "compute_capability", "status", "memory_total_mb", "memory_used_mb",
-           "active_requests", "health_status", "worker"]
-
-
-def gpu_table(gpus):
-    rows = [{c: g.to_dict()[c] for c in COLUMNS} for g in gpus]
-    try:
-        import pandas as pd
-    except ImportError:  # pandas is optional: a plain-text table
-        lines = ["  ".join(f"{c:>18}" for c in COLUMNS)]
-        lines += ["  ".join(f"{str(r[c]):>18}" for c in COLUMNS) for r in rows]
-        return print("\\n".join(lines))
-    return pd.DataFrame(rows).set_index("id")
-
-
-gpu_table(client.gpus())""",
+        """client.gpus_frame()[["name", "compute_capability", "status", "condition", "memory_total_mb", "running"]]""",
+    ),
+    (
+        "code",
+        """client""",
     ),
     (
         "md",
@@ -128,9 +121,11 @@ except GpuOptionsError as exc:
         "md",
         """## 4. Split a batch across GPUs, with a progress bar
 
-`submit_batch(items, fn)` cuts the batch into a few chunks per healthy GPU (never smaller than
-`gpu.multi_gpu.min_batch_size_per_gpu`), so faster GPUs take more chunks; `batch.result()` keeps input order.
-`distributed.progress` follows the chunk futures (`notebook=False` draws a text bar, no ipywidgets needed).""",
+`submit_batch(items, fn)` cuts the batch into a few chunks per active GPU (never smaller than
+`gpu.multi_gpu.min_batch_size_per_gpu`), each GPU's share in proportion to its speed: the speed the router
+learned for the task type, else `speed_gflops` in the GPU's info; where neither is known (as here, before
+anything is learned) the shares are equal. `batch.result()` keeps input order; displaying the batch shows
+its chunks as they finish (`distributed.progress(batch.futures)` draws a live bar too).""",
     ),
     (
         "code",
@@ -141,7 +136,8 @@ except GpuOptionsError as exc:
 
 batch = client.submit_batch(range(96), infer, gpu_options={"strategy": "least_loaded", "task_type": "embedding"})
 print(f"{len(batch)} items in {len(batch.futures)} chunks of {batch.sizes[0]}")
-progress(batch.futures, notebook=False)""",
+wait(batch.futures)
+batch""",
     ),
     (
         "code",
@@ -182,7 +178,8 @@ while_drained = client.map(run_on_gpu, [50.0] * 12, pure=False, gpu_options={"st
 used = sorted({r["gpu"] for r in client.gather(while_drained)})
 print("GPUs used while GPU 0 drains:", used)
 print("GPU 0:", client.explain(while_drained[0])["rejected"]["0"])
-assert 0 not in used""",
+assert 0 not in used
+client  # GPU 0 shows as drained, with the reason""",
     ),
     (
         "md",
@@ -199,7 +196,10 @@ print("router counters:", client.router_status()["counters"])""",
     ),
     (
         "code",
-        """cluster.close()""",
+        """import logging
+
+logging.getLogger("distributed.nanny").setLevel(logging.ERROR)  # workers with torch loaded take a moment
+cluster.close()""",
     ),
 ]
 
@@ -216,7 +216,19 @@ def build() -> nbformat.NotebookNode:
     return nb
 
 
+def execute(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Run every cell in a fresh python3 kernel (in this folder), keeping the outputs."""
+    import nbclient
+
+    resources = {"metadata": {"path": str(HERE)}}
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources=resources).execute()
+    return nb
+
+
 if __name__ == "__main__":
+    import sys
+
     path = HERE / "quickstart.ipynb"
-    nbformat.write(build(), path)
+    notebook = build()
+    nbformat.write(notebook if "--no-execute" in sys.argv else execute(notebook), path)
     print(f"wrote {path}")
