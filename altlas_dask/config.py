@@ -26,6 +26,7 @@ STRATEGIES = (
     "task_specific",
     "random",
     "hybrid",
+    "earliest_finish",
 )
 #: A strategy name: one of STRATEGIES, or a name in ``gpu.multi_gpu.custom_strategies``.
 StrategyName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]

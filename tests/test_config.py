@@ -301,6 +301,7 @@ def test_routing_uses_multi_gpu_when_enabled():
         "task_specific",
         "random",
         "hybrid",
+        "earliest_finish",
     }
     assert policy.max_concurrent_tasks_per_gpu == 6
     assert policy.memory_threshold == 0.8

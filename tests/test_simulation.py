@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -150,3 +151,17 @@ def test_the_trace_of_what_a_cluster_ran_from_its_records():
         ("a", 0.0, 200.0, "v", 3),
         ("b", 0.5, 100.0, "u", 4),
     ]
+
+
+def test_earliest_finish_cuts_the_tail_on_the_heterogeneous_trace_without_starving_a_class():
+    """Issue 11's goal, in the simulator: p95 >= 30% below round_robin and 20% below least_loaded; every task
+    class's p95 at or below round_robin's (the large tasks that only fit the A100s included)."""
+    cfg = config(list(scenarios.HETEROGENEOUS_POOL))
+    lines = read_trace(Path(scenarios.__file__).parent / "traces" / "heterogeneous.jsonl")
+    s = {name: summarize(replay(cfg, lines, name)) for name in ("round_robin", "least_loaded", "earliest_finish")}
+    p95 = {name: v["latency_s"]["p95"] for name, v in s.items()}
+    assert p95["earliest_finish"] <= 0.7 * p95["round_robin"], p95
+    assert p95["earliest_finish"] <= 0.8 * p95["least_loaded"], p95
+    for task_type, value in s["earliest_finish"]["p95_by_task_type_s"].items():
+        assert value <= s["round_robin"]["p95_by_task_type_s"][task_type], (task_type, s)
+    assert s["earliest_finish"]["done"] == len(lines)

@@ -255,7 +255,16 @@ gpu_states = st.builds(
     gpus=st.lists(gpu_states, max_size=8, unique_by=lambda g: g.id),
     memory=st.integers(0, 20000),
     strategy=st.sampled_from(
-        ["round_robin", "least_loaded", "memory_optimized", "task_specific", "random", "hybrid", "single_gpu"]
+        [
+            "round_robin",
+            "least_loaded",
+            "memory_optimized",
+            "task_specific",
+            "random",
+            "hybrid",
+            "single_gpu",
+            "earliest_finish",
+        ]
     ),
 )
 def test_a_placed_task_always_lands_on_a_gpu_that_can_take_it(gpus, memory, strategy):
@@ -268,3 +277,42 @@ def test_a_placed_task_always_lands_on_a_gpu_that_can_take_it(gpus, memory, stra
         assert decision.gpu is None and decision.reason
         if strategy != "single_gpu":
             assert all(rejection(g, request, POLICY, own_load=g.active_requests > 0) is not None for g in gpus)
+
+
+# -- earliest_finish ----------------------------------------------------------------------------------
+
+
+def ef(gpus, request=None, **kw):
+    return choose(gpus, request or TaskRequest(strategy="earliest_finish"), ctx(**kw))
+
+
+def test_earliest_finish_weighs_queued_work_against_learned_speed():
+    gpus = [gpu(0), gpu(1)]
+    learned = {0: 0.1, 1: 0.4}  # GPU 0 runs this type 4x faster
+    assert ef(gpus, expected=learned).gpu == 0
+    queued = {0: 0.5, 1: 0.0}
+    d = ef(gpus, expected=learned, backlog=queued.get)
+    assert d.gpu == 1 and d.scores == {0: pytest.approx(0.6), 1: pytest.approx(0.4)}
+    assert "0.000s queued + 0.400s to run" in d.reason
+
+
+def test_earliest_finish_tries_a_gpu_it_has_not_learned_as_if_it_were_the_fastest():
+    d = ef([gpu(0), gpu(1)], expected={0: 0.3}, backlog={0: 0.1, 1: 0.0}.get)
+    assert d.gpu == 1 and d.scores[1] == pytest.approx(0.3)
+
+
+def test_earliest_finish_keeps_the_only_gpus_that_fit_large_tasks_for_them():
+    """GPU 0 (80 GB) is the only fit for 24 GB tasks; a small task that would finish a little sooner there
+    goes to GPU 1 when enough of them wait or keep arriving, never when none do."""
+    gpus = [gpu(0, memory_total_mb=81920), gpu(1, memory_total_mb=16384)]
+    small = TaskRequest(strategy="earliest_finish", memory_mb=512)
+    learned = {0: 0.01, 1: 0.04}
+    assert ef(gpus, small, expected=learned).gpu == 0
+    assert ef(gpus, small, expected=learned, held_memory={24576: 1}).gpu == 0  # 0.01 x 2 < 0.04
+    d = ef(gpus, small, expected=learned, held_memory={24576: 5})
+    assert d.gpu == 1 and "kept GPU 0 for larger tasks" in d.reason
+    assert ef(gpus, small, expected=learned, recent_memory={24576: 50, 512: 50}, held_memory={24576: 2}).gpu == 1
+    large = TaskRequest(strategy="earliest_finish", memory_mb=24576)
+    assert ef(gpus, large, expected={0: 0.2}, held_memory={24576: 9}).gpu == 0
+    fits_everywhere = {4096: 9}  # waiting tasks that fit both GPUs reserve neither
+    assert ef(gpus, small, expected=learned, held_memory=fits_everywhere).gpu == 0

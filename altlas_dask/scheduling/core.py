@@ -36,6 +36,7 @@ from altlas_dask.scheduling.tasks import TaskRecord
 logger = logging.getLogger(__name__)
 
 GPU_ERROR_MARKERS = ("GpuOutOfMemoryError", "GpuFaultError", "OutOfMemoryError", "CUDA error", "CUDA out of memory")
+RECENT_SUBMISSIONS = 200  # the window of submissions whose memory needs strategies see as expected demand
 BACKFILL_SCAN = 256  # held tasks looked at past the first that must wait, per dispatch pass
 OWN_LOAD_WINDOW_S = 2.0  # NVML utilization window (1 s) + one heartbeat
 HEALTH_CHECK_EVERY_S = 1.0
@@ -88,6 +89,8 @@ class SchedulingCore:
         self.held: dict[str, tuple] = {}  # ready tasks in the queue -> their wait shape
         self.held_shapes: Counter[tuple] = Counter()
         self.held_memory: Counter[int] = Counter()  # memory_mb -> ready tasks in the queue that need it
+        self.recent_memory: Counter[int] = Counter()  # memory_mb -> tasks among the last RECENT_SUBMISSIONS
+        self._recent_window: deque[int] = deque()
         self._last_health_check = float("-inf")
         self._handlers: dict[type, Callable[[Any, Out], None]] = {
             ev.Submitted: self._submitted,
@@ -149,6 +152,7 @@ class SchedulingCore:
             self._finish(task, TaskStatus.REJECTED, out, fail=error)
             return
         heapq.heappush(self.deadlines, (task.deadline, e.key))
+        self._remember_demand(task.request.memory_mb)
         if e.ready and not self.queue and self.book.can_start(task.user):
             decision = self._decide(task)
             if decision.placed:
@@ -161,6 +165,16 @@ class SchedulingCore:
         out.append(Hold(e.key))
         if e.ready:
             self._enqueue(task)
+
+    def _remember_demand(self, memory_mb: int) -> None:
+        """What recent work needed (strategies keep the only GPUs that fit large tasks for them)."""
+        self._recent_window.append(memory_mb)
+        self.recent_memory[memory_mb] += 1
+        if len(self._recent_window) > RECENT_SUBMISSIONS:
+            old = self._recent_window.popleft()
+            self.recent_memory[old] -= 1
+            if not self.recent_memory[old]:
+                del self.recent_memory[old]
 
     def _enqueue(self, task: TaskRecord) -> None:
         task.ready = True
@@ -206,7 +220,7 @@ class SchedulingCore:
         task.gpu_seconds += seconds
         slot = self.gpus.slot_of(e.worker) or self.gpus.slots.get(task.gpu if task.gpu is not None else -1)
         if slot is not None:
-            self.estimates.learn(slot.gpu_id, task.request.task_type, seconds / task.sharing)
+            self.estimates.learn(slot.gpu_id, task.request.task_type, seconds / task.sharing, task.sharing == 1)
             slot.health.record(False, self.now)
             self.gpus.changed(slot)
         self._finish(task, TaskStatus.COMPLETED, out)
@@ -279,6 +293,10 @@ class SchedulingCore:
                 self.estimates.performance(request.task_type, self.gpus.slots),
                 self._recently_used(),
                 self.registry,
+                self.estimates.own_seconds(request.task_type),
+                self._backlog,
+                self.held_memory,
+                self.recent_memory,
             )
             decision = choose(self.gpus.snapshot(), request, ctx)
         elapsed = self._timer() - start
@@ -289,6 +307,10 @@ class SchedulingCore:
         task.decision = decision
         return decision
 
+    def _backlog(self, gpu: int) -> float:
+        slot = self.gpus.slots.get(gpu)
+        return slot.backlog_s if slot is not None else 0.0
+
     def _recently_used(self) -> frozenset[int]:
         """GPUs whose reported utilization may still be the core's own work (see strategies.rejection)."""
         horizon = self.now - OWN_LOAD_WINDOW_S
@@ -298,6 +320,10 @@ class SchedulingCore:
         self._unhold(task)
         slot = self.gpus.slots[decision.gpu]
         slot.assigned[task.key] = task.request.memory_mb
+        task_type = task.request.task_type
+        slot.expected_s[task.key] = self.estimates.own_seconds(task_type).get(slot.gpu_id) or self.estimates.cost(
+            task_type
+        )
         self.gpus.changed(slot)
         self.book.started(task.user)
         if decision.strategy == "round_robin":
@@ -322,6 +348,8 @@ class SchedulingCore:
 
     def _unassign(self, task: TaskRecord) -> None:
         slot = self.gpus.slots.get(task.gpu) if task.gpu is not None else None
+        if slot is not None:
+            slot.expected_s.pop(task.key, None)
         if slot is not None and slot.assigned.pop(task.key, None) is not None:
             slot.last_busy = self.now
             self.gpus.changed(slot)

@@ -6,7 +6,8 @@ from collections.abc import Container
 from dataclasses import dataclass, field
 
 EWMA = 0.2
-DEFAULT_COST_S = 1.0  # fair-share cost of a task type nothing has been learned about
+DEFAULT_COST_S = 1.0
+SOLO_JUMP = 2.0  # fair-share cost of a task type nothing has been learned about
 
 
 def _blend(previous: float | None, value: float) -> float:
@@ -17,16 +18,28 @@ def _blend(previous: float | None, value: float) -> float:
 class Estimates:
     per_type: dict[str, dict[int, float]] = field(default_factory=dict)  # task type -> GPU -> seconds alone
     by_type: dict[str, float] = field(default_factory=dict)  # task type -> seconds, over every GPU
+    solo: dict[str, dict[int, float]] = field(default_factory=dict)  # the same, from tasks placed on an idle GPU
 
-    def learn(self, gpu: int, task_type: str, alone_seconds: float) -> None:
+    def learn(self, gpu: int, task_type: str, alone_seconds: float, solo: bool = False) -> None:
+        """``solo``: the task was placed on an idle GPU, so its time was its own (no wait for other kernels)."""
         if alone_seconds <= 0:
             return
+        if solo:  # exact samples: a value off by more than SOLO_JUMP x replaces the average outright
+            own = self.solo.setdefault(task_type, {})
+            previous = own.get(gpu)
+            jumped = previous is not None and not previous / SOLO_JUMP <= alone_seconds <= previous * SOLO_JUMP
+            own[gpu] = alone_seconds if jumped else _blend(previous, alone_seconds)
         table = self.per_type.setdefault(task_type, {})
         table[gpu] = _blend(table.get(gpu), alone_seconds)
         self.by_type[task_type] = _blend(self.by_type.get(task_type), alone_seconds)
 
     def expected(self, gpu: int, task_type: str) -> float | None:
         return self.per_type.get(task_type, {}).get(gpu)
+
+    def own_seconds(self, task_type: str) -> dict[int, float]:
+        """Seconds alone per GPU for this task type: from solo runs where there are some, else blended."""
+        blended, solo = self.per_type.get(task_type, {}), self.solo.get(task_type)
+        return {**blended, **solo} if solo else blended
 
     def cost(self, task_type: str) -> float:
         """Estimated GPU seconds of one task of this type (fair share charges it before the task runs)."""

@@ -19,6 +19,7 @@ class GpuSlot:
     health: HealthWindow
     last_report: float
     assigned: dict[str, int] = field(default_factory=dict)  # key -> memory_mb counted
+    expected_s: dict[str, float] = field(default_factory=dict)  # key -> its expected seconds alone here
     draining: bool = False
     drain_reason: str = ""
     unresponsive: str = ""  # why it is considered unresponsive ("" while it answers)
@@ -51,6 +52,11 @@ class GpuSlot:
 
     def changed(self) -> None:
         self._view = None
+
+    @property
+    def backlog_s(self) -> float:
+        """Expected seconds of the work placed here and not finished (kernels take the device in turn)."""
+        return sum(self.expected_s.values())
 
     @property
     def counted_memory_mb(self) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import importlib
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -54,6 +54,10 @@ class RoutingContext:
     performance: Mapping[int, float] = field(default_factory=dict)  # observed, 0..1, by GPU id
     recently_used: frozenset[int] = frozenset()  # GPUs whose utilization is (partly) the router's own work
     registry: Mapping[str, Strategy] | None = None  # strategies by name (default: the built-in ones)
+    expected: Mapping[int, float] = field(default_factory=dict)  # this task type's learned seconds alone, by GPU
+    backlog: Callable[[int], float] | None = None  # GPU id -> expected seconds of the work placed there, unfinished
+    held_memory: Mapping[int, int] = field(default_factory=dict)  # memory MB -> ready tasks waiting for a GPU
+    recent_memory: Mapping[int, int] = field(default_factory=dict)  # memory MB -> tasks among recent submissions
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +231,80 @@ STRATEGIES: dict[str, StrategyFn] = {
 }
 
 
+#: How many of the tasks that only fit the larger GPUs a placement there is charged for, per share of
+#: recent submissions that are such tasks (plus one per such task waiting now).
+EXPECTED_LARGE_WEIGHT = 4.0
+
+
+def fit_sets(gpus: Sequence[GpuState], sizes: Iterable[int], policy: RoutingPolicy) -> dict[int, frozenset[int]]:
+    """memory MB -> the GPUs that can ever hold a task that needs it (under ``memory_threshold``)."""
+    return {
+        m: frozenset(g.id for g in gpus if m <= g.memory_total_mb * policy.memory_threshold and g.status != "error")
+        for m in sizes
+    }
+
+
+def reserved_weight(gpus: Sequence[GpuState], request: TaskRequest, ctx: RoutingContext) -> dict[int, float]:
+    """GPU id -> how many larger tasks, waiting or expected, have it among their only fits (and the request
+    fits elsewhere too): placing the request there delays them by its run time."""
+    held, recent = ctx.held_memory, ctx.recent_memory
+    larger = {m for m in (*held, *recent) if m > request.memory_mb}
+    if not larger:
+        return {}
+    fits = fit_sets(gpus, (*larger, request.memory_mb), ctx.policy)
+    mine = fits[request.memory_mb]
+    total_recent = sum(recent.values()) or 1
+    weights: dict[int, float] = {}
+    for m in larger:
+        only = fits[m]
+        if not only or only >= mine:
+            continue  # fits wherever the request does (or nowhere): no GPU is theirs alone
+        weight = held.get(m, 0) + EXPECTED_LARGE_WEIGHT * recent.get(m, 0) / total_recent
+        for g in only:
+            weights[g] = weights.get(g, 0.0) + weight
+    return weights
+
+
+class EarliestFinish:
+    """The GPU where the task is expected to finish first, keeping large tasks' only GPUs for them.
+
+    A GPU runs its kernels in turn, so a task placed on GPU g finishes after the work already placed
+    there (``backlog``: the learned seconds of each task there) plus its own learned seconds on g
+    (``expected``, from runs that started on an idle GPU where there are some; a GPU that has not run
+    this task type yet is assumed as fast as the fastest that has, so it gets tried). On a heterogeneous
+    pool a small task may finish soonest on a big GPU, but it then delays the large tasks that fit
+    nowhere else: each GPU that is the only fit for larger tasks waiting now, or seen among recent
+    submissions, is charged the task's run time once per such task (recent ones weighted by their
+    share of submissions x EXPECTED_LARGE_WEIGHT).
+    """
+
+    def scope(self, gpus: Sequence[GpuState], request: TaskRequest) -> Sequence[GpuState]:
+        return gpus
+
+    def pick(self, c: Candidates, request: TaskRequest, ctx: RoutingContext) -> Pick:
+        expected = ctx.expected
+        fastest = min(expected.values()) if expected else 1.0
+        backlog = ctx.backlog or _no_backlog
+        reserved = reserved_weight(c.gpus, request, ctx)
+        scores: dict[int, float] = {}
+        for g in c.eligible:
+            own = expected.get(g.id, fastest)
+            scores[g.id] = backlog(g.id) + own * (1.0 + reserved.get(g.id, 0.0))
+        chosen = min(c.eligible, key=lambda g: (scores[g.id], g.id))
+        own = expected.get(chosen.id, fastest)
+        why = f"expected finish in {scores[chosen.id]:.3f}s ({backlog(chosen.id):.3f}s queued + {own:.3f}s to run"
+        if reserved.get(chosen.id):
+            why += f", charged for {reserved[chosen.id]:.1f} larger task(s) that only fit here"
+        skipped = sorted(g for g in scores if reserved.get(g) and scores[g] > scores[chosen.id])
+        if skipped:
+            why += f"; kept GPU {', '.join(map(str, skipped))} for larger tasks"
+        return chosen, why + ")", scores
+
+
+def _no_backlog(gpu: int) -> float:
+    return 0.0
+
+
 # -- the protocol and the registry ---------------------------------------------------------
 
 
@@ -313,6 +391,7 @@ def build_registry(custom: Mapping[str, str] | None = None) -> dict[str, Strateg
     """Every strategy by name: the built-in ones, ``single_gpu``, ``specific_gpu`` and the config's own."""
     registry: dict[str, Strategy] = {name: EligibleStrategy(fn) for name, fn in STRATEGIES.items()}
     registry["single_gpu"] = SingleGpu()
+    registry["earliest_finish"] = EarliestFinish()
     registry["specific_gpu"] = SpecificGpu()
     for name, path in (custom or {}).items():
         registry[name] = load_strategy(path)
