@@ -423,6 +423,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-single-gpu", action="store_true")
     parser.add_argument("--no-diagnosis", action="store_true", help="skip the least_loaded variant")
+    parser.add_argument(
+        "--strategies",
+        default=",".join(STRATEGIES),
+        help="comma-separated subset (round_robin, least_loaded and earliest_finish are needed for the verdict)",
+    )
     args = parser.parse_args()
     quiet()
     info = machine()
@@ -437,7 +442,8 @@ def main() -> None:
     )
     bench = Bench()
     try:
-        entries = [(s, s, None) for s in STRATEGIES]
+        chosen = [s for s in STRATEGIES if s in args.strategies.split(",")]
+        entries = [(s, s, None) for s in chosen]
         if not args.no_diagnosis:
             entries += [(label, "least_loaded", fn) for label, fn in VARIANTS.items()]
         runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in entries}
@@ -456,7 +462,7 @@ def main() -> None:
     finally:
         bench.close()
     elapsed = time.perf_counter() - t_start
-    results = [merge(runs[s]) for s in STRATEGIES]
+    results = [merge(runs[s]) for s in chosen]
 
     pooled = {m["strategy"]: pct(m["lat"], 95) for m in results + extra}
     # the verdict uses the median over rounds of each round's p95: one round disturbed by other processes on
@@ -537,8 +543,17 @@ def main() -> None:
         "against the cluster's median over rounds of each round's p50 / p95:",
         "",
         table(
-            ["strategy", "cluster p50 ms", "replay p50 ms", "diff", "cluster p95 ms", "replay p95 ms", "diff",
-             "replay p95 ms small / medium / large", f"within {FIDELITY:.0%}"],
+            [
+                "strategy",
+                "cluster p50 ms",
+                "replay p50 ms",
+                "diff",
+                "cluster p95 ms",
+                "replay p95 ms",
+                "diff",
+                "replay p95 ms small / medium / large",
+                f"within {FIDELITY:.0%}",
+            ],
             fidelity,
         ),  # fmt: skip
         "",
