@@ -137,6 +137,7 @@ class Client(distributed.Client):
             kwargs["security"] = _configured_security(address)
         super().__init__(address, *args, **kwargs)
         self.certificate_user = common_name(getattr(self.security, "tls_client_cert", None))
+        self.vouch_admin = False  # a delegate (console) that checked an admin key: its router calls say admin=True
 
     # -- submission ----------------------------------------------------------------------
     def gpu_options(self, gpu_options: Mapping[str, Any] | GpuOptions | None) -> GpuOptions:
@@ -208,6 +209,9 @@ class Client(distributed.Client):
     # -- the router ----------------------------------------------------------------------
     def _call(self, handler: str, *, pick: Callable[[Any], Any] | None = None, **kwargs: Any) -> Any:
         """Call a router RPC; ``pick`` shapes the answer. On an asynchronous client, returns an awaitable."""
+
+        if self.vouch_admin and "as_user" in kwargs:
+            kwargs["admin"] = True
 
         async def call():
             result = await getattr(self.scheduler, handler)(**kwargs)

@@ -39,16 +39,15 @@ def streamlit_command(port: int, host: str, extra: tuple[str, ...] = ()) -> list
 @click.option("--scheduler", default=None, help="Scheduler address (default: $ALTLAS_SCHEDULER, else the config).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8501, show_default=True, help="Port to serve on.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on.")
-@click.option("--user", default=None, help="The console's default user (default: $ALTLAS_USER, else admin).")
 @click.argument("streamlit_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
-def console(
-    obj: Any, scheduler: str | None, port: int, host: str, user: str | None, streamlit_args: tuple[str, ...]
-) -> None:
-    """Open the web console (GPUs, Submit, Tasks, Reports) on http://HOST:PORT; extra args go to streamlit."""
+def console(obj: Any, scheduler: str | None, port: int, host: str, streamlit_args: tuple[str, ...]) -> None:
+    """Open the web console (GPUs, Submit, Tasks, Reports) on http://HOST:PORT; extra args go to streamlit.
+
+    Each browser session signs in with an API key (``altlas-dask keys create``) and acts as the key's user."""
     env = {**os.environ, "ALTLAS_SCHEDULER": scheduler_address(obj, scheduler)}
-    if user:
-        env["ALTLAS_USER"] = user
+    if getattr(obj, "config_path", None):  # the console checks API keys in this config's key store
+        env["ALTLAS_CONFIG"] = os.path.abspath(obj.config_path)
     click.echo(f"altlas-dask console for {env['ALTLAS_SCHEDULER']} on http://{host}:{port}", err=True)
     sys.stdout.flush()
     sys.stderr.flush()

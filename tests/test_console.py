@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from conftest import cli_command, cli_env, wait_for
 
+from altlas_dask.api.auth import KeyStore
 from altlas_dask.launcher import GpuCluster
 
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -58,11 +59,12 @@ def healthy(url: str) -> bool:
         return False
 
 
-def start_console(scheduler: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """``altlas-dask console`` on a free loopback port; returns once /_stcore/health answers."""
+def start_console(scheduler: str, log: Path, home: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """``altlas-dask console`` on a free loopback port, its state (API keys) in ``home``; returns once
+    /_stcore/health answers."""
     port = free_port()
     env = cli_env()
-    env["ALTLAS_USER"] = USER
+    env["ALTLAS_HOME"] = str(home)
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [*cli_command(), "console", "--scheduler", scheduler, "--port", str(port)],
@@ -97,8 +99,23 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(scope="module")
-def console_url(gpu_cluster: GpuCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    proc, url = start_console(gpu_cluster.scheduler_address, tmp_path_factory.mktemp("console") / "console.log")
+def console_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("console-home")
+
+
+@pytest.fixture(scope="module")
+def tokens(console_home: Path) -> dict[str, str]:
+    """API keys in the console's key store (the repo config's accounting.database inside its home)."""
+    keys = KeyStore(console_home / "altlas.sqlite")
+    return {USER: keys.create(USER)[1], "boss": keys.create("boss", "admin")[1]}
+
+
+@pytest.fixture(scope="module")
+def console_url(
+    gpu_cluster: GpuCluster, tmp_path_factory: pytest.TempPathFactory, console_home: Path, tokens: dict[str, str]
+) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("console") / "console.log"
+    proc, url = start_console(gpu_cluster.scheduler_address, log, console_home)
     try:
         yield url
     finally:
@@ -130,6 +147,14 @@ def page(browser: Any) -> Iterator[Any]:
 
 
 # -- helpers ------------------------------------------------------------------------------------------
+
+
+def sign_in(page: Any, token: str, user: str = USER) -> None:
+    """Enter an API key in the sidebar, once per browser session."""
+    sidebar = page.get_by_test_id("stSidebar")
+    sidebar.get_by_label("API key", exact=True).fill(token)
+    sidebar.get_by_label("API key", exact=True).press("Enter")
+    sidebar.get_by_text(f"Signed in as {user}").wait_for()
 
 
 def go(page: Any, title: str) -> None:
@@ -209,10 +234,11 @@ def shot(page: Any, folder: Path, name: str) -> None:
 
 
 def test_console_submit_tasks_reports_gpus(
-    page: Any, console_url: str, gpu_cluster: GpuCluster, screenshots: Path
+    page: Any, console_url: str, gpu_cluster: GpuCluster, screenshots: Path, tokens: dict[str, str]
 ) -> None:
     started = time.monotonic()
     page.goto(console_url)
+    sign_in(page, tokens[USER])
     page.get_by_role("heading", name="GPUs", exact=True).wait_for()
     wait_for(lambda: gpu_cards(page).count() == len(gpu_cluster.gpus), timeout=60, what="a card per GPU")
 
@@ -293,11 +319,14 @@ def test_console_submit_tasks_reports_gpus(
     print(f"console walk-through took {time.monotonic() - started:.1f}s")
 
 
-def test_console_wrong_scheduler_is_a_clear_error(page: Any, tmp_path: Path) -> None:
+def test_console_wrong_scheduler_is_a_clear_error(
+    page: Any, tmp_path: Path, console_home: Path, tokens: dict[str, str]
+) -> None:
     nowhere = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
-    proc, url = start_console(nowhere, tmp_path / "console.log")
+    proc, url = start_console(nowhere, tmp_path / "console.log", console_home)
     try:
         page.goto(url)
+        sign_in(page, tokens[USER])
         for title in ("GPUs", "Submit", "Tasks", "Reports"):
             if title != "GPUs":
                 page.get_by_test_id("stSidebarNav").get_by_role("link", name=title).click()
@@ -312,7 +341,7 @@ def test_console_wrong_scheduler_is_a_clear_error(page: Any, tmp_path: Path) -> 
 
 
 def test_console_drained_gpu_true_counts_queue_and_results(
-    page: Any, console_url: str, gpu_cluster: GpuCluster, screenshots: Path
+    page: Any, console_url: str, gpu_cluster: GpuCluster, screenshots: Path, tokens: dict[str, str]
 ) -> None:
     """A drained GPU's badge and reason; a generated text in the run and the task's explanation; a too-big
     task refused before submission; true counts past "Show at most", queue positions and waiting reasons."""
@@ -325,6 +354,7 @@ def test_console_drained_gpu_true_counts_queue_and_results(
     try:
         admin.drain_gpu(0, reason="firmware update")
         page.goto(console_url)
+        sign_in(page, tokens[USER])
         card = page.locator(".st-key-gpu-card-0")
         card.get_by_text("firmware update").wait_for()
         assert "drained" in card.inner_text() and "healthy" not in card.inner_text()
@@ -390,3 +420,29 @@ def test_console_drained_gpu_true_counts_queue_and_results(
         admin.enable_gpu(0)
         mine.close()
         admin.close()
+
+
+def test_console_runs_as_a_signed_in_key_and_offers_admin_views_only_to_admins(
+    page: Any, console_url: str, tokens: dict[str, str]
+) -> None:
+    """No user picker: a key per browser session; a wrong key, another user's name, a user's view."""
+    page.goto(console_url)
+    page.get_by_text("Sign in: enter your API key in the sidebar").wait_for()
+    sidebar = page.get_by_test_id("stSidebar")
+    sidebar.get_by_label("API key", exact=True).fill("ak_000000000000_not-a-real-key-at-all")
+    sidebar.get_by_label("API key", exact=True).press("Enter")
+    sidebar.get_by_text("Invalid or revoked API key.").wait_for()
+    sign_in(page, tokens[USER])
+    assert "(user)" in sidebar.inner_text()
+    go(page, "Submit")
+    form = page.get_by_test_id("stForm")
+    form.get_by_label("Submit as", exact=True).fill("admin")
+    form.get_by_role("button", name="Submit", exact=True).click()
+    page.get_by_text(f"{USER!r} may submit only as themself").wait_for()
+    go(page, "Tasks")
+    assert main(page).get_by_label("User", exact=True).is_disabled()  # a user sees only their own tasks
+    sidebar.get_by_role("button", name="Sign out").click()
+    sign_in(page, tokens["boss"], "boss")
+    assert "(admin)" in sidebar.inner_text()
+    go(page, "Tasks")
+    assert main(page).get_by_label("User", exact=True).is_enabled()  # the admin view: anyone's tasks

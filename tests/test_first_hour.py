@@ -195,7 +195,7 @@ def test_wheel_up_serves_every_url_and_a_key_from_another_folder_works(installed
         assert status(f"{api}/gpus", {"Authorization": f"Bearer {key}"}) == 200  # key made in another folder
         assert (home / "altlas.sqlite").exists() and not list(installed.scratch.glob("**/*.sqlite"))
         docs_offline(api.removesuffix("/api/v1"))
-        console_in_a_browser(urls["Console:"], gpus=2)
+        console_in_a_browser(urls["Console:"], gpus=2, key=key)
         assert up.ctrl_c() == 0, up.stderr()
         assert "Traceback" not in up.stderr(), up.stderr()
     finally:
@@ -215,9 +215,9 @@ def docs_offline(base: str) -> None:
         assert status(f"{base}{url}") == 200, url
 
 
-def console_in_a_browser(url: str, gpus: int) -> None:
-    """The console served from the wheel, in headless Chromium: a card per GPU, no error."""
-    from test_console import CHROMIUM, CHROMIUM_ARGS, gpu_cards, no_errors
+def console_in_a_browser(url: str, gpus: int, key: str) -> None:
+    """The console served from the wheel, in headless Chromium, signed in with ``key``: a card per GPU, no error."""
+    from test_console import CHROMIUM, CHROMIUM_ARGS, gpu_cards, no_errors, sign_in
 
     if CHROMIUM is None:
         return  # test_console covers the browser where Chromium is installed (make system-deps)
@@ -229,6 +229,7 @@ def console_in_a_browser(url: str, gpus: int) -> None:
             page = browser.new_page()
             page.set_default_timeout(60_000)
             page.goto(url)
+            sign_in(page, key, "admin")
             page.get_by_role("heading", name="GPUs", exact=True).wait_for()
             wait_for(lambda: gpu_cards(page).count() == gpus, timeout=60, what="a card per GPU")
             no_errors(page)

@@ -1,13 +1,14 @@
 """altlas-dask web console: ``altlas-dask console`` (or ``streamlit run altlas_dask/console/app.py``).
 
-The scheduler comes from ``$ALTLAS_SCHEDULER`` (or the sidebar), the acting user from
-``$ALTLAS_USER`` (default ``admin``). Pages: GPUs, Submit, Tasks, Reports.
+The scheduler comes from ``$ALTLAS_SCHEDULER`` (or the sidebar); who the console acts as from the API key
+entered in the sidebar (:mod:`altlas_dask.console.auth`). Pages: GPUs, Submit, Tasks, Reports.
 """
 
 from __future__ import annotations
 
 import streamlit as st
 
+from altlas_dask.console import auth
 from altlas_dask.console.views import common, gpus, reports, submit, tasks
 
 st.set_page_config(page_title="altlas-dask console", page_icon=":material/memory:", layout="wide")
@@ -15,14 +16,7 @@ st.set_page_config(page_title="altlas-dask console", page_icon=":material/memory
 with st.sidebar:
     st.markdown("### altlas-dask")
     st.text_input("Scheduler", value=common.default_scheduler(), key="scheduler", help="tcp://host:port")
-    users = list(dict.fromkeys([common.default_user(), "admin", "anonymous"]))
-    st.selectbox(
-        "User",
-        users,
-        key="user",
-        accept_new_options=True,
-        help="Who the console acts as: admins see and cancel every user's tasks; others only their own.",
-    )
+    auth.sidebar()
 
 pages = [
     st.Page(common.guarded(gpus.render), title="GPUs", icon=":material/memory:", url_path="gpus", default=True),

@@ -11,7 +11,10 @@ from typing import Any
 
 import streamlit as st
 
+from altlas_dask.certs import dask_security
 from altlas_dask.client import Client, RouterError
+from altlas_dask.config import load_config
+from altlas_dask.console import auth
 from altlas_dask.options import GpuOptionsError
 
 DEFAULT_SCHEDULER = "127.0.0.1:8786"
@@ -24,10 +27,6 @@ class ConsoleError(Exception):
 
 def default_scheduler() -> str:
     return os.environ.get("ALTLAS_SCHEDULER") or DEFAULT_SCHEDULER
-
-
-def default_user() -> str:
-    return os.environ.get("ALTLAS_USER") or "admin"
 
 
 class Connection:
@@ -50,22 +49,30 @@ class Connection:
     on_release=Connection.close,
     max_entries=32,
 )
-def _connection(address: str, user: str) -> Connection:
-    # One client per (scheduler, user), shared by the sessions that use that pair; futures live in each
+def _connection(address: str, user: str, admin: bool) -> Connection:
+    # One client per (scheduler, user, role), shared by the sessions that use it; futures live in each
     # session's st.session_state. set_as_default=False: several clients can live in this one process.
-    return Connection(Client(address, gpu_defaults={"user": user}, timeout=CONNECT_TIMEOUT_S, set_as_default=False))
+    # With security.identity: tls the client uses the console's service certificate (a delegate).
+    security = dask_security(load_config().security, "client")
+    client = Client(
+        address, gpu_defaults={"user": user}, timeout=CONNECT_TIMEOUT_S, set_as_default=False, security=security
+    )
+    client.vouch_admin = admin  # the console checked the admin key; the router trusts it as a delegate
+    return Connection(client)
 
 
 def client() -> Client:
-    """The client for the scheduler and user chosen in the sidebar; a clear ConsoleError if unreachable."""
+    """The client for the scheduler in the sidebar, acting as the signed-in key's user; a clear ConsoleError if
+    nobody signed in or the scheduler is unreachable."""
     address = (st.session_state.get("scheduler") or "").strip()
-    user = (st.session_state.get("user") or "").strip()
+    who = auth.principal()
     if not address:
         raise ConsoleError("Enter the scheduler address in the sidebar (e.g. tcp://127.0.0.1:8786).")
-    if not user:
-        raise ConsoleError("Choose a user in the sidebar.")
+    if who is None:
+        raise ConsoleError("Sign in: enter your API key in the sidebar (`altlas-dask keys create --user NAME`).")
+    user = who.user
     try:
-        return _connection(address, user).client
+        return _connection(address, user, who.is_admin).client
     except GpuOptionsError as exc:
         raise ConsoleError(f"Invalid user {user!r}: {exc}") from None
     except (OSError, TimeoutError, ValueError, TypeError) as exc:

@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from altlas_dask.console import auth
 from altlas_dask.console.views import common
 
 WINDOWS = {"Last 15 minutes": 900, "Last hour": 3600, "Last 24 hours": 86_400, "Last 7 days": 604_800, "All": None}
@@ -20,7 +21,10 @@ def render() -> None:
     client = common.client()
     cells = st.columns([1, 1, 1])
     window = cells[0].selectbox("Window", list(WINDOWS), index=1, key="reports_window")
-    user = cells[1].text_input("User", key="reports_user", placeholder="everyone you may see").strip() or None
+    if auth.is_admin():  # an admin view: anyone's records
+        user = cells[1].text_input("User", key="reports_user", placeholder="everyone").strip() or None
+    else:
+        user = cells[1].text_input("User", value=client.user, disabled=True, help="Admins see every user") or None
     cells[2].button("Refresh", key="reports_refresh")
     span = WINDOWS[window]
     records = client.records(user=user, since=None if span is None else time.time() - span, limit=LIMIT)

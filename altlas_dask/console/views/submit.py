@@ -13,8 +13,10 @@ import streamlit as st
 
 from altlas_dask.client import Client
 from altlas_dask.config import STRATEGIES
+from altlas_dask.console import auth
 from altlas_dask.console.views import common
 from altlas_dask.gpu_condition import why_nothing_fits
+from altlas_dask.options import GpuOptions
 from altlas_dask.runs import RunSummary, WorkloadRun, coerce, submit_workload
 from altlas_dask.workloads import WORKLOADS, Workload
 
@@ -47,6 +49,10 @@ def render() -> None:
     elif submitted:
         options = {"strategy": None if strategy == DEFAULT_STRATEGY else strategy, "priority": int(priority)}
         options.update(user=user.strip() or None, task_type=task_type.strip() or None)
+        who = auth.principal()
+        GpuOptions.parse({"user": options["user"]} if options["user"] else {})  # a bad name: its own clear error
+        if options["user"] not in (None, who.user) and not who.is_admin:
+            raise common.ConsoleError(f"{who.user!r} may submit only as themself: admins submit for other users")
         run = submit_workload(client, name, int(count), batch_size=int(batch), params=params, gpu_options=options)
         runs = st.session_state.setdefault("runs", [])
         runs.insert(0, run)

@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from altlas_dask.client import Client
+from altlas_dask.console import auth
 from altlas_dask.console.views import common
 from altlas_dask.runs import WorkloadRun
 from altlas_dask.scheduling.lifecycle import FINAL, TaskStatus
@@ -27,7 +28,10 @@ def render() -> None:
     client = common.client()
     cells = st.columns([1, 1, 1.3, 1, 1])
     status = cells[0].selectbox("Status", STATUSES, key="tasks_status")
-    user = cells[1].text_input("User", key="tasks_user", placeholder="everyone you may see")
+    if auth.is_admin():  # an admin view: anyone's tasks
+        user = cells[1].text_input("User", key="tasks_user", placeholder="everyone")
+    else:
+        user = cells[1].text_input("User", value=client.user, disabled=True, help="Admins see every user's tasks")
     order = cells[2].selectbox("Order", list(ORDERS), key="tasks_order")
     limit = cells[3].number_input("Show at most", min_value=10, max_value=10_000, value=200, step=50, key="tasks_limit")
     auto = cells[4].toggle("Auto-refresh (2 s)", key="tasks_auto")
