@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import functools
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -46,6 +47,26 @@ def parse_gpu_ref(ref: str | int, *, where: str = "gpu") -> int:
     if not text.isdigit():
         raise ValueError(f"{where}={ref!r} is not a GPU reference like 'gpu_0'")
     return int(text)
+
+
+GPU_PATTERN = re.compile(r"^[A-Za-z0-9 *?_.:/()\[\]-]{1,128}$")
+
+
+def parse_gpu_selector(ref: str | int, *, where: str = "gpu") -> int | str:
+    """A GPU by id (``1``, ``"gpu_1"``), by UUID (``"GPU-8f3c..."``, ``"MIG-..."``) or by name pattern
+    (``"A100*"``, matched case-insensitively against the GPU's name)."""
+    if isinstance(ref, bool):
+        raise ValueError(f"{where}={ref!r} is not a GPU id, UUID or name pattern")
+    if isinstance(ref, int):
+        if ref < 0:
+            raise ValueError(f"{where}={ref!r} is not a GPU id (ids are >= 0)")
+        return ref
+    text = str(ref).strip()
+    if re.fullmatch(r"(?i)(gpu[_-])?\d+", text):
+        return parse_gpu_ref(text, where=where)
+    if not GPU_PATTERN.match(text):
+        raise ValueError(f"{where}={ref!r} is not a GPU id ('gpu_0'), UUID ('GPU-...') or name pattern ('A100*')")
+    return text
 
 
 @functools.lru_cache(maxsize=256)
@@ -99,7 +120,7 @@ class MultiGpu(_Strict):
     @classmethod
     def _gpu_refs(cls, mapping: dict[str, str]) -> dict[str, str]:
         for task_type, ref in mapping.items():
-            parse_gpu_ref(ref, where=f"task_specific_mappings.{task_type}")
+            parse_gpu_selector(ref, where=f"task_specific_mappings.{task_type}")
         return mapping
 
 
@@ -415,7 +436,7 @@ class AltlasConfig(_Strict):
             batch_split=g.multi_gpu.batch_split and multi,
             min_batch_size_per_gpu=g.multi_gpu.min_batch_size_per_gpu,
             task_specific_mappings={
-                k: parse_gpu_ref(v, where=k) for k, v in g.multi_gpu.task_specific_mappings.items()
+                k: parse_gpu_selector(v, where=k) for k, v in g.multi_gpu.task_specific_mappings.items()
             },
             timeout=g.workload.timeout,
             retry_count=g.workload.retry_count,
@@ -437,7 +458,7 @@ class RoutingPolicy(_Strict):
     min_compute_capability: float
     batch_split: bool
     min_batch_size_per_gpu: int
-    task_specific_mappings: dict[str, int]
+    task_specific_mappings: dict[str, int | str]  # GPU id, UUID or name pattern
     timeout: float
     retry_count: int
     custom_strategies: dict[str, str] = Field(default_factory=dict)

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from altlas_dask.config import STRATEGIES, parse_compute_capability, parse_gpu_ref
+from altlas_dask.config import STRATEGIES, parse_compute_capability, parse_gpu_selector
 from altlas_dask.scheduling.strategies import TaskRequest
 
 #: The annotation key that carries gpu_options: ``dask.annotate(gpu_options={...})``.
@@ -23,7 +23,7 @@ class GpuOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     strategy: str | None = None
-    specific_gpu_id: int | None = Field(None, ge=0)
+    specific_gpu_id: int | str | None = None  # an id, a UUID or a name pattern ("A100*")
     task_type: str = Field("inference", min_length=1, max_length=128)
     memory_mb: int = Field(0, ge=0, le=MAX_MEMORY_MB)
     priority: int = Field(3, ge=1, le=5)
@@ -43,11 +43,11 @@ class GpuOptions(BaseModel):
     @field_validator("specific_gpu_id", mode="before")
     @classmethod
     def _gpu_ref(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return parse_gpu_ref(value, where="specific_gpu_id")
-        if isinstance(value, bool):
-            raise ValueError("must be a GPU id like 0 or 'gpu_0', not a boolean")
-        return value
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ValueError("must be a GPU id like 0 or 'gpu_0', a UUID or a name pattern like 'A100*'")
+        return parse_gpu_selector(value, where="specific_gpu_id")
 
     @field_validator("min_compute_capability", mode="before")
     @classmethod

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from scheduler_plugins.gpu_info import gpu_info_family
+
 if TYPE_CHECKING:
     from altlas_dask.config import AltlasConfig
     from scheduler_plugins.gpu_router import GpuRouter
@@ -131,7 +133,9 @@ def gpu_gauges(router: GpuRouter) -> Iterator[Metric]:
             "altlas_gpu_health", "1 for the GPU's current health state", labels=[*labels, "state"]
         ),
     }
-    for g in router.view.gpus():
+    snapshot = router.view.gpus()
+    yield gpu_info_family(snapshot)  # gpu -> UUID, for joining DCGM's series
+    for g in snapshot:
         key = [str(g.id), g.name]
         families["memory_used"].add_metric(key, g.memory_used_mb * MB)
         families["memory_total"].add_metric(key, g.memory_total_mb * MB)

@@ -159,13 +159,13 @@ def test_default_strategy_must_be_one_of_the_enabled_strategies(section):
 
 
 def test_bad_task_specific_mapping_reference_is_rejected():
-    data = with_key("gpu.multi_gpu.task_specific_mappings", {"image_segmentation": "gpu_x"})
+    data = with_key("gpu.multi_gpu.task_specific_mappings", {"image_segmentation": "gpu_0;x"})
     with pytest.raises(ConfigError) as info:
         build_config(data)
     message = str(info.value)
     assert "gpu.multi_gpu.task_specific_mappings" in message
     assert "image_segmentation" in message
-    assert "'gpu_x'" in message
+    assert "'gpu_0;x'" in message
 
 
 @pytest.mark.parametrize(

@@ -49,8 +49,6 @@ NO_PROMETHEUS = "Debian's prometheus/promtool are not installed (`make system-de
 METRIC_NAME = re.compile(r"\baltlas_[a-z0-9_]*[a-z0-9]")
 DCGM_NAME = re.compile(r"\bDCGM_FI_[A-Z0-9_]*[A-Z0-9]")
 DCGM_FIXTURE = REPO / "tests" / "data" / "dcgm-exporter.txt"
-#: Served by scheduler_plugins.gpu_info; the router's /metrics serves it once metrics.gpu_gauges yields it.
-NOT_YET_WIRED = {"altlas_gpu_info"}
 LIMITED_USER = "obs-limited"
 GPU_IDS = ["0", "1", "2", "3"]
 
@@ -259,9 +257,6 @@ def test_every_metric_in_the_dashboard_and_alerts_is_served(batch_scrapes: dict[
         for name in METRIC_NAME.findall(query):
             used.setdefault(name, set()).add("dashboard variable")
 
-    for name in NOT_YET_WIRED - served:  # the family scheduler_plugins.gpu_info builds, until the router serves it
-        assert gpu_info_family([]).name == name
-        served.add(name)
     missing = {name: sorted(where) for name, where in used.items() if name not in served}
     assert not missing, f"not served by /metrics: {missing}; served: {sorted(served)}"
     # and between them they cover every family of the issue

@@ -17,7 +17,7 @@ from altlas_dask.options import GpuOptions, GpuOptionsError
         ({"memory_mb": -1}, "gpu_options.memory_mb"),
         ({"memory_mb": 10**12}, "gpu_options.memory_mb"),
         ({"specific_gpu_id": -2}, "gpu_options.specific_gpu_id"),
-        ({"specific_gpu_id": "gpu_x"}, "gpu_options.specific_gpu_id"),
+        ({"specific_gpu_id": "gpu_0;drop"}, "gpu_options.specific_gpu_id"),
         ({"specific_gpu_id": True}, "gpu_options.specific_gpu_id"),
         ({"timeout": 0}, "gpu_options.timeout"),
         ({"timeout": -5}, "gpu_options.timeout"),

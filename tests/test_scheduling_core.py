@@ -230,3 +230,16 @@ def test_a_drained_gpu_stays_drained_across_its_worker_restart():
     d.core.handle(ev.GpuJoined("tcp://gpu-1-new", state, d.now))
     (gpu1,) = [g for g in CoreView(d.core).gpus() if g.id == 1]
     assert gpu1.status == "maintenance" and gpu1.drain_reason == "firmware"
+
+
+def test_a_gpu_is_named_by_id_uuid_or_name_pattern():
+    core = make_core({"gpu": {"multi_gpu": {"task_specific_mappings": {"embedding": "T4*"}}}})
+    d = Driver(core, gpus=0)
+    for index, name in enumerate(("A100 80GB", "A100 80GB", "T4 16GB")):
+        d.join(index, name=name)
+    assert placed(d.submit("by-uuid", specific_gpu_id="GPU-test-1")) == {"by-uuid": 1}
+    assert placed(d.submit("by-id", specific_gpu_id="gpu_2")) == {"by-id": 2}
+    assert set(placed(d.submit("by-name", specific_gpu_id="a100*")).values()) <= {0, 1}
+    assert placed(d.submit("mapped", task_type="embedding", strategy="task_specific")) == {"mapped": 2}
+    (error,) = failed(d.submit("nowhere", specific_gpu_id="H100*")).values()
+    assert "unknown GPU H100*" in str(error) and "2 (T4 16GB, GPU-test-2)" in str(error)

@@ -280,10 +280,12 @@ class SchedulingCore:
     def _decide(self, task: TaskRecord) -> Decision:
         start = self._timer()
         request = task.request
-        known = self.gpus.known
-        if request.gpu is not None and known and request.gpu not in known:
+        if request.gpu is not None and self.gpus.known and not self.gpus.ever_matched(request.gpu):
             decision = Decision(
-                "specific_gpu", "impossible", None, f"unknown GPU {request.gpu}; this cluster has GPUs {sorted(known)}"
+                "specific_gpu",
+                "impossible",
+                None,
+                f"unknown GPU {request.gpu}; this cluster has GPUs {self.gpus.describe_known()}",
             )
         else:
             ctx = RoutingContext(

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from altlas_dask.config import Health
 from altlas_dask.gpus.state import GpuState
 from altlas_dask.scheduling.health import HealthWindow
+from altlas_dask.scheduling.strategies import matches
 
 
 @dataclass
@@ -74,6 +75,7 @@ class GpuBook:
         self.ids: dict[str, int] = {}  # GPU UUID -> id, for the cluster's life
         self.drains: dict[int, str] = {}  # id -> reason, kept while the GPU is away
         self.windows: dict[int, HealthWindow] = {}
+        self.seen: dict[int, GpuState] = {}  # the last state of every GPU ever connected
         self._snapshot: tuple[GpuState, ...] | None = None
         self._order: dict[int, int] = {}  # GPU id -> its position in the snapshot
         self._stale: set[int] = set()  # GPUs whose view in the snapshot is out of date
@@ -97,6 +99,7 @@ class GpuBook:
             slot.draining, slot.drain_reason = True, self.drains[gpu_id]
         self.slots[gpu_id] = slot
         self.by_worker[worker] = gpu_id
+        self.seen[gpu_id] = state.with_(id=gpu_id)
         self.changed()
         return slot
 
@@ -108,6 +111,13 @@ class GpuBook:
         gpu_id = state.id if state.id not in taken else max(taken) + 1
         self.ids[uuid] = gpu_id
         return gpu_id
+
+    def ever_matched(self, ref: int | str) -> bool:
+        """Whether ``ref`` (an id, UUID or name pattern) names a GPU this cluster has had."""
+        return any(matches(g, ref) for g in self.seen.values())
+
+    def describe_known(self) -> str:
+        return ", ".join(f"{g.id} ({g.name}, {g.uuid})" for _, g in sorted(self.seen.items()))
 
     def leave(self, worker: str) -> GpuSlot | None:
         gpu_id = self.by_worker.pop(worker, None)

@@ -10,6 +10,7 @@ no GPU can take the task now (``wait``) or ever (``impossible``).
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import importlib
 import random
@@ -39,7 +40,7 @@ class TaskRequest:
     task_type: str = "inference"
     memory_mb: int = 0
     strategy: str | None = None
-    gpu: int | None = None
+    gpu: int | str | None = None  # specific_gpu_id: an id, a UUID or a name pattern
     min_compute_capability: float | None = None
     exclude: frozenset[int] = frozenset()
 
@@ -120,6 +121,15 @@ def rejection(
     return None
 
 
+def matches(gpu: GpuState, ref: int | str | None) -> bool:
+    """Whether ``gpu`` is the one ``ref`` names: an id, a UUID, or a name pattern (``"A100*"``)."""
+    if ref is None:
+        return False
+    if isinstance(ref, int):
+        return gpu.id == ref
+    return ref == gpu.uuid or fnmatch.fnmatchcase(gpu.name.lower(), ref.lower())
+
+
 def load(gpu: GpuState, policy: RoutingPolicy) -> float:
     """0..1: the router's in-flight share of the GPU's slots.
 
@@ -180,9 +190,10 @@ def random_choice(gpus: Sequence[GpuState], request: TaskRequest, ctx: RoutingCo
 
 def task_specific(gpus: Sequence[GpuState], request: TaskRequest, ctx: RoutingContext) -> Pick:
     mapped = ctx.policy.task_specific_mappings.get(request.task_type)
-    for g in gpus:
-        if g.id == mapped:
-            return g, f"task type {request.task_type!r} maps to GPU {mapped}", {}
+    targets = [g for g in gpus if matches(g, mapped)]
+    if targets:
+        chosen, _, scores = least_loaded(targets, request, ctx)
+        return chosen, f"task type {request.task_type!r} maps to GPU {mapped}", scores
     chosen, reason, scores = least_loaded(gpus, request, ctx)
     why = f"no mapping for {request.task_type!r}" if mapped is None else f"mapped GPU {mapped} cannot take it"
     return chosen, f"{why}; fell back to least_loaded: {reason}", scores
@@ -193,7 +204,7 @@ def type_fit(gpu: GpuState, request: TaskRequest, policy: RoutingPolicy) -> floa
     mapped = policy.task_specific_mappings.get(request.task_type)
     if mapped is None:
         return 0.5
-    return 1.0 if gpu.id == mapped else 0.25
+    return 1.0 if matches(gpu, mapped) else 0.25
 
 
 def hybrid_breakdown(gpu: GpuState, request: TaskRequest, ctx: RoutingContext) -> dict[str, float]:
@@ -366,10 +377,11 @@ class SpecificGpu(EligibleStrategy):
         super().__init__(round_robin)
 
     def scope(self, gpus: Sequence[GpuState], request: TaskRequest) -> Sequence[GpuState]:
-        return [g for g in gpus if g.id == request.gpu]
+        return [g for g in gpus if matches(g, request.gpu)]
 
     def pick(self, c: Candidates, request: TaskRequest, ctx: RoutingContext) -> Pick | str:
-        return c.eligible[0], f"gpu_options asked for GPU {request.gpu}", {}
+        chosen, _, scores = least_loaded(c.eligible, request, ctx)
+        return chosen, f"gpu_options asked for GPU {request.gpu}", scores
 
 
 def load_strategy(path: str) -> Strategy:
