@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,9 +36,10 @@ class GpuOptions(BaseModel):
 
     @field_validator("strategy")
     @classmethod
-    def _known_strategy(cls, value: str | None) -> str | None:
-        if value is not None and value not in STRATEGIES:
-            raise ValueError(f"unknown strategy {value!r}; choose one of {', '.join(STRATEGIES)}")
+    def _strategy_name(cls, value: str | None) -> str | None:
+        """A well-formed name; whether the cluster enables it (built in or custom) is the router's answer."""
+        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", value):
+            raise ValueError(f"not a strategy name (built in: {', '.join(STRATEGIES)})")
         return value
 
     @field_validator("specific_gpu_id", mode="before")

@@ -79,3 +79,16 @@ def placed(actions: list[Action]) -> dict[str, int]:
 
 def failed(actions: list[Action]) -> dict[str, BaseException]:
     return {a.key: a.error for a in actions if isinstance(a, Fail)}
+
+
+class HighestId:
+    """A custom strategy (``gpu.multi_gpu.custom_strategies``): the eligible GPU with the highest id."""
+
+    def scope(self, gpus, request):
+        return gpus
+
+    def pick(self, candidates, request, ctx):
+        if not candidates.eligible:
+            return "nothing eligible"
+        chosen = max(candidates.eligible, key=lambda g: g.id)
+        return chosen, f"highest id {chosen.id}", {}

@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -473,8 +472,10 @@ def test_gpus_and_gpu_status(api: Api):
 def test_metrics_summary(api: Api):
     with api.client("admin") as admin, api.client("bob") as bob:
         admin.post("/predict", json={"text": "m", "max_length": 3, "wait": 30})
-        time.sleep(0.5)  # the router's records reach SQLite within accounting.flush_interval
-        m = admin.get("/metrics").json()
+        m = wait_for(  # the router's records reach SQLite within accounting.flush_interval
+            lambda: (r := admin.get("/metrics").json())["system"]["completed_requests"] >= 1 and r,
+            what="the finished request in /metrics",
+        )
         assert {"timestamp", "system", "gpus", "models", "users", "gateway"} <= set(m)
         assert m["system"]["total_gpus"] == 2 and m["system"]["completed_requests"] >= 1
         assert m["system"]["p99_response_time"] is not None

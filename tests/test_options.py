@@ -10,7 +10,7 @@ from altlas_dask.options import GpuOptions, GpuOptionsError
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"strategy": "fastest"}, "gpu_options.strategy: unknown strategy 'fastest'"),
+        ({"strategy": "fast-est"}, "gpu_options.strategy: not a strategy name"),
         ({"priority": 0}, "gpu_options.priority"),
         ({"priority": 6}, "gpu_options.priority"),
         ({"priority": "high"}, "gpu_options.priority"),

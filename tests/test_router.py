@@ -251,7 +251,7 @@ def test_a_lost_gpu_hands_its_work_to_the_others(client):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"strategy": "nope"}, "unknown strategy 'nope'"),
+        ({"strategy": "no such"}, "gpu_options.strategy: not a strategy name"),
         ({"priority": 9}, "gpu_options.priority"),
         ({"memory_mb": -5}, "gpu_options.memory_mb"),
         ({"specific_gpu_id": "gpu_0;drop"}, "gpu_options.specific_gpu_id"),
@@ -268,6 +268,12 @@ def test_bad_annotations_from_plain_dask_fail_the_future_clearly(client):
     with dask.annotate(gpu_options={"priority": 9}):
         future = distributed.Client.submit(client, run_on_gpu, 1, pure=False)
     with pytest.raises(GpuOptionsError, match="gpu_options.priority"):
+        future.result(timeout=30)
+
+
+def test_a_strategy_the_cluster_does_not_enable_fails_clearly(client):
+    future = client.submit(run_on_gpu, 1, pure=False, gpu_options={"strategy": "nope"})
+    with pytest.raises(GpuRoutingError, match="strategy 'nope' is not enabled in this cluster's config"):
         future.result(timeout=30)
 
 

@@ -243,3 +243,13 @@ def test_a_gpu_is_named_by_id_uuid_or_name_pattern():
     assert placed(d.submit("mapped", task_type="embedding", strategy="task_specific")) == {"mapped": 2}
     (error,) = failed(d.submit("nowhere", specific_gpu_id="H100*")).values()
     assert "unknown GPU H100*" in str(error) and "2 (T4 16GB, GPU-test-2)" in str(error)
+
+
+def test_a_cluster_names_its_own_strategy_by_import_path():
+    names = ["least_loaded", "highest"]
+    multi = {"custom_strategies": {"highest": "core_helpers:HighestId"}, "strategies": names}
+    d = Driver(make_core({"gpu": {"multi_gpu": multi}}), gpus=3)
+    assert placed(d.submit("a", strategy="highest")) == {"a": 2}
+    assert d.core.tasks["a"].decision.reason == "highest id 2"
+    with pytest.raises(ValueError, match="custom strategy 'core_helpers:Nope' cannot be imported"):
+        make_core({"gpu": {"multi_gpu": {**multi, "custom_strategies": {"highest": "core_helpers:Nope"}}}})
