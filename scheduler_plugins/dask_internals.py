@@ -136,6 +136,17 @@ def dependencies_done(ts: TaskState) -> bool:
     return all(dts.state == "memory" for dts in ts.dependencies)
 
 
+def input_locations(ts: TaskState) -> dict[str, int]:
+    """Worker address -> bytes of the task's inputs it holds (``who_has`` / ``nbytes``, what Dask's
+    ``worker_objective`` weighs; the router pins tasks, so its strategies weigh it instead)."""
+    out: dict[str, int] = {}
+    for dts in ts.dependencies:
+        nbytes = dts.get_nbytes()
+        for ws in dts.who_has or ():
+            out[ws.address] = out.get(ws.address, 0) + nbytes
+    return out
+
+
 def gpu_report(scheduler: Scheduler, worker: str) -> Any:
     """The GPU state a worker's last heartbeat carried (``worker.metrics``), or None (not a GPU worker).
 

@@ -167,7 +167,9 @@ class GpuRouter(SchedulerPlugin):
                     continue
                 if identities.required:
                     dx.set_gpu_options(ts, options)
-                self.handle(ev.Submitted(str(key), options, now, ready=dx.dependencies_done(ts)))
+                ready = dx.dependencies_done(ts)
+                inputs = dx.input_locations(ts) if ready and ts.dependencies else None
+                self.handle(ev.Submitted(str(key), options, now, ready=ready, inputs=inputs))
                 task = self.core.tasks.get(key)
                 if task is not None:
                     dx.set_priority(ts, task.request.priority)
@@ -196,7 +198,9 @@ class GpuRouter(SchedulerPlugin):
             return
         now = time.time()
         if finish == "no-worker":
-            self.handle(ev.Ready(key, now))
+            ts = self.scheduler.tasks.get(key) if self.scheduler is not None else None
+            inputs = dx.input_locations(ts) if ts is not None and ts.dependencies else None
+            self.handle(ev.Ready(key, now, inputs=inputs))
         elif finish == "processing":
             self.handle(ev.Started(key, now))
         elif start == "processing" and finish == "memory":

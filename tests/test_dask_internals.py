@@ -136,3 +136,21 @@ def test_intercept_task_erred_can_turn_an_error_into_a_retry():
 
     with tempfile.TemporaryDirectory() as tmp:
         run(main(str(Path(tmp) / "marker")))
+
+
+def test_input_locations_are_who_has_and_nbytes():
+    async def main():
+        scheduler, worker, client = await _cluster()
+        try:
+            data = client.submit(bytes, 100_000, key="data")
+            held = client.submit(len, data, workers=[dx.HELD], key="needs-data")
+            ts = await wait_state(scheduler, "needs-data", "no-worker")
+            assert dx.input_locations(ts) == {worker.address: scheduler.tasks["data"].get_nbytes()}
+            assert scheduler.tasks["data"].get_nbytes() >= 100_000
+            assert dx.input_locations(scheduler.tasks["data"]) == {}
+            dx.place(scheduler, [(ts, worker.address, 0)], "test-place")
+            assert await held == 100_000
+        finally:
+            await _close(scheduler, worker, client)
+
+    run(main())

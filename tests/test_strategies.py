@@ -316,3 +316,13 @@ def test_earliest_finish_keeps_the_only_gpus_that_fit_large_tasks_for_them():
     assert ef(gpus, large, expected={0: 0.2}, held_memory={24576: 9}).gpu == 0
     fits_everywhere = {4096: 9}  # waiting tasks that fit both GPUs reserve neither
     assert ef(gpus, small, expected=learned, held_memory=fits_everywhere).gpu == 0
+
+
+def test_earliest_finish_runs_a_task_where_its_large_inputs_are_unless_waiting_costs_more():
+    gpus = [gpu(0), gpu(1)]
+    learned = {0: 0.1, 1: 0.1}
+    inputs = {1: 200_000_000}  # 200 MB on GPU 1's worker: 0.2 s to move at 1 GB/s
+    d = ef(gpus, expected=learned, backlog={0: 0.0, 1: 0.15}.get, inputs=inputs)
+    assert d.gpu == 1 and "200 of its 200 MB of inputs already there" in d.reason
+    assert ef(gpus, expected=learned, backlog={0: 0.0, 1: 0.5}.get, inputs=inputs).gpu == 0  # waiting costs more
+    assert ef(gpus, expected=learned, backlog={0: 0.0, 1: 0.15}.get).gpu == 0  # no inputs: the idle GPU

@@ -147,6 +147,8 @@ class SchedulingCore:
             ready=e.ready,
             error=error,
         )
+        if e.inputs:
+            task.inputs = e.inputs
         self.tasks[e.key] = task
         if error is not None:
             self._finish(task, TaskStatus.REJECTED, out, fail=error)
@@ -201,6 +203,8 @@ class SchedulingCore:
         task = self.tasks.get(e.key)
         if task is None:
             return
+        if e.inputs is not None:
+            task.inputs = e.inputs
         if task.status in ON_GPU:  # taken back without a Released event first
             self._end_attempt(task, f"GPU {task.gpu} gave the task back")
         if not task.ready:
@@ -299,6 +303,7 @@ class SchedulingCore:
                 self._backlog,
                 self.held_memory,
                 self.recent_memory,
+                self._input_bytes(task) if task.inputs else {},
             )
             decision = choose(self.gpus.snapshot(), request, ctx)
         elapsed = self._timer() - start
@@ -308,6 +313,14 @@ class SchedulingCore:
             self._on_decision(decision, elapsed)
         task.decision = decision
         return decision
+
+    def _input_bytes(self, task: TaskRecord) -> dict[int, int]:
+        """GPU id -> bytes of the task's inputs held by that GPU's worker (-1: workers that are no GPU)."""
+        out: dict[int, int] = {}
+        for worker, nbytes in task.inputs.items():
+            gpu = self.gpus.by_worker.get(worker, -1)
+            out[gpu] = out.get(gpu, 0) + nbytes
+        return out
 
     def _backlog(self, gpu: int) -> float:
         slot = self.gpus.slots.get(gpu)

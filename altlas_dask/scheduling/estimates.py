@@ -19,11 +19,13 @@ class Estimates:
     per_type: dict[str, dict[int, float]] = field(default_factory=dict)  # task type -> GPU -> seconds alone
     by_type: dict[str, float] = field(default_factory=dict)  # task type -> seconds, over every GPU
     solo: dict[str, dict[int, float]] = field(default_factory=dict)  # the same, from tasks placed on an idle GPU
+    _own: dict[str, dict[int, float]] = field(default_factory=dict, repr=False)  # own_seconds, until the next learn
 
     def learn(self, gpu: int, task_type: str, alone_seconds: float, solo: bool = False) -> None:
         """``solo``: the task was placed on an idle GPU, so its time was its own (no wait for other kernels)."""
         if alone_seconds <= 0:
             return
+        self._own.pop(task_type, None)
         if solo:  # exact samples: a value off by more than SOLO_JUMP x replaces the average outright
             own = self.solo.setdefault(task_type, {})
             previous = own.get(gpu)
@@ -38,8 +40,11 @@ class Estimates:
 
     def own_seconds(self, task_type: str) -> dict[int, float]:
         """Seconds alone per GPU for this task type: from solo runs where there are some, else blended."""
-        blended, solo = self.per_type.get(task_type, {}), self.solo.get(task_type)
-        return {**blended, **solo} if solo else blended
+        own = self._own.get(task_type)
+        if own is None:
+            blended, solo = self.per_type.get(task_type, {}), self.solo.get(task_type)
+            own = self._own[task_type] = {**blended, **solo} if solo else blended
+        return own
 
     def cost(self, task_type: str) -> float:
         """Estimated GPU seconds of one task of this type (fair share charges it before the task runs)."""

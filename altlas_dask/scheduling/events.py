@@ -19,6 +19,7 @@ class Submitted:
     now: float
     ready: bool = True
     charge: bool = True
+    inputs: Mapping[str, int] | None = None  # worker address -> bytes of the task's inputs held there
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +28,7 @@ class Ready:
 
     key: str
     now: float
+    inputs: Mapping[str, int] | None = None  # worker address -> bytes of the task's inputs held there
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,6 +59,7 @@ class RoutingContext:
     backlog: Callable[[int], float] | None = None  # GPU id -> expected seconds of the work placed there, unfinished
     held_memory: Mapping[int, int] = field(default_factory=dict)  # memory MB -> ready tasks waiting for a GPU
     recent_memory: Mapping[int, int] = field(default_factory=dict)  # memory MB -> tasks among recent submissions
+    inputs: Mapping[int, int] = field(default_factory=dict)  # GPU id -> bytes of the task's inputs on its worker
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +246,8 @@ STRATEGIES: dict[str, StrategyFn] = {
 #: How many of the tasks that only fit the larger GPUs a placement there is charged for, per share of
 #: recent submissions that are such tasks (plus one per such task waiting now).
 EXPECTED_LARGE_WEIGHT = 4.0
+#: Bytes per second a task's inputs move between workers at (Dask's TCP comms; ~1 GB/s on one host or 10 GbE).
+TRANSFER_BYTES_PER_S = 1e9
 
 
 def fit_sets(gpus: Sequence[GpuState], sizes: Iterable[int], policy: RoutingPolicy) -> dict[int, frozenset[int]]:
@@ -286,7 +289,9 @@ class EarliestFinish:
     pool a small task may finish soonest on a big GPU, but it then delays the large tasks that fit
     nowhere else: each GPU that is the only fit for larger tasks waiting now, or seen among recent
     submissions, is charged the task's run time once per such task (recent ones weighted by their
-    share of submissions x EXPECTED_LARGE_WEIGHT).
+    share of submissions x EXPECTED_LARGE_WEIGHT). Inputs that sit on another worker add the time to
+    move them (``inputs``: bytes per GPU, from Dask's ``who_has``/``nbytes``; TRANSFER_BYTES_PER_S), so a
+    pipeline's next step stays where its input is unless waiting there costs more than moving it.
     """
 
     def scope(self, gpus: Sequence[GpuState], request: TaskRequest) -> Sequence[GpuState]:
@@ -297,13 +302,19 @@ class EarliestFinish:
         fastest = min(expected.values()) if expected else 1.0
         backlog = ctx.backlog or _no_backlog
         reserved = reserved_weight(c.gpus, request, ctx)
+        inputs = ctx.inputs
+        total_in = sum(inputs.values())
         scores: dict[int, float] = {}
         for g in c.eligible:
             own = expected.get(g.id, fastest)
-            scores[g.id] = backlog(g.id) + own * (1.0 + reserved.get(g.id, 0.0))
+            fetch = (total_in - inputs.get(g.id, 0)) / TRANSFER_BYTES_PER_S if total_in else 0.0
+            scores[g.id] = backlog(g.id) + fetch + own * (1.0 + reserved.get(g.id, 0.0))
         chosen = min(c.eligible, key=lambda g: (scores[g.id], g.id))
         own = expected.get(chosen.id, fastest)
         why = f"expected finish in {scores[chosen.id]:.3f}s ({backlog(chosen.id):.3f}s queued + {own:.3f}s to run"
+        if total_in:
+            here = inputs.get(chosen.id, 0)
+            why += f", {here / 1e6:.0f} of its {total_in / 1e6:.0f} MB of inputs already there"
         if reserved.get(chosen.id):
             why += f", charged for {reserved[chosen.id]:.1f} larger task(s) that only fit here"
         skipped = sorted(g for g in scores if reserved.get(g) and scores[g] > scores[chosen.id])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,7 @@ class TaskRecord:
     sharing: int = 1  # tasks on its GPU, itself included, when placed (they time-share the device)
     served_cost: float = 0.0  # fair-share cost charged when it was placed
     waiting_reason: str = ""
+    inputs: Mapping[str, int] = field(default_factory=dict)  # worker -> bytes of its inputs held there
 
     @property
     def user(self) -> str:

@@ -29,7 +29,7 @@ from altlas_dask.simulation.trace import TraceEvent, TraceLine, TraceTask
 
 EPOCH = 1_000_000.0  # virtual Unix time of the trace's t = 0 (the core reads time only from events)
 # event kinds, in the order they run when they fall at the same instant
-ARRIVE, ON_WORKER, KERNEL_END, REPORT, HEARTBEAT, POLL, DISPATCH, FAULT = range(8)
+ARRIVE, ON_WORKER, KERNEL_END, REPORT, HEARTBEAT, POLL, DISPATCH, FAULT, FETCHED = range(9)
 
 
 def heartbeat_interval(n: int) -> float:
@@ -52,6 +52,7 @@ class Timing:
     report_s: float = 0.002  # the kernel ends -> the scheduler's transition to memory (or erred)
     notify_s: float = 0.002  # the scheduler -> the client's done-callback
     heartbeat_s: float | None = None  # None: Dask's own interval for the pool's size
+    transfer_bytes_per_s: float = 1e9  # a worker fetching a dependency's result from another worker
 
 
 @dataclass(slots=True)
@@ -79,6 +80,7 @@ class ReplayResult:
     end: float  # trace seconds when the last task ended
     events: int
     counters: dict[str, int] = field(default_factory=dict)
+    bytes_moved: float = 0.0  # dependency results fetched from another worker
 
 
 class Replay:
@@ -122,6 +124,8 @@ class Replay:
         self._arrivals_left = len(self.tasks)
         self._dispatch_pending = False
         self._reports: dict[int, object] = {}
+        self.results: dict[str, tuple[float, set[str]]] = {}  # key -> (bytes of its result, workers holding it)
+        self.bytes_moved = 0.0
         self.now = 0.0
         self.events = 0
         for t in self.tasks:
@@ -142,7 +146,7 @@ class Replay:
         heap, pop = self._heap, heapq.heappop
         handlers = (
             self._arrive, self._on_worker, self._kernel_end, self._report,
-            self._heartbeat, self._poll, self._dispatch, self._fault,
+            self._heartbeat, self._poll, self._dispatch, self._fault, self._fetched,
         )  # fmt: skip
         while heap:
             when, _, kind, payload = pop(heap)
@@ -157,6 +161,7 @@ class Replay:
             max(ended, default=0.0),
             self.events,
             dict(self.core.counters),
+            self.bytes_moved,
         )
 
     def _busy(self) -> bool:
@@ -172,7 +177,9 @@ class Replay:
         o = self.outcomes[task.id]
         o.waiting_deps = sum(1 for d in task.deps if self.outcomes[d].status != "completed")
         failed = [d for d in task.deps if self.outcomes[d].status in FINAL_BAD]
-        self._feed(ev.Submitted(task.id, task.options(), EPOCH + self.now, ready=o.waiting_deps == 0))
+        ready = o.waiting_deps == 0
+        inputs = self._inputs(task) if ready and task.deps else None
+        self._feed(ev.Submitted(task.id, task.options(), EPOCH + self.now, ready=ready, inputs=inputs))
         if failed and o.status == "pending":
             self._dependency_failed(o, failed[0])
 
@@ -181,8 +188,36 @@ class Replay:
         o = self.outcomes[key]
         if o.attempt != attempt or o.status != "pending":
             return
-        gpu = self.gpus[o.gpu]
         o.started = self.now
+        worker = self.gpus[o.gpu].worker
+        missing = 0.0
+        for dep in o.task.deps:
+            size, holders = self.results.get(dep, (0.0, set()))
+            if worker not in holders:
+                missing += size
+                holders.add(worker)  # Dask keeps the fetched copy there (who_has grows)
+        if missing:
+            self.bytes_moved += missing
+            self._at(self.now + missing / self.timing.transfer_bytes_per_s, FETCHED, payload)
+            return
+        self._fetched(payload)
+
+    def _inputs(self, task: TraceTask) -> dict[str, int]:
+        """Where the task's inputs are: worker -> bytes (what the adapter reads from who_has / nbytes)."""
+        out: dict[str, int] = {}
+        for dep in task.deps:
+            size, holders = self.results.get(dep, (0.0, set()))
+            for worker in holders:
+                out[worker] = out.get(worker, 0) + int(size)
+        return out
+
+    def _fetched(self, payload: tuple[str, int]) -> None:
+        """The task's inputs are on its worker: it takes memory and waits for the device."""
+        key, attempt = payload
+        o = self.outcomes[key]
+        if o.attempt != attempt or o.status != "pending":
+            return
+        gpu = self.gpus[o.gpu]
         error = gpu.arrive(Kernel(key, o.task.work_gflop, o.task.memory_mb, self.now), self.now)
         if error is not None:
             self._at(self.now + self.timing.report_s, REPORT, (key, attempt, error, 0.0))
@@ -214,6 +249,7 @@ class Replay:
         worker = self.gpus[o.gpu].worker
         now = EPOCH + self.now
         if error is None:
+            self.results[key] = (o.task.output_mb * 1e6, {worker})
             self._feed(ev.Finished(key, now, worker, seconds))
         else:
             o.error = error
@@ -300,7 +336,7 @@ class Replay:
             if o.status == "completed":
                 c.waiting_deps -= 1
                 if c.waiting_deps == 0:
-                    self._feed(ev.Ready(child, EPOCH + self.now))
+                    self._feed(ev.Ready(child, EPOCH + self.now, inputs=self._inputs(c.task)))
             else:
                 self._dependency_failed(c, key)
 

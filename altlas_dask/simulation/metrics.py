@@ -49,6 +49,7 @@ def summarize(result: ReplayResult) -> dict[str, Any]:
         "gpu_busy_s": {str(g.index): _r(g.busy_s) for g in result.gpus},
         "user_gpu_s": {u: _r(s) for u, s in sorted(by_user.items())},
         "p95_by_task_type_s": {t: _r(percentile(v, 95)) for t, v in sorted(by_type.items())},
+        "bytes_moved": round(result.bytes_moved),
         "events": result.events,
     }
 

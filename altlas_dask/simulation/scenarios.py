@@ -75,14 +75,15 @@ def gpu_failure(duration: float = 20.0, seed: int = 0, gpu: int = 0, at: float |
     return sorted(out, key=lambda line: line.t)
 
 
-def pipeline(items: int = 200, rate: float = 20.0, seed: int = 0) -> list[TraceLine]:
-    """Two stages per item: a GPU preprocess (40 GFLOP, 2 GB) then an inference (80 GFLOP, 8 GB) on its result."""
+def pipeline(items: int = 200, rate: float = 20.0, seed: int = 0, output_mb: float = 100.0) -> list[TraceLine]:
+    """Two stages per item: a GPU preprocess (40 GFLOP, 2 GB) producing ``output_mb``, then an inference
+    (80 GFLOP, 8 GB) on its result."""
     rng = random.Random(seed)
     out: list[TraceLine] = []
     t = 0.0
     for i in range(items):
         t += rng.expovariate(rate)
-        pre = _task(f"pre-{i}", t, "pipeline", 3, "preprocess", 2048, 40.0)
+        pre = _task(f"pre-{i}", t, "pipeline", 3, "preprocess", 2048, 40.0).model_copy(update={"output_mb": output_mb})
         out.append(pre)
         out.append(_task(f"infer-{i}", t, "pipeline", 3, "inference", 8192, 80.0, deps=(pre.id,)))
     return out

@@ -41,6 +41,7 @@ class TraceTask(_Line):
     memory_mb: int = Field(0, ge=0)
     work_gflop: float = Field(ge=0)
     deps: tuple[str, ...] = ()  # ids of earlier tasks whose results it needs
+    output_mb: float = Field(0.0, ge=0)  # size of its result (moved when a dependent runs on another worker)
     strategy: str | None = None  # gpu_options.strategy (default: the config's)
     timeout: float | None = Field(None, gt=0)
 
