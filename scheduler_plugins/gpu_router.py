@@ -37,7 +37,7 @@ from altlas_dask.scheduling.view import CoreView
 from altlas_dask.worker import fatal_preload
 from scheduler_plugins import dask_internals as dx
 from scheduler_plugins.dashboard import PLUGIN_NAME, register_page
-from scheduler_plugins.identity import Identities, guard_admin_handlers
+from scheduler_plugins.identity import Identities, guard_admin_handlers, guard_force_cancel
 from scheduler_plugins.metrics import LabelPolicy, RouterMetrics, publish, unpublish
 from scheduler_plugins.router_api import handlers
 
@@ -82,6 +82,7 @@ class GpuRouter(SchedulerPlugin):
         self._open_store()
         scheduler.handlers.update(handlers(self))
         guard_admin_handlers(scheduler, self.identities, self.view.is_admin)
+        guard_force_cancel(scheduler, self.identities, self.view.is_admin)
         dx.intercept_task_erred(scheduler, self._before_task_erred)
         for address in scheduler.workers:
             self.add_worker(scheduler, address)

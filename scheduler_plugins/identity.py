@@ -152,6 +152,24 @@ def guard_admin_handlers(scheduler: Any, identities: Identities, is_admin: Calla
         scheduler.handlers[name] = _guarded(name, handler, is_admin)
 
 
+def guard_force_cancel(scheduler: Any, identities: Identities, is_admin: Callable[[str], bool]) -> None:
+    """Dask's ``cancel(..., force=True)`` cancels a key whoever wants it: under TLS only admins (and nodes) may
+    force; anyone else's forced cancel only drops their own interest in the keys."""
+    original = scheduler.stream_handlers.get("cancel-keys")
+    if not identities.required or original is None or getattr(original, "altlas_guarded", False):
+        return
+
+    def cancel_keys(*, client: str, force: bool = False, **kwargs: Any) -> Any:
+        if force:
+            who = identities.client(scheduler, client)
+            if who is None or not (who.kind == "node" or is_admin(who.name)):
+                force = False
+        return original(client=client, force=force, **kwargs)
+
+    cancel_keys.altlas_guarded = True  # type: ignore[attr-defined]
+    scheduler.stream_handlers["cancel-keys"] = cancel_keys
+
+
 def _guarded(name: str, handler: Callable[..., Any], is_admin: Callable[[str], bool]) -> Callable[..., Any]:
     async def guarded(comm: Any, **kwargs: Any) -> Any:
         who = of_comm(comm)

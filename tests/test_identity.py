@@ -228,3 +228,13 @@ def test_metric_labels_stay_bounded(cluster, alice, bob):
     assert not any("made-up-model-123" in line or 'user="alice"' in line for line in tasks), tasks
     assert any('model="other"' in line and 'user="other"' in line for line in tasks), tasks
     assert any('user="bob"' in line for line in tasks), tasks  # bob has a configured quota (quotas.users)
+
+
+def test_bob_cannot_force_cancel_alices_task_through_dask(alice, bob):
+    """``Client.cancel(force=True)`` on a key bob learned: only his own interest in it goes."""
+    slow = alice.submit(run_on_gpu, 2000.0, pure=False)
+    wait_for(lambda: alice.explain_many([slow]), what="alice's task tracked")
+    stolen = distributed.Future(slow.key, client=bob)
+    bob.cancel([stolen], force=True)
+    assert slow.result(timeout=60)["gpu"] in (0, 1)
+    assert alice.explain(slow)["status"] == "completed"
