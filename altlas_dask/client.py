@@ -13,6 +13,7 @@ import distributed
 from distributed import Future
 
 from altlas_dask.certs import common_name
+from altlas_dask.coalesce import SubmitCoalescer
 from altlas_dask.errors import IdentityError
 from altlas_dask.gpus.state import GpuState
 from altlas_dask.notebook import speed_weights, split_plan
@@ -129,15 +130,63 @@ class Client(distributed.Client):
     as the certificate's common name. In open mode ``gpu_defaults["user"]`` is a self-declared name.
     """
 
+    _submissions: SubmitCoalescer | None = None
+
     def __init__(
-        self, address: Any = None, *args: Any, gpu_defaults: Mapping[str, Any] | None = None, **kwargs: Any
+        self,
+        address: Any = None,
+        *args: Any,
+        gpu_defaults: Mapping[str, Any] | None = None,
+        coalesce_ms: float | None = 0.0,
+        **kwargs: Any,
     ) -> None:
+        """``coalesce_ms``: ``submit`` calls reach the scheduler as one graph update per event-loop turn (0), or
+        per that many milliseconds; ``None`` sends each at once (see altlas_dask.coalesce)."""
         self.gpu_defaults = GpuOptions.parse(gpu_defaults).wire()
+        if coalesce_ms is not None and not 0 <= coalesce_ms <= 1000:
+            raise ValueError(f"coalesce_ms must be in 0..1000 or None (got {coalesce_ms!r})")
         if kwargs.get("security") is None and isinstance(address, str) and address.startswith("tls://"):
             kwargs["security"] = _configured_security(address)
         super().__init__(address, *args, **kwargs)
         self.certificate_user = common_name(getattr(self.security, "tls_client_cert", None))
         self.vouch_admin = False  # a delegate (console) that checked an admin key: its router calls say admin=True
+        if coalesce_ms is not None:
+            self._submissions = SubmitCoalescer(self, coalesce_ms / 1000)
+
+    # -- submission coalescing (altlas_dask.coalesce) -------------------------------------------
+    def _graph_to_futures(self, expr, keys, span_metadata, **kwargs):  # type: ignore[override]
+        coalescer = self._submissions
+        if coalescer is not None and coalescer.eligible(expr, keys, kwargs.get("actors")):
+            kwargs.pop("internal_priority", None)
+            kwargs.pop("actors", None)
+            return coalescer.add(expr, keys, span_metadata, **kwargs)
+        self.flush_submissions()
+        return super()._graph_to_futures(expr, keys, span_metadata, **kwargs)
+
+    def flush_submissions(self) -> None:
+        """Send the held submissions now (every other message of this client does it first)."""
+        coalescer = self._submissions
+        if coalescer is not None and coalescer.pending:
+            coalescer.flush()
+
+    def _send_to_scheduler(self, msg: dict[str, Any]) -> None:
+        self.flush_submissions()
+        super()._send_to_scheduler(msg)
+
+    def _send_now(self, msg: dict[str, Any]) -> None:
+        distributed.Client._send_to_scheduler(self, msg)
+
+    def cancel(self, *args: Any, **kwargs: Any) -> Any:
+        self.flush_submissions()
+        return super().cancel(*args, **kwargs)
+
+    def retry(self, *args: Any, **kwargs: Any) -> Any:
+        self.flush_submissions()
+        return super().retry(*args, **kwargs)
+
+    def close(self, *args: Any, **kwargs: Any) -> Any:
+        self.flush_submissions()
+        return super().close(*args, **kwargs)
 
     # -- submission ----------------------------------------------------------------------
     def gpu_options(self, gpu_options: Mapping[str, Any] | GpuOptions | None) -> GpuOptions:
@@ -212,6 +261,7 @@ class Client(distributed.Client):
 
         if self.vouch_admin and "as_user" in kwargs:
             kwargs["admin"] = True
+        self.flush_submissions()
 
         async def call():
             result = await getattr(self.scheduler, handler)(**kwargs)

@@ -216,8 +216,11 @@ async def route(body: RouteRequest, who: PrincipalDep, gateway: GatewayDep) -> d
         "assigned_gpu": f"gpu_{gpu}" if placed and gpu is not None else None,
         "estimated_start_time": iso(now) if placed else None,
         "estimated_completion_time": iso(now + expected / 1000) if placed and expected is not None else None,
-        "queue_position": None if placed else gateway.queued + 1,
-        "message": (info or {}).get("reason") or "submitted; the router has not placed it yet",
+        # the router's own 1-based position in its queue when it gives one, else the gateway's estimate
+        "queue_position": None if placed else (info or {}).get("queue_position") or gateway.queued + 1,
+        "message": (info or {}).get("waiting_reason")
+        or (info or {}).get("reason")
+        or "submitted; the router has not placed it yet",
     }
 
 
