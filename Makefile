@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 SYSTEM_PACKAGES ?= chromium prometheus
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv system-deps run test lint bench screenshots clean gpu-check
+.PHONY: venv system-deps run test lint bench bench-peers screenshots clean gpu-check
 
 system-deps:
 	@missing=""; \
@@ -48,9 +48,20 @@ bench: venv
 	$(BIN)/python bench/scaling.py
 	$(BIN)/python bench/strategies.py
 
+# The gateway vs Ray Serve (plain and @serve.batch) on the same GRU and load -> bench/RESULTS.md "serving".
+# Ray lives only in $(RAY_VENV); torch and the model come from $(VENV) through a .pth file.
+RAY_VENV ?= .venv-ray
+RAY_SPEC ?= ray[serve]==2.60.0
+bench-peers: venv
+	test -x $(RAY_VENV)/bin/python || $(PYTHON) -m venv $(RAY_VENV)
+	$(BIN)/python -c "import site; print(site.getsitepackages()[0])" > \
+		"$$($(RAY_VENV)/bin/python -c 'import site; print(site.getsitepackages()[0])')/altlas-main-venv.pth"
+	$(RAY_VENV)/bin/python -m pip install --quiet "$(RAY_SPEC)"
+	$(BIN)/python bench/serving.py --ray $(RAY_VENV)/bin/python
+
 # On a machine with NVIDIA GPUs: install the gpu extra + CUDA torch, up, selftest, benches -> gpu-check-out/
 gpu-check:
 	VENV=$(VENV) PYTHON=$(PYTHON) scripts/gpu-check.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache dask-scratch-space *.egg-info
+	rm -rf $(VENV) $(RAY_VENV) .pytest_cache .ruff_cache dask-scratch-space *.egg-info

@@ -342,8 +342,18 @@ class ModelBatching(_Strict):
     max_wait_ms: float = Field(2.0, ge=0, le=10_000)  # how long a request waits for others to join its batch
 
 
+class Callbacks(_Strict):
+    """``POST /route`` ``callback_url``: signed deliveries of the final record, only to these hosts."""
+
+    allowed_hosts: tuple[str, ...] = ()  # host names or addresses (a port may follow: "hooks.example:8443")
+    max_attempts: int = Field(5, ge=1, le=20)
+    backoff_s: float = Field(0.5, gt=0, le=60)  # first retry after this, doubling
+    timeout_s: float = Field(5.0, gt=0, le=60)
+
+
 class Serving(_Strict):
     batching: dict[str, ModelBatching] = Field(default_factory=lambda: {"generate": ModelBatching()})
+    callbacks: Callbacks = Callbacks()
 
 
 HOME_ENV = "ALTLAS_HOME"

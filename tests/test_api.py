@@ -62,6 +62,7 @@ def api(tmp_path_factory) -> Iterator[Api]:
     data = repo_config_data()
     data["cluster"] = {**data.get("cluster", {}), **LOCAL_ADDRESSES}
     data.setdefault("accounting", {})["database"] = database
+    data.setdefault("serving", {})["callbacks"] = {"allowed_hosts": ["127.0.0.1"], "backoff_s": 0.05}
     config = build_config(data)
     cluster = start_cluster(config, simulate=2, timeout=60)
     keys = KeyStore(database)
@@ -449,6 +450,52 @@ def test_route_and_route_status(api: Api):
         assert r.status_code == 200, r.text
         with api.client("bob") as bob:
             assert poll_task(bob, r.json()["request_id"])["user"] == "bob"
+
+
+def test_route_callback_is_signed_retried_and_only_to_allowed_hosts(api: Api):
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from altlas_dask.api import callbacks
+
+    received: list[tuple[dict[str, str], bytes]] = []
+    delivered = threading.Event()
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # the first delivery fails (503): the gateway must retry
+            received.append((dict(self.headers), self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200 if len(received) >= 2 else 503)
+            self.end_headers()
+            if len(received) >= 2:
+                delivered.set()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{hook.server_address[1]}/hook"
+    try:
+        with api.client() as c:
+            body = {"model_id": "modelled", "payload": {"work_gflop": 5}, "callback_url": url}
+            request_id = c.post("/route", json=body).json()["request_id"]
+            assert delivered.wait(60), received
+            headers, sent = received[-1]
+            stamp, signature = headers["X-Altlas-Timestamp"], headers["X-Altlas-Signature"]
+            assert callbacks.verify(api.tokens["alice"], stamp, sent, signature)
+            assert not callbacks.verify(api.tokens["bob"], stamp, sent, signature)
+            record = json.loads(sent)
+            assert record["request_id"] == request_id and record["status"] == "completed" and "result" in record
+            state = wait_for(
+                lambda: (s := c.get(f"/route/{request_id}").json())["callback"]["status"] == "delivered" and s,
+                what="the callback state",
+            )
+            assert state["callback"]["attempts"] == 2 and len(received) == 2
+            refused = {**body, "callback_url": "http://203.0.113.9/hook"}
+            assert_error(c.post("/route", json=refused), 400, "callback_url", "not allowed")
+            assert_error(c.post("/route", json={**body, "callback_url": "file:///etc/passwd"}), 400, "callback_url")
+    finally:
+        hook.shutdown()
+        hook.server_close()
 
 
 # -- GPUs, metrics, quota -------------------------------------------------------------------------------------

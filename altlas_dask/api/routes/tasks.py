@@ -6,15 +6,17 @@ A task id is the Dask key. A user sees and cancels only their own tasks; another
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
+from altlas_dask.api import callbacks
 from altlas_dask.api.deps import GatewayDep, PrincipalDep
 from altlas_dask.api.errors import ApiError
-from altlas_dask.api.gateway import Gateway, route_key, router_api_status, shape_result
+from altlas_dask.api.gateway import Gateway, TaskEntry, route_key, router_api_status, shape_result
 from altlas_dask.api.schemas import CancelRequest, PayloadError, RouteRequest, check_payload
 from altlas_dask.client import RouterError
 from altlas_dask.model import MODEL_MEMORY_MB
@@ -151,13 +153,15 @@ async def delete_task(
 
 
 @router.post("/route", summary="Route a job to a GPU (seed 001 section 6.3.1)")
-async def route(body: RouteRequest, who: PrincipalDep, gateway: GatewayDep) -> dict[str, Any]:
+async def route(body: RouteRequest, who: PrincipalDep, gateway: GatewayDep, request: Request) -> dict[str, Any]:
     """``model_id`` names a workload (``GET /api/v1/workloads`` lists them), ``payload`` holds its arguments.
-    Answers once the router has placed the job (``accepted`` with ``assigned_gpu``) or queued it."""
+    Answers once the router has placed the job (``accepted`` with ``assigned_gpu``) or queued it. With
+    ``callback_url`` (a host in ``serving.callbacks.allowed_hosts``) the final record is POSTed there, signed."""
     if body.user_id is not None and body.user_id != who.user and not who.is_admin:
         raise ApiError(403, f"user_id: your API key acts as {who.user!r}; only admins route jobs for other users")
+    callback_url = None
     if body.callback_url is not None:
-        raise ApiError(400, "callback_url: callbacks are not supported; poll GET /api/v1/route/{request_id}")
+        callback_url = callbacks.check_url(body.callback_url, gateway.config.serving.callbacks)
     workload = WORKLOADS.get(body.model_id)
     if workload is None:
         raise ApiError(
@@ -201,6 +205,9 @@ async def route(body: RouteRequest, who: PrincipalDep, gateway: GatewayDep) -> d
         meta={"model_id": workload.name},
     )
     info = (await gateway.placed([entry])).get(entry.task_id)
+    if callback_url is not None:
+        token = request.headers.get("authorization", "").partition(" ")[2].strip()
+        _start_callback(gateway, entry, body.request_id or entry.task_id, who.user, who.is_admin, callback_url, token)
     if body.wait > 0:
         await gateway.settle([entry], body.wait)
         if entry.future is not None and entry.future.done():
@@ -222,6 +229,26 @@ async def route(body: RouteRequest, who: PrincipalDep, gateway: GatewayDep) -> d
         or (info or {}).get("reason")
         or "submitted; the router has not placed it yet",
     }
+
+
+_CALLBACKS: set[asyncio.Task] = set()
+
+
+def _start_callback(
+    gateway: Gateway, entry: TaskEntry, request_id: str, user: str, is_admin: bool, url: str, token: str
+) -> None:
+    """Deliver the job's final record to ``url`` once it ends (signed with the key's secret; see callbacks)."""
+    state = entry.meta["callback"] = {"url": url, "status": "pending", "attempts": 0}
+    secret = callbacks.key_secret(token)
+    settings = gateway.config.serving.callbacks
+
+    async def run() -> None:
+        await gateway.settle([entry], 7 * 24 * 3600)
+        await callbacks.deliver(url, lambda: route_record(gateway, request_id, user, is_admin), secret, settings, state)
+
+    task = asyncio.create_task(run(), name=f"altlas-callback-{entry.task_id}")
+    _CALLBACKS.add(task)
+    task.add_done_callback(_CALLBACKS.discard)
 
 
 @router.get("/route/{request_id}", summary="A routed job's status (seed 001 section 6.3.2)")
@@ -255,6 +282,8 @@ async def route_record(gateway: Gateway, request_id: str, user: str, is_admin: b
     }
     if "result" in task:
         out["result"] = task["result"]
+    if entry is not None and "callback" in entry.meta:
+        out["callback"] = dict(entry.meta["callback"])
     return out
 
 

@@ -1,0 +1,266 @@
+"""Serving peers: time-to-text of the shipped GRU under the same open-loop load, on this machine, in one run.
+
+Targets, one after the other:
+
+- the gateway (``altlas-dask api`` on a simulated 4-GPU cluster) with dynamic batching ON (the default,
+  ``serving.batching.generate``) and OFF, each request ``POST /api/v1/predict`` with ``"wait": 10``, so the
+  answer carries the text;
+- with ``--ray PYTHON`` (an interpreter with Ray Serve, made by ``make bench-peers`` in ``.venv-ray``):
+  Ray Serve plain (one ``char_gru.predict`` per request) and with ``@serve.batch`` (the batch through the
+  same one-pass ``char_gru.predict_many`` the gateway uses), both on the same model, see bench/serving_ray.py.
+
+Each request generates ``--chars`` characters (temperature 0.7) from a short prompt. The load generator is
+bench/load.py's: open loop, requests on a fixed schedule over keep-alive HTTP/1.1 connections, latency from
+each request's *scheduled* send time (no coordinated omission). Time-to-text = until the answer with the text
+is in hand. CPU per request = CPU seconds of every process of the target (and of the load generator) over
+the step, per answered request.
+
+Run: ``.venv/bin/python bench/serving.py [--rates 25,50,100,150] [--duration 10] [--ray .venv-ray/bin/python]``.
+Writes the ``serving`` section of bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+if str(REPO_DIR) not in sys.path:
+    sys.path.insert(0, str(REPO_DIR))
+
+from common import machine, machine_line  # noqa: E402
+from load import cpu_seconds, free_port, generator_process, pct, table, write_section  # noqa: E402
+
+P99_TARGET_MS = 500.0
+PROMPT = "The meaning of "
+
+
+def http_request(port: int, path: str, body: dict[str, Any], token: str | None = None) -> bytes:
+    data = json.dumps(body).encode()
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}"
+        f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+    )
+    return head.encode() + data
+
+
+def tree_pids(pid: int) -> list[int]:
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        return [pid, *(c.pid for c in proc.children(recursive=True))]
+    except psutil.Error:
+        return []
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.25)
+
+
+def run_steps(name: str, port: int, request: bytes, pids: Callable[[], list[int]], args: Any) -> list[dict[str, Any]]:
+    """The warm-up, then one step per rate; a row per step."""
+    ctx = mp.get_context("spawn")
+    rows = []
+    steps = [(10.0, 3.0, True)] + [(float(r), args.duration, False) for r in args.rates.split(",")]
+    for rate, duration, warm in steps:
+        parent, child = ctx.Pipe(duplex=False)
+        gen = ("127.0.0.1", port, request, rate, duration, min(512, int(rate * 2) + 16), args.timeout)
+        cpu0, t0 = cpu_seconds(pids()), time.monotonic()
+        proc = ctx.Process(target=generator_process, args=(gen, child))
+        proc.start()
+        result = parent.recv()
+        proc.join()
+        span = time.monotonic() - t0
+        cpu = cpu_seconds(pids()) - cpu0 + result["cpu_s"]
+        if warm:
+            time.sleep(2)
+            continue
+        lat = [x * 1000 for x in result["latencies"]]
+        ok = result["outcomes"].get("completed", 0)
+        achieved = ok / result["elapsed"]
+        row = {
+            "target": name,
+            "rate": rate,
+            "sent": result["sent"],
+            "ok": ok,
+            "achieved": achieved,
+            "p50": pct(lat, 50),
+            "p99": pct(lat, 99),
+            "errors": result["sent"] - ok,
+            "cpu_ms": 1000 * cpu / ok if ok else float("nan"),
+            "cpu_pct": 100 * cpu / span,
+        }
+        held = row["errors"] == 0 and row["p99"] < P99_TARGET_MS and achieved >= 0.95 * rate
+        row["held"] = held
+        rows.append(row)
+        print(
+            f"{name:28s} {rate:6g}/s: {achieved:6.1f}/s ok, p50 {row['p50']:7.1f} ms, p99 {row['p99']:7.1f} ms, "
+            f"errors {row['errors']}, CPU {row['cpu_ms']:.1f} ms/request{' (held)' if held else ''}",
+            flush=True,
+        )
+        time.sleep(2)  # let the last answers drain
+    return rows
+
+
+def gateway_rows(name: str, batching: bool, args: Any) -> list[dict[str, Any]]:
+    from altlas_dask.api.auth import KeyStore
+    from altlas_dask.config import load_config
+    from altlas_dask.launcher import start_cluster
+
+    tmp = tempfile.mkdtemp(prefix="altlas-serving-")
+    overrides = [
+        "cluster.scheduler_address=127.0.0.1:0",
+        "cluster.dashboard_address=127.0.0.1:0",
+        f"accounting.database={tmp}/altlas.sqlite",
+        "quotas.defaults.requests_per_minute=100000000",
+        "quotas.defaults.requests_per_day=100000000",
+        "quotas.defaults.concurrent_requests=100000",
+        f"serving.batching.generate.enabled={str(batching).lower()}",
+    ]
+    config = load_config(overrides=overrides, environ={})
+    cluster = start_cluster(config, simulate=args.gpus, timeout=120)
+    token = KeyStore(config.accounting.database).create("serving")[1]
+    port = free_port()
+    script = Path(sys.executable).with_name("altlas-dask")
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "altlas_dask.cli"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALTLAS_")}
+    gateway = subprocess.Popen(
+        [*cmd, *[a for o in overrides for a in ("--set", o)], "api", "--scheduler", cluster.scheduler_address]
+        + ["--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        import httpx
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return gateway.poll() is not None
+
+        wait_until(up, "the gateway")
+        workers = [w.process.pid for w in cluster.cluster.workers.values() if getattr(w, "process", None)]
+        body = {"text": PROMPT, "max_length": args.chars, "temperature": 0.7, "wait": 10}
+        request = http_request(port, "/api/v1/predict", body, token)
+        return run_steps(name, port, request, lambda: [os.getpid(), gateway.pid, *[p for p in workers if p]], args)
+    finally:
+        gateway.terminate()
+        gateway.wait(timeout=30)
+        cluster.close()
+
+
+def ray_rows(name: str, mode: str, args: Any) -> list[dict[str, Any]]:
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO_DIR)}
+    server = subprocess.Popen(
+        [args.ray, str(BENCH_DIR / "serving_ray.py"), mode, str(port), str(args.max_batch_size)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        wait_until(lambda: server.stdout.readline().strip() == "READY" or server.poll() is not None, "Ray Serve")
+        if server.poll() is not None:
+            raise SystemExit("Ray Serve did not start")
+        request = http_request(port, "/", {"text": PROMPT, "max_length": args.chars, "temperature": 0.7})
+        return run_steps(name, port, request, lambda: tree_pids(server.pid), args)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def report(rows: list[dict[str, Any]], args: Any, info: dict[str, str], elapsed: float) -> str:
+    targets = list(dict.fromkeys(r["target"] for r in rows))
+    best = {t: max((r["rate"] for r in rows if r["target"] == t and r["held"]), default=0.0) for t in targets}
+    at_best = {
+        t: next((r["cpu_ms"] for r in rows if r["target"] == t and r["rate"] == best[t]), float("nan")) for t in targets
+    }
+    lines = [
+        "## Serving peers: time-to-text of the GRU (`bench/serving.py`)",
+        "",
+        f"Command: `.venv/bin/python bench/serving.py {shlex.join(sys.argv[1:])}`  ",
+        f"Machine: {machine_line(info)}; wall time {elapsed:.0f} s.",
+        "",
+        f"Each request: {args.chars} characters from a {len(PROMPT)}-character prompt, temperature 0.7; open loop "
+        f'for {args.duration:g} s per rate. Gateway: `POST /api/v1/predict` with `"wait": 10` on {args.gpus} '
+        "simulated GPUs (CPU torch); dynamic batching = `serving.batching.generate` (max_batch_size 8, "
+        "max_wait_ms 2). Held = no errors, p99 under 500 ms and at least 95% of the rate answered.",
+        "",
+        table(
+            ["target", "rate/s", "answered/s", "p50 ms", "p99 ms", "errors", "CPU ms/request", "held"],
+            [
+                [
+                    r["target"],
+                    f"{r['rate']:g}",
+                    f"{r['achieved']:.1f}",
+                    f"{r['p50']:.0f}",
+                    f"{r['p99']:.0f}",
+                    r["errors"],
+                    f"{r['cpu_ms']:.1f}",
+                    "yes" if r["held"] else "no",
+                ]
+                for r in rows
+            ],
+        ),
+        "",
+        table(
+            ["target", "highest rate held (p99 < 500 ms)", "CPU ms/request there"],
+            [[t, f"{best[t]:g}" if best[t] else "none", f"{at_best[t]:.1f}"] for t in targets],
+        ),
+    ]
+    if not args.ray:
+        lines += ["", "Ray Serve rows: run `make bench-peers` (installs Ray into `.venv-ray` and passes `--ray`)."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rates", default="25,50,100,150")
+    p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument("--chars", type=int, default=32)
+    p.add_argument("--gpus", type=int, default=4)
+    p.add_argument("--timeout", type=float, default=15.0)
+    p.add_argument("--max-batch-size", type=int, default=8)
+    p.add_argument("--ray", default=None, help="a Python with Ray Serve (make bench-peers makes .venv-ray)")
+    p.add_argument("--no-write", action="store_true")
+    args = p.parse_args()
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    for name in ("distributed", "altlas_dask", "scheduler_plugins", "tornado", "bokeh"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    info, start = machine(), time.monotonic()
+    rows = gateway_rows("gateway, dynamic batching", True, args)
+    rows += gateway_rows("gateway, no batching", False, args)
+    if args.ray:
+        rows += ray_rows("Ray Serve, plain", "plain", args)
+        rows += ray_rows("Ray Serve, @serve.batch", "batch", args)
+    text = report(rows, args, info, time.monotonic() - start)
+    print("\n" + text)
+    if not args.no_write:
+        write_section("serving", text)
+
+
+if __name__ == "__main__":
+    main()
