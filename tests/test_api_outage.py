@@ -5,9 +5,10 @@ as an operator runs them; the gateway under uvicorn in a thread of this process.
 killed, every endpoint is hit in a loop for longer than 30 s (the loop is the load), then the scheduler
 (and a worker) come back on the same address and the same gateway serves again, without a restart.
 
-No latency is measured: the gateway's bounded per-request deadline (``ApiSettings.rpc_timeout``) is what
-keeps each answer quick; the test checks that every request is answered, and answered 503 with
-``Retry-After`` and a reason, while the scheduler is away.
+No latency is measured: while the connection is down every endpoint answers 503 at once from the gateway's
+connection state, without a network call (and a router call to a hung, still connected scheduler is
+bounded by ``ApiSettings.rpc_timeout``); the test checks that every request is answered, and answered 503
+with ``Retry-After`` and a reason, while the scheduler is away.
 """
 
 from __future__ import annotations

@@ -92,7 +92,7 @@ class ApiSettings:
     key_cache_ttl: float = 10.0
     connect_timeout: float = 30.0
     warm_up: bool = True  # load the model on every GPU worker at start-up
-    rpc_timeout: float = 1.5  # seconds a router call may take before the request answers 503 (bounded latency)
+    rpc_timeout: float = 5.0  # seconds a router call may take before the request answers 503 (a hung scheduler)
     watch_interval: float = 0.25  # seconds between checks of the scheduler connection
     reconnect_timeout: float = 2.0  # seconds one reconnection attempt may take (then the next one starts)
     retry_after_s: int = 5  # Retry-After of a 503 while the scheduler is away
