@@ -545,91 +545,6 @@ def plot(modes: dict[str, ModeCluster], raw: dict[str, Any], path) -> None:
     plt.close(fig)
 
 
-def submission_benchmark(n_tasks: int, reps: int, roundtrips: int) -> str:
-    """5,000 single submits with and without coalescing (altlas_dask.coalesce), one ``map``, and plain Dask."""
-    import distributed
-
-    from altlas_dask.launcher import start_cluster
-
-    info, load_start, t_start = machine(), load_average(), time.perf_counter()
-    router = start_cluster(bench_config(), simulate=N_GPUS)
-    plain = start_cluster(bench_config(), simulate=N_GPUS, router=False)
-    coalescing = router.client()
-    single = router.client(coalesce_ms=None)
-    dask_client = distributed.Client(plain.cluster)
-    modes = {
-        "router, single submits, coalesced": lambda i: coalescing.submit(noop, i, pure=False, gpu_options=GPU_OPTIONS),
-        "router, single submits, not coalesced": lambda i: single.submit(noop, i, pure=False, gpu_options=GPU_OPTIONS),
-        "router, one map": None,
-        "plain Dask, single submits": lambda i: dask_client.submit(noop, i, pure=False, resources={"GPU": 1}),
-    }
-    clients = {name: (dask_client if name.startswith("plain") else coalescing) for name in modes}
-    clients["router, single submits, not coalesced"] = single
-    rates: dict[str, list[float]] = {name: [] for name in modes}
-    rts: dict[str, list[float]] = {name: [] for name in modes if "single" in name}
-    updates0 = coalescing._submissions.updates
-    try:
-        for submit in modes.values():  # warm-up
-            if submit is not None:
-                distributed.wait([submit(i) for i in range(WARMUP_TASKS)])
-        for rep in range(reps):
-            order = list(modes) if rep % 2 == 0 else list(reversed(modes))
-            for name in order:
-                submit, client = modes[name], clients[name]
-                while client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)):
-                    time.sleep(0.05)
-                gc.collect()
-                start = time.perf_counter()
-                if submit is None:
-                    futures = coalescing.map(noop, range(n_tasks), pure=False, gpu_options=GPU_OPTIONS)
-                else:
-                    futures = [submit(i) for i in range(n_tasks)]
-                distributed.wait(futures)
-                rates[name].append(n_tasks / (time.perf_counter() - start))
-                del futures
-                print(f"rep {rep + 1} {name}: {rates[name][-1]:.0f} tasks/s", flush=True)
-        for i in range(roundtrips):
-            for name in rts if i % 2 == 0 else reversed(list(rts)):
-                t0 = time.perf_counter()
-                modes[name](i).result()
-                rts[name].append((time.perf_counter() - t0) * 1e3)
-        updates = coalescing._submissions.updates - updates0
-    finally:
-        for client in (coalescing, single, dask_client):
-            client.close()
-        router.close()
-        plain.close()
-    sent = WARMUP_TASKS + reps * n_tasks + roundtrips // 2 + roundtrips % 2
-    rows = [
-        [
-            name,
-            f"{statistics.median(rates[name]):.0f}",
-            ", ".join(f"{x:.0f}" for x in rates[name]),
-            f"{pct(rts[name], 50):.2f} / {pct(rts[name], 99):.2f}" if name in rts else "",
-        ]
-        for name in modes
-    ]
-    return "\n".join(
-        [
-            "## Submission coalescing (`bench/overhead.py --submission`)",
-            "",
-            f"Command: `{command('overhead.py')}`  ",
-            f"Machine: {machine_line(info)}  ",
-            f"Load average (1 min) at start / end: {load_start} / {load_average()}; wall time "
-            f"{time.perf_counter() - t_start:.0f} s.",
-            "",
-            f"{n_tasks:,} no-op tasks on {N_GPUS} simulated GPUs, median of {reps} alternating repetitions; time from "
-            "the first `submit` to all futures done. *Coalesced*: `altlas_dask.Client` (default `coalesce_ms=0`): the "
-            "`submit` calls made before the client's event loop next runs reach the scheduler as one `update-graph` "
-            f"(here {updates:,} updates for about {sent:,} submissions); *not coalesced*: `Client(coalesce_ms=None)`, "
-            "one update per `submit` (the behaviour before). Round trip = one `submit` + `result()`, "
-            f"{roundtrips // 2} samples per mode, interleaved. Ray is not installed here, so no Ray row.",
-            "",
-            table(["mode", "tasks/s (median)", "repetitions", "round trip p50 / p99 ms"], rows),
-        ]
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=3)
@@ -637,14 +552,8 @@ def main() -> None:
     parser.add_argument("--roundtrips", type=int, default=ROUNDTRIP_SAMPLES, help="samples per mode")
     parser.add_argument("--profile", action="store_true", help="also profile one router-ON run (printed only)")
     parser.add_argument("--skip-clusters", action="store_true", help="only (c), the in-process part")
-    parser.add_argument("--submission", action="store_true", help="only the submission-coalescing comparison")
     args = parser.parse_args()
     quiet()
-    if args.submission:
-        report = submission_benchmark(args.tasks, args.reps, args.roundtrips)
-        print("\n" + report)
-        write_section("submission", report)
-        return
     info = machine()
     load_start = load_average()
     t_start = time.perf_counter()
