@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 from concurrent.futures import CancelledError
@@ -14,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from altlas_dask.cli_errors import unreachable
+from altlas_dask.cli_errors import CliError, unreachable
 from altlas_dask.runs import RunSummary, WorkloadRun, parse_params, submit_workload
 from altlas_dask.workloads import WORKLOADS, get_workload
 
@@ -108,8 +109,9 @@ def summary_line(summary: RunSummary) -> str:
 
 def lost_connection(address: str, run: WorkloadRun) -> click.ClickException:
     """The one line for a scheduler that went away mid-run (Dask dropped the unfinished tasks with it)."""
-    return click.ClickException(
-        f"lost the connection to the scheduler at {address} with {run.done_calls()}/{run.calls} calls done: "
+    completed = sum(size for f, size in zip(run.futures, run.sizes, strict=True) if f.status == "finished")
+    return CliError(
+        f"lost the connection to the scheduler at {address} with {completed}/{run.calls} calls completed: "
         "the unfinished tasks were lost with it; run the command again once the scheduler is back"
     )
 
@@ -194,6 +196,9 @@ def submit(
         raise ValueError(f"--count and --batch-size must be >= 1 (got {count}, {batch_size})")
     address = scheduler_address(obj, scheduler)
     from altlas_dask.client import RouterError
+
+    if not logging.getLogger().isEnabledFor(logging.INFO):  # without -v: a lost scheduler is our one line only
+        logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
 
     with connect(address, user) as client:
         try:

@@ -375,3 +375,30 @@ def test_version_and_listed_choices() -> None:
         WORKLOADS.pop(custom.name)
     assert f"One of: {', '.join([*WORKLOADS, 'custom-echo'])}." in text
     assert f"One of: {', '.join([*strategy_names(), 'mine'])}." in text and "least_loaded" in text
+
+
+def test_submit_json_when_the_scheduler_goes_away_is_one_json_error(tmp_path: Path) -> None:
+    command = [*cli_command(), "--config", str(CLUSTER_YAML), "up", "--simulate", "1", *LOCAL]
+    up = Running(command, cli_env(), tmp_path, tmp_path / "up-stderr.txt")
+    try:
+        scheduler = up.wait_for_lines("Scheduler:")["Scheduler:"]
+        long_run = ["--workload", "modelled", "--count", "2", "--param", "work_gflop=1000000"]
+        submit = subprocess.Popen(
+            [*cli_command(), "submit", *long_run, "--user", "lost", "--scheduler", scheduler, "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(),
+        )
+        from altlas_dask.client import Client
+
+        with Client(scheduler, gpu_defaults={"user": "lost"}, timeout=30, set_as_default=False) as watcher:
+            wait_for(lambda: len(watcher.tasks(status="running")) == 2, timeout=120, what="the run's tasks running")
+        up.kill()  # the cluster dies mid-run
+        out, err = submit.communicate(timeout=120)
+    finally:
+        up.kill()
+    assert submit.returncode == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: lost the connection to the scheduler at {scheduler}")
+    assert json.loads(out)["error"] == lines[0].removeprefix("error: ")
