@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,9 @@ from rich.table import Table
 from altlas_dask.config import ConfigError, load_config
 from altlas_dask.simulation.engine import replay
 from altlas_dask.simulation.metrics import summarize
+from altlas_dask.simulation.records import gpu_speeds, trace_from_database
 from altlas_dask.simulation.trace import TraceError, TraceLine, read_trace
+from altlas_dask.simulation.trace import write_trace as write
 
 TRACES_DIR = Path(__file__).resolve().parent / "simulation" / "traces"
 console = Console(width=shutil.get_terminal_size((160, 24)).columns)
@@ -123,12 +126,16 @@ def run_replay(lines: list[TraceLine], config: Any, strategies: list[str], seed:
     default=None,
     help="Folder for replay.json and replay-cdf.png (default: the current folder).",
 )
+@click.option("--since", type=float, default=None, help="With an accounting database: tasks submitted from (Unix s).")
+@click.option("--until", type=float, default=None, help="With an accounting database: tasks submitted before (Unix s).")
+@click.option("--write-trace", type=click.Path(dir_okay=False), default=None, help="Also save the trace as JSONL.")
 @click.pass_obj
 def replay_command(
     obj: Any, trace: str, config_path: str | None, strategies: tuple[str, ...], all_strategies: bool,
-    as_json: bool, seed: int, out_dir: str | None,
+    as_json: bool, seed: int, out_dir: str | None, since: float | None, until: float | None, write_trace: str | None,
 ) -> None:  # fmt: skip
-    """Replay TRACE (a JSONL file or a shipped trace's name) in virtual time, per strategy."""
+    """Replay TRACE in virtual time, per strategy. TRACE: a JSONL file, a shipped trace's name, or the router's
+    accounting database (``*.sqlite``/``*.db``: what the cluster ran, ``--since``/``--until``)."""
     if strategies and all_strategies:
         raise click.UsageError("give --strategy names or --all, not both")
     try:
@@ -136,9 +143,16 @@ def replay_command(
             config = load_config(config_path, overrides=getattr(obj, "overrides", ()))
         else:
             config = obj.config()
-        lines = read_trace(find_trace(trace))
-    except (ConfigError, TraceError) as exc:
+        if Path(trace).suffix in (".sqlite", ".db"):
+            if not Path(trace).is_file():
+                raise TraceError(f"no accounting database {trace}")
+            lines = list(trace_from_database(trace, gpu_speeds(config), since, until))
+        else:
+            lines = read_trace(find_trace(trace))
+    except (ConfigError, TraceError, sqlite3.Error) as exc:
         raise click.ClickException(str(exc)) from None
+    if write_trace:
+        write(write_trace, lines)
     multi = config.gpu.multi_gpu
     known = set(multi.strategies) | set(multi.custom_strategies) | {"single_gpu"}
     names = list(multi.strategies) if all_strategies else list(strategies) or [config.routing().default_strategy]

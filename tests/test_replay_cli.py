@@ -40,3 +40,29 @@ def test_replay_errors_name_what_is_wrong(tmp_path):
     assert out.returncode != 0 and "field 'priority' = 9" in out.stderr and "Traceback" not in out.stderr
     out = altlas("replay", "heterogeneous", "-s", "fastest", "--out", str(tmp_path))
     assert out.returncode != 0 and "unknown strategy 'fastest'" in out.stderr
+
+
+def test_replay_of_what_the_cluster_ran_from_its_accounting_database(tmp_path):
+    from altlas_dask.accounting import AccountingStore
+    from altlas_dask.simulation.trace import read_trace
+
+    store = AccountingStore(tmp_path / "altlas.sqlite", 0.01)
+    for i in range(20):
+        store.record_task({
+            "key": f"k{i}", "user": "alice" if i % 2 else "bob", "gpu": i % 4, "strategy": "least_loaded",
+            "reason": "", "status": "completed", "priority": 3, "task_type": "embedding", "memory_mb": 512,
+            "submitted": 1_700_000_000.0 + i * 0.1, "started": None, "finished": None, "gpu_seconds": 0.02,
+            "attempts": 1, "error": None,
+        })  # fmt: skip
+    store.close()
+    out = altlas(
+        "replay", str(tmp_path / "altlas.sqlite"), "--since", "1700000000.5", "-s", "round_robin", "--json",
+        "--out", str(tmp_path), "--write-trace", str(tmp_path / "ran.jsonl"),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)["strategies"][0]
+    assert report["done"] == 15 and set(report["user_gpu_s"]) == {"alice", "bob"}
+    trace = read_trace(tmp_path / "ran.jsonl")
+    assert [t.id for t in trace] == [f"k{i}" for i in range(5, 20)] and trace[0].t == 0.0
+    missing = altlas("replay", str(tmp_path / "none.sqlite"), "--out", str(tmp_path))
+    assert missing.returncode != 0 and "no accounting database" in missing.stderr
