@@ -151,7 +151,10 @@ def main(argv: list[str] | None = None) -> None:
                 "--in-flight",
                 str(args.in_flight),
             ]
-            out = subprocess.run(child, capture_output=True, text=True, check=True).stdout
+            done = subprocess.run(child, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SystemExit(f"{mode} run failed:\n{done.stderr[-3000:]}")
+            out = done.stdout
             run = json.loads(out.strip().splitlines()[-1])
             runs[mode].append(run)
             print(
