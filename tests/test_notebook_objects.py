@@ -72,3 +72,19 @@ def test_batch_keeps_order_and_shows_its_chunks(client: Client) -> None:
     assert sum(batch.sizes) == 96 and len(batch.sizes) > 1
     page = batch._repr_html_()
     assert f"96 / 96 items done in {len(batch.sizes)} chunks" in page
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+def test_a_batch_on_the_heterogeneous_pool_gives_the_a100s_more(client: Client) -> None:
+    """The router reports each GPU's nominal speed: before anything is learned, the split follows it."""
+    assert {g["id"]: g["speed_gflops"] for g in client._gpu_rows()} == {0: 2000.0, 1: 2000.0, 2: 500.0, 3: 500.0}
+    batch = client.submit_batch(range(96), double, gpu_options={"task_type": "split-test"})
+    assert batch.result() == [2 * i for i in range(96)]
+    shares: dict[int, int] = {}
+    for future, size in zip(batch.futures, batch.sizes, strict=True):
+        gpu = client.explain(future)["gpu"]
+        shares[gpu] = shares.get(gpu, 0) + size
+    assert shares == {0: 38, 1: 38, 2: 10, 3: 10}

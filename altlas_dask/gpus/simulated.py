@@ -230,6 +230,7 @@ class SimulatedGpu:
                 max_temperature=self.max_temperature,
             ),
             simulated=True,
+            speed_gflops=spec.speed_gflops,
         )
 
 

@@ -38,6 +38,7 @@ class GpuState:
     health_status: HealthStatus = "healthy"
     simulated: bool = False
     worker: str | None = None
+    speed_gflops: float | None = None  # nominal compute speed where known (simulated GPUs: their spec)
     drain_reason: str = ""  # why it is in maintenance (set by the router)
     health_reason: str = ""  # why it is not healthy, or not responding (set by the router)
     #: Fields NVML answered 'not supported' for: their value is unknown (the number is a neutral placeholder).

@@ -28,6 +28,9 @@ class CoreView:
     def gpus(self) -> tuple[GpuState, ...]:
         return self._core.gpus.snapshot()
 
+    def speeds(self, task_type: str) -> dict[int, float]:
+        return self._core.estimates.performance(task_type, self._core.gpus.slots)
+
     def known_gpus(self) -> set[int]:
         return self._core.gpus.known
 
