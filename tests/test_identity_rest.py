@@ -114,3 +114,21 @@ def test_gateway_certificate_must_be_a_delegate(tmp_path: Path):
     assert identities.task_options({"user": "alice"}, Identity("gateway", "service"), "c1") == {"user": "alice"}
     with pytest.raises(PermissionError, match="only the delegates"):
         identities.task_options({"user": "alice"}, Identity("bob", "user"), "c2")
+
+
+def test_api_refuses_to_start_with_a_certificate_that_is_not_a_delegate(tmp_path: Path):
+    from conftest import altlas
+
+    init_ca(tmp_path)
+    issue(tmp_path, "alice")
+    sets = {
+        "home": str(tmp_path / "state"),
+        "security.identity": "tls",
+        "security.ca_file": str(tmp_path / "ca.pem"),
+        "security.client_cert": str(tmp_path / "alice.pem"),
+        "security.client_key": str(tmp_path / "alice-key.pem"),
+    }
+    args = [item for key, value in sets.items() for item in ("--set", f"{key}={value}")]
+    done = altlas(*args, "api", "--scheduler", "tls://127.0.0.1:9")
+    assert done.returncode != 0
+    assert "names 'alice', which is not in security.delegates" in done.stderr and "Traceback" not in done.stderr

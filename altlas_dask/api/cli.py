@@ -103,7 +103,7 @@ def api(
     )
     address = scheduler or config.cluster.scheduler_address
     if cluster is None:
-        _check_scheduler(address, settings.connect_timeout)
+        _check_scheduler(address, settings.connect_timeout, config)
     app = create_app(address, config, settings)
     scheme = "https" if ssl_certfile else "http"
     click.echo(f"REST API: {scheme}://{host}:{port}/api/v1  (docs: {scheme}://{host}:{port}/docs)", err=True)
@@ -123,12 +123,22 @@ def api(
             cluster.close()
 
 
-def _check_scheduler(address: str, timeout: float) -> None:
-    """Fail with one clear line (not a traceback from the app's start-up) when the cluster is not there."""
+def _check_scheduler(address: str, timeout: float, config: Any) -> None:
+    """Fail with one clear line (not a traceback from the app's start-up) when the cluster is not there, or when
+    this gateway's certificate (security.identity: tls) is not a delegate the router lets act for users."""
     from distributed import Client
 
+    from altlas_dask.certs import common_name, dask_security
+
+    security = dask_security(config.security, "client")
+    if security is not None and (name := common_name(security.tls_client_cert)) not in config.security.delegates:
+        raise click.ClickException(
+            f"the gateway's certificate security.client_cert names {name!r}, which is not in security.delegates "
+            f"{list(config.security.delegates)}: the router would refuse its requests for users; issue it with "
+            "`altlas-dask certs issue DIR --service gateway`"
+        )
     try:
-        with Client(address, timeout=timeout, set_as_default=False) as probe:
+        with Client(address, timeout=timeout, set_as_default=False, security=security) as probe:
             if "altlas_policy" not in probe.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.handlers)):
                 raise click.ClickException(
                     f"the scheduler at {address} has no GPU router: start the cluster with `altlas-dask up` "
