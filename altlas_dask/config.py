@@ -106,7 +106,7 @@ class Workload(_Strict):
 
 class MultiGpu(_Strict):
     enabled: bool = True
-    default_strategy: StrategyName = "least_loaded"
+    default_strategy: StrategyName = "earliest_finish"
     strategies: tuple[StrategyName, ...] = STRATEGIES
     batch_split: bool = True
     min_batch_size_per_gpu: int = Field(4, ge=1)

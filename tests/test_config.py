@@ -51,7 +51,7 @@ def test_repo_cluster_yaml_loads_with_its_documented_values():
     assert gpu.selection.default_strategy == "single_gpu"
     assert gpu.workload.max_concurrent_tasks_per_gpu == 4
     assert gpu.workload.retry_count == 3
-    assert gpu.multi_gpu.default_strategy == "least_loaded"
+    assert gpu.multi_gpu.default_strategy == "earliest_finish"
     assert gpu.multi_gpu.max_concurrent_tasks_per_gpu == 8
     assert gpu.multi_gpu.task_specific_mappings == {"image_segmentation": "gpu_0", "text_generation": "gpu_1"}
     assert "hybrid" in gpu.multi_gpu.strategies
@@ -333,7 +333,7 @@ def test_routing_falls_back_to_selection_workload_detection_when_multi_gpu_disab
 
 def test_routing_of_the_repo_file():
     policy = load_config(CLUSTER_YAML, environ={}).routing()
-    assert policy.default_strategy == "least_loaded"
+    assert policy.default_strategy == "earliest_finish"
     assert policy.max_concurrent_tasks_per_gpu == 8
     assert policy.memory_threshold == 0.9
     assert policy.utilization_threshold == 0.95

@@ -500,7 +500,7 @@ def test_metrics_list_every_family_while_a_batch_runs(batch_scrapes: dict[str, A
         assert counts and sum(counts) > 0, f"{name} observed nothing"
         assert any(s.name == f"{name}_bucket" and s.labels["le"] == "+Inf" for s in samples[name])
     decisions = {(s.labels["strategy"], s.labels["outcome"]) for s in samples["altlas_routing_decisions"]}
-    assert ("least_loaded", "placed") in decisions
+    assert ("earliest_finish", "placed") in decisions
     rejections = [s for s in samples["altlas_quota_rejections"] if s.name == "altlas_quota_rejections_total"]
     assert any(s.labels == {"user": LIMITED_USER, "limit": "requests_per_minute"} and s.value >= 1 for s in rejections)
 

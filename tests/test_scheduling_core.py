@@ -247,7 +247,11 @@ def test_a_gpu_is_named_by_id_uuid_or_name_pattern():
 
 def test_a_cluster_names_its_own_strategy_by_import_path():
     names = ["least_loaded", "highest"]
-    multi = {"custom_strategies": {"highest": "core_helpers:HighestId"}, "strategies": names}
+    multi = {
+        "custom_strategies": {"highest": "core_helpers:HighestId"},
+        "strategies": names,
+        "default_strategy": names[0],
+    }
     d = Driver(make_core({"gpu": {"multi_gpu": multi}}), gpus=3)
     assert placed(d.submit("a", strategy="highest")) == {"a": 2}
     assert d.core.tasks["a"].decision.reason == "highest id 2"

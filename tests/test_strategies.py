@@ -117,7 +117,8 @@ def test_compute_capability_minimum_comes_from_the_request_or_the_policy():
 
 
 def test_disabled_strategy_is_refused():
-    policy = build_config({"gpu": {"multi_gpu": {"strategies": ["least_loaded"]}}}).routing()
+    multi = {"strategies": ["least_loaded"], "default_strategy": "least_loaded"}
+    policy = build_config({"gpu": {"multi_gpu": multi}}).routing()
     decision = choose([gpu(0)], TaskRequest(strategy="random"), RoutingContext(policy))
     assert decision.outcome == "impossible" and "not enabled" in decision.reason
 
