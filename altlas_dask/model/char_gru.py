@@ -290,6 +290,12 @@ def generate(text: str, max_length: int = 128, temperature: float = 0.7, seed: i
 
             def run(rows: list[tuple[dict[str, Any], threading.Event | None]]) -> list[Any]:
                 with device.busy():  # one batch holds the device once, for all its requests
+                    if len(rows) == 1:  # alone: the single-request loop is cheaper, and gives the same text
+                        ((one, one_stop),) = rows
+                        try:
+                            return [{**predict(**one, model=model, stop=one_stop), "batch_size": 1}]
+                        except Exception as exc:
+                            return [exc]
                     return predict_many([r[0] for r in rows], model=model, stops=[r[1] for r in rows])
 
             key = ("generate", device.torch_device, max_length)
