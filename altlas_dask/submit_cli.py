@@ -192,6 +192,9 @@ def submit(
     values = parse_params(workload, params)
     gpu_options = {"strategy": strategy, "priority": priority, "user": user, "task_type": task_type}
     GpuOptions.parse({k: v for k, v in gpu_options.items() if v is not None})
+    known = strategy_names(click.get_current_context())
+    if strategy is not None and strategy not in known:
+        raise ValueError(f"--strategy: unknown strategy {strategy!r}; choose one of {', '.join(known)}")
     if count < 1 or batch_size < 1:
         raise ValueError(f"--count and --batch-size must be >= 1 (got {count}, {batch_size})")
     address = scheduler_address(obj, scheduler)

@@ -127,8 +127,8 @@ class ModeCluster:
         self.settle()
         gc.collect()
         if self.plugin is not None:
-            self.plugin.decision_seconds.clear()
-            held0 = self.plugin.counters.get("held", 0)
+            self.plugin.core.decision_seconds.clear()
+            held0 = self.plugin.core.counters.get("held", 0)
         profilers = _start_profiles(self.cluster) if profile else None
         cpu0, main0 = self.sched_cpu(), time.thread_time()
         start = time.perf_counter()
@@ -148,8 +148,8 @@ class ModeCluster:
             "submit_cpu_us": main_cpu / n_tasks * 1e6,
         }
         if self.plugin is not None:
-            extra["held"] = self.plugin.counters.get("held", 0) - held0
-            extra["decide_mean_us"] = statistics.fmean(self.plugin.decision_seconds or [0.0]) * 1e6
+            extra["held"] = self.plugin.core.counters.get("held", 0) - held0
+            extra["decide_mean_us"] = statistics.fmean(self.plugin.core.decision_seconds or [0.0]) * 1e6
         rate = n_tasks / (end - start)
         if not profile:
             self.rates.append(rate)

@@ -113,7 +113,7 @@ reaches the cluster:""",
     (
         "code",
         """try:
-    client.submit(run_on_gpu, 1.0, gpu_options={"priority": 9, "strategy": "fastest"})
+    client.submit(run_on_gpu, 1.0, gpu_options={"priority": 9, "strategy": "fast est"})
 except GpuOptionsError as exc:
     print("rejected:", exc)""",
     ),

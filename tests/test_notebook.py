@@ -124,7 +124,7 @@ def test_gpu_options_route_as_configured(executed):
 
 def test_invalid_options_are_rejected_on_the_client(executed):
     _, find = executed
-    text = find('"strategy": "fastest"')
+    text = find('"strategy": "fast est"')
     assert "rejected: invalid gpu_options" in text
     assert "gpu_options.priority" in text and "gpu_options.strategy" in text
 
