@@ -17,10 +17,8 @@ callback). ``single_gpu`` puts everything on one A100 (2,000 GFLOP/s), so it run
 sequence with its arrival times stretched by 5,000/2,000 (same per-GPU load), once, and is
 reported apart.
 
-Diagnosis (same run, same arrivals): an *experimental* variant of ``least_loaded``, swapped into
-``altlas_dask.scheduling.strategies.STRATEGIES`` in this process only (the scheduler runs in-process), to test
-why ``least_loaded`` trails: ``inflight`` ranks GPUs by the router's own in-flight count only (no
-heartbeat utilization). It runs in every round like the shipped strategies.
+Fidelity: the same arrivals (after the same warm-up) are replayed per strategy by the simulator
+(``altlas_dask.simulation``) and its p50 / p95 compared with the cluster's.
 
 Run: ``.venv/bin/python bench/strategies.py [--duration 8] [--reps 3] [--load 0.78] [--seed 0]``.
 """
@@ -33,7 +31,6 @@ import statistics
 import threading
 import time
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,7 +69,6 @@ STRATEGIES = ("round_robin", "least_loaded", "memory_optimized", "random", "hybr
 TARGET_IMPROVEMENT = 0.30  # earliest_finish p95 at least 30% below round_robin's ...
 TARGET_VS_LEAST_LOADED = 0.20  # ... and 20% below least_loaded's
 FIDELITY = 0.15  # the simulator's p50 and p95 within 15% of the cluster's
-VARIANT_MARK = "[bench variant]"
 
 
 @dataclass(frozen=True)
@@ -128,25 +124,6 @@ REASONS = (  # rejection reason text (strategies.rejection) -> short label
 
 def reason_label(text: str) -> str:
     return next((label for marker, label in REASONS if marker in text), "other")
-
-
-# -- experimental least_loaded variants (diagnosis only; swapped in for one run) -----------------------
-
-
-VARIANTS: dict = {}  # label -> a strategy function swapped in for least_loaded (none at present)
-
-
-@contextmanager
-def swapped_least_loaded(fn):
-    from altlas_dask.scheduling import strategies
-
-    registry = strategies._builtin()
-    original = registry["least_loaded"]
-    registry["least_loaded"] = strategies.EligibleStrategy(fn)
-    try:
-        yield
-    finally:
-        registry["least_loaded"] = original
 
 
 # -- one run ------------------------------------------------------------------------------------------
@@ -262,7 +239,6 @@ class Bench:
             "eligible": [N_GPUS - len(r["rejected"]) for r in recs],
             "reasons": Counter(reason_label(t) for r in recs for t in r["rejected"].values()),
             "burst": len(gpus_in_order) / runs_of_same_gpu if gpus_in_order else 0.0,
-            "variant_decisions": sum(1 for r in recs if VARIANT_MARK in (r.get("reason") or "")),
         }
         print(
             f"{out['strategy']:26s} n={n} failed={out['failed']} mean {statistics.fmean(lat) * 1e3:6.0f} ms  "
@@ -317,7 +293,7 @@ def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
     m: dict[str, Any] = {"strategy": runs[0]["strategy"], "reps": runs}
     for key in ("lat", "cls", "queue", "run", "ret", "eligible"):
         m[key] = [v for r in runs for v in r[key]]
-    for key in ("n", "failed", "span", "scheduler_cpu", "variant_decisions"):
+    for key in ("n", "failed", "span", "scheduler_cpu"):
         m[key] = sum(r[key] for r in runs)
     for key in ("by_gpu", "work_by_gpu", "reasons", "errors"):
         m[key] = sum((r[key] for r in runs), Counter())
@@ -398,7 +374,7 @@ def plot(results: list[dict[str, Any]], extra: list[dict[str, Any]], path) -> No
     ax1.set_xticks(xs, names, rotation=20, ha="right", fontsize=8)
     ax1.set_ylabel("latency, submit -> result (ms)")
     ax1.legend()
-    ax1.set_title("Latency per strategy (same Poisson arrivals; right of the line: diagnosis variants)")
+    ax1.set_title("Latency per strategy (same Poisson arrivals)")
     for m in results + extra:
         lat = np.sort(np.asarray(m["lat"])) * 1e3
         style = ":" if m["strategy"] == "single_gpu" else "--" if m in extra else "-"
@@ -422,7 +398,6 @@ def main() -> None:
     parser.add_argument("--load", type=float, default=0.78, help="offered share of the pool's GFLOP/s")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-single-gpu", action="store_true")
-    parser.add_argument("--no-diagnosis", action="store_true", help="skip the least_loaded variant")
     parser.add_argument(
         "--strategies",
         default=",".join(STRATEGIES),
@@ -443,18 +418,11 @@ def main() -> None:
     bench = Bench()
     try:
         chosen = [s for s in STRATEGIES if s in args.strategies.split(",")]
-        entries = [(s, s, None) for s in chosen]
-        if not args.no_diagnosis:
-            entries += [(label, "least_loaded", fn) for label, fn in VARIANTS.items()]
-        runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in entries}
+        runs: dict[str, list[dict[str, Any]]] = {s: [] for s in chosen}
         for rep in range(args.reps):
-            for label, strategy, fn in entries if rep % 2 == 0 else reversed(entries):
-                if fn is None:
-                    runs[label].append(bench.run(strategy, seq))
-                else:
-                    with swapped_least_loaded(fn):
-                        runs[label].append(bench.run(strategy, seq, label=label))
-        extra = [merge(runs[label]) for label in VARIANTS if label in runs]
+            for strategy in chosen if rep % 2 == 0 else reversed(chosen):
+                runs[strategy].append(bench.run(strategy, seq))
+        extra: list[dict[str, Any]] = []
         if not args.no_single_gpu:
             stretch = TOTAL_GFLOPS / SINGLE_GFLOPS
             cut = [a for a in seq if a.at * stretch < args.duration]
@@ -472,7 +440,6 @@ def main() -> None:
     ef, ll = p95["earliest_finish"], p95["least_loaded"]
     fidelity = simulated(seq, results)
     single = [m for m in extra if m["strategy"] == "single_gpu"]
-    variants = [m for m in extra if m["strategy"] != "single_gpu"]
     lines = [
         "## Strategies under load (`bench/strategies.py`)",
         "",
@@ -580,37 +547,6 @@ def main() -> None:
             "one run:",
             "",
             table(HEADERS, [row(single[0])]),
-            "",
-        ]
-    if variants:
-        lines += [
-            "Diagnosis, same arrivals, in every round: an *experimental* `least_loaded` variant swapped into "
-            "`altlas_dask.scheduling.strategies.STRATEGIES` in this process only (not the shipped code; "
-            "decisions made by the variant / placed tasks shown). `inflight` ranks the eligible GPUs by the "
-            "router's own in-flight count only (`active_requests / max_concurrent_tasks_per_gpu`), leaving out the "
-            "heartbeat utilization that the shipped `load()` takes the max with.",
-            "",
-            table(HEADERS, [row(m) for m in variants]),
-            "",
-            table(
-                [
-                    "variant",
-                    "decisions made by the variant",
-                    "median p95 ms",
-                    "reduction vs round_robin (median p95)",
-                    "burst",
-                ],
-                [
-                    [
-                        m["strategy"],
-                        f"{m['variant_decisions']}/{len(m['eligible'])}",
-                        f"{p95[m['strategy']] * 1e3:.0f}",
-                        f"{1 - p95[m['strategy']] / rr:+.0%}",
-                        f"{m['burst']:.2f}",
-                    ]
-                    for m in variants
-                ],
-            ),  # fmt: skip
             "",
         ]
     failed = {m["strategy"]: dict(m["errors"]) for m in results + extra if m["failed"]}
