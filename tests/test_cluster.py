@@ -262,8 +262,12 @@ def test_error_rate_fault_fails_tasks_and_turns_health_critical(small_client):
 
 def test_restarted_workers_report_the_same_gpu_uuid_and_id(small_cluster, small_client):
     """After the fault tests damaged GPUs 1 and 2, restart both workers: each comes back as the same GPU."""
+    from altlas_dask.client import Client as AltlasClient
+
     before = {s.id: s for s in live_gpus(small_client)}
     old = gpu_workers(small_client)
+    admin = AltlasClient(small_cluster.scheduler_address, gpu_defaults={"user": "admin"}, timeout=30)
+    admin.drain_gpu(1, reason="firmware update")
     small_client.restart_workers([old[1], old[2]], timeout=60)
     after = wait_for(
         lambda: (
@@ -279,6 +283,17 @@ def test_restarted_workers_report_the_same_gpu_uuid_and_id(small_cluster, small_
         assert after[k].name == "Simulated A100 40GB"  # GPU 2 read "unreachable: GPU is lost" before
     assert sorted(small_cluster.cluster.worker_spec) == ["gpu-1", "gpu-2"]
     assert small_client.submit(run_on_gpu, 1.0, 10, **on(small_client, 2)).result(timeout=60)["gpu"] == 2
+    # the router: same ids, and GPU 1 still in maintenance; work pinned to it waits, then runs once enabled
+    routed = wait_for(
+        lambda: (r := {g.id: g for g in admin.gpus() if g.worker not in (old[1], old[2])}) and {1, 2} <= set(r) and r,
+        what="the router to have both GPUs on their new workers",
+    )
+    assert routed[1].status == "maintenance" and routed[1].drain_reason == "firmware update"
+    pinned = admin.submit(run_on_gpu, 1.0, 10, gpu_options={"specific_gpu_id": 1}, pure=False)
+    wait_for(lambda: admin.explain(pinned)["status"] == "queued", what="the pinned task to wait for GPU 1")
+    admin.enable_gpu(1)
+    assert pinned.result(timeout=60)["gpu"] == 1
+    admin.close()
 
 
 def test_a_killed_worker_comes_back_as_the_same_gpu_and_runs_the_task_pinned_to_it(small_cluster, small_client):

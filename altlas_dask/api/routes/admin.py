@@ -71,8 +71,13 @@ async def restart(
     started = time.monotonic()
     try:
         await gateway.client.restart_workers([worker], timeout=RESTART_TIMEOUT)
-    except Exception as exc:
-        raise ApiError(500, f"restarting the worker of GPU {g['id']} failed: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # the GPU keeps its id and maintenance state: it is back when its worker reports
+        code = 504 if isinstance(exc, TimeoutError) else 502
+        raise ApiError(
+            code,
+            f"restarting the worker of GPU {g['id']} failed ({type(exc).__name__}: {exc}); the router keeps GPU "
+            f"{g['id']} (same id, same maintenance state) and takes it back when its worker reports again",
+        ) from None
     deadline = started + RESTART_TIMEOUT
     while True:  # until the router sees the GPU again, on its new worker (its first heartbeat)
         gateway.invalidate_gpus()
