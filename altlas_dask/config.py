@@ -88,7 +88,7 @@ class Detection(_Strict):
     memory_threshold: float = Field(0.9, gt=0.0, le=1.0)
     utilization_threshold: float = Field(0.95, gt=0.0, le=1.0)
     max_temperature: float = Field(85.0, gt=0, le=120)
-    health_check_interval: float = Field(10.0, gt=0)  # a GPU silent this long is unresponsive
+    health_check_interval: float = Field(30.0, gt=0)  # a GPU silent this long is unresponsive
 
 
 class Selection(_Strict):
@@ -133,7 +133,7 @@ class Health(_Strict):
     critical_error_rate: float = Field(0.5, gt=0.0, le=1.0)
     recovery_seconds: float = Field(60.0, gt=0)  # a critical GPU is tried again after this long
     hung_task_factor: float = Field(10.0, gt=1)  # a task running this many times its expected time ...
-    hung_task_min_seconds: float = Field(30.0, gt=0)  # ... and at least this long marks its GPU unresponsive
+    hung_task_min_seconds: float = Field(60.0, gt=0)  # ... and at least this long marks its GPU unresponsive
 
 
 class Gpu(_Strict):
