@@ -307,14 +307,25 @@ def test_a_killed_worker_comes_back_as_the_same_gpu_and_runs_the_task_pinned_to_
         os._exit(1)
 
     old = gpu_workers(small_client)[1]
-    small_client.run(die, workers=[old], wait=False)
-    with AltlasClient(small_cluster.scheduler_address, timeout=30) as client:
-        pinned = client.submit(run_on_gpu, 1.0, 10, gpu_options={"specific_gpu_id": 1}, pure=False)
+    with AltlasClient(small_cluster.scheduler_address, gpu_defaults={"user": "admin"}, timeout=30) as admin:
+        admin.drain_gpu(1, reason="killed on purpose")
+        small_client.run(die, workers=[old], wait=False)
+        pinned = admin.submit(run_on_gpu, 1.0, 10, gpu_options={"specific_gpu_id": 1}, pure=False)  # waits
         back = wait_for(
             lambda: (s := live_state(small_client, 1)) and s.worker != old and s.status == "active" and s,
             timeout=60,
             what="GPU 1 to come back on a new worker process",
         )
         assert (back.id, back.uuid) == (1, simulated_uuid(1))
-        # the router keeps GPU 1 even when the restarted worker registers before the old one is removed
+        # the router keeps GPU 1 (even when the new worker registers before the old one is removed),
+        # with its maintenance state: the pinned task waits until it is enabled
+        wait_for(
+            lambda: (g := next((x for x in admin.gpus() if x.id == 1 and x.worker != old), None))
+            and g.status == "maintenance"
+            and g.drain_reason == "killed on purpose",
+            timeout=60,
+            what="the router to see GPU 1 on its new worker, still in maintenance",
+        )
+        assert admin.explain(pinned)["status"] == "queued"
+        admin.enable_gpu(1)
         assert pinned.result(timeout=60)["gpu"] == 1
