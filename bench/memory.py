@@ -95,10 +95,7 @@ def in_flight(mc: ModeCluster, count: int) -> tuple[float, list[tuple[str, float
     grown = tracemalloc.get_traced_memory()[0] - base
     stats = tracemalloc.take_snapshot().compare_to(before, "filename")
     tracemalloc.stop()
-    top = [
-        (str(Path(s.traceback[0].filename).relative_to(Path(s.traceback[0].filename).parents[1])), s.size_diff / count)
-        for s in stats[:8]
-    ]
+    top = [("/".join(Path(s.traceback[0].filename).parts[-2:]), s.size_diff / count) for s in stats[:8]]
     distributed.Event(name, client=mc.client).set()
     distributed.wait(futures)
     del futures, gated
