@@ -257,3 +257,12 @@ def test_a_cluster_names_its_own_strategy_by_import_path():
     assert d.core.tasks["a"].decision.reason == "highest id 2"
     with pytest.raises(ValueError, match="custom strategy 'core_helpers:Nope' cannot be imported"):
         make_core({"gpu": {"multi_gpu": {**multi, "custom_strategies": {"highest": "core_helpers:Nope"}}}})
+
+
+def test_finished_tasks_leave_no_deadline_behind():
+    """Deadlines of finished tasks are dropped, not kept until they would have fired (memory in a soak)."""
+    d = Driver(make_core(), gpus=1)
+    for i in range(5000):
+        d.submit(f"t{i}")
+        d.finish(f"t{i}", 0.001)
+    assert len(d.core.deadlines) <= 1024 + 2

@@ -154,6 +154,9 @@ class SchedulingCore:
             self._finish(task, TaskStatus.REJECTED, out, fail=error)
             return
         heapq.heappush(self.deadlines, (task.deadline, e.key))
+        if len(self.deadlines) > 2 * len(self.tasks) + 1024:  # drop finished tasks' entries (amortized O(1))
+            self.deadlines = [(t.deadline, k) for k, t in self.tasks.items()]
+            heapq.heapify(self.deadlines)
         self._remember_demand(task.request.memory_mb)
         if e.ready and not self.queue and self.book.can_start(task.user):
             decision = self._decide(task)
