@@ -60,7 +60,7 @@ def test_gpus_frame_and_html(client: Client, gpu_cluster: GpuCluster) -> None:
         frame = client.gpus_frame()
     finally:
         client.enable_gpu(3)
-    assert (frame.loc[3, "condition"], frame.loc[3, "reason"]) == ("drained", "cooling check")
+    assert frame.loc[3, "condition"] == "drained" and frame.loc[3, "reason"].startswith("cooling check")
     assert "cooling check" in page and "/altlas-gpus" in page and "Simulated T4 16GB" in page
     cluster = gpu_cluster._repr_html_()
     assert gpu_cluster.scheduler_address in cluster and "/altlas-gpus" in cluster and "GPU 0" not in cluster

@@ -266,3 +266,20 @@ def test_finished_tasks_leave_no_deadline_behind():
         d.submit(f"t{i}")
         d.finish(f"t{i}", 0.001)
     assert len(d.core.deadlines) <= 1024 + 2
+
+
+def test_one_long_task_beside_tasks_that_finish_is_not_a_hung_gpu():
+    d = Driver(make_core({"gpu": {"health": {"hung_task_factor": 10, "hung_task_min_seconds": 30}}}), gpus=1)
+    d.submit("learn")
+    d.start("learn")
+    d.finish("learn", 2.0)
+    d.submit("long")
+    d.start("long")
+    for i in range(12):  # 120 s: far past 10 x 2 s, but a short task finishes on the GPU every 10 s
+        d.submit(f"short{i}")
+        d.start(f"short{i}")
+        d.now += 10
+        d.finish(f"short{i}", 2.0)
+        d.report(0)
+        assert not any(isinstance(a, Release) for a in d.tick())
+    assert CoreView(d.core).gpus()[0].status == "active"

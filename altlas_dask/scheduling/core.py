@@ -556,16 +556,24 @@ class SchedulingCore:
                 self._mark_unresponsive(slot, why, out)
 
     def _hung_task(self, slot: GpuSlot) -> str | None:
+        """Why the GPU looks hung: nothing finished on it for ``hung_task_min_seconds`` and every task running
+        there is far past its learned time (one long task beside others that finish is not a hung GPU)."""
         h = self.policy.health
+        if slot.last_busy > self.now - h.hung_task_min_seconds:
+            return None
+        overdue = []
         for key in slot.assigned:
             task = self.tasks.get(key)
             if task is None or task.status != TaskStatus.RUNNING or task.started_at is None:
-                continue
+                return None
             expected = self.estimates.expected(slot.gpu_id, task.request.task_type)
             running = self.now - task.started_at
-            if expected and running > max(h.hung_task_min_seconds, h.hung_task_factor * expected * task.sharing):
-                return f"task {key} has run {running:.0f}s, over {h.hung_task_factor:g}x its expected {expected:.2f}s"
-        return None
+            if not expected or running <= max(h.hung_task_min_seconds, h.hung_task_factor * expected * task.sharing):
+                return None
+            overdue.append(
+                f"task {key} has run {running:.0f}s, over {h.hung_task_factor:g}x its expected {expected:.2f}s"
+            )
+        return "; ".join(overdue) if overdue else None
 
     def _mark_unresponsive(self, slot: GpuSlot, why: str, out: Out) -> None:
         logger.warning("GPU %d is unresponsive (%s): re-placing its %d task(s)", slot.gpu_id, why, len(slot.assigned))
