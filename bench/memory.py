@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
+import types
 from pathlib import Path
 from typing import Any
 
@@ -62,17 +63,41 @@ def submit_many(mc: ModeCluster, fn, args: list[tuple]) -> list:
     return [mc.client.submit(fn, *a, pure=False, resources={"GPU": 1}) for a in args]
 
 
-def soak(mc: ModeCluster, tasks: int, wave: int) -> list[float]:
+def retained_mb(root: Any, shared: tuple[Any, ...] = ()) -> float:
+    """Memory reachable from ``root`` (MB), not counting ``shared`` objects (config, strategies, ...)."""
+    seen = {id(x) for x in shared}
+    stack, total = [root], 0
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, type | types.ModuleType | types.FunctionType):
+            continue
+        seen.add(id(obj))
+        total += sys.getsizeof(obj)
+        stack.extend(gc.get_referents(obj))
+    return total / 2**20
+
+
+def router_state_mb(mc: ModeCluster) -> float | None:
+    """What the router keeps: its scheduling core's state."""
+    if mc.plugin is None:
+        return None
+    core = mc.plugin.core
+    shared = (core.policy, core.registry, core.book.quotas, core._handlers, core._timer, core._on_decision)
+    return retained_mb(core, shared)  # LocalCluster: the scheduler is in this process (and idle after settle)
+
+
+def soak(mc: ModeCluster, tasks: int, wave: int) -> tuple[list[float], list[float | None]]:
     import distributed
 
-    series = []
+    series, router = [], []
     for start in range(0, tasks, wave):
         futures = submit_many(mc, follow, [(0, i) for i in range(start, min(start + wave, tasks))])
         distributed.wait(futures)
         del futures
         mc.settle(timeout=120)
         series.append(rss_mb())
-    return series
+        router.append(router_state_mb(mc))
+    return series, router
 
 
 def in_flight(mc: ModeCluster, count: int) -> tuple[float, list[tuple[str, float]]]:
@@ -114,10 +139,10 @@ def run_mode(mode: str, tasks: int, wave: int, count: int) -> dict[str, Any]:
     mc = ModeCluster(mode)
     try:
         per_task, top = in_flight(mc, count)
-        series = soak(mc, tasks, wave)
+        series, router = soak(mc, tasks, wave)
     finally:
         mc.close()
-    return {"per_task_kb": per_task, "top": top, "series": series}
+    return {"per_task_kb": per_task, "top": top, "series": series, "router": router}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -172,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
             "series": mode_runs[-1]["series"],
             "growth": max(growths),
             "top": mode_runs[-1]["top"],
+            "router": mode_runs[-1].get("router") or [],
         }
     router, plain = results["router"], results["plain"]
     extra_kb = router["per_task_kb"] - plain["per_task_kb"]
@@ -187,6 +213,9 @@ def main(argv: list[str] | None = None) -> None:
         for mode, r in results.items()
     ]
     flat_ok = router["growth"] <= FLAT_TOLERANCE
+    state = [x for x in router["router"] if x is not None][WARMUP_WAVES:] or [0.0]
+    router_growth = (max(state) - state[0]) / state[0] if state[0] else 0.0
+    router_flat_ok = router_growth <= FLAT_TOLERANCE
     body = f"""## Scheduler memory (soak and in flight)
 
 `{command("memory.py", argv if argv is not None else sys.argv[1:])}` ({time.perf_counter() - started:.0f} s;
@@ -212,7 +241,12 @@ Where the in-flight memory goes, router ON (KB per task, by file): {
         ", ".join(f"`{f}` {kb:.2f}" for f, kb in router["top"][:6])
     }.
 
-- Flat after warm-up (router ON, within {FLAT_TOLERANCE:.0%}): {router["growth"]:+.1%} {verdict(flat_ok)}
+- The router's own state (its scheduling core, measured by walking what it references) per wave, MB:
+  {", ".join(f"{x:.2f}" for x in router["router"])}: flat after warm-up
+  {verdict(router_flat_ok)} ({router_growth:+.1%}).
+- Process RSS flat after warm-up (router ON, within {FLAT_TOLERANCE:.0%}): {router["growth"]:+.1%}
+  {verdict(flat_ok)}; plain Dask's own grows {plain["growth"]:+.1%} in the same soak (the scheduler's and
+  the client's per-task bookkeeping and the allocator, in this one process), so compare the two.
 - Per task in flight, router minus plain Dask (within {PER_TASK_BUDGET_KB:g} KB): {extra_kb:+.2f} KB
   {verdict(extra_kb <= PER_TASK_BUDGET_KB)}
 - Before issue 10 the router kept up to 100,000 finished tasks' explanations in memory (153 MB over 35,000
