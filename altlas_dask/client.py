@@ -137,12 +137,11 @@ class Client(distributed.Client):
         address: Any = None,
         *args: Any,
         gpu_defaults: Mapping[str, Any] | None = None,
-        coalesce_ms: float | None = None,
+        coalesce_ms: float | None = 0.0,
         **kwargs: Any,
     ) -> None:
-        """``coalesce_ms``: ``submit`` calls reach the scheduler as one graph update per event-loop turn (0), or
-        per that many milliseconds; ``None`` (the default) sends each at once (see altlas_dask.coalesce).
-        Opt-in while an intermittent loss of a coalesced update is open (tests/test_coalesce.py)."""
+        """``coalesce_ms``: ``submit`` calls reach the scheduler as one graph update per event-loop turn (0, the
+        default), or per that many milliseconds; ``None`` sends each at once (see altlas_dask.coalesce)."""
         self.gpu_defaults = GpuOptions.parse(gpu_defaults).wire()
         if coalesce_ms is not None and not 0 <= coalesce_ms <= 1000:
             raise ValueError(f"coalesce_ms must be in 0..1000 or None (got {coalesce_ms!r})")

@@ -64,6 +64,7 @@ class GpuWorkerPlugin(WorkerPlugin):
 
     async def setup(self, worker) -> None:
         self.device = device = self._make_device()
+        device.cancellation.still_wanted = lambda key: dask_worker_internals.still_executing(worker, key)
         state = device.state()
         worker.metrics[METRIC_NAME] = self.metric
         logger.info("worker %s bound to GPU %d (%s, %s)", worker.name, state.id, state.name, state.uuid)

@@ -26,7 +26,7 @@ def submission_benchmark(n_tasks: int, reps: int, roundtrips: int) -> str:
     info, load_start, t_start = machine(), load_average(), time.perf_counter()
     router = start_cluster(bench_config(), simulate=N_GPUS)
     plain = start_cluster(bench_config(), simulate=N_GPUS, router=False)
-    coalescing = router.client(coalesce_ms=0)
+    coalescing = router.client()
     single = router.client(coalesce_ms=None)
     dask_client = distributed.Client(plain.cluster)
     modes = {
@@ -91,7 +91,7 @@ def submission_benchmark(n_tasks: int, reps: int, roundtrips: int) -> str:
             f"{time.perf_counter() - t_start:.0f} s.",
             "",
             f"{n_tasks:,} no-op tasks on {N_GPUS} simulated GPUs, median of {reps} alternating repetitions; time from "
-            "the first `submit` to all futures done. *Coalesced*: `altlas_dask.Client(coalesce_ms=0)` (opt-in): the "
+            "the first `submit` to all futures done. *Coalesced*: `altlas_dask.Client` (default `coalesce_ms=0`): the "
             "`submit` calls made before the client's event loop next runs reach the scheduler as one `update-graph` "
             f"(here {updates:,} updates for about {sent:,} submissions); *not coalesced*: `Client(coalesce_ms=None)`, "
             "one update per `submit` (the behaviour before). Round trip = one `submit` + `result()`, "

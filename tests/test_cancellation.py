@@ -11,11 +11,17 @@ import threading
 import pytest
 import torch
 from conftest import wait_for
+from distributed import Event, get_worker
 
+from altlas_dask import run_on_gpu
 from altlas_dask.gpus.chunks import ChunkGuard, KernelCancelledError
+from altlas_dask.gpus.dask_worker_internals import still_executing
+from altlas_dask.gpus.device import Cancellation
 from altlas_dask.kernels import dense_layer, matmul_chunks
 from altlas_dask.live import gpu_workers, live_gpus
 from altlas_dask.model.char_gru import CANCEL_CHECK_EVERY, get_model, predict
+
+STARTED, DROPPED = "altlas-test-task-started", "altlas-test-task-dropped"
 
 
 def cancel_after(k: int, stop: threading.Event, seen: list[int]):
@@ -118,3 +124,35 @@ def test_cancelling_a_running_dense_layer_on_the_cluster_frees_its_gpu(dask_clie
         what="the cancelled dense layer to give GPU 1 back (it would run for an hour otherwise)",
     )
     assert freed.status == "active"
+
+
+def kernel_started_after_its_cancel(gflop: float) -> dict:
+    """Signals that it runs, waits until the worker has dropped it, then starts its kernel."""
+    worker = get_worker()
+    key = worker.get_current_task()
+    Event(STARTED).set()
+    wait_for(lambda: not still_executing(worker, key), timeout=60, what="the cancel to reach the worker")
+    Event(DROPPED).set()
+    return run_on_gpu(gflop)
+
+
+def test_a_cancel_that_comes_before_the_kernel_starts_still_stops_it():
+    """The lost-wakeup race behind issue 13's coalescing "hang": the cancel arrived before the kernel watched."""
+    stop = Cancellation()
+    stop.still_wanted = lambda key: key != "dropped"
+    stop.cancel("dropped")  # nobody is watching yet
+    with stop.watch("dropped") as dropped, stop.watch("kept") as kept:
+        assert dropped.is_set() and not kept.is_set()
+
+
+def test_a_task_cancelled_just_before_its_kernel_gives_the_gpu_back(dask_client):
+    gpu = 1
+    address = gpu_workers(dask_client)[gpu]
+    future = dask_client.submit(
+        kernel_started_after_its_cancel, 1e9, workers=[address], allow_other_workers=False, pure=False
+    )
+    assert Event(STARTED, client=dask_client).wait(timeout=60)
+    future.cancel()
+    assert Event(DROPPED, client=dask_client).wait(timeout=60)  # the worker dropped it; now it starts its kernel
+    after = dask_client.submit(run_on_gpu, 1.0, workers=[address], allow_other_workers=False, pure=False)
+    assert after.result(timeout=60)["gpu"] == gpu  # kernels take turns on a GPU: the cancelled one must have stopped

@@ -84,12 +84,6 @@ def test_errors_and_cancellation_are_per_future(client: Recording):
         cancelled.result(timeout=60)
 
 
-@pytest.mark.xfail(
-    raises=TimeoutError,
-    strict=False,
-    reason="known defect (issue 13): about 1 run in 3, two coalesced updates sent in one flush never all reach "
-    "the scheduler; coalescing is opt-in (coalesce_ms=None by default) until it is found",
-)
 def test_gpu_options_reach_the_router_per_group(client: Recording):
     a = [client.submit(run_on_gpu, 1.0, pure=False, gpu_options={"specific_gpu_id": 1}) for _ in range(3)]
     b = [client.submit(run_on_gpu, 1.0, pure=False, gpu_options={"specific_gpu_id": 2}) for _ in range(3)]

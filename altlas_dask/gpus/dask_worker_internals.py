@@ -1,6 +1,7 @@
 """Every use of distributed's internal *worker* API in one place (the scheduler's is in scheduler_plugins).
 
-Only one path needs it: a worker started from the command line with ``--preload altlas_dask.worker``
+Two paths need it. A kernel asks whether its task is still wanted when it starts (a cancel may have come
+first: :func:`still_executing`). A worker started from the command line with ``--preload altlas_dask.worker``
 learns its GPU's memory inside the preload, after ``Worker.__init__`` took its ``resources`` and before
 it registers with the scheduler. ``Worker.set_resources`` (public) tells a scheduler the worker is
 already registered with, so before registration the plugin writes the worker state that registration
@@ -28,3 +29,9 @@ def advertise_before_registration(worker: Worker, resources: Mapping[str, float]
         held = worker.state.total_resources.get(name, 0.0) - worker.state.available_resources.get(name, 0.0)
         worker.state.total_resources[name] = float(quantity)
         worker.state.available_resources[name] = float(quantity) - held
+
+
+def still_executing(worker: Worker, key: object) -> bool:
+    """Whether the worker still runs ``key`` (False once it was cancelled, released or forgotten)."""
+    ts = worker.state.tasks.get(key)
+    return ts is not None and ts.state in ("executing", "long-running")

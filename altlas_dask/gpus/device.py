@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
@@ -18,17 +18,25 @@ REAL_KERNEL_SIZE = 2048  # one matmul of this size is 2 * n**3 flop
 
 
 class Cancellation:
-    """Per-task stop flags, so a cancelled task's kernel gives the device back."""
+    """Per-task stop flags, so a cancelled task's kernel gives the device back.
+
+    A cancel can come before the kernel starts watching (the worker drops a task that has just begun
+    executing): ``still_wanted(key)``, set by the worker plugin from the worker's own task state, is asked
+    when the watch begins, under the same lock as ``cancel``, so such a kernel stops at once.
+    """
 
     def __init__(self) -> None:
         self._events: dict[object, threading.Event] = {}
         self._lock = threading.Lock()
+        self.still_wanted: Callable[[object], bool] | None = None
 
     @contextmanager
     def watch(self, key: object) -> Iterator[threading.Event]:
         event = threading.Event()
         with self._lock:
             self._events[key] = event
+            if key is not None and self.still_wanted is not None and not self.still_wanted(key):
+                event.set()
         try:
             yield event
         finally:
