@@ -115,6 +115,8 @@ class MultiGpu(_Strict):
     utilization_threshold: float = Field(0.95, gt=0.0, le=1.0)
     task_specific_mappings: dict[str, str] = Field(default_factory=dict)
     custom_strategies: dict[StrategyName, ImportPath] = Field(default_factory=dict)
+    data_locality: bool = True  # earliest_finish weighs where a task's inputs are (Dask's who_has / nbytes)
+    transfer_gb_per_s: float = Field(1.0, gt=0, le=10_000)  # what moving inputs between workers costs (GB/s)
 
     @field_validator("task_specific_mappings")
     @classmethod
@@ -453,6 +455,8 @@ class AltlasConfig(_Strict):
             custom_strategies=g.multi_gpu.custom_strategies,
             health=g.health,
             unresponsive_after=g.detection.health_check_interval,
+            data_locality=g.multi_gpu.data_locality,
+            transfer_bytes_per_s=g.multi_gpu.transfer_gb_per_s * 1e9,
         )
 
 
@@ -474,6 +478,8 @@ class RoutingPolicy(_Strict):
     custom_strategies: dict[str, str] = Field(default_factory=dict)
     health: Health = Health()
     unresponsive_after: float = 10.0
+    data_locality: bool = True  # strategies weigh where a task's inputs are
+    transfer_bytes_per_s: float = 1e9  # the cost of moving inputs between workers
 
 
 @functools.lru_cache(maxsize=256)

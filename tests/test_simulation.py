@@ -177,7 +177,12 @@ def test_the_core_learns_where_inputs_are_from_ready_events():
     d.submit("idle-elsewhere", ready=False)
     core.handle(ev.Ready("idle-elsewhere", d.now, inputs={d.worker(1): 500_000_000, "tcp://cpu": 10}))
     assert placed(d.tick()) == {"idle-elsewhere": 1}
-    assert core.tasks["idle-elsewhere"].decision.reason.endswith("500 of its 500 MB of inputs already there)")
+    reason = core.tasks["idle-elsewhere"].decision.reason
+    assert "500 of its 500 MB of inputs already there)" in reason
+    assert reason.endswith(
+        "; data locality: stays with its inputs (moving them to GPU 0 would take 500 ms,"
+        " more than the 0 ms longer wait here)"
+    )
     assert placed(core.handle(ev.Submitted("fresh", {}, d.now, inputs={d.worker(1): 1}))) == {"fresh": 0}
 
 

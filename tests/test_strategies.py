@@ -327,3 +327,66 @@ def test_earliest_finish_runs_a_task_where_its_large_inputs_are_unless_waiting_c
     assert d.gpu == 1 and "200 of its 200 MB of inputs already there" in d.reason
     assert ef(gpus, expected=learned, backlog={0: 0.0, 1: 0.5}.get, inputs=inputs).gpu == 0  # waiting costs more
     assert ef(gpus, expected=learned, backlog={0: 0.0, 1: 0.15}.get).gpu == 0  # no inputs: the idle GPU
+
+
+def locality_policy(**multi_gpu):
+    return build_config({"gpu": {"multi_gpu": multi_gpu}}).routing()
+
+
+def ef_with(policy, gpus, **kw):
+    return choose(gpus, TaskRequest(strategy="earliest_finish"), RoutingContext(policy, **kw))
+
+
+@given(
+    nbytes=st.integers(1, 10**10),
+    wait_s=st.floats(0.0, 20.0),
+    gb_per_s=st.sampled_from([0.1, 1.0, 12.5, 300.0]),
+)
+def test_data_locality_keeps_a_task_with_its_inputs_exactly_when_moving_them_costs_more_than_waiting(
+    nbytes, wait_s, gb_per_s
+):
+    """Oracle from the definition: inputs on GPU 1, which has ``wait_s`` of work queued; GPU 0 is idle and
+    as fast. The task stays on GPU 1 iff moving its inputs (bytes / transfer rate) takes longer than that
+    wait, and then the explanation says why; ties go to the lower id, like every other earliest_finish tie."""
+    policy = locality_policy(transfer_gb_per_s=gb_per_s)
+    move_s = nbytes / (gb_per_s * 1e9)
+    d = ef_with(
+        policy, [gpu(0), gpu(1)], expected={0: 0.1, 1: 0.1}, backlog={0: 0.0, 1: wait_s}.get, inputs={1: nbytes}
+    )
+    if abs(move_s - wait_s) < 1e-9:
+        return  # a tie within rounding: either answer is right
+    assert d.gpu == (1 if move_s > wait_s else 0), (move_s, wait_s, d.reason)
+    if d.gpu == 1:
+        assert d.reason.endswith(
+            f"; data locality: stays with its inputs (moving them to GPU 0 would take {move_s * 1e3:.0f} ms,"
+            f" more than the {wait_s * 1e3:.0f} ms longer wait here)"
+        )
+    else:
+        assert "data locality" not in d.reason and f"0 of its {nbytes / 1e6:.0f} MB of inputs already there" in d.reason
+
+
+def test_a_busy_gpu_holding_the_inputs_loses_to_an_idle_one_when_its_queue_outlasts_the_transfer():
+    """300 MB on GPU 2 (0.3 s to move at the default 1 GB/s): a 0.25 s queue there keeps the task, a 0.35 s
+    queue sends it to idle GPU 0; with data_locality off it goes to the idle GPU whatever the bytes."""
+    gpus = [gpu(0), gpu(1), gpu(2)]
+    queued = {0: 0.0, 1: 0.05, 2: 0.25}
+    inputs = {2: 300_000_000}
+    d = ef_with(locality_policy(), gpus, backlog=queued.get, inputs=inputs)
+    assert d.gpu == 2 and "300 of its 300 MB of inputs already there" in d.reason
+    assert "moving them to GPU 0 would take 300 ms, more than the 250 ms longer wait here" in d.reason
+    assert ef_with(locality_policy(), gpus, backlog={**queued, 2: 0.35}.get, inputs=inputs).gpu == 0
+    off = ef_with(locality_policy(data_locality=False), gpus, backlog=queued.get, inputs=inputs)
+    assert off.gpu == 0 and "inputs" not in off.reason
+    fast = ef_with(locality_policy(transfer_gb_per_s=10), gpus, backlog=queued.get, inputs=inputs)  # 30 ms to move
+    assert fast.gpu == 0
+
+
+def test_data_locality_config_keys_are_validated():
+    from altlas_dask.config import ConfigError
+
+    assert locality_policy().data_locality is True and locality_policy().transfer_bytes_per_s == 1e9
+    assert locality_policy(transfer_gb_per_s=25).transfer_bytes_per_s == 25e9
+    with pytest.raises(ConfigError, match=r"gpu.multi_gpu.transfer_gb_per_s.*got 0"):
+        locality_policy(transfer_gb_per_s=0)
+    with pytest.raises(ConfigError, match=r"gpu.multi_gpu.data_locality.*got 'sometimes'"):
+        locality_policy(data_locality="sometimes")

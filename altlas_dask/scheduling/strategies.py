@@ -246,8 +246,6 @@ STRATEGIES: dict[str, StrategyFn] = {
 #: How many of the tasks that only fit the larger GPUs a placement there is charged for, per share of
 #: recent submissions that are such tasks (plus one per such task waiting now).
 EXPECTED_LARGE_WEIGHT = 4.0
-#: Bytes per second a task's inputs move between workers at (Dask's TCP comms; ~1 GB/s on one host or 10 GbE).
-TRANSFER_BYTES_PER_S = 1e9
 
 
 def fit_sets(gpus: Sequence[GpuState], sizes: Iterable[int], policy: RoutingPolicy) -> dict[int, frozenset[int]]:
@@ -290,8 +288,9 @@ class EarliestFinish:
     nowhere else: each GPU that is the only fit for larger tasks waiting now, or seen among recent
     submissions, is charged the task's run time once per such task (recent ones weighted by their
     share of submissions x EXPECTED_LARGE_WEIGHT). Inputs that sit on another worker add the time to
-    move them (``inputs``: bytes per GPU, from Dask's ``who_has``/``nbytes``; TRANSFER_BYTES_PER_S), so a
-    pipeline's next step stays where its input is unless waiting there costs more than moving it.
+    move them (``inputs``: bytes per GPU, from Dask's ``who_has``/``nbytes``, at the policy's
+    ``transfer_bytes_per_s``), so a pipeline's next step stays where its input is unless waiting there
+    costs more than moving it; ``policy.data_locality`` false ignores where the inputs are.
     """
 
     def scope(self, gpus: Sequence[GpuState], request: TaskRequest) -> Sequence[GpuState]:
@@ -302,29 +301,44 @@ class EarliestFinish:
         fastest = min(expected.values()) if expected else 1.0
         backlog = ctx.backlog or _no_backlog
         reserved = reserved_weight(c.gpus, request, ctx)
-        inputs = ctx.inputs
+        inputs = ctx.inputs if ctx.policy.data_locality else {}
         total_in = sum(inputs.values())
+        rate = ctx.policy.transfer_bytes_per_s
+        fetch: dict[int, float] = {}
+        unmoved: dict[int, float] = {}  # the expected finish if the inputs were everywhere
         scores: dict[int, float] = {}
         for g in c.eligible:
             own = expected.get(g.id, fastest)
-            fetch = (total_in - inputs.get(g.id, 0)) / TRANSFER_BYTES_PER_S if total_in else 0.0
-            scores[g.id] = backlog(g.id) + fetch + own * (1.0 + reserved.get(g.id, 0.0))
+            fetch[g.id] = (total_in - inputs.get(g.id, 0)) / rate if total_in else 0.0
+            unmoved[g.id] = backlog(g.id) + own * (1.0 + reserved.get(g.id, 0.0))
+            scores[g.id] = unmoved[g.id] + fetch[g.id]
         chosen = min(c.eligible, key=lambda g: (scores[g.id], g.id))
         own = expected.get(chosen.id, fastest)
         why = f"expected finish in {scores[chosen.id]:.3f}s ({backlog(chosen.id):.3f}s queued + {own:.3f}s to run"
         if total_in:
-            here = inputs.get(chosen.id, 0)
-            why += f", {here / 1e6:.0f} of its {total_in / 1e6:.0f} MB of inputs already there"
+            why += f", {inputs.get(chosen.id, 0) / 1e6:.0f} of its {total_in / 1e6:.0f} MB of inputs already there"
         if reserved.get(chosen.id):
             why += f", charged for {reserved[chosen.id]:.1f} larger task(s) that only fit here"
         skipped = sorted(g for g in scores if reserved.get(g) and scores[g] > scores[chosen.id])
         if skipped:
             why += f"; kept GPU {', '.join(map(str, skipped))} for larger tasks"
-        return chosen, why + ")", scores
+        return chosen, why + ")" + locality_note(chosen.id, unmoved, fetch), scores
 
 
 def _no_backlog(gpu: int) -> float:
     return 0.0
+
+
+def locality_note(chosen: int, unmoved: Mapping[int, float], fetch: Mapping[int, float]) -> str:
+    """Why the task stays with its inputs: the GPU it would have gone to if moving them were free, or ''."""
+    other = min(unmoved, key=lambda g: (unmoved[g], g))
+    if other == chosen or fetch[other] <= fetch[chosen]:
+        return ""
+    return (
+        f"; data locality: stays with its inputs (moving them to GPU {other} would take"
+        f" {(fetch[other] - fetch[chosen]) * 1e3:.0f} ms, more than the"
+        f" {(unmoved[chosen] - unmoved[other]) * 1e3:.0f} ms longer wait here)"
+    )
 
 
 # -- the protocol and the registry ---------------------------------------------------------
