@@ -90,7 +90,7 @@ class ModeCluster:
         self.mode = mode
         self.cluster = start_cluster(bench_config(), simulate=N_GPUS, router=mode == "router")
         if mode == "router":
-            self.client = self.cluster.client()
+            self.client = self.cluster.client(coalesce_ms=None)  # one update per submit, as plain Dask sends
             self.submit = lambda i: self.client.submit(noop, i, pure=False, gpu_options=GPU_OPTIONS)
             self.plugin = self.cluster.cluster.scheduler.plugins.get("altlas-router")
         else:

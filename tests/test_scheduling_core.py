@@ -283,3 +283,19 @@ def test_one_long_task_beside_tasks_that_finish_is_not_a_hung_gpu():
         d.report(0)
         assert not any(isinstance(a, Release) for a in d.tick())
     assert CoreView(d.core).gpus()[0].status == "active"
+
+
+def test_a_freed_slot_asks_for_a_dispatch_pass_only_when_work_is_held():
+    """The adapter runs one extra event-loop callback per dispatch request: none when nothing waits."""
+    d = Driver(make_core({"gpu": {"multi_gpu": {"max_concurrent_tasks_per_gpu": 1}}}), gpus=1)
+    d.tick()  # the join's own pass
+    d.submit("a")
+    d.start("a")
+    d.finish("a")
+    assert not d.core.wants_dispatch  # nothing held: a finish costs no dispatch pass
+    d.submit("b")
+    d.submit("c")  # the only slot is taken: held
+    d.start("b")
+    d.finish("b")
+    assert d.core.wants_dispatch
+    assert placed(d.tick()) == {"c": 0}

@@ -70,7 +70,7 @@ class SchedulingCore:
         self.queue = FairQueue(quotas.fair_share)
         self.gpus = GpuBook(policy.health, policy.max_temperature)
         self.tasks: dict[str, TaskRecord] = {}
-        self.recent: OrderedDict[str, dict[str, Any]] = OrderedDict()  # final explanations, newest last
+        self.recent: OrderedDict[str, TaskRecord] = OrderedDict()  # finished tasks (explained on demand), newest last
         self.recent_size = recent_size
         self.deadlines: list[tuple[float, str]] = []
         self.estimates = Estimates()
@@ -373,7 +373,8 @@ class SchedulingCore:
             self.gpus.changed(slot)
         if task.status in ON_GPU:
             self.book.stopped(task.user)
-            self.wants_dispatch = True
+            if self.queue:  # a freed slot only matters to held work (an empty queue costs no dispatch pass)
+                self.wants_dispatch = True
 
     def _end_attempt(self, task: TaskRecord, why: str) -> None:
         """The task left its GPU without finishing: it waits to be placed again."""
@@ -396,7 +397,7 @@ class SchedulingCore:
                 self.queue.charge(task.user, task.request.priority, weight, task.gpu_seconds - task.served_cost)
         self.counters[_COUNTER[status]] += 1
         if self.recent_size:  # 0: keep no explanations (the replay simulator)
-            self.recent[task.key] = task.explain()
+            self.recent[task.key] = task
             while len(self.recent) > self.recent_size:
                 self.recent.popitem(last=False)
         out.append(Record(task.record()))

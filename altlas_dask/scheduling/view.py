@@ -64,7 +64,7 @@ class CoreView:
         if task is not None:
             return task.user
         info = self._core.recent.get(key)
-        return info["user"] if info is not None else None
+        return info.user if info is not None else None
 
     # -- explanations ---------------------------------------------------------------------------
     def explain(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -75,7 +75,7 @@ class CoreView:
             task = core.tasks.get(key)
             if task is None:
                 if key in core.recent:
-                    out[key] = dict(core.recent[key])
+                    out[key] = core.recent[key].explain()
                 continue
             if positions is None:
                 positions = self._positions()
@@ -96,11 +96,11 @@ class CoreView:
         core = self._core
         positions = self._positions()
         live = [t for t in core.tasks.values() if user is None or t.user == user]
-        done = [r for r in core.recent.values() if user is None or r["user"] == user]
-        counts = Counter(str(t.status) for t in live) + Counter(r["status"] for r in done)
+        done = [t for t in core.recent.values() if user is None or t.user == user]
+        counts = Counter(str(t.status) for t in live) + Counter(str(t.status) for t in done)
         wanted = set(status) if status is not None else None
         rows = [self._row(t, positions) for t in live if wanted is None or str(t.status) in wanted]
-        rows += [dict(r) for r in done if wanted is None or r["status"] in wanted]
+        rows += [t.explain() for t in done if wanted is None or str(t.status) in wanted]
         if order == "queue":
             rows.sort(key=lambda r: (r.get("queue_position") is None, r.get("queue_position") or 0, -r["submitted"]))
         elif order == "priority":
@@ -148,4 +148,4 @@ class CoreView:
         if task is not None:
             return task.status
         info = self._core.recent.get(key)
-        return TaskStatus(info["status"]) if info is not None else None
+        return info.status if info is not None else None
