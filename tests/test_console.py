@@ -202,6 +202,10 @@ def gpu_cards(page: Any) -> Any:
     return page.locator('[class*="st-key-gpu-card-"]')
 
 
+def busy_card(text: str) -> bool:
+    return "Utilization" in text and re.search(r"Utilization\s+0 %", text) is None
+
+
 def submit_run(page: Any, *, count: int, work_gflop: float) -> str:
     """Fill in the Submit form, press Submit; the run's name (``modelled-xxxxxxxx``)."""
     form = page.get_by_test_id("stForm")
@@ -296,7 +300,11 @@ def test_console_submit_tasks_reports_gpus(
     wait_for(lambda: gpu_cards(page).count() == 4, what="a card per GPU")
     wait_for(lambda: int(metric(page, "Running")) > 0, timeout=30, what="running tasks on the GPUs page")
     page.get_by_role("heading", name="Last 5 min").wait_for()
-    time.sleep(8)  # a few more samples for the time series
+    wait_for(  # the run shows in the cards (and the time series has samples of it)
+        lambda: sum(busy_card(c) for c in gpu_cards(page).all_inner_texts()) >= 2,
+        timeout=60,
+        what="two GPU cards showing the busy run's utilization",
+    )
     assert gpu_cards(page).count() == 4
     for gpu in gpu_cluster.gpus:
         card = page.locator(f".st-key-gpu-card-{gpu.id}")
