@@ -1,9 +1,6 @@
 """GPU-aware scheduling for AI inference and batch jobs, built on Dask."""
 
-# Names load on first use (PEP 562), so the pure scheduling core can import this package's
-# small modules without pulling in Dask, torch or NVML.
-import importlib
-from typing import Any
+from altlas_dask.lazy import lazy_getattr
 
 _WHERE = {
     "AltlasConfig": "altlas_dask.config",
@@ -31,13 +28,7 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_WHERE[name]), name)
-    globals()[name] = value
-    return value
-
+__getattr__ = lazy_getattr(globals(), _WHERE)  # names load on first use (altlas_dask.lazy)
 
 __all__ = [
     "AltlasConfig",

@@ -6,6 +6,7 @@ import random
 from collections import Counter
 
 import pytest
+from core_helpers import gpu as core_gpu
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -26,22 +27,7 @@ POLICY = build_config(
 
 
 def gpu(i: int, **changes) -> GpuState:
-    base = GpuState(
-        id=i,
-        uuid=f"GPU-{i}",
-        name="Test GPU",
-        compute_capability="8.0",
-        status="active",
-        memory_total_mb=16000,
-        memory_used_mb=0,
-        utilization_gpu=0.0,
-        utilization_memory=0.0,
-        temperature_c=40.0,
-        power_usage_w=50.0,
-        power_limit_w=300.0,
-        performance_index=1.0,
-    )
-    return base.with_(**changes)
+    return core_gpu(i, memory_mb=16000, **{"performance_index": 1.0, **changes})
 
 
 def ctx(**kw) -> RoutingContext:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from altlas_dask.config import RoutingPolicy
 from altlas_dask.gpus.state import GpuState
@@ -13,6 +13,14 @@ from altlas_dask.scheduling.lifecycle import TaskStatus
 from altlas_dask.scheduling.tasks import TaskRecord
 
 ORDERS = ("submitted", "priority", "queue")
+
+
+class Positions(NamedTuple):
+    """The queue as one listing sees it, computed once per call: 1-based position per held key, held tasks
+    per priority (so each row's "behind N higher-priority task(s)" is O(priorities), not O(tasks))."""
+
+    of: dict[str, int]
+    held: Counter[int]
 
 
 class CoreView:
@@ -70,7 +78,7 @@ class CoreView:
     def explain(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Live tasks (with queue position and waiting reason) and recently finished ones; others are absent."""
         core, out = self._core, {}
-        positions: dict[str, int] | None = None
+        positions: Positions | None = None
         for key in keys:
             task = core.tasks.get(key)
             if task is None:
@@ -109,31 +117,28 @@ class CoreView:
             rows.sort(key=lambda r: r["submitted"], reverse=True)
         return {"tasks": rows[offset : offset + limit], "total": len(rows), "counts": dict(counts), "order": order}
 
-    def _positions(self) -> dict[str, int]:
+    def _positions(self) -> Positions:
         core = self._core
         order = [k for k in core.queue.order() if k in core.tasks and core.tasks[k].ready]
-        return {key: i + 1 for i, key in enumerate(dict.fromkeys(order))}
+        held = Counter(t.request.priority for t in core.tasks.values() if t.ready and t.status in HELD)
+        return Positions({key: i + 1 for i, key in enumerate(dict.fromkeys(order))}, held)
 
-    def _row(self, task: TaskRecord, positions: dict[str, int]) -> dict[str, Any]:
+    def _row(self, task: TaskRecord, positions: Positions) -> dict[str, Any]:
         row = task.explain()
-        row["queue_position"] = positions.get(task.key)
+        row["queue_position"] = positions.of.get(task.key)
         if task.status in HELD:
             row["waiting_reason"] = self._waiting_reason(task, positions)
         return row
 
-    def _waiting_reason(self, task: TaskRecord, positions: dict[str, int]) -> str:
+    def _waiting_reason(self, task: TaskRecord, positions: Positions) -> str:
         core = self._core
         if not task.ready:
             return task.waiting_reason or task.where()
         if not core.book.can_start(task.user):
             limit = core.book.limits(task.user).concurrent_requests
             return f"user {task.user!r} is at its concurrency limit ({limit} running)"
-        ahead = positions.get(task.key, 1) - 1
-        higher = sum(
-            1
-            for t in core.tasks.values()
-            if t.ready and t.status in HELD and t.request.priority > task.request.priority
-        )
+        ahead = positions.of.get(task.key, 1) - 1
+        higher = sum(n for priority, n in positions.held.items() if priority > task.request.priority)
         parts = []
         if higher:
             parts.append(f"behind {higher} higher-priority task(s)")
