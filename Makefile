@@ -48,7 +48,8 @@ bench: venv
 	$(BIN)/python bench/scaling.py
 	$(BIN)/python bench/strategies.py
 
-# The gateway vs Ray Serve (plain and @serve.batch) on the same GRU and load -> bench/RESULTS.md "serving".
+# The gateway vs Ray Serve (plain and @serve.batch) on the same GRU and load -> bench/RESULTS.md "serving";
+# single submits: router vs plain Dask vs Ray tasks -> "submission".
 # Ray lives only in $(RAY_VENV); torch and the model come from $(VENV) through a .pth file.
 RAY_VENV ?= .venv-ray
 RAY_SPEC ?= ray[serve]==2.60.0
@@ -58,6 +59,7 @@ bench-peers: venv
 		"$$($(RAY_VENV)/bin/python -c 'import site; print(site.getsitepackages()[0])')/altlas-main-venv.pth"
 	$(RAY_VENV)/bin/python -m pip install --quiet "$(RAY_SPEC)"
 	$(BIN)/python bench/serving.py --ray $(RAY_VENV)/bin/python
+	$(BIN)/python bench/submission.py --ray $(RAY_VENV)/bin/python
 
 # On a machine with NVIDIA GPUs: install the gpu extra + CUDA torch, up, selftest, benches -> gpu-check-out/
 gpu-check:

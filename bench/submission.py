@@ -2,7 +2,10 @@
 (``altlas_dask.coalesce``), the same as one ``map``, and plain Dask single submits; plus the one-task round
 trip of each single-submit mode. Same machine, one run, alternating repetitions.
 
-Run: ``.venv/bin/python bench/submission.py [--tasks 5000] [--reps 3] [--roundtrips 100]``.
+With ``--ray PYTHON`` (an interpreter with Ray, made by ``make bench-peers`` in ``.venv-ray``) Ray's single
+``.remote`` calls join the same alternation (bench/submission_ray.py, a child process started before timing).
+
+Run: ``.venv/bin/python bench/submission.py [--tasks 5000] [--reps 3] [--roundtrips 100] [--ray PYTHON]``.
 Writes the ``submission`` section of bench/RESULTS.md.
 """
 
@@ -11,13 +14,50 @@ from __future__ import annotations
 import argparse
 import gc
 import statistics
+import subprocess
 import time
 
-from common import bench_config, command, load_average, machine, machine_line, pct, quiet, table, write_section
+from common import (
+    BENCH_DIR,
+    bench_config,
+    command,
+    load_average,
+    machine,
+    machine_line,
+    pct,
+    quiet,
+    table,
+    write_section,
+)
 from overhead import GPU_OPTIONS, N_GPUS, WARMUP_TASKS, noop
 
 
-def submission_benchmark(n_tasks: int, reps: int, roundtrips: int) -> str:
+class RayChild:
+    """Ray in its own interpreter (bench/submission_ray.py), driven line by line."""
+
+    def __init__(self, python: str, gpus: int, slots: int) -> None:
+        self.proc = subprocess.Popen(
+            [python, str(BENCH_DIR / "submission_ray.py"), str(gpus), str(slots)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for line in self.proc.stdout:
+            if line.strip() == "READY":
+                return
+        raise RuntimeError(f"Ray child exited ({self.proc.wait()}) before READY")
+
+    def ask(self, command: str) -> float:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return float(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def submission_benchmark(n_tasks: int, reps: int, roundtrips: int, ray_python: str | None = None) -> str:
     """5,000 single submits with and without coalescing (altlas_dask.coalesce), one ``map``, and plain Dask."""
     import distributed
 
@@ -35,6 +75,10 @@ def submission_benchmark(n_tasks: int, reps: int, roundtrips: int) -> str:
         "router, one map": None,
         "plain Dask, single submits": lambda i: dask_client.submit(noop, i, pure=False, resources={"GPU": 1}),
     }
+    slots = bench_config().gpu.multi_gpu.max_concurrent_tasks_per_gpu
+    ray = RayChild(ray_python, N_GPUS, slots) if ray_python else None
+    if ray is not None:
+        modes["Ray, single `.remote` calls"] = None  # driven in its own process (RayChild)
     clients = {name: (dask_client if name.startswith("plain") else coalescing) for name in modes}
     clients["router, single submits, not coalesced"] = single
     rates: dict[str, list[float]] = {name: [] for name in modes}
@@ -48,6 +92,10 @@ def submission_benchmark(n_tasks: int, reps: int, roundtrips: int) -> str:
             order = list(modes) if rep % 2 == 0 else list(reversed(modes))
             for name in order:
                 submit, client = modes[name], clients[name]
+                if ray is not None and name.startswith("Ray"):
+                    rates[name].append(ray.ask(f"run {n_tasks}"))
+                    print(f"rep {rep + 1} {name}: {rates[name][-1]:.0f} tasks/s", flush=True)
+                    continue
                 while client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)):
                     time.sleep(0.05)
                 gc.collect()
@@ -62,6 +110,9 @@ def submission_benchmark(n_tasks: int, reps: int, roundtrips: int) -> str:
                 print(f"rep {rep + 1} {name}: {rates[name][-1]:.0f} tasks/s", flush=True)
         for i in range(roundtrips):
             for name in rts if i % 2 == 0 else reversed(list(rts)):
+                if name.startswith("Ray"):
+                    rts[name].append(ray.ask("rt"))
+                    continue
                 t0 = time.perf_counter()
                 modes[name](i).result()
                 rts[name].append((time.perf_counter() - t0) * 1e3)
@@ -69,6 +120,8 @@ def submission_benchmark(n_tasks: int, reps: int, roundtrips: int) -> str:
     finally:
         for client in (coalescing, single, dask_client):
             client.close()
+        if ray is not None:
+            ray.close()
         router.close()
         plain.close()
     sent = WARMUP_TASKS + reps * n_tasks + roundtrips // 2 + roundtrips % 2
@@ -95,7 +148,14 @@ def submission_benchmark(n_tasks: int, reps: int, roundtrips: int) -> str:
             "`submit` calls made before the client's event loop next runs reach the scheduler as one `update-graph` "
             f"(here {updates:,} updates for about {sent:,} submissions); *not coalesced*: `Client(coalesce_ms=None)`, "
             "one update per `submit` (the behaviour before). Round trip = one `submit` + `result()`, "
-            f"{roundtrips // 2} samples per mode, interleaved. Ray is not installed here, so no Ray row.",
+            f"{roundtrips // 2} samples per mode, interleaved. "
+            + (
+                f"Ray: `ray.init(num_gpus={N_GPUS})` in a child process, a no-op with `num_gpus=1/slots` (as many at "
+                "once per GPU as the router's slots) and `max_calls=0`, workers started before timing; its time "
+                "is measured inside that process."
+                if ray is not None
+                else "No Ray row: pass `--ray .venv-ray/bin/python` (made by `make bench-peers`)."
+            ),
             "",
             table(["mode", "tasks/s (median)", "repetitions", "round trip p50 / p99 ms"], rows),
         ]
@@ -107,9 +167,10 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=5000)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--roundtrips", type=int, default=100, help="samples, shared by the three modes")
+    parser.add_argument("--ray", default=None, help="a Python with Ray (make bench-peers makes .venv-ray)")
     args = parser.parse_args()
     quiet()
-    report = submission_benchmark(args.tasks, args.reps, args.roundtrips)
+    report = submission_benchmark(args.tasks, args.reps, args.roundtrips, args.ray)
     print("\n" + report)
     write_section("submission", report)
 
