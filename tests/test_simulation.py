@@ -186,6 +186,26 @@ def test_the_core_learns_where_inputs_are_from_ready_events():
     assert placed(core.handle(ev.Submitted("fresh", {}, d.now, inputs={d.worker(1): 1}))) == {"fresh": 0}
 
 
+def test_a_task_waiting_for_the_full_gpu_holding_its_inputs_does_not_hold_up_an_equal_task_elsewhere():
+    """X's 5 GB sit on GPU 1, whose only slot is taken: X waits for it (5 s to move them). Y, the same request
+    with its inputs on idle GPU 0, starts at once in the same pass; X runs on GPU 1 once its slot frees."""
+    from core_helpers import Driver, make_core, placed
+
+    from altlas_dask.scheduling import events as ev
+
+    core = make_core({"gpu": {"multi_gpu": {"max_concurrent_tasks_per_gpu": 1}}})
+    d = Driver(core, gpus=2)
+    assert placed(d.submit("busy", specific_gpu_id=1)) == {"busy": 1}
+    for key in ("x", "y"):
+        d.submit(key, ready=False)
+    core.handle(ev.Ready("x", d.now, inputs={d.worker(1): 5_000_000_000}))
+    assert placed(d.tick()) == {}
+    assert core.tasks["x"].waiting_reason.startswith("data locality: waits for a slot on GPU 1")
+    core.handle(ev.Ready("y", d.now, inputs={d.worker(0): 5_000_000_000}))
+    assert placed(d.tick()) == {"y": 0}
+    assert placed(d.finish("busy") + d.tick()) == {"x": 1}
+
+
 def test_a_pipelines_next_step_stays_with_its_input():
     """Issue 11 item 7 in the simulator: bytes moved between workers down >= 80% against least_loaded (today's
     default), with no loss of throughput."""

@@ -376,3 +376,23 @@ def test_data_locality_config_keys_are_validated():
         locality_policy(transfer_gb_per_s=0)
     with pytest.raises(ConfigError, match=r"gpu.multi_gpu.data_locality.*got 'sometimes'"):
         locality_policy(data_locality="sometimes")
+
+
+def test_a_full_gpu_holding_the_inputs_is_waited_for_when_its_next_slot_beats_moving_them():
+    """GPU 1 holds 500 MB (0.5 s to move) but every slot is taken: the task waits for it while its queue (0.2 s)
+    is shorter than moving the inputs to idle GPU 0; a longer queue there (1 s), a GPU that is full for another
+    reason than its slots, or data_locality off send it to GPU 0 now."""
+    limit = POLICY.max_concurrent_tasks_per_gpu
+    full = gpu(1, active_requests=limit)
+    inputs = {1: 500_000_000}
+    d = ef_with(locality_policy(), [gpu(0), full], backlog={0: 0.0, 1: 0.2}.get, inputs=inputs)
+    assert d.outcome == "wait" and d.gpu is None
+    assert d.reason == (
+        "data locality: waits for a slot on GPU 1, which holds 500 of its 500 MB of inputs "
+        "(expected finish there 1.200s; on GPU 0, moving them, 1.500s)"
+    )
+    assert ef_with(locality_policy(), [gpu(0), full], backlog={0: 0.0, 1: 1.0}.get, inputs=inputs).gpu == 0
+    too_hot = full.with_(temperature_c=99.0)
+    assert ef_with(locality_policy(), [gpu(0), too_hot], backlog={0: 0.0, 1: 0.2}.get, inputs=inputs).gpu == 0
+    off = locality_policy(data_locality=False)
+    assert ef_with(off, [gpu(0), full], backlog={0: 0.0, 1: 0.2}.get, inputs=inputs).gpu == 0

@@ -622,7 +622,8 @@ def _attempts_text(task: TaskRecord) -> str:
 def _wait_shape(task: TaskRecord) -> tuple:
     """What decides whether a request can be placed at all (not where): equal shapes wait together."""
     r = task.request
-    return (r.strategy, r.memory_mb, r.min_compute_capability, r.gpu, r.exclude)
+    # where its inputs are: a task may wait for the GPU holding them while an equal one elsewhere can start
+    return (r.strategy, r.memory_mb, r.min_compute_capability, r.gpu, r.exclude, frozenset(task.inputs))
 
 
 def _parse_options(raw: Any) -> GpuOptions:

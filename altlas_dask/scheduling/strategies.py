@@ -290,13 +290,15 @@ class EarliestFinish:
     share of submissions x EXPECTED_LARGE_WEIGHT). Inputs that sit on another worker add the time to
     move them (``inputs``: bytes per GPU, from Dask's ``who_has``/``nbytes``, at the policy's
     ``transfer_bytes_per_s``), so a pipeline's next step stays where its input is unless waiting there
-    costs more than moving it; ``policy.data_locality`` false ignores where the inputs are.
+    costs more than moving it. A GPU holding inputs that is full for now (every slot taken) is waited for
+    when it is expected to finish the task sooner than the best GPU with room, moving included.
+    ``policy.data_locality`` false ignores where the inputs are.
     """
 
     def scope(self, gpus: Sequence[GpuState], request: TaskRequest) -> Sequence[GpuState]:
         return gpus
 
-    def pick(self, c: Candidates, request: TaskRequest, ctx: RoutingContext) -> Pick:
+    def pick(self, c: Candidates, request: TaskRequest, ctx: RoutingContext) -> Pick | str:
         expected = ctx.expected
         fastest = min(expected.values()) if expected else 1.0
         backlog = ctx.backlog or _no_backlog
@@ -313,6 +315,19 @@ class EarliestFinish:
             unmoved[g.id] = backlog(g.id) + own * (1.0 + reserved.get(g.id, 0.0))
             scores[g.id] = unmoved[g.id] + fetch[g.id]
         chosen = min(c.eligible, key=lambda g: (scores[g.id], g.id))
+        if total_in:  # a GPU holding inputs may be full for now: waiting for its next slot can beat moving them
+            eligible = {g.id for g in c.eligible}
+            for g in c.gpus:
+                if g.id in eligible or not inputs.get(g.id) or not frees_up(g, request, ctx.policy):
+                    continue
+                there = backlog(g.id) + (total_in - inputs[g.id]) / rate
+                there += expected.get(g.id, fastest) * (1.0 + reserved.get(g.id, 0.0))
+                if there < scores[chosen.id]:
+                    return (
+                        f"data locality: waits for a slot on GPU {g.id}, which holds {inputs[g.id] / 1e6:.0f} of its"
+                        f" {total_in / 1e6:.0f} MB of inputs (expected finish there {there:.3f}s; on GPU {chosen.id},"
+                        f" moving them, {scores[chosen.id]:.3f}s)"
+                    )
         own = expected.get(chosen.id, fastest)
         why = f"expected finish in {scores[chosen.id]:.3f}s ({backlog(chosen.id):.3f}s queued + {own:.3f}s to run"
         if total_in:
@@ -327,6 +342,14 @@ class EarliestFinish:
 
 def _no_backlog(gpu: int) -> float:
     return 0.0
+
+
+def frees_up(gpu: GpuState, request: TaskRequest, policy: RoutingPolicy) -> bool:
+    """Whether ``gpu`` is only full for now: it takes ``request`` as soon as one of its tasks finishes."""
+    limit = policy.max_concurrent_tasks_per_gpu
+    if gpu.active_requests < limit:
+        return False
+    return rejection(gpu.with_(active_requests=limit - 1), request, policy, own_load=True) is None
 
 
 def locality_note(chosen: int, unmoved: Mapping[int, float], fetch: Mapping[int, float]) -> str:
