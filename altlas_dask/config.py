@@ -148,12 +148,20 @@ class Gpu(_Strict):
 
 
 class Cluster(_Strict):
-    """Where the Dask scheduler and dashboard listen; ``simulate`` forces the virtual pool."""
+    """Where the Dask scheduler and dashboard listen; ``simulate`` forces the virtual pool; ``protocol``: Dask's
+    comms (``ucx``: dask-cuda's UCX, NVLink between the GPUs of a node; real GPUs only)."""
 
     scheduler_address: str = "127.0.0.1:8786"
     dashboard_address: str = "127.0.0.1:8787"
     simulate: int | None = Field(None, ge=1, le=256)
     work_stealing: bool = False
+    protocol: Literal["tcp", "ucx"] = "tcp"
+    enable_nvlink: bool | None = None  # with ucx: force NVLink on or off; null: UCX picks its transports
+
+    def connect_address(self) -> str:
+        """``scheduler_address`` with the protocol's scheme (clients of a UCX cluster must speak UCX too)."""
+        address = self.scheduler_address
+        return address if "://" in address or self.protocol == "tcp" else f"{self.protocol}://{address}"
 
 
 class SimulatedGpuSpec(_Strict):
@@ -412,6 +420,33 @@ class AltlasConfig(_Strict):
         if isinstance(accounting, dict):
             accounting["database"] = _database_in(home, accounting.get("database") or Accounting().database)
         return {**data, "home": str(home), "accounting": accounting}
+
+    @model_validator(mode="after")
+    def _protocol_fits(self) -> AltlasConfig:
+        """``cluster.protocol: ucx`` needs real GPUs (dask-cuda) and cannot carry mutual TLS."""
+        c = self.cluster
+        if c.enable_nvlink is not None and c.protocol != "ucx":
+            raise ValueError(
+                f"cluster.enable_nvlink={c.enable_nvlink!r} needs cluster.protocol: ucx (got {c.protocol!r})"
+            )
+        if c.protocol != "ucx":
+            return self
+        if c.simulate is not None:
+            raise ValueError(
+                f"cluster.protocol='ucx' needs real GPUs (dask-cuda), but cluster.simulate={c.simulate} forces the "
+                "simulated pool; use cluster.protocol: tcp"
+            )
+        if not (self.gpu.enabled and self.gpu.detection.enabled):
+            raise ValueError(
+                "cluster.protocol='ucx' needs real GPUs (dask-cuda), but gpu.enabled / gpu.detection.enabled is "
+                "false, so the cluster always runs on the simulated pool; use cluster.protocol: tcp"
+            )
+        if self.security.identity == "tls":
+            raise ValueError(
+                "cluster.protocol='ucx' cannot carry security.identity='tls' (UCX has no TLS); use cluster.protocol: "
+                "tcp for mutual TLS"
+            )
+        return self
 
     @model_validator(mode="after")
     def _default_strategy_enabled(self) -> AltlasConfig:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from distributed.deploy.spec import SpecCluster
 
 from altlas_dask.certs import dask_security
 from altlas_dask.client import Client
-from altlas_dask.config import AltlasConfig, config_source, load_config
+from altlas_dask.config import AltlasConfig, ConfigError, config_source, load_config
 from altlas_dask.gpus.errors import GpuUnavailableError
 from altlas_dask.gpus.nvml import NvmlInventory
 from altlas_dask.gpus.simulated import SimulatedInventory
@@ -118,6 +119,11 @@ def start_cluster(
 
         plugins.insert(0, GpuRouter(config))
     gpus, simulated = detect_gpus(config, simulate)
+    if simulated and config.cluster.protocol != "tcp":
+        raise ConfigError(
+            f"cluster.protocol={config.cluster.protocol!r} needs real GPUs and dask-cuda, but NVML sees none here "
+            "(this cluster would run on the simulated pool); use cluster.protocol: tcp"
+        )
     host, _, port = (scheduler_address or config.cluster.scheduler_address).rpartition(":")
     common: dict[str, Any] = {
         "host": host or "127.0.0.1",
@@ -190,8 +196,37 @@ def _simulated_cluster(
     return SimulatedGpuCluster(config, gpus, pool_size, **common)
 
 
+#: The UCX comms for Dask (distributed's own ``ucx`` comm was removed; ``distributed-ucxx`` provides it).
+UCX_PACKAGES = (
+    "distributed-ucxx-cu12 (CUDA 12) or distributed-ucxx-cu13 (CUDA 13), or distributed-ucxx from conda-forge"
+)
+
+
+def cuda_cluster_options(
+    config: AltlasConfig, common: dict[str, Any], *, ucx_installed: bool | None = None
+) -> dict[str, Any]:
+    """The keyword arguments for dask-cuda's ``LocalCUDACluster`` beyond the GPUs: ``common`` plus the
+    ``cluster.protocol`` (``ucx``: ``protocol="ucx"``, and ``enable_nvlink`` when cluster.yaml sets it;
+    left unset, UCX picks its transports itself, NVLink included, as dask-cuda recommends).
+    ``ucx_installed``: whether ``distributed_ucxx`` is importable (looked up when None)."""
+    options = dict(common)
+    c = config.cluster
+    if c.protocol == "ucx":
+        if ucx_installed is None:
+            ucx_installed = importlib.util.find_spec("distributed_ucxx") is not None
+        if not ucx_installed:
+            raise GpuUnavailableError(
+                f"cluster.protocol='ucx' needs the UCX comms for Dask, which are not installed: {UCX_PACKAGES}"
+            )
+        options["protocol"] = "ucx"
+        if c.enable_nvlink is not None:
+            options["enable_nvlink"] = c.enable_nvlink
+    return options
+
+
 def _cuda_cluster(config: AltlasConfig, gpus: list[GpuState], common: dict[str, Any]) -> SpecCluster:
     """Only reached once NVML has seen a GPU, so importing dask-cuda is safe here."""
+    options = cuda_cluster_options(config, common)
     try:
         from altlas_dask.gpus.cuda_cluster import GpuCUDACluster
     except ImportError as exc:
@@ -199,4 +234,4 @@ def _cuda_cluster(config: AltlasConfig, gpus: list[GpuState], common: dict[str, 
             f"NVML sees {len(gpus)} GPU(s) but dask-cuda is not importable ({exc}); "
             "install the GPU extra: pip install 'altlas-dask[gpu]'"
         ) from exc
-    return GpuCUDACluster(config, gpus, **common)
+    return GpuCUDACluster(config, gpus, **options)

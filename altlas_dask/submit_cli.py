@@ -59,10 +59,10 @@ def scheduler_address(obj: Any, scheduler: str | None) -> str:
     if os.environ.get("ALTLAS_SCHEDULER"):
         return os.environ["ALTLAS_SCHEDULER"]
     if obj is not None and hasattr(obj, "config"):
-        return obj.config().cluster.scheduler_address
+        return obj.config().cluster.connect_address()
     from altlas_dask.config import load_config
 
-    return load_config().cluster.scheduler_address
+    return load_config().cluster.connect_address()
 
 
 def connect(address: str, user: str) -> Any:
