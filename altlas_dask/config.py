@@ -104,6 +104,10 @@ class Workload(_Strict):
     retry_count: int = Field(3, ge=0, le=100)
 
 
+#: gpu.multi_gpu.prefetch_depth's default (docs/design.md "Pre-placement"; bench/RESULTS.md, issue 11 item 6).
+PREFETCH_DEPTH = 0
+
+
 class MultiGpu(_Strict):
     enabled: bool = True
     default_strategy: StrategyName = "earliest_finish"
@@ -111,6 +115,8 @@ class MultiGpu(_Strict):
     batch_split: bool = True
     min_batch_size_per_gpu: int = Field(4, ge=1)
     max_concurrent_tasks_per_gpu: int = Field(8, ge=1, le=1024)
+    # next tasks placed on a GPU's worker beyond its running ones (they start there as soon as a slot frees)
+    prefetch_depth: int = Field(PREFETCH_DEPTH, ge=0, le=1024)
     memory_threshold: float = Field(0.9, gt=0.0, le=1.0)
     utilization_threshold: float = Field(0.95, gt=0.0, le=1.0)
     task_specific_mappings: dict[str, str] = Field(default_factory=dict)
@@ -476,6 +482,7 @@ class AltlasConfig(_Strict):
             max_concurrent_tasks_per_gpu=(
                 g.multi_gpu.max_concurrent_tasks_per_gpu if multi else g.workload.max_concurrent_tasks_per_gpu
             ),
+            prefetch_depth=g.multi_gpu.prefetch_depth if multi else 0,
             memory_threshold=g.multi_gpu.memory_threshold if multi else g.detection.memory_threshold,
             utilization_threshold=(g.multi_gpu.utilization_threshold if multi else g.detection.utilization_threshold),
             max_temperature=g.detection.max_temperature,
@@ -502,6 +509,7 @@ class RoutingPolicy(_Strict):
     allowed_strategies: tuple[StrategyName, ...]
     max_concurrent_tasks_per_gpu: int
     memory_threshold: float
+    prefetch_depth: int = 0  # tasks placed on a GPU beyond its max_concurrent_tasks_per_gpu running ones
     utilization_threshold: float
     max_temperature: float
     min_compute_capability: float

@@ -14,6 +14,11 @@ Diagnosis, same run, 8 GPUs: the same batch on plain Dask (``router=False``,
 inside each GPU's busy span, spread of the GPUs' last task ends, last task end -> results back.
 
 Run: ``.venv/bin/python bench/scaling.py [--reps 3] [--tasks 256] [--work 100] [--no-diagnosis]``.
+
+Pre-placement (issue 11 item 6): ``--prefetch GPUS --depths 0,1,2 [--slots 8] [--reps 5]`` runs only the
+comparison: the same batch on GPUS GPUs with plain Dask and with the router at each
+``gpu.multi_gpu.prefetch_depth``, interleaved (one fresh cluster per run, the order rotated every repetition),
+and writes the ``prefetch`` section of RESULTS.md.
 """
 
 from __future__ import annotations
@@ -75,7 +80,7 @@ def run_batch(
     try:
         if router:
             client = cluster.client()
-            plugin = cluster.cluster.scheduler.plugins.get("altlas-router")
+            plugin = cluster.cluster.scheduler.plugins["altlas-router"].core  # the scheduling core
             options = {"strategy": "least_loaded", "task_type": "scaling"}
 
             def submit(w, m):
@@ -200,14 +205,101 @@ def plot(summary: dict[int, dict[str, float]], diagnosis: dict[str, list[dict[st
     plt.close(fig)
 
 
+def prefetch_comparison(n_gpus: int, depths: list[int], slots: int, args: argparse.Namespace) -> None:
+    """Plain Dask against the router at each pre-placement depth, interleaved; the ``prefetch`` section."""
+    info, load_start, t_start = machine(), load_average(), time.perf_counter()
+    names = ["plain Dask, resources GPU=1"] + [f"router, prefetch_depth {d}" for d in depths]
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    loads: list[float] = []
+    for rep in range(args.reps):
+        order = names[rep % len(names) :] + names[: rep % len(names)]
+        for name in order:
+            print(f"rep {rep + 1}/{args.reps}: {name}", flush=True)
+            slots_override = f"gpu.multi_gpu.max_concurrent_tasks_per_gpu={slots}"
+            if name.startswith("plain"):
+                out = run_batch(n_gpus, args.tasks, args.work, 1, (slots_override,), router=False)
+            else:
+                depth = int(name.rsplit(" ", 1)[1])
+                out = run_batch(
+                    n_gpus, args.tasks, args.work, 1, (slots_override, f"gpu.multi_gpu.prefetch_depth={depth}")
+                )
+            runs[name] += out
+            loads.append(float(load_average()))
+    elapsed = time.perf_counter() - t_start
+    plain = med(runs[names[0]], "makespan")
+    rows = [
+        [
+            name,
+            f"{med(rs, 'makespan'):.2f}",
+            ", ".join(f"{r['makespan']:.2f}" for r in rs),
+            f"{max(r['makespan'] for r in rs) - min(r['makespan'] for r in rs):.2f}",
+            f"{med(rs, 'ideal') / med(rs, 'makespan'):.1%}",
+            f"{med(rs, 'makespan') / plain - 1:+.1%}",
+            f"{med(rs, 'idle'):.2f}",
+            f"{med(rs, 'first_start') * 1e3:.0f}",
+            f"{med(rs, 'tail') * 1e3:.0f}",
+            f"{med(rs, 'scheduler_cpu'):.2f}",
+        ]
+        for name, rs in runs.items()
+    ]
+    best = min(med(runs[n], "makespan") for n in names[1:])
+    report = "\n".join(
+        [
+            "## Pre-placement on the cluster (`bench/scaling.py --prefetch`, issue 11 item 6)",
+            "",
+            f"Command: `{command('scaling.py')}`  ",
+            f"Machine: {machine_line(info)}  ",
+            f"Load average (1 min) at start / end: {load_start} / {load_average()}; median over the runs "
+            f"{statistics.median(loads):.2f}; wall time {elapsed:.0f} s",
+            "",
+            f"{args.tasks} tasks x `run_on_gpu({args.work:g} GFLOP, {MEMORY_MB} MB)` = {args.work / SPEED_GFLOPS:g} s "
+            f"of device time each on {n_gpus} identical virtual GPUs, one `client.map`; {slots} threads per worker "
+            f"(max_concurrent_tasks_per_gpu). Plain Dask: `router=False`, `resources={{'GPU': 1}}` (one task at a "
+            "time per worker, all assigned up front). Router: `least_loaded`, at most max_concurrent_tasks_per_gpu "
+            "running + prefetch_depth placed per GPU. One fresh cluster per run, configurations interleaved (order "
+            f"rotated every repetition), {args.reps} repetitions each. Efficiency = ideal (device time / GPUs) / "
+            "makespan; device idle = each GPU's busy span minus its device time (mean over GPUs).",
+            "",
+            table(
+                [
+                    "configuration",
+                    "makespan s (median)",
+                    "repetitions s",
+                    "spread s",
+                    "efficiency",
+                    "vs plain Dask",
+                    "device idle per GPU s",
+                    "submit -> first start ms",
+                    "last end -> results ms",
+                    "scheduler CPU s",
+                ],
+                rows,
+            ),
+            "",
+            table(
+                ["target", "verdict"],
+                [["router makespan efficiency >= plain Dask's (best depth, medians)", verdict(best <= plain)]],
+            ),
+        ]
+    )
+    print("\n" + report)
+    write_section("prefetch", report)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--tasks", type=int, default=256)
     parser.add_argument("--work", type=float, default=100.0, help="GFLOP per task (1,000 GFLOP/s GPUs)")
     parser.add_argument("--no-diagnosis", action="store_true", help="skip the 8-GPU plain Dask reference")
+    parser.add_argument("--prefetch", type=int, metavar="GPUS", help="only the pre-placement comparison on GPUS GPUs")
+    parser.add_argument("--depths", default="0,1,2", help="prefetch_depth values for --prefetch")
+    parser.add_argument("--slots", type=int, default=8, help="max_concurrent_tasks_per_gpu for --prefetch")
     args = parser.parse_args()
     quiet()
+    if args.prefetch:
+        prefetch_comparison(args.prefetch, [int(d) for d in args.depths.split(",")], args.slots, args)
+        return
     info = machine()
     load_start = load_average()
     t_start = time.perf_counter()

@@ -29,8 +29,15 @@ def hold(ts: TaskState) -> None:
     ts.loose_restrictions = False
 
 
-def pin(ts: TaskState, address: str, memory_mb: int) -> None:
-    """Restrict the task to exactly one worker; its memory estimate becomes a Dask resource."""
+def pin(ts: TaskState, address: str, memory_mb: int, rank: tuple[int, int] | None = None) -> None:
+    """Restrict the task to exactly one worker; its memory estimate becomes a Dask resource.
+
+    ``rank`` (the core's ``Place.rank``) becomes the task's Dask priority: a worker's ready tasks start in
+    priority order as its threads free up (``WorkerState._next_ready_task``), so the tasks placed there to
+    wait for a slot start in the core's order, not in the order their graphs were submitted.
+    """
+    if rank is not None:
+        ts.priority = rank
     ts.worker_restrictions = {address}
     ts.loose_restrictions = False
     resources = dict(ts.resource_restrictions or {})
@@ -43,11 +50,13 @@ def is_held(ts: TaskState) -> bool:
     return ts.state == "no-worker"
 
 
-def place(scheduler: Scheduler, placements: Iterable[tuple[TaskState, str, int]], stimulus_id: str) -> None:
+def place(
+    scheduler: Scheduler, placements: Iterable[tuple[TaskState, str, int, tuple[int, int] | None]], stimulus_id: str
+) -> None:
     """Pin held tasks to their workers and start them, in one batch of transitions."""
     recommendations = {}
-    for ts, address, memory_mb in placements:
-        pin(ts, address, memory_mb)
+    for ts, address, memory_mb, rank in placements:
+        pin(ts, address, memory_mb, rank)
         recommendations[ts.key] = "processing"
     if recommendations:
         scheduler.transitions(recommendations, stimulus_id)

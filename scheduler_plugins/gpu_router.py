@@ -172,7 +172,7 @@ class GpuRouter(SchedulerPlugin):
                 inputs = dx.input_locations(ts) if ready and ts.dependencies else None
                 self.handle(ev.Submitted(str(key), options, now, ready=ready, inputs=inputs))
                 task = self.core.tasks.get(key)
-                if task is not None:
+                if task is not None and task.placed_at is None:  # a placed one has its rank as priority
                     dx.set_priority(ts, task.request.priority)
         finally:
             self._in_update_graph = False
@@ -252,7 +252,7 @@ class GpuRouter(SchedulerPlugin):
             return
         scheduler = self.scheduler
         tasks = scheduler.tasks if scheduler is not None else {}
-        placements: list[tuple[TaskState, str, int]] = []
+        placements: list[tuple[TaskState, str, int, tuple[int, int]]] = []
         releases: list[str] = []
         for action in actions:
             if isinstance(action, Place):
@@ -260,9 +260,9 @@ class GpuRouter(SchedulerPlugin):
                 if ts is None:
                     continue
                 if self._in_update_graph:
-                    dx.pin(ts, action.worker, action.memory_mb)
+                    dx.pin(ts, action.worker, action.memory_mb, action.rank)
                 else:
-                    placements.append((ts, action.worker, action.memory_mb))
+                    placements.append((ts, action.worker, action.memory_mb, action.rank))
                 self._observe_placement(action.key)
             elif isinstance(action, Hold):
                 if (ts := tasks.get(action.key)) is not None:

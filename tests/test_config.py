@@ -365,3 +365,17 @@ def test_compute_capability_parsing_and_comparison():
     assert not meets_compute_capability("7.5", "8.0")
     # numeric, not lexicographic: 10.0 is newer than 9.0
     assert meets_compute_capability("10.0", 9.0)
+
+
+@pytest.mark.parametrize("value", [-1, 2.5, "two"])
+def test_prefetch_depth_is_validated_naming_the_key_and_value(value):
+    with pytest.raises(ConfigError) as info:
+        build_config(with_key("gpu.multi_gpu.prefetch_depth", value))
+    assert "gpu.multi_gpu.prefetch_depth" in str(info.value) and repr(value) in str(info.value)
+
+
+def test_prefetch_depth_reaches_the_routing_policy_in_multi_gpu_mode_only():
+    assert build_config(with_key("gpu.multi_gpu.prefetch_depth", 3)).routing().prefetch_depth == 3
+    data = with_key("gpu.multi_gpu.prefetch_depth", 3)
+    data["gpu"]["multi_gpu"]["enabled"] = False
+    assert build_config(data).routing().prefetch_depth == 0

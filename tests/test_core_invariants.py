@@ -20,7 +20,8 @@ from altlas_dask.scheduling.actions import Fail, Place, Record, Release, Retry
 from altlas_dask.scheduling.fairqueue import FairQueue
 from altlas_dask.scheduling.tasks import TaskRecord
 
-MAX_CONCURRENT = 2
+MAX_CONCURRENT = 2  # slots: tasks running on a GPU's worker at once
+DEPTH = 1  # prefetch_depth: tasks placed there beyond the running ones, to start when a slot frees
 MEMORY_THRESHOLD = 0.9
 USERS = ("ana", "bob", "cap", "rate", "vip")
 LIMITS = {"cap": {"concurrent_requests": 2}, "rate": {"requests_per_minute": 5}, "vip": {"priority_requests": 2}}
@@ -44,7 +45,11 @@ class CoreMachine(RuleBasedStateMachine):
         super().__init__()
         config = {
             "gpu": {
-                "multi_gpu": {"max_concurrent_tasks_per_gpu": MAX_CONCURRENT, "memory_threshold": MEMORY_THRESHOLD},
+                "multi_gpu": {
+                    "max_concurrent_tasks_per_gpu": MAX_CONCURRENT,
+                    "prefetch_depth": DEPTH,
+                    "memory_threshold": MEMORY_THRESHOLD,
+                },
                 "health": {"min_samples": 3, "recovery_seconds": 30},
                 "detection": {"health_check_interval": 20},
             },
@@ -59,8 +64,12 @@ class CoreMachine(RuleBasedStateMachine):
         self.submitted: dict[str, dict] = {}  # key -> user, priority, memory, time, deadline
         self.records: dict[str, int] = defaultdict(int)
         self.on_gpu: dict[str, int] = {}  # key -> GPU, from Place until the attempt ends
+        self.sent: set[str] = set()  # keys on a GPU whose Started (reached the worker) was sent
+        self.rank: dict[str, tuple[int, int]] = {}  # the worker's order: (-priority, placement number)
+        self.status: dict[str, str] = {}  # key -> its status, from the observed moves
         self.admitted: list[tuple[str, float]] = []
         self.count = 0
+        self.placements = 0
         for _ in range(2):
             self.join()
 
@@ -69,6 +78,7 @@ class CoreMachine(RuleBasedStateMachine):
 
         def move(task: TaskRecord, status) -> None:
             moves.append((task.key, str(task.status), str(status)))
+            self.status[task.key] = str(status)
             original(task, status)
 
         self._original_move = original
@@ -79,32 +89,53 @@ class CoreMachine(RuleBasedStateMachine):
 
     # -- playing Dask --------------------------------------------------------------------------------
     def send(self, event) -> list:
+        waiting = {k: g for k, g in self.on_gpu.items() if k in self.sent and self.status.get(k) != "running"}
+        first_move = len(self.moves)
         actions = self.core.handle(event)
+        self.check_starts(self.moves[first_move:], waiting)
         snapshot = {g.id: g for g in self.core.gpus.snapshot()}
         for action in actions:  # in order: a slot freed by a Fail may be taken by the next Place
             if isinstance(action, Place):
                 self.check_placement(action, snapshot)
             elif isinstance(action, Record):
                 self.records[action.row["key"]] += 1
-                self.on_gpu.pop(action.row["key"], None)
+                self.leave_gpu(action.row["key"])
             elif isinstance(action, Fail | Retry | Release):
-                self.on_gpu.pop(action.key, None)
+                self.leave_gpu(action.key)
         for action in actions:  # Dask's answer: a retried or released task comes back, held and ready
             if isinstance(action, Retry | Release):
                 self.send(ev.Released(action.key, self.now))
                 self.send(ev.Ready(action.key, self.now))
         return actions
 
+    def leave_gpu(self, key: str) -> None:
+        self.on_gpu.pop(key, None)
+        self.sent.discard(key)
+
+    def check_starts(self, moves: list[tuple[str, str, str]], waiting: dict[str, int]) -> None:
+        """A task starts on its GPU only once it reached the worker, and the worker starts its waiting tasks
+        best first: higher priority, then placed earlier (Dask's worker runs ready tasks by priority)."""
+        for key, _, new in moves:
+            if new != "running":
+                continue
+            assert key in self.sent, f"{key} runs before it reached its worker"
+            gpu_id = self.on_gpu[key]
+            better = [w for w, g in waiting.items() if g == gpu_id and self.rank[w] < self.rank[key]]
+            better = [w for w in better if self.status.get(w) == "placed" and self.on_gpu.get(w) == gpu_id]
+            assert not better, f"{key} {self.rank[key]} started before {[(w, self.rank[w]) for w in better]}"
+
     def check_placement(self, action: Place, snapshot: dict) -> None:
-        """No double placement; per GPU, slots and memory; no higher-priority task that fits is passed."""
+        """No double placement; per GPU, slots + depth and memory; no higher-priority task that fits is passed."""
         assert action.key not in self.on_gpu, f"{action.key} placed on GPU {action.gpu} while on {self.on_gpu}"
         mine = self.submitted[action.key]
         for key, info in self.waiting_ready().items():
             if info["priority"] > mine["priority"] and self.could_take(key, info, action.gpu, snapshot):
                 raise AssertionError(f"{action.key} (p{mine['priority']}) passed {key} (p{info['priority']})")
         self.on_gpu[action.key] = action.gpu
+        self.placements += 1
+        self.rank[action.key] = (-mine["priority"], self.placements)
         on_this = [k for k, g in self.on_gpu.items() if g == action.gpu]
-        assert len(on_this) <= MAX_CONCURRENT
+        assert len(on_this) <= MAX_CONCURRENT + DEPTH
         total = GPU_MEMORY[action.gpu % len(GPU_MEMORY)]
         assert sum(self.submitted[k]["memory"] for k in on_this) <= MEMORY_THRESHOLD * total
 
@@ -127,7 +158,8 @@ class CoreMachine(RuleBasedStateMachine):
         used = sum(self.submitted[k]["memory"] for k in on_this)
         running = sum(1 for k in self.on_gpu if self.submitted[k]["user"] == info["user"])
         limit = LIMITS.get(info["user"], {}).get("concurrent_requests", 1024)
-        return len(on_this) < MAX_CONCURRENT and used + info["memory"] <= MEMORY_THRESHOLD * total and running < limit
+        capacity = MAX_CONCURRENT + DEPTH
+        return len(on_this) < capacity and used + info["memory"] <= MEMORY_THRESHOLD * total and running < limit
 
     # -- rules -----------------------------------------------------------------------------------------
     @rule()
@@ -148,7 +180,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.send(ev.GpuLeft(worker, self.now))
         for key, g in list(self.on_gpu.items()):  # Dask releases what ran there
             if g == index:
-                self.on_gpu.pop(key)
+                self.leave_gpu(key)
                 self.send(ev.Released(key, self.now))
                 self.send(ev.Ready(key, self.now))
 
@@ -183,6 +215,7 @@ class CoreMachine(RuleBasedStateMachine):
         key = data.draw(st.sampled_from(sorted(self.on_gpu)))
         worker = self.joined.get(self.on_gpu[key])
         if what == "start":
+            self.sent.add(key)
             self.send(ev.Started(key, self.now))
         elif what == "finish":
             self.send(ev.Finished(key, self.now, worker, data.draw(st.floats(0.01, 20))))
@@ -229,6 +262,16 @@ class CoreMachine(RuleBasedStateMachine):
             assert live != (key in self.records), key
             if live:
                 assert str(self.core.tasks[key].status) not in FINAL
+
+    @invariant()
+    def running_tasks_fit_the_slots(self) -> None:
+        """Per GPU: at most MAX_CONCURRENT running (worker threads), at most MAX_CONCURRENT + DEPTH placed."""
+        running, placed = defaultdict(int), defaultdict(int)
+        for key, g in self.on_gpu.items():
+            placed[g] += 1
+            running[g] += self.status.get(key) == "running"
+        assert all(n <= MAX_CONCURRENT for n in running.values()), dict(running)
+        assert all(n <= MAX_CONCURRENT + DEPTH for n in placed.values()), dict(placed)
 
     @invariant()
     def one_gpu_at_a_time(self) -> None:

@@ -52,7 +52,7 @@ def test_hold_then_place_then_fail():
             held = client.submit(slow_inc, 1, workers=[dx.HELD], key="held")
             ts = await wait_state(scheduler, "held", "no-worker")
             assert dx.is_held(ts)
-            dx.place(scheduler, [(ts, worker.address, 300)], "test-place")
+            dx.place(scheduler, [(ts, worker.address, 300, None)], "test-place")
             assert ts.worker_restrictions == {worker.address}
             assert ts.resource_restrictions == {"gpu-mem-mb": 300.0}
             assert await held == 2
@@ -82,7 +82,7 @@ def test_release_from_sends_a_running_task_back_to_no_worker():
             ts = await wait_state(scheduler, "moved", "processing")
             dx.release_from(scheduler, ["moved"], "test-release")
             ts = await wait_state(scheduler, "moved", "no-worker")
-            dx.place(scheduler, [(ts, worker.address, 0)], "test-place-again")
+            dx.place(scheduler, [(ts, worker.address, 0, None)], "test-place-again")
             assert await future == 6
         finally:
             await _close(scheduler, worker, client)
@@ -99,7 +99,7 @@ def test_set_priority_keeps_dask_tie_breakers():
             original = ts.priority
             dx.set_priority(ts, 5)
             assert ts.priority[0] == -5 and ts.priority[1:] == original[1:]
-            dx.place(scheduler, [(ts, worker.address, 0)], "p")
+            dx.place(scheduler, [(ts, worker.address, 0, None)], "p")
             await future
         finally:
             await _close(scheduler, worker, client)
@@ -148,7 +148,7 @@ def test_input_locations_are_who_has_and_nbytes():
             assert dx.input_locations(ts) == {worker.address: scheduler.tasks["data"].get_nbytes()}
             assert scheduler.tasks["data"].get_nbytes() >= 100_000
             assert dx.input_locations(scheduler.tasks["data"]) == {}
-            dx.place(scheduler, [(ts, worker.address, 0)], "test-place")
+            dx.place(scheduler, [(ts, worker.address, 0, None)], "test-place")
             assert await held == 100_000
         finally:
             await _close(scheduler, worker, client)

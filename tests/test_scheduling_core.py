@@ -6,11 +6,11 @@ import subprocess
 import sys
 
 import pytest
-from core_helpers import Driver, failed, make_core, placed
+from core_helpers import Driver, failed, gpu, make_core, placed
 
 from altlas_dask.errors import GpuRoutingError, GpuTaskTimeoutError
 from altlas_dask.scheduling import events as ev
-from altlas_dask.scheduling.actions import Record, Release, Retry
+from altlas_dask.scheduling.actions import Place, Record, Release, Retry
 from altlas_dask.scheduling.fairqueue import FairQueue
 from altlas_dask.scheduling.lifecycle import TRANSITIONS, TaskStatus, api_status
 from altlas_dask.scheduling.view import CoreView
@@ -299,3 +299,126 @@ def test_a_freed_slot_asks_for_a_dispatch_pass_only_when_work_is_held():
     d.finish("b")
     assert d.core.wants_dispatch
     assert placed(d.tick()) == {"c": 0}
+
+
+# -- pre-placement (gpu.multi_gpu.prefetch_depth) ---------------------------------------------------------
+
+
+def preplacing(slots: int = 1, depth: int = 1, gpus: int = 1, **multi_gpu) -> Driver:
+    options = {"max_concurrent_tasks_per_gpu": slots, "prefetch_depth": depth, **multi_gpu}
+    return Driver(make_core({"gpu": {"multi_gpu": options}}), gpus=gpus)
+
+
+def statuses(d: Driver, *keys: str) -> list[str]:
+    return [str(d.core.tasks[k].status) for k in keys]
+
+
+def test_a_freed_slot_starts_a_pre_placed_task_without_a_new_decision():
+    """One slot, depth 1: the second task waits on the worker (placed, not running) and starts when the first
+    ends, in the same event, before any scheduler pass; the third waits on the scheduler."""
+    d = preplacing()
+    assert placed(d.submit("a")) == {"a": 0}
+    assert placed(d.submit("b")) == {"b": 0}
+    assert not placed(d.submit("c"))
+    d.start("a")
+    d.start("b")
+    assert statuses(d, "a", "b", "c") == ["running", "placed", "queued"]
+    decisions = sum(d.core.decision_counts.values())
+    d.finish("a")
+    assert statuses(d, "b", "c") == ["running", "queued"]
+    assert sum(d.core.decision_counts.values()) == decisions
+    assert placed(d.tick()) == {"c": 0}  # the scheduler refills the worker's queue afterwards
+
+
+def test_running_tasks_never_exceed_the_slots_whatever_order_workers_report_in():
+    d = preplacing(slots=2, depth=2)
+    keys = [f"t{i}" for i in range(6)]
+    for key in keys:
+        d.submit(key)
+    on_gpu = [k for k in keys if k in d.core.tasks and d.core.tasks[k].gpu == 0]
+    assert len(on_gpu) == 4
+    for key in reversed(on_gpu):
+        d.start(key)
+    assert statuses(d, *on_gpu).count("running") == 2
+    d.finish(next(k for k in on_gpu if d.core.tasks[k].status == "running"))
+    assert [str(t.status) for t in d.core.tasks.values()].count("running") == 2
+
+
+def test_a_high_priority_arrival_waits_behind_at_most_the_depth_of_lower_priority_work():
+    """Depth 2 on one slot: a priority-5 task arriving behind a priority-1 flood is placed at the next free
+    place and, ranked first on the worker, starts before the priority-1 tasks placed before it but not started."""
+    d = preplacing(depth=2)
+    flood = [f"low{i}" for i in range(6)]
+    for key in flood:
+        d.submit(key, priority=1)
+        if key in placed_keys(d):
+            d.start(key)
+    assert statuses(d, "low0", "low1", "low2") == ["running", "placed", "placed"]
+    assert not placed(d.submit("urgent", priority=5))
+    started_before = []
+    for _ in range(4):
+        running = next(k for k, t in d.core.tasks.items() if t.status == "running")
+        if running == "urgent":
+            break
+        started_before.append(running)
+        d.finish(running)
+        for key in placed(d.tick()):
+            d.start(key)
+    assert d.core.tasks["urgent"].status == "running"
+    assert started_before[0] == "low0" and len(started_before) - 1 <= 2, started_before
+
+
+def placed_keys(d: Driver) -> set[str]:
+    return {k for k, t in d.core.tasks.items() if t.status == "placed"}
+
+
+def test_pre_placed_tasks_start_in_the_cores_order_not_their_arrival_on_the_worker():
+    """Ranks follow priority, then placement order; a freed slot starts the best-ranked task that is on the
+    worker, even if its Started report came last."""
+    d = preplacing(depth=3)
+    d.submit("first", priority=3)
+    d.start("first")
+    ranks = {}
+    for key, priority in (("p3", 3), ("p4", 4), ("p3b", 3)):
+        (action,) = [a for a in d.submit(key, priority=priority) if isinstance(a, Place)]
+        ranks[key] = action.rank
+    assert ranks["p4"] < ranks["p3"] < ranks["p3b"]
+    for key in ("p3b", "p3", "p4"):
+        d.start(key)
+    order = []
+    for _ in range(3):
+        d.finish(next(k for k, t in d.core.tasks.items() if t.status == "running"))
+        order.append(next(k for k, t in d.core.tasks.items() if t.status == "running"))
+    assert order == ["p4", "p3", "p3b"]
+
+
+def test_pre_placed_tasks_count_against_the_gpus_memory():
+    """16,384 MB at memory_threshold 0.9: a running 8,000 MB task leaves no room to pre-place another."""
+    d = preplacing()
+    assert placed(d.submit("big", memory_mb=8000))
+    d.start("big")
+    assert not placed(d.submit("big2", memory_mb=8000))
+    assert "memory_threshold" in d.core.tasks["big2"].waiting_reason
+    d.submit("small", memory_mb=1000)
+    assert placed(d.tick()) == {"small": 0}  # it fits beside it: pre-placed
+
+
+def test_a_failed_gpu_takes_back_its_pre_placed_tasks_without_starting_them():
+    d = preplacing(depth=2, gpus=2, default_strategy="round_robin")
+    for key in ("a", "b", "c", "d"):
+        d.submit(key)
+        d.start(key)
+    on_zero = [k for k, t in d.core.tasks.items() if t.gpu == 0]
+    d.core.handle(ev.GpuReported(d.worker(0), gpu(0, status="error"), d.now))
+    assert all(d.core.tasks[k].status == "retrying" for k in on_zero)
+    assert not d.core.gpus.slots[0].running and not d.core.gpus.slots[0].next_up
+
+
+def test_explain_says_a_pre_placed_task_is_next_on_its_gpu():
+    d = preplacing()
+    d.submit("a")
+    d.start("a")
+    d.submit("b")
+    d.start("b")
+    assert d.core.tasks["b"].where() == "placed on GPU 0, next to run there"
+    assert CoreView(d.core).gpus()[0].active_requests == 2

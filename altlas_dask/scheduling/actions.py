@@ -8,12 +8,14 @@ from typing import Any
 
 @dataclass(frozen=True, slots=True)
 class Place:
-    """Run the task on this GPU's worker (pin it there)."""
+    """Run the task on this GPU's worker (pin it there). ``rank`` is its place in the worker's queue (Dask's task
+    priority there, lower starts first): the worker starts its next task in this order when a slot frees."""
 
     key: str
     gpu: int
     worker: str
     memory_mb: int
+    rank: tuple[int, int] = (0, 0)
 
 
 @dataclass(frozen=True, slots=True)

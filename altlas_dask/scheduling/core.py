@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+import itertools
 import logging
 import random
 import time
@@ -30,7 +31,7 @@ from altlas_dask.scheduling.estimates import Estimates
 from altlas_dask.scheduling.fairqueue import FairQueue
 from altlas_dask.scheduling.gpus import GpuBook, GpuSlot
 from altlas_dask.scheduling.lifecycle import TaskStatus
-from altlas_dask.scheduling.strategies import Decision, RoutingContext, build_registry, choose
+from altlas_dask.scheduling.strategies import Decision, RoutingContext, build_registry, capacity, choose
 from altlas_dask.scheduling.tasks import TaskRecord
 
 logger = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ class SchedulingCore:
         self._timer = timer
         self._on_decision = on_decision  # instrumentation (Prometheus): each decision and its seconds
         self._rr_last: int | None = None
+        self._placements = itertools.count()  # placement numbers: a worker starts its next tasks in this order
         self._rng = random.Random(seed)
         self._queue_seq: dict[str, int] = {}  # key -> the fair-queue entry that is current
         self.held: dict[str, tuple] = {}  # ready tasks in the queue -> their wait shape
@@ -214,16 +216,40 @@ class SchedulingCore:
             self._enqueue(task)
 
     def _started(self, e: ev.Started, out: Out) -> None:
+        """The task reached its worker: it runs if a slot is free there, else it is next up (pre-placed)."""
         task = self.tasks.get(e.key)
-        if task is not None and task.status == TaskStatus.PLACED:
-            task.move(TaskStatus.RUNNING)
-            task.started_at = self.now
+        if task is None or task.status != TaskStatus.PLACED:
+            return
+        slot = self.gpus.slots.get(task.gpu) if task.gpu is not None else None
+        if (
+            slot is not None
+            and task.key in slot.assigned
+            and len(slot.running) >= self.policy.max_concurrent_tasks_per_gpu
+        ):
+            slot.next_up[task.key] = task.rank
+        else:
+            self._run(slot, task)
+
+    def _run(self, slot: GpuSlot | None, task: TaskRecord) -> None:
+        if slot is not None and task.key in slot.assigned:
+            slot.next_up.pop(task.key, None)
+            slot.running.add(task.key)
+        task.move(TaskStatus.RUNNING)
+        task.started_at = self.now
+
+    def _start_next(self, slot: GpuSlot) -> None:
+        """A slot freed on ``slot``'s worker: it starts its next tasks in their rank order, as Dask's worker does
+        (its ready heap is ordered by the task priority the adapter set from ``rank``), with no new decision."""
+        limit = self.policy.max_concurrent_tasks_per_gpu
+        while slot.next_up and len(slot.running) < limit:
+            key = min(slot.next_up, key=slot.next_up.__getitem__)
+            self._run(slot, self.tasks[key])
 
     def _finished(self, e: ev.Finished, out: Out) -> None:
         task = self.tasks.get(e.key)
         if task is None or task.status not in ON_GPU:
             return
-        seconds = e.compute_seconds or (self.now - (task.placed_at or self.now))
+        seconds = e.compute_seconds or (self.now - (task.started_at or task.placed_at or self.now))
         task.gpu_seconds += seconds
         slot = self.gpus.slot_of(e.worker) or self.gpus.slots.get(task.gpu if task.gpu is not None else -1)
         if slot is not None:
@@ -348,7 +374,8 @@ class SchedulingCore:
             self._rr_last = decision.gpu
         task.move(TaskStatus.PLACED)
         task.gpu, task.placed_at, task.ready, task.waiting_reason = decision.gpu, self.now, False, ""
-        task.sharing = len(slot.assigned)
+        task.sharing = min(len(slot.assigned), self.policy.max_concurrent_tasks_per_gpu)
+        task.rank = (-task.request.priority, next(self._placements))
         task.served_cost = task.cost
         self.counters["placed"] += 1
         self.placements.append(
@@ -362,12 +389,16 @@ class SchedulingCore:
                 "priority": task.request.priority,
             }
         )
-        out.append(Place(task.key, decision.gpu, slot.worker, task.request.memory_mb))
+        out.append(Place(task.key, decision.gpu, slot.worker, task.request.memory_mb, task.rank))
 
     def _unassign(self, task: TaskRecord) -> None:
         slot = self.gpus.slots.get(task.gpu) if task.gpu is not None else None
         if slot is not None:
             slot.expected_s.pop(task.key, None)
+            slot.next_up.pop(task.key, None)
+            if task.key in slot.running:
+                slot.running.discard(task.key)
+                self._start_next(slot)
         if slot is not None and slot.assigned.pop(task.key, None) is not None:
             slot.last_busy = self.now
             self.gpus.changed(slot)
@@ -456,7 +487,7 @@ class SchedulingCore:
             self.queue.requeue(entry)
 
     def _has_free_slot(self) -> bool:
-        limit = self.policy.max_concurrent_tasks_per_gpu
+        limit = capacity(self.policy)
         return any(g.active_requests < limit and g.status == "active" for g in self.gpus.snapshot())
 
     # -- GPUs -----------------------------------------------------------------------------------------
@@ -495,6 +526,7 @@ class SchedulingCore:
             self.wants_dispatch = True
 
     def _take_back(self, slot: GpuSlot, why: str, out: Out) -> None:
+        slot.next_up.clear()  # taken back too: none of them starts there
         for key in list(slot.assigned):
             task = self.tasks.get(key)
             if task is not None and task.status in ON_GPU:
@@ -564,6 +596,8 @@ class SchedulingCore:
             return None
         overdue = []
         for key in slot.assigned:
+            if key in slot.next_up:
+                continue  # waiting for a slot there, not running
             task = self.tasks.get(key)
             if task is None or task.status != TaskStatus.RUNNING or task.started_at is None:
                 return None

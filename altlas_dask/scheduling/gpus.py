@@ -21,6 +21,8 @@ class GpuSlot:
     last_report: float
     assigned: dict[str, int] = field(default_factory=dict)  # key -> memory_mb counted
     expected_s: dict[str, float] = field(default_factory=dict)  # key -> its expected seconds alone here
+    running: set[str] = field(default_factory=set)  # keys holding one of its worker's slots (threads)
+    next_up: dict[str, tuple[int, int]] = field(default_factory=dict)  # on its worker, waiting for a slot -> rank
     draining: bool = False
     drain_reason: str = ""
     unresponsive: str = ""  # why it is considered unresponsive ("" while it answers)

@@ -110,7 +110,12 @@ def rejection(
         return "health critical", False
     if gpu.temperature_c >= policy.max_temperature:
         return f"temperature {gpu.temperature_c:.0f}°C >= {policy.max_temperature:.0f}°C", False
-    if gpu.active_requests >= policy.max_concurrent_tasks_per_gpu:
+    if gpu.active_requests >= capacity(policy):
+        if policy.prefetch_depth:
+            return (
+                f"{gpu.active_requests} tasks running or next there = max_concurrent_tasks_per_gpu "
+                f"{policy.max_concurrent_tasks_per_gpu} + prefetch_depth {policy.prefetch_depth}"
+            ), False
         return f"{gpu.active_requests} tasks running = max_concurrent_tasks_per_gpu", False
     if gpu.memory_used_mb + request.memory_mb > gpu.memory_total_mb * policy.memory_threshold:
         return (
@@ -131,14 +136,20 @@ def matches(gpu: GpuState, ref: int | str | None) -> bool:
     return ref == gpu.uuid or fnmatch.fnmatchcase(gpu.name.lower(), ref.lower())
 
 
+def capacity(policy: RoutingPolicy) -> int:
+    """Tasks the router may have on one GPU at once: ``max_concurrent_tasks_per_gpu`` running there plus
+    ``prefetch_depth`` placed on its worker to start as soon as a slot frees."""
+    return policy.max_concurrent_tasks_per_gpu + policy.prefetch_depth
+
+
 def load(gpu: GpuState, policy: RoutingPolicy) -> float:
-    """0..1: the router's in-flight share of the GPU's slots.
+    """0..1: the router's in-flight share of the GPU's capacity (running and pre-placed tasks).
 
     Fresh at every decision, unlike NVML utilization, which averages the last second and
     reaches the scheduler with the next heartbeat (utilization only screens out GPUs loaded
     by work the router did not place; see :func:`rejection`).
     """
-    return gpu.active_requests / policy.max_concurrent_tasks_per_gpu
+    return gpu.active_requests / capacity(policy)
 
 
 def relative_speed(gpu: GpuState, ctx: RoutingContext) -> float:

@@ -35,6 +35,7 @@ class TaskRecord:
     attempts: list[dict[str, Any]] = field(default_factory=list)
     cancelled_by: str | None = None
     sharing: int = 1  # tasks on its GPU, itself included, when placed (they time-share the device)
+    rank: tuple[int, int] = (0, 0)  # (-priority, placement number): its place in its worker's queue
     served_cost: float = 0.0  # fair-share cost charged when it was placed
     waiting_reason: str = ""
     inputs: Mapping[str, int] = field(default_factory=dict)  # worker -> bytes of its inputs held there
@@ -54,7 +55,9 @@ class TaskRecord:
 
     def where(self) -> str:
         """Where the task is, in words (timeouts and explanations say it)."""
-        if self.status in (TaskStatus.PLACED, TaskStatus.RUNNING):
+        if self.status == TaskStatus.PLACED:
+            return f"placed on GPU {self.gpu}, next to run there"
+        if self.status == TaskStatus.RUNNING:
             return f"running on GPU {self.gpu}"
         if self.status == TaskStatus.RETRYING:
             return f"waiting to be retried after {len(self.attempts)} attempt(s)"

@@ -3,8 +3,11 @@
 Events wait in a heap ordered by virtual time. Each is what the Dask adapter
 (``scheduler_plugins/gpu_router.py``) would feed the core at that moment, and
 the core's actions are carried out the way the adapter and Dask carry them
-out: ``Place`` pins the task to its GPU's worker, which starts it a moment
-later (:class:`Timing`); the modelled GPU runs it (:mod:`.model`) and the
+out: ``Place`` pins the task to its GPU's worker, which gets it a moment later
+(:class:`Timing`) and runs it on one of its ``max_concurrent_tasks_per_gpu``
+threads, or, when all are busy (tasks pre-placed there, ``prefetch_depth``),
+as soon as one frees, best ``Place.rank`` first (Dask's worker starts ready
+tasks in priority order); the modelled GPU runs it (:mod:`.model`) and the
 worker's report reaches the scheduler as ``Finished`` or ``Erred``; ``Release``
 takes it back (``Released`` then ``Ready``), ``Retry`` makes it ready again,
 ``Fail`` ends it wherever it is. Heartbeats reach the core on the adapter's
@@ -70,6 +73,7 @@ class Outcome:
     error: str | None = None
     waiting_deps: int = 0
     attempt: int = 0  # current placement; stale worker reports carry an older one
+    rank: tuple[int, int] = (0, 0)  # its place in its worker's queue (the core's Place.rank)
 
 
 @dataclass
@@ -110,6 +114,8 @@ class Replay:
             for i, spec in enumerate(sim.expanded())
         ]
         self.by_worker = {g.worker: g for g in self.gpus}
+        self.threads = policy.max_concurrent_tasks_per_gpu  # per worker, as the launcher sets them
+        self.next_up: list[list[tuple[tuple[int, int], str, int]]] = [[] for _ in self.gpus]  # waiting for a thread
         self.tick_s = config.gpu.workload.queue_processing_interval
         self.heartbeat_s = timing.heartbeat_s or heartbeat_interval(len(self.gpus))
         self.tasks = [line for line in lines if isinstance(line, TraceTask)]
@@ -188,7 +194,6 @@ class Replay:
         o = self.outcomes[key]
         if o.attempt != attempt or o.status != "pending":
             return
-        o.started = self.now
         worker = self.gpus[o.gpu].worker
         missing = 0.0
         for dep in o.task.deps:
@@ -212,17 +217,36 @@ class Replay:
         return out
 
     def _fetched(self, payload: tuple[str, int]) -> None:
-        """The task's inputs are on its worker: it takes memory and waits for the device."""
+        """The task's inputs are on its worker: it runs there if a thread is free, else it waits for one."""
         key, attempt = payload
         o = self.outcomes[key]
         if o.attempt != attempt or o.status != "pending":
             return
         gpu = self.gpus[o.gpu]
+        if _executing(gpu) < self.threads:
+            self._execute(gpu, key, attempt)
+        else:
+            heapq.heappush(self.next_up[gpu.index], (o.rank, key, attempt))
+
+    def _execute(self, gpu: ModelGpu, key: str, attempt: int) -> None:
+        """A worker thread runs the task: it takes memory and waits for the device."""
+        o = self.outcomes[key]
+        o.started = self.now
         error = gpu.arrive(Kernel(key, o.task.work_gflop, o.task.memory_mb, self.now), self.now)
         if error is not None:
             self._at(self.now + self.timing.report_s, REPORT, (key, attempt, error, 0.0))
+            self._next_on_worker(gpu)
             return
         self._start_kernel(gpu)
+
+    def _next_on_worker(self, gpu: ModelGpu) -> None:
+        """Threads freed on ``gpu``'s worker: its waiting tasks start, best rank first."""
+        waiting = self.next_up[gpu.index]
+        while waiting and _executing(gpu) < self.threads:
+            _, key, attempt = heapq.heappop(waiting)
+            o = self.outcomes[key]
+            if o.attempt == attempt and o.status == "pending":
+                self._execute(gpu, key, attempt)
 
     def _start_kernel(self, gpu: ModelGpu) -> None:
         took = gpu.take_device(self.now)
@@ -240,6 +264,7 @@ class Replay:
         o.ended = self.now
         self._at(self.now + self.timing.report_s, REPORT, (kernel.key, o.attempt, error, self.now - kernel.arrived))
         self._start_kernel(gpu)
+        self._next_on_worker(gpu)
 
     def _report(self, payload: tuple[str, int, str | None, float]) -> None:
         key, attempt, error, seconds = payload
@@ -290,7 +315,7 @@ class Replay:
                 o = self.outcomes[action.key]
                 o.attempt += 1
                 o.attempts += 1
-                o.gpu = action.gpu
+                o.gpu, o.rank = action.gpu, action.rank
                 self._at(self.now + self.timing.dispatch_s, ON_WORKER, (action.key, o.attempt))
                 follow.append(ev.Started(action.key, now))
             elif kind is Record:
@@ -317,6 +342,7 @@ class Replay:
             gpu = self.gpus[o.gpu]
             if gpu.cancel(key, self.now):
                 self._start_kernel(gpu)
+            self._next_on_worker(gpu)
 
     def _final(self, row: dict) -> None:
         key = row["key"]
@@ -349,6 +375,11 @@ class Replay:
 
 
 FINAL_BAD = ("failed", "timed_out", "cancelled", "rejected")
+
+
+def _executing(gpu: ModelGpu) -> int:
+    """Tasks holding a thread of ``gpu``'s worker: on the device or waiting for it."""
+    return len(gpu.waiting) + (gpu.running is not None)
 
 
 def _zero() -> float:
