@@ -21,7 +21,7 @@ from altlas_dask.scheduling.fairqueue import FairQueue
 from altlas_dask.scheduling.tasks import TaskRecord
 
 MAX_CONCURRENT = 2  # slots: tasks running on a GPU's worker at once
-DEPTH = 1  # prefetch_depth: tasks placed there beyond the running ones, to start when a slot frees
+DEPTH = 2  # prefetch_depth: tasks placed there beyond the running ones, to start when a slot frees
 MEMORY_THRESHOLD = 0.9
 USERS = ("ana", "bob", "cap", "rate", "vip")
 LIMITS = {"cap": {"concurrent_requests": 2}, "rate": {"requests_per_minute": 5}, "vip": {"priority_requests": 2}}
@@ -199,6 +199,22 @@ class CoreMachine(RuleBasedStateMachine):
         actions = self.send(ev.Submitted(key, options, self.now, ready=ready))
         if not any(isinstance(a, Record) and a.row["status"] == "rejected" for a in actions):
             self.admitted.append((user, self.now))
+
+    @rule(user=st.sampled_from(USERS), priorities=st.lists(st.integers(1, 5), min_size=3, max_size=8))
+    def flood(self, user, priorities) -> None:
+        """Several small ready tasks at once: GPUs fill up to their slots and depth."""
+        for priority in priorities:
+            self.submit(user, priority, 0, True, 300.0)
+
+    @precondition(lambda self: any(k not in self.sent for k in self.on_gpu))
+    @rule(data=st.data())
+    def reach_workers(self, data) -> None:
+        """The placed tasks reach their workers (the adapter reports each as Started right after placing it)."""
+        keys = sorted(k for k in self.on_gpu if k not in self.sent)
+        for key in data.draw(st.permutations(keys)):
+            if key in self.on_gpu:
+                self.sent.add(key)
+                self.send(ev.Started(key, self.now))
 
     def live(self, *statuses: str) -> list[str]:
         return sorted(k for k, t in self.core.tasks.items() if not statuses or t.status in statuses)

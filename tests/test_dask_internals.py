@@ -154,3 +154,53 @@ def test_input_locations_are_who_has_and_nbytes():
             await _close(scheduler, worker, client)
 
     run(main())
+
+
+def started_at(name):
+    import time
+
+    return time.monotonic()
+
+
+def wait_for_go(name):
+    import time
+
+    from distributed import Event
+
+    Event(name).wait()
+    return time.monotonic()
+
+
+def test_tasks_placed_on_a_busy_worker_start_in_rank_order():
+    """Tasks pinned to a worker whose threads are busy wait there and start, as threads free, in the order of
+    the rank ``place`` gives them (Dask's priority), not in the order their graphs reached the scheduler."""
+
+    async def main():
+        scheduler = await Scheduler(port=0, dashboard_address=":0")
+        worker = await Worker(scheduler.address, nthreads=1, resources={"gpu-mem-mb": 1000})
+        client = await Client(scheduler.address, asynchronous=True)
+        try:
+            blocker = client.submit(wait_for_go, "go", key="blocker", workers=[worker.address])
+            await wait_state(scheduler, "blocker", "processing")
+            futures, ranks = {}, {"x": (-3, 7), "y": (-5, 9), "z": (-3, 2)}  # expected start: y, z, x
+            for key in ("x", "y", "z"):  # one graph each, in this order
+                futures[key] = client.submit(started_at, key, key=key, workers=[dx.HELD])
+                ts = await wait_state(scheduler, key, "no-worker")
+                dx.place(scheduler, [(ts, worker.address, 100 if key == "z" else 0, ranks[key])], "test-rank")
+            end = asyncio.get_running_loop().time() + 10
+            while not all(k in worker.state.tasks and worker.state.tasks[k].state in ("ready", "constrained")
+                          for k in ranks):  # fmt: skip
+                assert asyncio.get_running_loop().time() < end, "the placed tasks never reached the worker"
+                await asyncio.sleep(0.01)
+            from distributed import Event
+
+            await Event("go", client=client).set()
+            await blocker
+            starts = {k: await f for k, f in futures.items()}
+            assert sorted(starts, key=starts.get) == ["y", "z", "x"]
+        finally:
+            await client.close()
+            await worker.close()
+            await scheduler.close()
+
+    run(main())
