@@ -15,10 +15,10 @@ inside each GPU's busy span, spread of the GPUs' last task ends, last task end -
 
 Run: ``.venv/bin/python bench/scaling.py [--reps 3] [--tasks 256] [--work 100] [--no-diagnosis]``.
 
-Pre-placement (issue 11 item 6): ``--prefetch GPUS --depths 0,1,2 [--slots 8] [--reps 5]`` runs only the
-comparison: the same batch on GPUS GPUs with plain Dask and with the router at each
-``gpu.multi_gpu.prefetch_depth``, interleaved (one fresh cluster per run, the order rotated every repetition),
-and writes the ``prefetch`` section of RESULTS.md.
+Pre-placement (issue 11 item 6): ``--prefetch GPUS --depths 0,1,2 [--slots 8,1] [--reps 5]`` runs only
+the comparison: the same batch on GPUS GPUs with plain Dask and with the router at each
+``max_concurrent_tasks_per_gpu`` x ``gpu.multi_gpu.prefetch_depth``, interleaved (one fresh cluster per
+run, the order rotated every repetition), and writes the ``prefetch`` section of RESULTS.md.
 """
 
 from __future__ import annotations
@@ -205,28 +205,30 @@ def plot(summary: dict[int, dict[str, float]], diagnosis: dict[str, list[dict[st
     plt.close(fig)
 
 
-def prefetch_comparison(n_gpus: int, depths: list[int], slots: int, args: argparse.Namespace) -> None:
-    """Plain Dask against the router at each pre-placement depth, interleaved; the ``prefetch`` section."""
+def prefetch_comparison(n_gpus: int, depths: list[int], slot_counts: list[int], args: argparse.Namespace) -> None:
+    """Plain Dask against the router at each slots x pre-placement depth, interleaved; the ``prefetch`` section."""
+    from altlas_dask.config import PREFETCH_DEPTH
+
     info, load_start, t_start = machine(), load_average(), time.perf_counter()
-    names = ["plain Dask, resources GPU=1"] + [f"router, prefetch_depth {d}" for d in depths]
+    plain_name = "plain Dask, resources GPU=1"
+    configs: dict[str, tuple[str, ...] | None] = {plain_name: None}
+    for slots in slot_counts:
+        for depth in depths:
+            configs[f"router, {slots} slots, prefetch_depth {depth}"] = (
+                f"gpu.multi_gpu.max_concurrent_tasks_per_gpu={slots}",
+                f"gpu.multi_gpu.prefetch_depth={depth}",
+            )
+    names = list(configs)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     loads: list[float] = []
     for rep in range(args.reps):
-        order = names[rep % len(names) :] + names[: rep % len(names)]
-        for name in order:
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:
             print(f"rep {rep + 1}/{args.reps}: {name}", flush=True)
-            slots_override = f"gpu.multi_gpu.max_concurrent_tasks_per_gpu={slots}"
-            if name.startswith("plain"):
-                out = run_batch(n_gpus, args.tasks, args.work, 1, (slots_override,), router=False)
-            else:
-                depth = int(name.rsplit(" ", 1)[1])
-                out = run_batch(
-                    n_gpus, args.tasks, args.work, 1, (slots_override, f"gpu.multi_gpu.prefetch_depth={depth}")
-                )
-            runs[name] += out
+            overrides = configs[name]
+            runs[name] += run_batch(n_gpus, args.tasks, args.work, 1, overrides or (), router=overrides is not None)
             loads.append(float(load_average()))
     elapsed = time.perf_counter() - t_start
-    plain = med(runs[names[0]], "makespan")
+    plain = med(runs[plain_name], "makespan")
     rows = [
         [
             name,
@@ -239,26 +241,27 @@ def prefetch_comparison(n_gpus: int, depths: list[int], slots: int, args: argpar
             f"{med(rs, 'first_start') * 1e3:.0f}",
             f"{med(rs, 'tail') * 1e3:.0f}",
             f"{med(rs, 'scheduler_cpu'):.2f}",
+            verdict(med(rs, "makespan") <= plain) if name != plain_name else "-",
         ]
         for name, rs in runs.items()
     ]
-    best = min(med(runs[n], "makespan") for n in names[1:])
     report = "\n".join(
         [
             "## Pre-placement on the cluster (`bench/scaling.py --prefetch`, issue 11 item 6)",
             "",
             f"Command: `{command('scaling.py')}`  ",
             f"Machine: {machine_line(info)}  ",
-            f"Load average (1 min) at start / end: {load_start} / {load_average()}; median over the runs "
-            f"{statistics.median(loads):.2f}; wall time {elapsed:.0f} s",
+            f"Load average (1 min) at start / end: {load_start} / {load_average()}; median after each run "
+            f"{statistics.median(loads):.2f} (min {min(loads):.2f}, max {max(loads):.2f}); wall time {elapsed:.0f} s",
             "",
             f"{args.tasks} tasks x `run_on_gpu({args.work:g} GFLOP, {MEMORY_MB} MB)` = {args.work / SPEED_GFLOPS:g} s "
-            f"of device time each on {n_gpus} identical virtual GPUs, one `client.map`; {slots} threads per worker "
-            f"(max_concurrent_tasks_per_gpu). Plain Dask: `router=False`, `resources={{'GPU': 1}}` (one task at a "
-            "time per worker, all assigned up front). Router: `least_loaded`, at most max_concurrent_tasks_per_gpu "
-            "running + prefetch_depth placed per GPU. One fresh cluster per run, configurations interleaved (order "
-            f"rotated every repetition), {args.reps} repetitions each. Efficiency = ideal (device time / GPUs) / "
-            "makespan; device idle = each GPU's busy span minus its device time (mean over GPUs).",
+            f"of device time each on {n_gpus} identical virtual GPUs (kernels take the device in turn), one "
+            "`client.map`. Plain Dask: `router=False`, `resources={'GPU': 1}` (one task at a time per worker, all "
+            "assigned up front). Router: `least_loaded`, *slots* = `max_concurrent_tasks_per_gpu` = threads per "
+            "worker running at once, plus `prefetch_depth` more placed on each GPU's worker. One fresh cluster per "
+            f"run, configurations interleaved (order rotated every repetition), {args.reps} repetitions each. "
+            "Efficiency = ideal (device time / GPUs) / makespan; device idle = each GPU's busy span minus its "
+            "device time (mean over GPUs).",
             "",
             table(
                 [
@@ -272,14 +275,11 @@ def prefetch_comparison(n_gpus: int, depths: list[int], slots: int, args: argpar
                     "submit -> first start ms",
                     "last end -> results ms",
                     "scheduler CPU s",
+                    "efficiency >= plain Dask's",
                 ],
                 rows,
             ),
-            "",
-            table(
-                ["target", "verdict"],
-                [["router makespan efficiency >= plain Dask's (best depth, medians)", verdict(best <= plain)]],
-            ),
+            f"\nThe default `prefetch_depth` when this ran: {PREFETCH_DEPTH}.",
         ]
     )
     print("\n" + report)
@@ -294,11 +294,12 @@ def main() -> None:
     parser.add_argument("--no-diagnosis", action="store_true", help="skip the 8-GPU plain Dask reference")
     parser.add_argument("--prefetch", type=int, metavar="GPUS", help="only the pre-placement comparison on GPUS GPUs")
     parser.add_argument("--depths", default="0,1,2", help="prefetch_depth values for --prefetch")
-    parser.add_argument("--slots", type=int, default=8, help="max_concurrent_tasks_per_gpu for --prefetch")
+    parser.add_argument("--slots", default="8", help="max_concurrent_tasks_per_gpu values for --prefetch")
     args = parser.parse_args()
     quiet()
     if args.prefetch:
-        prefetch_comparison(args.prefetch, [int(d) for d in args.depths.split(",")], args.slots, args)
+        depths, slots = ([int(v) for v in arg.split(",")] for arg in (args.depths, args.slots))
+        prefetch_comparison(args.prefetch, depths, slots, args)
         return
     info = machine()
     load_start = load_average()
