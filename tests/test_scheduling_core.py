@@ -200,7 +200,7 @@ def test_every_status_has_an_api_spelling_and_final_ones_go_nowhere():
 
 
 def test_queued_tasks_explain_their_position_and_why_they_wait():
-    core = make_core({"gpu": {"multi_gpu": {"max_concurrent_tasks_per_gpu": 1}}})
+    core = make_core({"gpu": {"multi_gpu": {"max_concurrent_tasks_per_gpu": 1, "prefetch_depth": 0}}})
     d = Driver(core, gpus=1)
     d.submit("running")
     d.submit("low", priority=1)

@@ -16,6 +16,7 @@ from altlas_dask.scheduling.strategies import (
     HYBRID_WEIGHTS,
     RoutingContext,
     TaskRequest,
+    capacity,
     choose,
     hybrid_breakdown,
     rejection,
@@ -47,7 +48,7 @@ def test_every_strategy_skips_gpus_that_cannot_take_the_task():
         gpu(1, health_status="critical"),
         gpu(2, temperature_c=90.0),
         gpu(3, compute_capability="6.1"),
-        gpu(4, active_requests=POLICY.max_concurrent_tasks_per_gpu),
+        gpu(4, active_requests=capacity(POLICY)),
         gpu(5, memory_used_mb=15000),
         gpu(6, utilization_gpu=99.0),
         gpu(7, memory_used_mb=8000, utilization_gpu=50.0),
@@ -199,7 +200,7 @@ def test_hybrid_prefers_the_gpu_that_performed_better():
 def test_single_gpu_keeps_everything_on_the_primary_and_fails_over_only_when_it_fails():
     gpus = [gpu(0), gpu(1)]
     assert pick(gpus, "single_gpu") == 0
-    busy = [gpu(0, active_requests=POLICY.max_concurrent_tasks_per_gpu), gpu(1)]
+    busy = [gpu(0, active_requests=capacity(POLICY)), gpu(1)]
     waiting = choose(busy, TaskRequest(strategy="single_gpu"), ctx())
     assert waiting.outcome == "wait" and "primary GPU 0 busy" in waiting.reason
     failed = [gpu(0, status="error", health_status="critical"), gpu(1)]
