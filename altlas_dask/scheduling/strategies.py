@@ -357,7 +357,7 @@ def _no_backlog(gpu: int) -> float:
 
 def frees_up(gpu: GpuState, request: TaskRequest, policy: RoutingPolicy) -> bool:
     """Whether ``gpu`` is only full for now: it takes ``request`` as soon as one of its tasks finishes."""
-    limit = policy.max_concurrent_tasks_per_gpu
+    limit = capacity(policy)
     if gpu.active_requests < limit:
         return False
     return rejection(gpu.with_(active_requests=limit - 1), request, policy, own_load=True) is None
