@@ -16,6 +16,7 @@ then required. There is no trusted default: drain, enable, quota changes and oth
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -118,12 +119,13 @@ class RouterApi:
         return owner == caller.user or self._is_admin(caller)
 
     async def explain(self, comm: Any, keys: list, as_user: str | None = None, admin: bool = False) -> dict[str, Any]:
-        """Live and recent tasks from memory; older ones from the accounting database."""
+        """Live and recent tasks from memory (live ones with ``estimated_start`` and ``estimated_completion``,
+        Unix seconds, see CoreView.estimate); older ones from the accounting database."""
         caller = self._caller(comm, as_user, admin)
         if not isinstance(caller, Caller):
             return caller
         keys = [str(k) for k in keys]
-        found = self._view.explain(keys)
+        found = self._view.explain(keys, now=time.time())
         missing = [k for k in keys if k not in found]
         if missing:
             store = self._router.store

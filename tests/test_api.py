@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -450,6 +451,32 @@ def test_route_and_route_status(api: Api):
         assert r.status_code == 200, r.text
         with api.client("bob") as bob:
             assert poll_task(bob, r.json()["request_id"])["user"] == "bob"
+
+
+def test_a_queued_route_carries_the_routers_start_and_completion_estimates(api: Api):
+    """GPU 1 full (max_concurrent_tasks_per_gpu long jobs): a job only GPU 1 may run waits, and its answer says
+    when it should start and end (the queue ahead and the learned durations, later than now; see
+    docs/rest-api.md), not null."""
+    from datetime import datetime
+
+    slots = build_config(repo_config_data()).routing().max_concurrent_tasks_per_gpu
+    with api.client("carol") as c:
+        running = [start_long(c, gpu=1) for _ in range(slots)]
+        try:
+            before = time.time()
+            body = {"model_id": "modelled", "payload": {"work_gflop": 1}, "gpu_options": {"specific_gpu_id": 1}}
+            r = c.post("/route", json=body)
+            assert r.status_code == 200, r.text
+            answer = r.json()
+            running.append(answer["request_id"])
+            assert answer["status"] == "queued" and answer["queue_position"] == 1, answer
+            start, end = (
+                datetime.fromisoformat(answer[f"estimated_{when}_time"]).timestamp() for when in ("start", "completion")
+            )
+            assert before < start < end, answer
+        finally:
+            for task_id in running:
+                c.delete(f"/tasks/{task_id}")
 
 
 def test_route_callback_is_signed_retried_and_only_to_allowed_hosts(api: Api):

@@ -422,3 +422,43 @@ def test_explain_says_a_pre_placed_task_is_next_on_its_gpu():
     d.start("b")
     assert d.core.tasks["b"].where() == "placed on GPU 0, next to run there"
     assert CoreView(d.core).gpus()[0].active_requests == 2
+
+
+def test_explain_estimates_start_and_completion_from_the_queue_ahead_and_learned_durations():
+    """The definition (CoreView.estimate), computed by hand: GPU 0 learned 4 s alone, GPU 1 learned 2 s."""
+    core = make_core({"gpu": {"multi_gpu": {"max_concurrent_tasks_per_gpu": 2, "prefetch_depth": 0}}})
+    d = Driver(core, gpus=2)
+    for key, gpu_id, seconds in (("learn-0", 0, 4.0), ("learn-1", 1, 2.0)):
+        assert placed(d.submit(key, task_type="infer", specific_gpu_id=gpu_id)) == {key: gpu_id}
+        d.start(key)
+        d.finish(key, seconds)
+    cost = 0.8 * 4.0 + 0.2 * 2.0  # the type's learned seconds over every GPU (EWMA 0.2): what a task ahead costs
+    assert core.estimates.cost("infer") == pytest.approx(cost)
+    for key, gpu_id in (("r0a", 0), ("r0b", 0), ("r1a", 1), ("r1b", 1)):  # backlog: 8 s on GPU 0, 4 s on GPU 1
+        assert placed(d.submit(key, task_type="infer", specific_gpu_id=gpu_id)) == {key: gpu_id}
+        d.start(key)
+    d.tick(1.0)
+    for key, options in (("q1", {}), ("q2", {}), ("q3", {"specific_gpu_id": 0})):
+        assert not placed(d.submit(key, task_type="infer", **options))
+    d.tick()
+    now = d.now + 0.5  # the RPC's own clock, a moment after the core's last event
+    rows = CoreView(core).explain(["q1", "q2", "q3", "r0a", "r0b", "r1b", "learn-0"], now=now)
+    assert [rows[k]["queue_position"] for k in ("q1", "q2", "q3")] == [1, 2, 3]
+    frees_any, frees_gpu0 = min(8.0, 4.0) / 2, 8.0 / 2  # min over the fitting GPUs of backlog / slots
+    expected = {
+        "q1": (now + frees_any, now + frees_any + 2.0),  # nothing ahead; 2 s alone on GPU 1, the fastest
+        "q2": (now + frees_any + cost / 2, now + frees_any + cost / 2 + 2.0),  # q1 ahead, spread over 2 GPUs
+        "q3": (now + frees_gpu0 + 2 * cost, now + frees_gpu0 + 2 * cost + 4.0),  # only GPU 0 fits
+        "r0a": (d.now - 1.0, d.now - 1.0 + 4.0),  # started 1 s before the tick, alone when placed: 4 s x 1
+        "r0b": (d.now - 1.0, d.now - 1.0 + 4.0 * 2),  # placed beside r0a: 4 s alone x 2
+        "r1b": (d.now - 1.0, d.now - 1.0 + 2.0 * 2),
+    }
+    for key, (start, completion) in expected.items():
+        assert rows[key]["estimated_start"] == pytest.approx(start), key
+        assert rows[key]["estimated_completion"] == pytest.approx(completion), key
+    assert "estimated_start" not in rows["learn-0"]  # finished: its record says when it ran
+    overdue = CoreView(core).explain(["r0a"], now=d.now + 10)["r0a"]
+    assert overdue["estimated_completion"] == d.now + 10  # past its estimate: not before now
+    d.core.handle(ev.Drain(1, d.now, "maintenance"))
+    later = CoreView(core).explain(["q1"], now=now)["q1"]
+    assert later["estimated_start"] == pytest.approx(now + frees_gpu0)  # only GPU 0 is left to free a slot

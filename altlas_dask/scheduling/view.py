@@ -10,6 +10,7 @@ from altlas_dask.config import RoutingPolicy
 from altlas_dask.gpus.state import GpuState
 from altlas_dask.scheduling.core import HELD, SchedulingCore
 from altlas_dask.scheduling.lifecycle import TaskStatus
+from altlas_dask.scheduling.strategies import matches, rejection
 from altlas_dask.scheduling.tasks import TaskRecord
 
 ORDERS = ("submitted", "priority", "queue")
@@ -21,6 +22,7 @@ class Positions(NamedTuple):
 
     of: dict[str, int]
     held: Counter[int]
+    ahead_s: dict[str, float]  # held key -> learned seconds of the ready tasks queued ahead of it
 
 
 class CoreView:
@@ -75,8 +77,10 @@ class CoreView:
         return info.user if info is not None else None
 
     # -- explanations ---------------------------------------------------------------------------
-    def explain(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """Live tasks (with queue position and waiting reason) and recently finished ones; others are absent."""
+    def explain(self, keys: Iterable[str], now: float | None = None) -> dict[str, dict[str, Any]]:
+        """Live tasks (with queue position, waiting reason and estimated start and completion, see
+        :meth:`estimate`, as of ``now``: default the core's last event) and recently finished ones; others are
+        absent."""
         core, out = self._core, {}
         positions: Positions | None = None
         for key in keys:
@@ -87,7 +91,8 @@ class CoreView:
                 continue
             if positions is None:
                 positions = self._positions()
-            out[key] = self._row(task, positions)
+            row = out[key] = self._row(task, positions)
+            row["estimated_start"], row["estimated_completion"] = self.estimate(task, positions, now) or (None, None)
         return out
 
     def tasks(
@@ -119,9 +124,13 @@ class CoreView:
 
     def _positions(self) -> Positions:
         core = self._core
-        order = [k for k in core.queue.order() if k in core.tasks and core.tasks[k].ready]
+        order = dict.fromkeys(k for k in core.queue.order() if k in core.tasks and core.tasks[k].ready)
         held = Counter(t.request.priority for t in core.tasks.values() if t.ready and t.status in HELD)
-        return Positions({key: i + 1 for i, key in enumerate(dict.fromkeys(order))}, held)
+        ahead_s, total = {}, 0.0
+        for key in order:
+            ahead_s[key] = total
+            total += core.estimates.cost(core.tasks[key].request.task_type)
+        return Positions({key: i + 1 for i, key in enumerate(order)}, held, ahead_s)
 
     def _row(self, task: TaskRecord, positions: Positions) -> dict[str, Any]:
         row = task.explain()
@@ -129,6 +138,48 @@ class CoreView:
         if task.status in HELD:
             row["waiting_reason"] = self._waiting_reason(task, positions)
         return row
+
+    def estimate(self, task: TaskRecord, positions: Positions, now: float | None = None) -> tuple[float, float] | None:
+        """(start, completion) in Unix seconds, from the queue ahead and learned durations; None when unknown.
+
+        A task on a GPU: start = when it started (or ``now`` while it waits for a slot there), completion =
+        start + its learned seconds alone there x the tasks sharing the GPU with it (never before ``now``).
+        A ready task in the queue: start = ``now`` + the soonest a GPU it fits frees a slot (min over those
+        GPUs of backlog / slots) + the learned seconds of the tasks queued ahead of it spread over those GPUs;
+        completion = start + its learned seconds alone on the fastest of them. The GPUs it fits: active, and
+        not ruled out for good (memory, compute capability, a GPU that failed it, ``specific_gpu_id``).
+        """
+        core = self._core
+        now = core.now if now is None else now
+        if task.status in (TaskStatus.PLACED, TaskStatus.RUNNING):
+            slot = core.gpus.slots.get(task.gpu) if task.gpu is not None else None
+            if slot is None or task.key not in slot.expected_s:
+                return None
+            start = (
+                task.started_at
+                if task.status == TaskStatus.RUNNING and task.started_at
+                else max(now, task.placed_at or now)
+            )
+            return start, max(now, start + slot.expected_s[task.key] * task.sharing)
+        ahead = positions.ahead_s.get(task.key)
+        if task.status not in HELD or ahead is None:
+            return None
+        request, policy = task.request, core.policy
+        fitting = [
+            g.id
+            for g in core.gpus.snapshot()
+            if g.status == "active"
+            and (request.gpu is None or matches(g, request.gpu))
+            and not (rejection(g, request, policy) or ("", False))[1]
+        ]
+        if not fitting:
+            return None
+        slots = policy.max_concurrent_tasks_per_gpu
+        frees = min(core.gpus.slots[g].backlog_s for g in fitting) / slots
+        start = now + frees + ahead / len(fitting)
+        own = core.estimates.own_seconds(request.task_type)
+        alone = min(own.get(g) or core.estimates.cost(request.task_type) for g in fitting)
+        return start, start + alone
 
     def _waiting_reason(self, task: TaskRecord, positions: Positions) -> str:
         core = self._core

@@ -217,12 +217,17 @@ async def route(body: RouteRequest, who: PrincipalDep, gateway: GatewayDep, requ
     placed = status in ("running", "completed")
     expected = requirements.expected_duration if requirements else None
     gpu = info.get("gpu") if info else None
+    # the router's estimates (queue ahead + learned durations; docs/rest-api.md), else what the request says
+    start = (info or {}).get("estimated_start") or (now if placed else None)
+    end = (info or {}).get("estimated_completion")
+    if end is None and start is not None and expected is not None:
+        end = start + expected / 1000
     return {
         "request_id": body.request_id or entry.task_id,
         "status": "accepted" if placed else "queued",
         "assigned_gpu": f"gpu_{gpu}" if placed and gpu is not None else None,
-        "estimated_start_time": iso(now) if placed else None,
-        "estimated_completion_time": iso(now + expected / 1000) if placed and expected is not None else None,
+        "estimated_start_time": iso(start),
+        "estimated_completion_time": iso(end),
         # the router's own 1-based position in its queue when it gives one, else the gateway's estimate
         "queue_position": None if placed else (info or {}).get("queue_position") or gateway.queued + 1,
         "message": (info or {}).get("waiting_reason")
