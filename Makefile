@@ -47,6 +47,7 @@ bench: venv
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/scaling.py
 	$(BIN)/python bench/strategies.py
+	$(BIN)/python bench/locality.py --touch
 
 # The gateway vs Ray Serve (plain and @serve.batch) on the same GRU and load -> bench/RESULTS.md "serving";
 # single submits: router vs plain Dask vs Ray tasks -> "submission".

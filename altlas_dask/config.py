@@ -122,7 +122,8 @@ class MultiGpu(_Strict):
     task_specific_mappings: dict[str, str] = Field(default_factory=dict)
     custom_strategies: dict[StrategyName, ImportPath] = Field(default_factory=dict)
     data_locality: bool = True  # earliest_finish weighs where a task's inputs are (Dask's who_has / nbytes)
-    transfer_gb_per_s: float = Field(1.0, gt=0, le=10_000)  # what moving inputs between workers costs (GB/s)
+    # what moving inputs between workers costs (GB/s); 0.1: Dask's own estimate (distributed.scheduler.bandwidth)
+    transfer_gb_per_s: float = Field(0.1, gt=0, le=10_000)
 
     @field_validator("task_specific_mappings")
     @classmethod
@@ -522,7 +523,7 @@ class RoutingPolicy(_Strict):
     health: Health = Health()
     unresponsive_after: float = 10.0
     data_locality: bool = True  # strategies weigh where a task's inputs are
-    transfer_bytes_per_s: float = 1e9  # the cost of moving inputs between workers
+    transfer_bytes_per_s: float = 1e8  # the cost of moving inputs between workers
 
 
 @functools.lru_cache(maxsize=256)

@@ -180,7 +180,7 @@ def test_the_core_learns_where_inputs_are_from_ready_events():
     reason = core.tasks["idle-elsewhere"].decision.reason
     assert "500 of its 500 MB of inputs already there)" in reason
     assert reason.endswith(
-        "; data locality: stays with its inputs (moving them to GPU 0 would take 500 ms,"
+        "; data locality: stays with its inputs (moving them to GPU 0 would take 5000 ms,"
         " more than the 0 ms longer wait here)"
     )
     assert placed(core.handle(ev.Submitted("fresh", {}, d.now, inputs={d.worker(1): 1}))) == {"fresh": 0}

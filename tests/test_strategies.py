@@ -309,9 +309,9 @@ def test_earliest_finish_keeps_the_only_gpus_that_fit_large_tasks_for_them():
 def test_earliest_finish_runs_a_task_where_its_large_inputs_are_unless_waiting_costs_more():
     gpus = [gpu(0), gpu(1)]
     learned = {0: 0.1, 1: 0.1}
-    inputs = {1: 200_000_000}  # 200 MB on GPU 1's worker: 0.2 s to move at 1 GB/s
+    inputs = {1: 20_000_000}  # 20 MB on GPU 1's worker: 0.2 s to move at the default 0.1 GB/s
     d = ef(gpus, expected=learned, backlog={0: 0.0, 1: 0.15}.get, inputs=inputs)
-    assert d.gpu == 1 and "200 of its 200 MB of inputs already there" in d.reason
+    assert d.gpu == 1 and "20 of its 20 MB of inputs already there" in d.reason
     assert ef(gpus, expected=learned, backlog={0: 0.0, 1: 0.5}.get, inputs=inputs).gpu == 0  # waiting costs more
     assert ef(gpus, expected=learned, backlog={0: 0.0, 1: 0.15}.get).gpu == 0  # no inputs: the idle GPU
 
@@ -353,25 +353,25 @@ def test_data_locality_keeps_a_task_with_its_inputs_exactly_when_moving_them_cos
 
 
 def test_a_busy_gpu_holding_the_inputs_loses_to_an_idle_one_when_its_queue_outlasts_the_transfer():
-    """300 MB on GPU 2 (0.3 s to move at the default 1 GB/s): a 0.25 s queue there keeps the task, a 0.35 s
+    """30 MB on GPU 2 (0.3 s to move at the default 0.1 GB/s): a 0.25 s queue there keeps the task, a 0.35 s
     queue sends it to idle GPU 0; with data_locality off it goes to the idle GPU whatever the bytes."""
     gpus = [gpu(0), gpu(1), gpu(2)]
     queued = {0: 0.0, 1: 0.05, 2: 0.25}
-    inputs = {2: 300_000_000}
+    inputs = {2: 30_000_000}
     d = ef_with(locality_policy(), gpus, backlog=queued.get, inputs=inputs)
-    assert d.gpu == 2 and "300 of its 300 MB of inputs already there" in d.reason
+    assert d.gpu == 2 and "30 of its 30 MB of inputs already there" in d.reason
     assert "moving them to GPU 0 would take 300 ms, more than the 250 ms longer wait here" in d.reason
     assert ef_with(locality_policy(), gpus, backlog={**queued, 2: 0.35}.get, inputs=inputs).gpu == 0
     off = ef_with(locality_policy(data_locality=False), gpus, backlog=queued.get, inputs=inputs)
     assert off.gpu == 0 and "inputs" not in off.reason
-    fast = ef_with(locality_policy(transfer_gb_per_s=10), gpus, backlog=queued.get, inputs=inputs)  # 30 ms to move
+    fast = ef_with(locality_policy(transfer_gb_per_s=1), gpus, backlog=queued.get, inputs=inputs)  # 30 ms to move
     assert fast.gpu == 0
 
 
 def test_data_locality_config_keys_are_validated():
     from altlas_dask.config import ConfigError
 
-    assert locality_policy().data_locality is True and locality_policy().transfer_bytes_per_s == 1e9
+    assert locality_policy().data_locality is True and locality_policy().transfer_bytes_per_s == 1e8
     assert locality_policy(transfer_gb_per_s=25).transfer_bytes_per_s == 25e9
     with pytest.raises(ConfigError, match=r"gpu.multi_gpu.transfer_gb_per_s.*got 0"):
         locality_policy(transfer_gb_per_s=0)
@@ -380,16 +380,16 @@ def test_data_locality_config_keys_are_validated():
 
 
 def test_a_full_gpu_holding_the_inputs_is_waited_for_when_its_next_slot_beats_moving_them():
-    """GPU 1 holds 500 MB (0.5 s to move) but every slot is taken: the task waits for it while its queue (0.2 s)
-    is shorter than moving the inputs to idle GPU 0; a longer queue there (1 s), a GPU that is full for another
-    reason than its slots, or data_locality off send it to GPU 0 now."""
+    """GPU 1 holds 50 MB (0.5 s to move at 0.1 GB/s) but every slot is taken: the task waits for it while its
+    queue (0.2 s) is shorter than moving the inputs to idle GPU 0; a longer queue there (1 s), a GPU that is full
+    for another reason than its slots, or data_locality off send it to GPU 0 now."""
     limit = POLICY.max_concurrent_tasks_per_gpu
     full = gpu(1, active_requests=limit)
-    inputs = {1: 500_000_000}
+    inputs = {1: 50_000_000}
     d = ef_with(locality_policy(), [gpu(0), full], backlog={0: 0.0, 1: 0.2}.get, inputs=inputs)
     assert d.outcome == "wait" and d.gpu is None
     assert d.reason == (
-        "data locality: waits for a slot on GPU 1, which holds 500 of its 500 MB of inputs "
+        "data locality: waits for a slot on GPU 1, which holds 50 of its 50 MB of inputs "
         "(expected finish there 1.200s; on GPU 0, moving them, 1.500s)"
     )
     assert ef_with(locality_policy(), [gpu(0), full], backlog={0: 0.0, 1: 1.0}.get, inputs=inputs).gpu == 0
