@@ -233,7 +233,7 @@ def main() -> None:
         goals += rows
     body = "\n\n".join(
         [
-            "## Data locality on the cluster (`bench/locality.py`)",
+            "## Data locality on the cluster (issue 11 item 7, `bench/locality.py`)",
             f"`{command('locality.py')}`; {machine_line(info)}.",
             f"{args.items} items on {GPUS} identical simulated GPUs (one worker process each, 8 slots): a GPU "
             f"preprocess step ({PRE_GFLOP:.0f} GFLOP) returning a {args.mb:.0f} MB numpy array, then a GPU inference "
