@@ -15,6 +15,7 @@ from typing import Any
 from distributed.protocol import pickle
 from distributed.scheduler import Scheduler, TaskState
 
+from altlas_dask.batching import BATCH_METADATA
 from altlas_dask.options import ANNOTATION
 from altlas_dask.resources import GPU_MEMORY_RESOURCE, GPU_RESOURCE
 from altlas_dask.worker import METRIC_NAME
@@ -180,3 +181,16 @@ def give_up(ts: TaskState, msg: dict[str, Any], replacement: BaseException | Non
     if replacement is not None:
         msg["exception"] = pickle.dumps(replacement)
         msg["exception_text"] = repr(replacement)
+
+
+def batch_of(transition_kwargs: dict[str, Any]) -> tuple[int, float] | None:
+    """(batch size, this task's share of the batch call's seconds) when the task ran in a worker-side batch:
+    the worker noted it in the task's metadata (:func:`altlas_dask.batching._report`), which Dask's
+    task-finished message carries into the processing -> memory transition as ``metadata``."""
+    batch = (transition_kwargs.get("metadata") or {}).get(BATCH_METADATA)
+    if not isinstance(batch, dict):
+        return None
+    try:
+        return int(batch["size"]), float(batch["share_s"])
+    except (KeyError, TypeError, ValueError):
+        return None

@@ -205,7 +205,8 @@ class GpuRouter(SchedulerPlugin):
         elif finish == "processing":
             self.handle(ev.Started(key, now))
         elif start == "processing" and finish == "memory":
-            self.handle(ev.Finished(key, now, kwargs.get("worker"), compute_seconds(kwargs.get("startstops"))))
+            worker, seconds = kwargs.get("worker"), compute_seconds(kwargs.get("startstops"))
+            self.handle(ev.Finished(key, now, worker, seconds, dx.batch_of(kwargs)))
         elif start == "processing" and finish == "released":
             self.handle(ev.Released(key, now))
         elif finish == "forgotten":

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from conftest import local_config, repo_config_data
+from conftest import local_config, repo_config_data, wait_for
 
 import altlas_dask
 from altlas_dask.batching import Batched, Batcher
@@ -133,6 +133,34 @@ def test_generate_requests_on_one_gpu_share_a_forward_pass(client: altlas_dask.C
         assert result["text"] == char_gru.predict(prompt, 24, 0.0, 0, model=model)["text"]
     assert len({f.key for f in futures}) == 4  # four tasks, each with its own key and record
     assert all(client.explain(f)["status"] == "completed" for f in futures)
+
+
+def test_a_batch_charges_each_request_its_share_of_the_call_and_explains_its_size(cluster: GpuCluster):
+    """Four requests in one batch call: each is charged a quarter of the call (not the whole call four
+    times), in its record and in its user's usage, and its explanation shows the batch size."""
+    from distributed import get_task_stream
+
+    from altlas_dask.model import generate
+
+    user = "batch-share"
+    with altlas_dask.Client(
+        cluster.scheduler_address, gpu_defaults={"user": user}, set_as_default=False, timeout=30
+    ) as client:
+        with get_task_stream(client=client) as stream:
+            futures = client.map(generate, ["The ", "And ", "When ", "We "], [48] * 4, [0.0] * 4, [0] * 4, pure=False)
+            assert all(r["batch_size"] == 4 for r in client.gather(futures))
+        compute = {  # Dask's own compute seconds per task: each includes the whole batch call
+            r["key"]: sum(s["stop"] - s["start"] for s in r["startstops"] if s["action"] == "compute")
+            for r in stream.data
+        }
+        rows = client.explain_many(futures)
+        assert [rows[f.key]["batch_size"] for f in futures] == [4] * 4
+        charged = [rows[f.key]["gpu_seconds"] for f in futures]
+        assert len(set(charged)) == 1 and charged[0] > 0, charged  # the same share each
+        # the call ran inside every task's compute time, so its four shares fit in any one task's time
+        assert sum(charged) <= min(compute[f.key] for f in futures) + 1e-5, (charged, compute)
+        used = wait_for(lambda: sum(d["gpu_seconds"] for d in client.usage()), what="the user's usage")
+        assert used == pytest.approx(sum(charged), abs=1e-5)
 
 
 def test_cancelling_one_request_leaves_its_batch_neighbours_running(client: altlas_dask.Client):

@@ -462,3 +462,17 @@ def test_explain_estimates_start_and_completion_from_the_queue_ahead_and_learned
     d.core.handle(ev.Drain(1, d.now, "maintenance"))
     later = CoreView(core).explain(["q1"], now=now)["q1"]
     assert later["estimated_start"] == pytest.approx(now + frees_gpu0)  # only GPU 0 is left to free a slot
+
+
+def test_a_task_that_ran_in_a_batch_is_charged_its_share_and_explains_the_batch_size():
+    d = Driver(make_core({"quotas": {"defaults": {"gpu_time_minutes": 1000}}}), gpus=1)
+    d.submit("alone", user="u")
+    d.submit("batched", user="u")
+    d.start("alone")
+    d.start("batched")
+    d.finish("alone", 2.0)
+    d.core.handle(ev.Finished("batched", d.now, d.worker(0), 2.0, batch=(4, 0.5)))
+    rows = CoreView(d.core).explain(["alone", "batched"])
+    assert rows["batched"]["gpu_seconds"] == 0.5 and rows["batched"]["batch_size"] == 4
+    assert rows["alone"]["gpu_seconds"] == 2.0 and "batch_size" not in rows["alone"]
+    assert d.core.book.usage["u"].day_gpu_seconds == 2.5  # the quota is charged the share, too

@@ -1,8 +1,10 @@
 """Every use of distributed's internal *worker* API in one place (the scheduler's is in scheduler_plugins).
 
-Two paths need it. A kernel asks whether its task is still wanted when it starts (a cancel may have come
-first: :func:`still_executing`). A worker started from the command line with ``--preload altlas_dask.worker``
-learns its GPU's memory inside the preload, after ``Worker.__init__`` took its ``resources`` and before
+Three paths need it. A batched call notes its batch on the task it ran for (:func:`annotate_current_task`:
+the task's ``metadata``, which Dask's own task-finished message carries to the scheduler). A kernel asks
+whether its task is still wanted when it starts (a cancel may have come first: :func:`still_executing`).
+A worker started from the command line with ``--preload altlas_dask.worker`` learns its GPU's memory inside
+the preload, after ``Worker.__init__`` took its ``resources`` and before
 it registers with the scheduler. ``Worker.set_resources`` (public) tells a scheduler the worker is
 already registered with, so before registration the plugin writes the worker state that registration
 sends. Clusters that altlas-dask starts pass ``resources`` in each worker's spec and never come here.
@@ -12,8 +14,9 @@ If a Dask upgrade changes this, this module and ``tests/test_worker_internals.py
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
-from distributed import Worker
+from distributed import Worker, get_worker
 
 
 def advertised_resources(worker: Worker) -> dict[str, float]:
@@ -35,3 +38,19 @@ def still_executing(worker: Worker, key: object) -> bool:
     """Whether the worker still runs ``key`` (False once it was cancelled, released or forgotten)."""
     ts = worker.state.tasks.get(key)
     return ts is not None and ts.state in ("executing", "long-running")
+
+
+def annotate_current_task(name: str, value: Any) -> bool:
+    """Set ``metadata[name]`` of the task this thread executes on a worker (msgpack-able ``value``); the
+    worker sends it with the task's result (``TaskFinishedMsg.metadata``) and the scheduler's transition to
+    memory passes it to plugins as ``metadata``. False (nothing done) outside a worker's task thread."""
+    try:
+        worker = get_worker()
+        key = worker.get_current_task()
+    except (ValueError, KeyError):
+        return False
+    ts = worker.state.tasks.get(key)
+    if ts is None:
+        return False
+    ts.metadata[name] = value
+    return True

@@ -250,7 +250,11 @@ class SchedulingCore:
         if task is None or task.status not in ON_GPU:
             return
         seconds = e.compute_seconds or (self.now - (task.started_at or task.placed_at or self.now))
-        task.gpu_seconds += seconds
+        if e.batch is not None:  # one call ran the batch: each task is charged its share of it
+            task.batch_size = e.batch[0]
+            task.gpu_seconds += e.batch[1]
+        else:
+            task.gpu_seconds += seconds
         slot = self.gpus.slot_of(e.worker) or self.gpus.slots.get(task.gpu if task.gpu is not None else -1)
         if slot is not None:
             self.estimates.learn(slot.gpu_id, task.request.task_type, seconds / task.sharing, task.sharing == 1)

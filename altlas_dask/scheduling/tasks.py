@@ -39,6 +39,7 @@ class TaskRecord:
     served_cost: float = 0.0  # fair-share cost charged when it was placed
     waiting_reason: str = ""
     inputs: Mapping[str, int] = field(default_factory=dict)  # worker -> bytes of its inputs held there
+    batch_size: int | None = None  # the size of the worker-side batch it ran in (dynamic batching)
 
     @property
     def user(self) -> str:
@@ -88,6 +89,8 @@ class TaskRecord:
             out["gpu"] = self.gpu
         if self.waiting_reason and not self.status.final:
             out["waiting_reason"] = self.waiting_reason
+        if self.batch_size is not None:
+            out["batch_size"] = self.batch_size
         return out
 
     def record(self) -> dict[str, Any]:
