@@ -50,7 +50,10 @@ class RayChild:
     def ask(self, command: str) -> float:
         self.proc.stdin.write(command + "\n")
         self.proc.stdin.flush()
-        return float(self.proc.stdout.readline())
+        for line in self.proc.stdout:  # Ray's own log lines come here too
+            if line.startswith("RESULT "):
+                return float(line.split()[1])
+        raise RuntimeError(f"Ray child exited ({self.proc.wait()}) during {command!r}")
 
     def close(self) -> None:
         self.proc.stdin.close()

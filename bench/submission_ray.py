@@ -3,7 +3,8 @@
 ``python bench/submission_ray.py GPUS SLOTS``: starts Ray with GPUS logical GPUs, a no-op GPU task
 (``num_gpus=1/SLOTS``, so SLOTS run at once per GPU as the router's slots; ``max_calls=0``: workers are reused)
 and its workers, then answers commands on stdin, one per line: ``run N`` (N single ``.remote`` calls, then
-``ray.get``: prints tasks/s) and ``rt`` (one call + ``ray.get``: prints milliseconds). Prints ``READY`` first.
+``ray.get``: prints ``RESULT`` tasks/s) and ``rt`` (one call + ``ray.get``: ``RESULT`` milliseconds). Prints
+``READY`` first. Ray's own log lines share stdout; the parent skips them.
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ def main() -> None:
             n = int(command[1])
             start = time.perf_counter()
             ray.get([noop.remote(i) for i in range(n)])
-            print(f"{n / (time.perf_counter() - start):.3f}", flush=True)
+            print(f"RESULT {n / (time.perf_counter() - start):.3f}", flush=True)
         elif command[0] == "rt":
             start = time.perf_counter()
             ray.get(noop.remote(0))
-            print(f"{(time.perf_counter() - start) * 1e3:.4f}", flush=True)
+            print(f"RESULT {(time.perf_counter() - start) * 1e3:.4f}", flush=True)
     ray.shutdown()
 
 
