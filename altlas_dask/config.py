@@ -198,10 +198,26 @@ class FaultSpec(_Strict):
     error_rate: float = Field(0.0, ge=0.0, le=1.0)
 
 
+class SimLatency(_Strict):
+    """The Dask path around a GPU in the replay simulator, in seconds (docs/replay.md "The model").
+
+    Defaults measured on the simulated cluster under bench/strategies.py's load (4 workers, 35 tasks/s, 2 cores):
+    submit -> start on the worker 12 ms (earliest_finish's mean queue; its tasks rarely wait for a GPU), kernel end
+    -> the client's callback 6 ms. The round trip a freed slot waits for (no ``prefetch_depth``) is
+    ``report_s + dispatch_s``.
+    """
+
+    submit_s: float = Field(0.006, ge=0, le=60)  # client submit -> the scheduler's update_graph
+    dispatch_s: float = Field(0.006, ge=0, le=60)  # the router places a task -> it reaches its worker
+    report_s: float = Field(0.003, ge=0, le=60)  # the kernel ends -> the scheduler hears it
+    notify_s: float = Field(0.003, ge=0, le=60)  # the scheduler -> the client's done-callback
+
+
 class Simulation(_Strict):
     gpus: tuple[SimulatedGpuSpec, ...] = (SimulatedGpuSpec(count=4),)
     faults: tuple[FaultSpec, ...] = ()
     seed: int = 0
+    latency: SimLatency = SimLatency()
 
     def expanded(self) -> list[SimulatedGpuSpec]:
         """One spec per virtual GPU (``count`` unrolled), in index order."""

@@ -106,11 +106,12 @@ def prefetch_in_simulator() -> str:
     depths = (0, 1, 2, 4)
     batch = [TraceTask(t=0.0, id=f"t{i}", work_gflop=100.0) for i in range(256)]
     pool = [{"name": "A100", "memory_mb": 40960, "speed_gflops": 1000, "count": 4}]
-    base = Timing()
+    base = Timing.from_config(config(pool, None, 0))  # simulation.latency
     slow = Timing(dispatch_s=base.dispatch_s * 4, report_s=base.report_s * 4)  # a loaded scheduler
+    round_trip = {t: f"{(t.report_s + t.dispatch_s) * 1e3:.0f} ms" for t in (base, slow)}
     rows = []
     for slots in (8, 2, 1):
-        for timing, label in ((base, "5 ms"), (slow, "20 ms")):
+        for timing, label in ((base, round_trip[base]), (slow, round_trip[slow])):
             cells = []
             for depth in depths:
                 s = summarize(replay(config(pool, slots, depth), batch, timing=timing))
@@ -126,7 +127,6 @@ def prefetch_in_simulator() -> str:
                 s = summarize(replay(config(het_pool, slots, depth), trace, name))["latency_s"]
                 cells.append(f"{s['p50'] * 1e3:.0f} / {s['p95'] * 1e3:.0f}")
             lat.append([str(slots), name, *cells])
-    round_trip = (base.report_s + base.dispatch_s) * 1e3
     return "\n".join([
         "## Pre-placement in the simulator (`bench/replay.py --prefetch`, issue 11 item 6)",
         "",
@@ -137,8 +137,8 @@ def prefetch_in_simulator() -> str:
         "strategy; makespan (efficiency) by slots per GPU (`max_concurrent_tasks_per_gpu` = worker threads) and "
         "`prefetch_depth`. A modelled worker runs at most *slots* tasks and starts its pre-placed ones, best rank "
         "first, the moment a thread frees; without them a freed slot waits for the scheduler's round trip (the "
-        f"result's report + the next placement: {round_trip:.0f} ms with the simulator's default `Timing`, 20 ms "
-        "for a loaded scheduler). Deterministic: one run per cell.",
+        f"result's report + the next placement: {round_trip[base]} with `simulation.latency`'s defaults, "
+        f"{round_trip[slow]} for a loaded scheduler). Deterministic: one run per cell.",
         "",
         table(["slots", "round trip", *(f"depth {d}" for d in depths)], rows),
         "",

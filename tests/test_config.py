@@ -174,6 +174,7 @@ def test_bad_task_specific_mapping_reference_is_rejected():
         ("simulation.gpus", [{"name": "X", "compute_capability": "eight"}]),
         ("simulation.faults", [{"gpu": 0, "kind": "melted"}]),
         ("simulation.faults", [{"gpu": 0, "kind": "error_rate", "error_rate": 1.5}]),
+        ("simulation.latency", {"dispatch_s": -0.001}),
     ],
 )
 def test_simulation_section_is_validated(key, value):

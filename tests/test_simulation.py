@@ -215,3 +215,44 @@ def test_a_pipelines_next_step_stays_with_its_input():
     after = summarize(replay(cfg, lines, "earliest_finish"))
     assert before["bytes_moved"] > 0 and after["bytes_moved"] <= 0.2 * before["bytes_moved"], (before, after)
     assert after["throughput_per_s"] >= before["throughput_per_s"] and after["done"] == before["done"] == 200
+
+
+# -- the Dask path and pre-placement (issue 11 item 6) ---------------------------------------------------
+
+
+def test_the_replay_takes_its_dask_path_latencies_from_the_config():
+    latency = {"submit_s": 0.01, "dispatch_s": 0.02, "report_s": 0.03, "notify_s": 0.04}
+    (o,) = replay(config([a100()], simulation={"gpus": [a100()], "latency": latency}), [task(0, t=1.0)]).outcomes
+    assert o.started == pytest.approx(1.03)
+    assert o.done == pytest.approx(1.03 + 0.05 + 0.03 + 0.04)
+
+
+def one_slot(depth: int):
+    return config(
+        [a100()],
+        simulation={"gpus": [a100()], "latency": {"report_s": 0.01, "dispatch_s": 0.02}},
+        gpu={"multi_gpu": {"max_concurrent_tasks_per_gpu": 1, "prefetch_depth": depth}},
+    )
+
+
+def test_a_freed_slot_waits_for_the_round_trip_unless_a_task_is_pre_placed():
+    """One slot per GPU: without pre-placement the next task reaches the worker a report + a placement after the
+    last one ended; with depth 1 it is already there and starts at once."""
+    lines = [task(i, work=200.0) for i in range(4)]  # 0.1 s each
+    gaps = {}
+    for depth in (0, 1):
+        out = sorted(replay(one_slot(depth), lines).outcomes, key=lambda o: o.started)
+        gaps[depth] = [b.started - a.ended for a, b in zip(out, out[1:], strict=False)]
+    assert gaps[0] == pytest.approx([0.03] * 3)
+    assert gaps[1] == pytest.approx([0.0] * 3)
+
+
+def test_a_worker_starts_its_pre_placed_tasks_best_rank_first():
+    """Depth 3 on one slot: three tasks placed behind a running one start by priority, then placement order."""
+    lines = [task("long", work=2000.0)] + [
+        task(key, t=0.1 + i * 0.01, priority=p) for i, (key, p) in enumerate((("a", 1), ("b", 1), ("urgent", 5)))
+    ]
+    result = replay(one_slot(3), lines)
+    assert result.counters["held"] == 0  # all four were placed at once: one running, three next up
+    order = [o.task.id for o in sorted(result.outcomes, key=lambda o: o.started)]
+    assert order == ["long", "urgent", "a", "b"]

@@ -23,7 +23,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from altlas_dask.config import AltlasConfig
+from altlas_dask.config import AltlasConfig, SimLatency
 from altlas_dask.scheduling import events as ev
 from altlas_dask.scheduling.actions import Action, Fail, Place, Record, Release, Retry
 from altlas_dask.scheduling.core import SchedulingCore
@@ -46,16 +46,24 @@ def heartbeat_interval(n: int) -> float:
     return n / 200 + 1
 
 
+_LATENCY = SimLatency()
+
+
 @dataclass(frozen=True)
 class Timing:
-    """Latencies of the Dask path around the GPU, in seconds (calibrated against the real cluster)."""
+    """Latencies of the Dask path around the GPU, in seconds (defaults: ``simulation.latency``'s, measured on the
+    simulated cluster; a replay takes its config's ``simulation.latency`` unless given a Timing)."""
 
-    submit_s: float = 0.002  # client submit -> the scheduler's update_graph
-    dispatch_s: float = 0.003  # the router places a task -> it starts on the worker
-    report_s: float = 0.002  # the kernel ends -> the scheduler's transition to memory (or erred)
-    notify_s: float = 0.002  # the scheduler -> the client's done-callback
+    submit_s: float = _LATENCY.submit_s  # client submit -> the scheduler's update_graph
+    dispatch_s: float = _LATENCY.dispatch_s  # the router places a task -> it starts on the worker
+    report_s: float = _LATENCY.report_s  # the kernel ends -> the scheduler's transition to memory (or erred)
+    notify_s: float = _LATENCY.notify_s  # the scheduler -> the client's done-callback
     heartbeat_s: float | None = None  # None: Dask's own interval for the pool's size
     transfer_bytes_per_s: float = 1e9  # a worker fetching a dependency's result from another worker
+
+    @classmethod
+    def from_config(cls, config: AltlasConfig) -> Timing:
+        return cls(**config.simulation.latency.model_dump())
 
 
 @dataclass(slots=True)
@@ -97,9 +105,9 @@ class Replay:
         *,
         strategy: str | None = None,
         seed: int = 0,
-        timing: Timing = Timing(),
+        timing: Timing | None = None,
     ) -> None:
-        self.timing = timing
+        self.timing = timing = timing or Timing.from_config(config)
         policy = config.routing()
         if strategy is not None:
             allowed = policy.allowed_strategies
@@ -387,6 +395,7 @@ def _zero() -> float:
 
 
 def replay(config: AltlasConfig, lines: Sequence[TraceLine], strategy: str | None = None, seed: int = 0,
-           timing: Timing = Timing()) -> ReplayResult:  # fmt: skip
-    """Replay ``lines`` on ``config``'s modelled pool with ``strategy`` (default: the config's)."""
+           timing: Timing | None = None) -> ReplayResult:  # fmt: skip
+    """Replay ``lines`` on ``config``'s modelled pool with ``strategy`` (default: the config's); ``timing``
+    defaults to the config's ``simulation.latency``."""
     return Replay(config, lines, strategy=strategy, seed=seed, timing=timing).run()
