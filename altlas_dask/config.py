@@ -201,16 +201,16 @@ class FaultSpec(_Strict):
 class SimLatency(_Strict):
     """The Dask path around a GPU in the replay simulator, in seconds (docs/replay.md "The model").
 
-    Defaults measured on the simulated cluster under bench/strategies.py's load (4 workers, 35 tasks/s, 2 cores):
-    submit -> start on the worker 12 ms (earliest_finish's mean queue; its tasks rarely wait for a GPU), kernel end
-    -> the client's callback 6 ms. The round trip a freed slot waits for (no ``prefetch_depth``) is
-    ``report_s + dispatch_s``.
+    Defaults: their sum is bench/overhead.py's one-task round trip through the router on the simulated cluster
+    (12.6 ms median), split as measured by bench/strategies.py on a quiet machine (submit -> start on the worker
+    6-10 ms, kernel end -> the client's callback 2-3 ms). The round trip a freed slot waits for (no
+    ``gpu.multi_gpu.prefetch_depth``) is ``report_s + dispatch_s``. On a loaded machine all of them grow.
     """
 
-    submit_s: float = Field(0.006, ge=0, le=60)  # client submit -> the scheduler's update_graph
-    dispatch_s: float = Field(0.006, ge=0, le=60)  # the router places a task -> it reaches its worker
-    report_s: float = Field(0.003, ge=0, le=60)  # the kernel ends -> the scheduler hears it
-    notify_s: float = Field(0.003, ge=0, le=60)  # the scheduler -> the client's done-callback
+    submit_s: float = Field(0.004, ge=0, le=60)  # client submit -> the scheduler's update_graph
+    dispatch_s: float = Field(0.004, ge=0, le=60)  # the router places a task -> it reaches its worker
+    report_s: float = Field(0.002, ge=0, le=60)  # the kernel ends -> the scheduler hears it
+    notify_s: float = Field(0.002, ge=0, le=60)  # the scheduler -> the client's done-callback
 
 
 class Simulation(_Strict):
