@@ -123,10 +123,16 @@ def wait_with_progress(run: WorkloadRun, timeout: float | None, quiet: bool, cli
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, TimeElapsedColumn(), console=Console(stderr=True), disable=quiet) as progress:
         bar = progress.add_task(run.name, total=run.calls)
+
+        def check_connection() -> None:
+            """A lost scheduler cancels the run's futures: no full bar for them, only the one error line."""
+            if client is not None and client.status != "running":
+                progress.remove_task(bar)
+                raise lost_connection(client.scheduler.address if client.scheduler else "?", run)
+
         try:
             while not run.done():
-                if client is not None and client.status != "running":
-                    raise lost_connection(client.scheduler.address if client.scheduler else "?", run)
+                check_connection()
                 progress.update(bar, completed=run.done_calls())
                 if deadline is not None and time.monotonic() > deadline:
                     run.cancel()
@@ -138,6 +144,7 @@ def wait_with_progress(run: WorkloadRun, timeout: float | None, quiet: bool, cli
         except KeyboardInterrupt:
             run.cancel()
             raise click.Abort() from None
+        check_connection()
         progress.update(bar, completed=run.done_calls())
 
 

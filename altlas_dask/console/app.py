@@ -19,9 +19,9 @@ with st.sidebar:
     auth.sidebar()
 
 pages = [
-    st.Page(common.guarded(gpus.render), title="GPUs", icon=":material/memory:", url_path="gpus", default=True),
-    st.Page(common.guarded(submit.render), title="Submit", icon=":material/send:", url_path="submit"),
-    st.Page(common.guarded(tasks.render), title="Tasks", icon=":material/list:", url_path="tasks"),
-    st.Page(common.guarded(reports.render), title="Reports", icon=":material/bar_chart:", url_path="reports"),
+    st.Page(common.page(gpus.render), title="GPUs", icon=":material/memory:", url_path="gpus", default=True),
+    st.Page(common.page(submit.render), title="Submit", icon=":material/send:", url_path="submit"),
+    st.Page(common.page(tasks.render), title="Tasks", icon=":material/list:", url_path="tasks"),
+    st.Page(common.page(reports.render), title="Reports", icon=":material/bar_chart:", url_path="reports"),
 ]
 st.navigation(pages, position="sidebar").run()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import socket
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -19,10 +20,40 @@ from altlas_dask.options import GpuOptionsError
 
 DEFAULT_SCHEDULER = "127.0.0.1:8786"
 CONNECT_TIMEOUT_S = 5
+RETRY_S = 3.0  # while the scheduler is away, a page looks for it this often and reloads itself once it is back
 
 
 class ConsoleError(Exception):
     """A problem the page explains in one sentence (no traceback)."""
+
+
+class SchedulerUnavailable(ConsoleError):
+    """The scheduler does not answer: the page says so in one line and comes back by itself when it does."""
+
+
+def unavailable(address: str, exc: BaseException | None = None) -> SchedulerUnavailable:
+    why = f" ({type(exc).__name__})" if exc is not None else ""
+    return SchedulerUnavailable(
+        f"Cannot reach the scheduler at {address}{why}. Is the cluster up (`altlas-dask up`) and the address "
+        f"right? This page retries every {RETRY_S:g} s and comes back by itself."
+    )
+
+
+def scheduler_address() -> str:
+    """The scheduler address in the sidebar."""
+    return (st.session_state.get("scheduler") or "").strip()
+
+
+def scheduler_listening(address: str, timeout: float = 1.0) -> bool:
+    """Whether something accepts connections at the scheduler's address (a cheap probe, no Dask handshake)."""
+    from distributed.comm import get_address_host_port
+
+    try:
+        host, port = get_address_host_port(address)
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def default_scheduler() -> str:
@@ -64,7 +95,7 @@ def _connection(address: str, user: str, admin: bool) -> Connection:
 def client() -> Client:
     """The client for the scheduler in the sidebar, acting as the signed-in key's user; a clear ConsoleError if
     nobody signed in or the scheduler is unreachable."""
-    address = (st.session_state.get("scheduler") or "").strip()
+    address = scheduler_address()
     who = auth.principal()
     if not address:
         raise ConsoleError("Enter the scheduler address in the sidebar (e.g. tcp://127.0.0.1:8786).")
@@ -75,11 +106,10 @@ def client() -> Client:
         return _connection(address, user, who.is_admin).client
     except GpuOptionsError as exc:
         raise ConsoleError(f"Invalid user {user!r}: {exc}") from None
-    except (OSError, TimeoutError, ValueError, TypeError) as exc:
-        raise ConsoleError(
-            f"Cannot reach the scheduler at {address}: {exc}. Is the cluster up (`altlas-dask up`) "
-            "and the address right?"
-        ) from None
+    except (OSError, TimeoutError) as exc:
+        raise unavailable(address, exc) from None
+    except (ValueError, TypeError) as exc:
+        raise ConsoleError(f"Invalid scheduler address {address!r}: {exc}") from None
 
 
 def describe(exc: BaseException) -> str:
@@ -92,22 +122,53 @@ def describe(exc: BaseException) -> str:
         return f"Invalid GPU options: {exc}"
     if isinstance(exc, ValueError | KeyError):
         return f"Invalid input: {exc}"
-    if isinstance(exc, OSError | TimeoutError):
-        return f"Lost contact with the scheduler: {exc}"
+    if isinstance(exc, OSError | TimeoutError):  # CommClosedError is an OSError
+        return str(unavailable(scheduler_address(), exc))
     return f"Unexpected error ({type(exc).__name__}): {exc}"
 
 
+def _lost(exc: BaseException) -> bool:
+    return isinstance(exc, SchedulerUnavailable | OSError | TimeoutError)
+
+
 def guarded(render: Callable[..., None]) -> Callable[..., None]:
-    """Run a page body (or a fragment) and show any error as st.error, never a traceback."""
+    """Run a fragment (or a page body, see :func:`page`) and show any error as st.error, never a traceback."""
 
     @functools.wraps(render)
-    def page(*args: Any, **kwargs: Any) -> None:
+    def run(*args: Any, **kwargs: Any) -> None:
         try:
             render(*args, **kwargs)
         except Exception as exc:  # st.rerun/st.stop are BaseExceptions and pass through
             st.error(describe(exc), icon=":material/error:")
 
-    return page
+    return run
+
+
+def page(render: Callable[[], None]) -> Callable[[], None]:
+    """A page body, guarded; when the scheduler is away it says so in one line and reloads itself once the
+    scheduler listens again (no click, no console restart: the next run connects a fresh client)."""
+
+    @functools.wraps(render)
+    def run() -> None:
+        try:
+            render()
+        except Exception as exc:
+            st.error(describe(exc), icon=":material/error:")
+            if _lost(exc) and scheduler_address():
+                _await_scheduler(scheduler_address())
+
+    return run
+
+
+@st.fragment(run_every=RETRY_S)
+def _await_scheduler(address: str) -> None:
+    """Reload the page when the scheduler is seen listening again after it was seen away (a page that fails
+    for another reason while the scheduler listens is not reloaded in a loop)."""
+    if not scheduler_listening(address):
+        st.session_state["scheduler_away"] = address
+    elif st.session_state.get("scheduler_away") == address:
+        del st.session_state["scheduler_away"]
+        st.rerun()  # the whole page, which connects again
 
 
 def when(ts: float | None) -> str:

@@ -28,16 +28,18 @@ PERCENT = {"utilization", "memory"}
 
 def render() -> None:
     st.title("GPUs")
-    client = common.client()
+    common.client()  # not signed in, or no scheduler: the page says so (and retries)
     left, right = st.columns(2)
     series = left.segmented_control("Chart", list(SERIES), default="Utilization %", required=True, key="gpu_series")
     window = right.segmented_control("Window", list(WINDOWS), default="5 min", required=True, key="gpu_window")
-    live(client, SERIES[series], WINDOWS[window])
+    live(SERIES[series], WINDOWS[window])
 
 
 @st.fragment(run_every=REFRESH_S)
 @common.guarded
-def live(client: Client, series: str, window_s: int) -> None:
+def live(series: str, window_s: int) -> None:
+    """Every REFRESH_S; asks for the client each time: after a scheduler outage the next run connects afresh."""
+    client = common.client()
     gpus = client.gpus()
     samples = record(gpus)
     overview(client, gpus)
@@ -106,6 +108,8 @@ def card(gpu: GpuState, samples: pd.DataFrame) -> None:
 def chart(samples: pd.DataFrame, series: str, window_s: int) -> None:
     """One line per GPU; gaps (while this page was not open) break the lines instead of bridging them."""
     now = time.time()
+    if samples.empty:  # no GPU reported yet (a cluster starting, or back after an outage)
+        return
     recent = samples[samples["time"] >= now - window_s].sort_values("time")
     if recent.empty:
         return

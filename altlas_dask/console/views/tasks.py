@@ -38,7 +38,7 @@ def render() -> None:
     if not client.user:
         return
     show = live_table if auto else table
-    show(client, None if status == "all" else status, user.strip() or None, order, int(limit))
+    show(None if status == "all" else status, user.strip() or None, order, int(limit))
 
 
 def fetch(client: Client, user: str | None, status: str | None, order: str, limit: int) -> dict[str, Any]:
@@ -56,7 +56,8 @@ def fetch(client: Client, user: str | None, status: str | None, order: str, limi
 
 
 @common.guarded
-def _table(client: Client, status: str | None, user: str | None, order: str, limit: int) -> None:
+def _table(status: str | None, user: str | None, order: str, limit: int) -> None:
+    client = common.client()  # each run: after a scheduler outage the next one connects afresh
     if "tasks_flash" in st.session_state:
         st.success(st.session_state.pop("tasks_flash"))
     answer = fetch(client, user, status, order, limit)
