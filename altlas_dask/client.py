@@ -18,11 +18,11 @@ from altlas_dask.errors import IdentityError
 from altlas_dask.gpus.state import GpuState
 from altlas_dask.notebook import speed_weights, split_plan
 from altlas_dask.options import ANNOTATION, GpuOptions, GpuOptionsError
+from altlas_dask.ranges import MAX_GPU_ID, MAX_OFFSET, MAX_QUOTA_VALUE, MAX_ROWS, MAX_TIMESTAMP, check_int, check_number
 
 CHUNKS_PER_GPU = 4  # batch split: several chunks per GPU so faster GPUs take more of the batch
 #: The largest quota value accepted: anything above is a unit mistake, and every value stays inside
 #: msgpack's and SQLite's 64-bit integers on its way to the router and the accounting database.
-MAX_QUOTA_VALUE = 10**9
 
 
 def check_quota_limits(limits: Mapping[str, Any]) -> dict[str, Any]:
@@ -360,11 +360,11 @@ class Client(distributed.Client):
 
     def drain_gpu(self, gpu: int, reason: str = "") -> dict[str, Any]:
         """No new work on ``gpu``; running work finishes."""
-        return self._call("altlas_drain", gpu=int(gpu), reason=reason, as_user=self.user)
+        return self._call("altlas_drain", gpu=check_int("gpu", gpu, 0, MAX_GPU_ID), reason=reason, as_user=self.user)
 
     def enable_gpu(self, gpu: int) -> dict[str, Any]:
         """Undo :meth:`drain_gpu`."""
-        return self._call("altlas_enable", gpu=int(gpu), as_user=self.user)
+        return self._call("altlas_enable", gpu=check_int("gpu", gpu, 0, MAX_GPU_ID), as_user=self.user)
 
     def router_status(self) -> dict[str, Any]:
         """Counters (placed, held, retried, failed, timed out) and the last routing decisions (yours; admins: all)."""
@@ -375,6 +375,7 @@ class Client(distributed.Client):
         self, user: str | None = None, status: str | None = None, limit: int = 100, offset: int = 0
     ) -> list[dict[str, Any]]:
         """Live and recent tasks: your own, or anyone's if this client's user is an admin."""
+        limit, offset = check_int("limit", limit, 0, MAX_ROWS), check_int("offset", offset, 0, MAX_OFFSET)
         return self._call(
             "altlas_tasks",
             pick=lambda r: r["tasks"],
@@ -417,6 +418,9 @@ class Client(distributed.Client):
         self, user: str | None = None, status: str | None = None, since: float | None = None, limit: int = 1000
     ) -> list[dict[str, Any]]:
         """Final task records from the accounting database, newest first."""
+        limit = check_int("limit", limit, 0, MAX_ROWS)
+        if since is not None:
+            since = float(check_number("since", since, 0, MAX_TIMESTAMP))
         return self._call(
             "altlas_records",
             pick=lambda r: r["records"],

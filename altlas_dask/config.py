@@ -19,6 +19,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from altlas_dask.ranges import MAX_GPU_ID, MAX_QUOTA_VALUE
+
 STRATEGIES = (
     "single_gpu",
     "round_robin",
@@ -46,6 +48,8 @@ def parse_gpu_ref(ref: str | int, *, where: str = "gpu") -> int:
     text = str(ref).strip().lower().removeprefix("gpu_").removeprefix("gpu-")
     if not text.isdigit():
         raise ValueError(f"{where}={ref!r} is not a GPU reference like 'gpu_0'")
+    if len(text) > 5 or int(text) > MAX_GPU_ID:
+        raise ValueError(f"{where}={ref!r} is not a GPU id (ids are 0..{MAX_GPU_ID})")
     return int(text)
 
 
@@ -58,8 +62,8 @@ def parse_gpu_selector(ref: str | int, *, where: str = "gpu") -> int | str:
     if isinstance(ref, bool):
         raise ValueError(f"{where}={ref!r} is not a GPU id, UUID or name pattern")
     if isinstance(ref, int):
-        if ref < 0:
-            raise ValueError(f"{where}={ref!r} is not a GPU id (ids are >= 0)")
+        if not 0 <= ref <= MAX_GPU_ID:
+            raise ValueError(f"{where}={ref!r} is not a GPU id (ids are 0..{MAX_GPU_ID})")
         return ref
     text = str(ref).strip()
     if re.fullmatch(r"(?i)(gpu[_-])?\d+", text):
@@ -231,10 +235,10 @@ class QuotaLimits(_Strict):
     """One user's limits (seed 001 sections 6.3.4 and 6.3.6)."""
 
     concurrent_requests: int = Field(1024, ge=1, le=100_000)  # running at once; more wait their turn
-    gpu_time_minutes: float = Field(14_400.0, gt=0)  # GPU time per UTC day, metered from run time
+    gpu_time_minutes: float = Field(14_400.0, gt=0, le=MAX_QUOTA_VALUE)  # GPU time per UTC day, from run time
     priority_requests: int = Field(256, ge=0, le=100_000)  # priority 4-5 tasks submitted and not finished
-    requests_per_minute: int = Field(60_000, ge=1)  # sliding 60 s window
-    requests_per_day: int = Field(5_000_000, ge=1)  # per UTC day
+    requests_per_minute: int = Field(60_000, ge=1, le=MAX_QUOTA_VALUE)  # sliding 60 s window
+    requests_per_day: int = Field(5_000_000, ge=1, le=MAX_QUOTA_VALUE)  # per UTC day
     weight: float = Field(1.0, gt=0, le=1000)  # fair-share weight among waiting work of equal priority
 
 
@@ -242,10 +246,10 @@ class QuotaOverride(_Strict):
     """Per-user changes to the defaults: only the keys given."""
 
     concurrent_requests: int | None = Field(None, ge=1, le=100_000)
-    gpu_time_minutes: float | None = Field(None, gt=0)
+    gpu_time_minutes: float | None = Field(None, gt=0, le=MAX_QUOTA_VALUE)
     priority_requests: int | None = Field(None, ge=0, le=100_000)
-    requests_per_minute: int | None = Field(None, ge=1)
-    requests_per_day: int | None = Field(None, ge=1)
+    requests_per_minute: int | None = Field(None, ge=1, le=MAX_QUOTA_VALUE)
+    requests_per_day: int | None = Field(None, ge=1, le=MAX_QUOTA_VALUE)
     weight: float | None = Field(None, gt=0, le=1000)
 
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from altlas_dask.errors import IdentityError
 from altlas_dask.quotas import QuotaValueError
+from altlas_dask.ranges import MAX_GPU_ID, MAX_OFFSET, MAX_ROWS, MAX_TIMESTAMP, check_int, check_number
 from altlas_dask.scheduling.lifecycle import TaskStatus
 from scheduler_plugins.identity import Caller, of_comm
 
@@ -31,6 +32,20 @@ if TYPE_CHECKING:
 
 def error(message: str, code: int) -> dict[str, Any]:
     return {"error": message, "code": code}
+
+
+def out_of_range(*checks: tuple[str, Any, float, float, bool]) -> dict[str, Any] | None:
+    """A 400 naming the first of ``(name, value, low, high, whole)`` out of range (a caller that bypassed the
+    client's checks: such a number must not reach SQLite or the reply's msgpack); None when all are fine."""
+    try:
+        for name, value, low, high, whole in checks:
+            if whole:
+                check_int(name, value, int(low), int(high))
+            elif value is not None:
+                check_number(name, value, low, high)
+    except ValueError as exc:
+        return error(str(exc), 400)
+    return None
 
 
 def handlers(router: GpuRouter) -> dict[str, Callable[..., Any]]:
@@ -82,12 +97,16 @@ class RouterApi:
     def drain(
         self, comm: Any, gpu: int, reason: str = "", as_user: str | None = None, admin: bool = False
     ) -> dict[str, Any]:
+        if bad := out_of_range(("gpu", gpu, 0, MAX_GPU_ID, True)):
+            return bad
         caller = self._admin(comm, as_user, admin, f"drain GPU {gpu}")
         if not isinstance(caller, Caller):
             return caller
         return self._router.set_draining(gpu, True, reason or f"drained by {caller.user}")
 
     def enable(self, comm: Any, gpu: int, as_user: str | None = None, admin: bool = False) -> dict[str, Any]:
+        if bad := out_of_range(("gpu", gpu, 0, MAX_GPU_ID, True)):
+            return bad
         caller = self._admin(comm, as_user, admin, f"enable GPU {gpu}")
         if not isinstance(caller, Caller):
             return caller
@@ -145,6 +164,8 @@ class RouterApi:
         admin: bool = False,
     ) -> dict[str, Any]:
         """Live and recently finished tasks, with true counts per status and queue positions."""
+        if bad := out_of_range(("limit", limit, 0, MAX_ROWS, True), ("offset", offset, 0, MAX_OFFSET, True)):
+            return bad
         caller = self._caller(comm, as_user, admin)
         if not isinstance(caller, Caller):
             return caller
@@ -225,6 +246,12 @@ class RouterApi:
         admin: bool = False,
     ) -> dict[str, Any]:
         """Final task records from the database (reports)."""
+        if bad := out_of_range(
+            ("limit", limit, 0, MAX_ROWS, True),
+            ("offset", offset, 0, MAX_OFFSET, True),
+            ("since", since, 0, MAX_TIMESTAMP, False),
+        ):
+            return bad
         caller = self._caller(comm, as_user, admin)
         if not isinstance(caller, Caller):
             return caller

@@ -585,7 +585,7 @@ def test_quota_read_and_429_with_retry_after(api: Api):
 
 
 def test_numbers_out_of_range_are_400_naming_the_field(api: Api):
-    from altlas_dask.client import Client
+    from altlas_dask.client import Client, RouterError
 
     with api.client("admin") as admin:
         r = admin.put("/admin/user/carol/quota", json={"requests_per_day_limit": 10**30})
@@ -597,6 +597,30 @@ def test_numbers_out_of_range_are_400_naming_the_field(api: Api):
             client.set_quota("carol", requests_per_day=10**30)
         with pytest.raises(ValueError, match="gpu_time_minutes must be a number"):
             client.set_quota("carol", gpu_time_minutes="lots")
+        checked = [  # the Python API checks before msgpack: (field, value, call)
+            ("gpu", 10**30, lambda: client.drain_gpu(10**30)),
+            ("gpu", -1, lambda: client.enable_gpu(-1)),
+            ("limit", 10**30, lambda: client.tasks(limit=10**30)),
+            ("offset", -1, lambda: client.tasks(offset=-1)),
+            ("limit", -1, lambda: client.records(limit=-1)),
+            ("since", 1e30, lambda: client.records(since=1e30)),
+            ("specific_gpu_id", 10**30, lambda: client.submit(abs, -1, gpu_options={"specific_gpu_id": 10**30})),
+        ]
+        for field, value, call in checked:
+            with pytest.raises(ValueError) as caught:
+                call()
+            assert field in str(caught.value) and f"(got {value!r})" in str(caught.value), caught.value
+        raw = {  # and the router for callers that bypass it: a 400 naming the field, nothing reaches SQLite
+            "limit": ("altlas_records", {"limit": 2**63}),
+            "since": ("altlas_records", {"since": float("inf")}),
+            "offset": ("altlas_tasks", {"offset": 2**63}),
+            "gpu": ("altlas_drain", {"gpu": 2**63}),
+            "requests_per_day": ("altlas_set_quota", {"user": "carol", "limits": {"requests_per_day": 2**63}}),
+        }
+        for name, (handler, kwargs) in raw.items():
+            with pytest.raises(RouterError) as refused:
+                client._call(handler, as_user="admin", **kwargs)
+            assert refused.value.code == 400 and name in str(refused.value), refused.value
 
 
 def test_route_never_reveals_another_users_request_id(api: Api):
