@@ -410,7 +410,10 @@ def test_console_drained_gpu_true_counts_queue_and_results(
         choose(page, "Order", "queue position")
         page.get_by_text("Showing 10 of 12 matching tasks, ordered by queue position").wait_for()
         assert metric(page, "queued") == "12"
-        rows = wait_for(lambda: grid_rows(main(page).get_by_test_id("stDataFrame").first), what="the queued rows")
+        rows = wait_for(  # the grid re-renders after the caption: wait for the filtered rows, not the last ones
+            lambda: (r := grid_rows(main(page).get_by_test_id("stDataFrame").first)) and len(r) == 10 and r,
+            what="the 10 queued rows",
+        )
         assert [row[1] for row in rows] == ["queued"] * 10
         assert [row[2] for row in rows] == [str(n) for n in range(1, 11)], rows  # queue # in order
         assert all("concurrency limit" in row[3] for row in rows), rows  # every one says why it waits
