@@ -13,22 +13,19 @@ with ``Retry-After`` and a reason, while the scheduler is away.
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
-import yaml
-from conftest import repo_config_data, wait_for
+from conftest import wait_for
+from outage_helpers import Outage, address, scheduler_and_worker
 from test_api import free_socket
-from test_multinode import REPO, Procs, _signal_group, free_port, port_open
+from test_multinode import _signal_group
 
 from altlas_dask.api import ApiSettings, create_app
 from altlas_dask.api.auth import KeyStore
@@ -37,67 +34,27 @@ from altlas_dask.config import build_config
 OUTAGE_S = 35.0  # longer than the client's 30 s reconnection window (ApiSettings.connect_timeout)
 
 
-@dataclass
-class Outage:
-    procs: Procs
-    port: int
-    config_path: Path
-    url: str
-    tokens: dict[str, str]
-
-    def client(self, who: str | None = "alice") -> httpx.Client:
-        headers = {"Authorization": f"Bearer {self.tokens[who]}"} if who else {}
-        # generous: a request that is not answered at all fails the test instead of hanging it
-        return httpx.Client(base_url=self.url + "/api/v1", headers=headers, timeout=30)
-
-    def start_scheduler(self) -> None:
-        args = ["scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--dashboard-address", "127.0.0.1:0"]
-        self.procs.start("scheduler", [*args, "--preload", "scheduler_plugins.gpu_router", *self._config()])
-        self.procs.wait_for(lambda: port_open(self.port), f"the scheduler on port {self.port}")
-
-    def start_worker(self, name: str) -> None:
-        address = f"tcp://127.0.0.1:{self.port}"
-        args = ["worker", address, "--host", "127.0.0.1", "--name", name, "--nthreads", "2", "--no-dashboard"]
-        args += ["--death-timeout", "120", "--preload", "altlas_dask.worker", "--altlas-gpu", "0", *self._config()]
-        self.procs.start(name, args)
-
-    def _config(self) -> list[str]:
-        return ["--altlas-config", str(self.config_path)]
-
-
 @pytest.fixture
 def outage(tmp_path) -> Iterator[Outage]:
-    data = repo_config_data()
-    data.setdefault("accounting", {})["database"] = str(tmp_path / "altlas.sqlite")
-    config_path = tmp_path / "cluster.yaml"
-    config_path.write_text(yaml.safe_dump(data))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ALTLAS_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    procs = Procs(tmp_path, env)
     keys = KeyStore(str(tmp_path / "altlas.sqlite"))
     tokens = {"alice": keys.create("alice")[1], "admin": keys.create("admin", "admin")[1]}
-    port = free_port()
-    server = thread = sock = None
-    try:
-        world = Outage(procs, port, config_path, "", tokens)
-        world.start_scheduler()
-        world.start_worker("worker-a")
-        config = build_config(data)
-        app = create_app(f"tcp://127.0.0.1:{port}", config, ApiSettings(warm_up=False), keys=keys)
-        sock = free_socket()
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        world.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        procs.wait_for(lambda: server.started, "the API server")
-        yield world
-    finally:
-        if server is not None:
-            server.should_exit = True
-            thread.join(timeout=30)
-        if sock is not None:
-            sock.close()
-        procs.stop()
+    with scheduler_and_worker(tmp_path, tokens) as world:
+        server = thread = sock = None
+        try:
+            app = create_app(address(world), build_config(world.config), ApiSettings(warm_up=False), keys=keys)
+            sock = free_socket()
+            server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+            thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+            thread.start()
+            world.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+            world.procs.wait_for(lambda: server.started, "the API server")
+            yield world
+        finally:
+            if server is not None:
+                server.should_exit = True
+                thread.join(timeout=30)
+            if sock is not None:
+                sock.close()
 
 
 def served(c: httpx.Client) -> dict[str, Any] | None:
