@@ -308,19 +308,21 @@ class GpuRouter(SchedulerPlugin):
         gpu = "none" if row["gpu"] is None else str(row["gpu"])
         strategy = row["strategy"] or "none"
         user, model = self.labels.user(row["user"]), self.labels.model(row["task_type"])
-        self.metrics.tasks.labels(row["status"], user, model, strategy, gpu).inc()
+        metrics = self.metrics
+        metrics.child(metrics.tasks, row["status"], user, model, strategy, gpu).inc()
         if row["status"] == "completed":
-            self.metrics.duration.labels(gpu, model).observe(row["gpu_seconds"])
+            metrics.child(metrics.duration, gpu, model).observe(row["gpu_seconds"])
 
     def _observe_decision(self, decision: Decision, seconds: float) -> None:
-        self.metrics.decision_seconds.observe(seconds)
-        self.metrics.decisions.labels(decision.strategy, decision.outcome).inc()
+        metrics = self.metrics
+        metrics.decision_seconds.observe(seconds)
+        metrics.child(metrics.decisions, decision.strategy, decision.outcome).inc()
 
     def _observe_placement(self, key: str) -> None:
         task = self.core.tasks.get(key)
         if task is not None and task.decision is not None and task.placed_at is not None:
             labels = self.labels.user(task.user), self.labels.model(task.request.task_type)
-            self.metrics.queue_wait.labels(*labels).observe(task.placed_at - task.submitted)
+            self.metrics.child(self.metrics.queue_wait, *labels).observe(task.placed_at - task.submitted)
 
     def _schedule_tick(self) -> None:
         if not self._tick_pending and self.scheduler is not None:

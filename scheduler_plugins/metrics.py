@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Collection, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -102,6 +102,15 @@ class RouterMetrics:
             "altlas_quota_rejections", "Submissions rejected by a quota limit", ["user", "limit"], registry=None
         )
         self.retries = Counter("altlas_task_retries", "GPU errors retried on another GPU", ["gpu"], registry=None)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: Counter | Histogram, *values: str) -> Any:
+        """``metric.labels(*values)``, kept: the values are bounded (LabelPolicy) and the lookup is per task."""
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     def collect(self) -> Iterator[Metric]:
         for metric in (
