@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,20 +20,14 @@ from altlas_dask.options import ANNOTATION, GpuOptions, GpuOptionsError
 from altlas_dask.ranges import MAX_GPU_ID, MAX_OFFSET, MAX_QUOTA_VALUE, MAX_ROWS, MAX_TIMESTAMP, check_int, check_number
 
 CHUNKS_PER_GPU = 4  # batch split: several chunks per GPU so faster GPUs take more of the batch
-#: The largest quota value accepted: anything above is a unit mistake, and every value stays inside
-#: msgpack's and SQLite's 64-bit integers on its way to the router and the accounting database.
 
 
 def check_quota_limits(limits: Mapping[str, Any]) -> dict[str, Any]:
     """``limits`` unchanged if every value is a finite number in 0..``MAX_QUOTA_VALUE`` (or None); else
-    ``ValueError`` naming the limit and the value."""
+    ``ValueError`` naming the limit and the value (every value stays inside msgpack's and SQLite's integers)."""
     for name, value in limits.items():
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"set_quota: {name} must be a number (got {value!r})")
-        if not math.isfinite(value) or not 0 <= value <= MAX_QUOTA_VALUE:
-            raise ValueError(f"set_quota: {name} must be in 0..{MAX_QUOTA_VALUE:,} (got {value!r})")
+        if value is not None:
+            check_number(f"set_quota: {name}", value, 0, MAX_QUOTA_VALUE)
     return dict(limits)
 
 

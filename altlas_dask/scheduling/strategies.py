@@ -317,13 +317,18 @@ class EarliestFinish:
         inputs = ctx.inputs if ctx.policy.data_locality else {}
         total_in = sum(inputs.values())
         rate = ctx.policy.transfer_bytes_per_s
+
+        def unmoved_and_fetch(gpu: int) -> tuple[float, float]:
+            """The expected finish on ``gpu`` if the inputs were everywhere, and the time to move them there."""
+            own = expected.get(gpu, fastest)
+            fetch = (total_in - inputs.get(gpu, 0)) / rate if total_in else 0.0
+            return backlog(gpu) + own * (1.0 + reserved.get(gpu, 0.0)), fetch
+
         fetch: dict[int, float] = {}
-        unmoved: dict[int, float] = {}  # the expected finish if the inputs were everywhere
+        unmoved: dict[int, float] = {}
         scores: dict[int, float] = {}
         for g in c.eligible:
-            own = expected.get(g.id, fastest)
-            fetch[g.id] = (total_in - inputs.get(g.id, 0)) / rate if total_in else 0.0
-            unmoved[g.id] = backlog(g.id) + own * (1.0 + reserved.get(g.id, 0.0))
+            unmoved[g.id], fetch[g.id] = unmoved_and_fetch(g.id)
             scores[g.id] = unmoved[g.id] + fetch[g.id]
         chosen = min(c.eligible, key=lambda g: (scores[g.id], g.id))
         if total_in:  # a GPU holding inputs may be full for now: waiting for its next slot can beat moving them
@@ -331,8 +336,7 @@ class EarliestFinish:
             for g in c.gpus:
                 if g.id in eligible or not inputs.get(g.id) or not frees_up(g, request, ctx.policy):
                     continue
-                there = backlog(g.id) + (total_in - inputs[g.id]) / rate
-                there += expected.get(g.id, fastest) * (1.0 + reserved.get(g.id, 0.0))
+                there = sum(unmoved_and_fetch(g.id))
                 if there < scores[chosen.id]:
                     return (
                         f"data locality: waits for a slot on GPU {g.id}, which holds {inputs[g.id] / 1e6:.0f} of its"

@@ -170,7 +170,7 @@ class CoreView:
             for g in core.gpus.snapshot()
             if g.status == "active"
             and (request.gpu is None or matches(g, request.gpu))
-            and not (rejection(g, request, policy) or ("", False))[1]
+            and ((why := rejection(g, request, policy)) is None or not why[1])  # not ruled out for good
         ]
         if not fitting:
             return None
