@@ -372,11 +372,12 @@ class SelftestSuite(_Strict):
 
 
 class ModelBatching(_Strict):
-    """Dynamic batching of one model's requests on its GPU worker (see altlas_dask/batching.py)."""
+    """Dynamic batching of one model's requests: at the gateway (``POST /predict``, altlas_dask/api/request_batching.py)
+    and on the GPU worker for tasks submitted one by one (altlas_dask/batching.py)."""
 
     enabled: bool = True
-    max_batch_size: int = Field(8, ge=1, le=1024)  # at most max_concurrent_tasks_per_gpu meet on a worker
-    max_wait_ms: float = Field(2.0, ge=0, le=10_000)  # how long a request waits for others to join its batch
+    max_batch_size: int = Field(16, ge=1, le=1024)  # requests in one batch at most
+    max_wait_ms: float = Field(5.0, ge=0, le=10_000)  # how long a request may wait for others to join its batch
 
 
 class Callbacks(_Strict):

@@ -33,6 +33,7 @@ class GpuOptions(BaseModel):
     retries: int | None = Field(None, ge=0, le=100)
     min_compute_capability: float | None = Field(None, ge=0, le=20)
     batch_split: bool | None = None
+    requests: int = Field(1, ge=1, le=4096)  # client requests the task serves (a gateway batch); quotas count each
 
     @field_validator("strategy")
     @classmethod
@@ -88,6 +89,7 @@ class GpuOptions(BaseModel):
             gpu=self.specific_gpu_id,
             min_compute_capability=self.min_compute_capability,
             exclude=exclude,
+            requests=self.requests,
         )
 
 

@@ -126,16 +126,17 @@ class QuotaBook:
             usage.day_requests += requests
             usage.day_gpu_seconds += gpu_seconds
 
-    def admit(self, user: str, priority: int) -> QuotaExceededError | None:
-        """Count a submission, or return the error that rejects it (nothing counted then)."""
+    def admit(self, user: str, priority: int, requests: int = 1) -> QuotaExceededError | None:
+        """Count a submission that serves ``requests`` client requests (a gateway batch serves several), or
+        return the error that rejects it (nothing counted then)."""
         if not self.quotas.enabled:
             return None
         now = self.clock()
         usage, limits = self._usage(user, now), self.limits(user)
-        if len(usage.minute) >= limits.requests_per_minute:
+        if len(usage.minute) + requests > limits.requests_per_minute:
             reset = iso(usage.minute[0] + MINUTE)
             return QuotaExceededError(user, "requests_per_minute", limits.requests_per_minute, len(usage.minute), reset)
-        if usage.day_requests >= limits.requests_per_day:
+        if usage.day_requests + requests > limits.requests_per_day:
             return QuotaExceededError(
                 user, "requests_per_day", limits.requests_per_day, usage.day_requests, iso(next_midnight(now))
             )
@@ -148,8 +149,8 @@ class QuotaBook:
             return QuotaExceededError(
                 user, "priority_requests", limits.priority_requests, usage.priority_outstanding, None
             )
-        usage.minute.append(now)
-        usage.day_requests += 1
+        usage.minute.extend([now] * requests)
+        usage.day_requests += requests
         if priority >= HIGH_PRIORITY:
             usage.priority_outstanding += 1
         return None

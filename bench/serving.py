@@ -75,7 +75,7 @@ def wait_until(check: Callable[[], bool], what: str, timeout: float = 180) -> No
 
 
 def run_steps(
-    name: str, port: int, request: bytes, pids: Callable[[], list[int]], args: Any, gateway: bool = True
+    name: str, port: int, request: bytes, parts: Callable[[], dict[str, list[int]]], args: Any, gateway: bool = True
 ) -> list[dict[str, Any]]:
     """The warm-up, then one step per rate; a row per step."""
     ctx = mp.get_context("spawn")
@@ -84,13 +84,16 @@ def run_steps(
     for rate, duration, warm in steps:
         parent, child = ctx.Pipe(duplex=False)
         gen = ("127.0.0.1", port, request, rate, duration, min(512, int(rate * 2) + 16), args.timeout)
-        cpu0, t0 = cpu_seconds(pids()), time.monotonic()
+        pids = parts()
+        cpu0, t0 = {part: cpu_seconds(p) for part, p in pids.items()}, time.monotonic()
         proc = ctx.Process(target=generator_process, args=(gen, child))
         proc.start()
         result = parent.recv()
         proc.join()
         span = time.monotonic() - t0
-        cpu = cpu_seconds(pids()) - cpu0 + result["cpu_s"]
+        split = {part: cpu_seconds(p) - cpu0[part] for part, p in pids.items()}
+        split["generator"] = result["cpu_s"]
+        cpu = sum(split.values())
         if warm:
             time.sleep(2)
             continue
@@ -110,17 +113,23 @@ def run_steps(
             "errors": result["sent"] - ok,
             "cpu_ms": 1000 * cpu / ok if ok else float("nan"),
             "cpu_pct": 100 * cpu / span,
+            "cpu_split": {part: 1000 * c / ok if ok else float("nan") for part, c in split.items()},
         }
         held = row["errors"] == 0 and row["p99"] < P99_TARGET_MS and achieved >= 0.95 * rate
         row["held"] = held
         rows.append(row)
         print(
             f"{name:28s} {rate:6g}/s: {achieved:6.1f}/s ok, p50 {row['p50']:7.1f} ms, p99 {row['p99']:7.1f} ms, "
-            f"errors {row['errors']}, CPU {row['cpu_ms']:.1f} ms/request{' (held)' if held else ''}",
+            f"errors {row['errors']}, CPU {row['cpu_ms']:.1f} ms/request ({split_text(row)})"
+            f"{' (held)' if held else ''}",
             flush=True,
         )
         time.sleep(2)  # let the last answers drain
     return rows
+
+
+def split_text(row: dict[str, Any]) -> str:
+    return " / ".join(f"{part} {ms:.1f}" for part, ms in row["cpu_split"].items())
 
 
 def gateway_rows(name: str, batching: bool, args: Any) -> list[dict[str, Any]]:
@@ -165,7 +174,8 @@ def gateway_rows(name: str, batching: bool, args: Any) -> list[dict[str, Any]]:
         workers = [w.process.pid for w in cluster.cluster.workers.values() if getattr(w, "process", None)]
         body = {"text": PROMPT, "max_length": args.chars, "temperature": 0.7, "wait": 10}
         request = http_request(port, "/api/v1/predict", body, token)
-        return run_steps(name, port, request, lambda: [os.getpid(), gateway.pid, *[p for p in workers if p]], args)
+        parts = {"gateway": [gateway.pid], "scheduler": [os.getpid()], "workers": [p for p in workers if p]}
+        return run_steps(name, port, request, lambda: parts, args)
     finally:
         gateway.terminate()
         gateway.wait(timeout=30)
@@ -187,7 +197,7 @@ def ray_rows(name: str, mode: str, args: Any) -> list[dict[str, Any]]:
         if server.poll() is not None:
             raise SystemExit("Ray Serve did not start")
         request = http_request(port, "/", {"text": PROMPT, "max_length": args.chars, "temperature": 0.7})
-        return run_steps(name, port, request, lambda: tree_pids(server.pid), args, gateway=False)
+        return run_steps(name, port, request, lambda: {"ray": tree_pids(server.pid)}, args, gateway=False)
     finally:
         server.terminate()
         server.wait(timeout=60)
@@ -212,7 +222,7 @@ def report(rows: list[dict[str, Any]], args: Any, info: dict[str, str], elapsed:
         "max_wait_ms 2). Held = no errors, p99 under 500 ms and at least 95% of the rate answered.",
         "",
         table(
-            ["target", "rate/s", "answered/s", "p50 ms", "p99 ms", "errors", "CPU ms/request", "held"],
+            ["target", "rate/s", "answered/s", "p50 ms", "p99 ms", "errors", "CPU ms/request", "of which", "held"],
             [
                 [
                     r["target"],
@@ -222,6 +232,7 @@ def report(rows: list[dict[str, Any]], args: Any, info: dict[str, str], elapsed:
                     f"{r['p99']:.0f}",
                     r["errors"],
                     f"{r['cpu_ms']:.1f}",
+                    split_text(r),
                     "yes" if r["held"] else "no",
                 ]
                 for r in rows

@@ -480,6 +480,68 @@ def test_a_queued_route_carries_the_routers_start_and_completion_estimates(api: 
                 c.delete(f"/tasks/{task_id}")
 
 
+def test_cancelling_one_request_of_a_batch_task_leaves_its_neighbours(api: Api):
+    """GPU 1 full of long jobs holds a three-item batch task in the router's queue; cancelling its second item
+    answers ``cancelled`` at once, the batch task itself stays queued; once GPU 1 frees up the other two run and
+    complete with their own texts, the cancelled one stays cancelled with who cancelled it, everywhere (task,
+    listing) and its result is never shown."""
+    slots = build_config(repo_config_data()).routing().max_concurrent_tasks_per_gpu
+    api.tokens.setdefault("gina", api.keys.create("gina")[1])
+    with api.client("gina") as c:
+        running = [start_long(c, gpu=1) for _ in range(slots)]
+        try:
+            batch = [{"text": f"item {i} ", "max_length": 12, "seed": i} for i in range(3)]
+            body = {"batch": batch, "gpu_options": {"specific_gpu_id": 1, "batch_split": False}}
+            r = c.post("/batch_predict", json=body)
+            assert r.status_code == 200, r.text
+            ids = [t["task_id"] for t in r.json()["tasks"]]
+            chunk = r.json()["chunks"][0]["task_id"]
+            assert len(ids) == 3 and all(i.startswith(chunk + ".") for i in ids)
+            r = c.delete(f"/tasks/{ids[1]}", params={})
+            assert r.status_code == 200 and r.json() == {"task_id": ids[1], "status": "cancelled"}, r.text
+            assert c.get(f"/task/{chunk}").json()["status"] == "queued"  # the neighbours still want it
+        finally:
+            for task_id in running:
+                c.delete(f"/tasks/{task_id}")
+        done = [poll_task(c, task_id) for task_id in ids]
+        assert [d["status"] for d in done] == ["completed", "cancelled", "completed"], done
+        assert "gina" in done[1]["error"] and "result" not in done[1]
+        assert done[0]["result"]["text"] != done[2]["result"]["text"]
+        assert_error(c.delete(f"/tasks/{ids[0]}"), 409, "already finished")
+        assert c.get(f"/task/{ids[1]}", params={"wait": 30}).json()["status"] == "cancelled"  # final: no wait
+
+
+def test_concurrent_predicts_each_keep_their_own_task_result_and_quota_charge(api: Api):
+    """Eight predicts at once (dynamic batching groups those of the same moment into batch tasks): every one
+    answers its own text under its own task id, which GET /task resolves; the batch sizes they report add up
+    over their batch tasks; the user's quota counts eight requests, however they were grouped."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    api.tokens.setdefault("hana", api.keys.create("hana")[1])
+
+    def one(i: int) -> dict[str, Any]:
+        with api.client("hana") as c:
+            r = c.post("/predict", json={"text": f"request {i} ", "max_length": 16, "seed": 100 + i, "wait": 30})
+            assert r.status_code == 200, r.text
+            return r.json()
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(one, range(8)))
+    assert all(a["status"] == "completed" for a in answers), answers
+    assert len({a["task_id"] for a in answers}) == 8
+    assert [a["result"]["seed"] for a in answers] == [100 + i for i in range(8)]
+    chunks: dict[str, set[int]] = {}
+    with api.client("hana") as c:
+        for a in answers:
+            again = c.get(f"/task/{a['task_id']}").json()
+            assert again["result"] == a["result"] and again["status"] == "completed"
+            chunks.setdefault(again["chunk_id"], set()).add(again["batch_size"])
+        assert all(len(sizes) == 1 for sizes in chunks.values())  # one batch, one size
+        assert sum(next(iter(sizes)) for sizes in chunks.values()) == 8
+        used = c.get("/user/hana/quota").json()["rate_limits"]["requests_per_minute"]["used"]
+        assert used == 8
+
+
 def test_route_callback_is_signed_retried_and_only_to_allowed_hosts(api: Api):
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 

@@ -53,6 +53,21 @@ def test_requests_per_day_resets_at_utc_midnight():
     assert quotas.admit("ana", 3) is None
 
 
+def test_a_task_serving_several_requests_is_charged_one_request_each():
+    """A gateway batch task of N requests counts N against the request quotas, and is refused whole when its
+    N would go over the limit (nothing counted then)."""
+    clock = Clock()
+    quotas = book(clock, requests_per_minute=5, requests_per_day=100)
+    assert quotas.admit("ana", 3, requests=3) is None
+    error = quotas.admit("ana", 3, requests=3)
+    assert isinstance(error, QuotaExceededError) and error.limit_name == "requests_per_minute"
+    assert quotas.admit("ana", 3, requests=2) is None  # exactly up to the limit
+    assert quotas.admit("ana", 3) is not None
+    report = quotas.report("ana")
+    assert report["rate_limits"]["requests_per_minute"]["used"] == 5
+    assert report["rate_limits"]["requests_per_day"]["used"] == 5
+
+
 def test_gpu_time_is_metered_from_run_time():
     clock = Clock()
     quotas = book(clock, gpu_time_minutes=1)

@@ -10,7 +10,7 @@ from core_helpers import Driver, failed, gpu, make_core, placed
 
 from altlas_dask.errors import GpuRoutingError, GpuTaskTimeoutError
 from altlas_dask.scheduling import events as ev
-from altlas_dask.scheduling.actions import Place, Record, Release, Retry
+from altlas_dask.scheduling.actions import Place, Record, Release, Retry, Usage
 from altlas_dask.scheduling.fairqueue import FairQueue
 from altlas_dask.scheduling.lifecycle import TRANSITIONS, TaskStatus, api_status
 from altlas_dask.scheduling.view import CoreView
@@ -476,3 +476,16 @@ def test_a_task_that_ran_in_a_batch_is_charged_its_share_and_explains_the_batch_
     assert rows["batched"]["gpu_seconds"] == 0.5 and rows["batched"]["batch_size"] == 4
     assert rows["alone"]["gpu_seconds"] == 2.0 and "batch_size" not in rows["alone"]
     assert d.core.book.usage["u"].day_gpu_seconds == 2.5  # the quota is charged the share, too
+
+
+def test_a_task_serving_several_requests_is_charged_each_against_the_quotas_and_in_the_usage():
+    """gpu_options.requests = N (a gateway batch of N requests): admission counts N requests, and the durable
+    usage row counts N when it ends; a task whose N would exceed the limit is rejected whole."""
+    d = Driver(make_core({"quotas": {"defaults": {"requests_per_minute": 5}}}), gpus=1)
+    d.submit("batch-of-3", user="u", requests=3)
+    rejected = failed(d.submit("batch-of-3-more", user="u", requests=3))
+    assert "requests_per_minute" in str(rejected["batch-of-3-more"])
+    assert not failed(d.submit("batch-of-2", user="u", requests=2))
+    d.start("batch-of-3")
+    usage = [a for a in d.finish("batch-of-3") if isinstance(a, Usage) and a.tasks]
+    assert [(u.user, u.tasks) for u in usage] == [("u", 3)]

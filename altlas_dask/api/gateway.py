@@ -34,6 +34,7 @@ from distributed import Future
 
 from altlas_dask.api.calls import call
 from altlas_dask.api.errors import ApiError, quota_error
+from altlas_dask.api.request_batching import RequestBatcher
 from altlas_dask.certs import dask_security
 from altlas_dask.client import CHUNKS_PER_GPU, Client, RouterError
 from altlas_dask.config import AltlasConfig
@@ -262,6 +263,18 @@ class Gateway:
         self.policy: dict[str, Any] = {}
         self.watcher = PlacementWatcher(self, settings.placement_poll)
         self.coalescer = Coalescer(client)
+        batching = config.serving.batching.get("generate")
+        self.request_batcher = (
+            RequestBatcher(
+                self._send_batch,
+                lambda entry: _settled(entry.future),
+                self.active_gpus,
+                batching.max_batch_size,
+                batching.max_wait_ms / 1000,
+            )
+            if batching is not None and batching.enabled and batching.max_batch_size > 1
+            else None
+        )
         self._gpus: list[dict[str, Any]] = []
         self._queued = 0
         self._gpus_at = -math.inf
@@ -459,6 +472,10 @@ class Gateway:
                     self._gpus_at = time.monotonic()
         return self._gpus
 
+    def active_gpus(self) -> int:
+        """Active GPUs in the cached list (at least 1): how many batches the request batcher keeps in flight."""
+        return max(1, sum(1 for g in self._gpus if g["status"] == "active"))
+
     def invalidate_gpus(self) -> None:
         self._gpus_at = -math.inf
 
@@ -530,6 +547,29 @@ class Gateway:
         self._remember(task)
         return task
 
+    async def _send_batch(self, items: list[dict[str, Any]], context: tuple[GpuOptions, str]) -> TaskEntry:
+        """The request batcher's batch: one ``generate_batch`` task, charged one request per item."""
+        from altlas_dask.model import generate_batch
+
+        options, user = context
+        options = options.model_copy(update={"requests": len(items)})
+        size = len(items)
+        return await self.submit(
+            generate_batch, {"items": items}, options, user=user, kind="predict", workload="generate", items=(0, size)
+        )
+
+    async def refuse_rejected(self, entry: TaskEntry, task_id: str, forget: list[str]) -> None:
+        """If ``entry``'s task was refused at admission (quota: 429) or can never be placed (400), raise that as
+        this request's error (as ``task_id``) and forget the ``forget`` tasks; otherwise nothing."""
+        outcome = await future_outcome(entry.future)
+        exc = outcome[2] if outcome is not None else None
+        if isinstance(exc, QuotaExceededError):
+            self._forget(forget)
+            raise quota_error(exc, task_id=task_id, status="rejected") from None
+        if isinstance(exc, GpuRoutingError | GpuOptionsError):
+            self._forget(forget)
+            raise ApiError(400, str(exc), task_id=task_id, status="rejected") from None
+
     async def placed(self, entries: list[TaskEntry]) -> dict[str, dict[str, Any]]:
         """Wait (up to ``placement_wait``) until the router has seen each task; refuse rejected ones.
 
@@ -546,16 +586,10 @@ class Gateway:
             )
             if not doomed or entry.future is None:
                 continue
-            try:
-                await asyncio.wait_for(_outcome(entry.future), timeout=5)
-            except QuotaExceededError as exc:
-                self._forget([e.task_id for e in entries])
-                raise quota_error(exc, task_id=entry.task_id, status="rejected") from None
-            except (GpuRoutingError, GpuOptionsError) as exc:
-                self._forget([e.task_id for e in entries])
-                raise ApiError(400, str(exc), task_id=entry.task_id, status="rejected") from None
-            except Exception:  # it failed another way: the task's status tells
-                pass
+            settled = asyncio.ensure_future(_settled(entry.future))
+            await asyncio.wait([settled], timeout=5)
+            settled.cancel()
+            await self.refuse_rejected(entry, entry.task_id, [e.task_id for e in entries])
         return found
 
     def _forget(self, task_ids: list[str]) -> None:
@@ -653,14 +687,38 @@ class Gateway:
         info = None
         if chunk.future is None or not chunk.future.done():
             info = (await self.explain([chunk.task_id])).get(chunk.task_id)
-        state = await self.state(chunk, info, with_result=with_result)
+        state = await self.state(chunk, info, with_result=True)
         out: dict[str, Any] = {"task_id": task_id, "gpu_id": state["gpu_id"], "status": state["status"]}
-        if "error" in state:
+        cancelled = chunk.meta.get("cancelled", {})
+        value = state["result"]["results"][index] if "result" in state else None
+        if index in cancelled:  # this request was cancelled alone: its neighbours ran on
+            out.update(status="cancelled", error=cancelled[index])
+        elif "error" in state:
             out["error"] = state["error"]
-        if "result" in state:
-            out["result"] = state["result"]["results"][index]
+        elif isinstance(value, dict) and value.get("status") == "failed":  # this item failed alone
+            out.update(status="failed", error=value["error"])
+        elif value is not None:
+            if with_result:
+                out["result"] = value
+            if value.get("batch_size"):
+                out["batch_size"] = value["batch_size"]
         first = chunk.items[0] if chunk.items else 0
-        return {**out, "user": chunk.user, "batch_id": chunk.batch_id, "chunk_id": chunk.task_id, "item": first + index}
+        out.update(user=chunk.user, chunk_id=chunk.task_id, item=first + index)
+        if chunk.batch_id is not None:
+            out["batch_id"] = chunk.batch_id
+        return out
+
+    async def cancel_item(self, task_id: str, chunk: TaskEntry, index: int, by: str, reason: str) -> dict[str, Any]:
+        """Cancel one request of a batch task: it answers ``cancelled`` and its result is dropped, its neighbours
+        run on; once every request of the batch is cancelled, the batch task itself is cancelled."""
+        if chunk.future is None or chunk.future.done():
+            raise ApiError(409, f"task {task_id!r} already finished")
+        cancelled = chunk.meta.setdefault("cancelled", {})
+        cancelled[index] = f"task {task_id} cancelled by {by}" + (f": {reason}" if reason else "")
+        if len(cancelled) == (chunk.items[1] if chunk.items else 1):
+            with contextlib.suppress(RouterError):  # it finished meanwhile
+                await self.rpc("altlas_cancel", key=chunk.task_id, as_user=chunk.user, reason=reason)
+        return {"task_id": task_id, "status": "cancelled"}
 
     async def state(
         self, entry: TaskEntry | None, info: dict[str, Any] | None, *, with_result: bool = False
@@ -686,9 +744,10 @@ class Gateway:
             if error is not None:
                 out["error"] = error
             if status is TaskStatus.COMPLETED and with_result:
-                value = await self.bounded(_outcome(entry.future))
+                value = await self.value(entry)
                 out["result"] = shape_result(value)
-                gpu = value.get("gpu") if isinstance(value, dict) else (value[0].get("gpu") if value else None)
+                first = value if isinstance(value, dict) else next((v for v in value if isinstance(v, dict)), {})
+                gpu = first.get("gpu")
                 if gpu is not None:
                     out["gpu_id"] = gpu
                 if isinstance(value, dict) and value.get("batch_size"):  # dynamic batching: the batch it ran in
@@ -698,6 +757,15 @@ class Gateway:
         elif entry.gpu is None:
             entry.gpu = out["gpu_id"]
         return out
+
+    async def value(self, entry: TaskEntry) -> Any:
+        """A finished task's result, fetched from its worker once and shared by every request that reads it (the
+        requests of one batch task); within ``rpc_timeout``, else the 503. A failed fetch is tried again."""
+        fetch = entry.meta.get("fetch")
+        if fetch is None:
+            fetch = entry.meta["fetch"] = asyncio.ensure_future(_outcome(entry.future))
+            fetch.add_done_callback(lambda f: f.cancelled() or f.exception() is None or entry.meta.pop("fetch", None))
+        return await self.bounded(asyncio.shield(fetch))
 
     async def results(self, entries: list[TaskEntry]) -> dict[str, Any]:
         """Results of the finished futures among ``entries``, by task id (one gather; a result that cannot be
@@ -719,8 +787,11 @@ async def _outcome(future: Future) -> Any:
 
 
 async def _settled(future: Future) -> None:
+    """Until ``future`` is finished, erred or cancelled, without fetching its result: ``await future`` would
+    fetch it for every waiter, and a batch task's requests all wait on one future. (Dask's ``wait()`` needs a
+    default client; ``FutureState.wait`` is what it awaits: the gateway's one private Dask access.)"""
     with contextlib.suppress(Exception):
-        await future
+        await future._state.wait()
 
 
 def item_id(chunk_id: str, index: int) -> str:
@@ -728,8 +799,15 @@ def item_id(chunk_id: str, index: int) -> str:
     return f"{chunk_id}.{index}"
 
 
+def item_value(value: Any) -> Any:
+    """A batch item's result as the API shows it: an item that failed alone is ``{"status": "failed", "error"}``."""
+    if isinstance(value, BaseException):
+        return {"status": "failed", "error": f"{type(value).__name__}: {value}"[:1000]}
+    return value
+
+
 def shape_result(value: Any) -> Any:
     """Seed 004 section 3.3.5 ``result``: the workload's dict; a batch chunk's list becomes ``{"results": [...]}``."""
     if isinstance(value, list):
-        return {"results": value}
+        return {"results": [item_value(v) for v in value]}
     return value

@@ -115,6 +115,16 @@ def check_params(text: str, max_length: int, temperature: float, seed: int | Non
         raise ValueError(f"seed must be an integer in 0..2**63-1 or null (got {seed!r})")
 
 
+def gumbel_noise(seed: int, steps: int) -> torch.Tensor:
+    """``steps`` rows of Gumbel noise over :data:`VOCAB`, drawn from ``seed`` alone.
+
+    Sampling is ``argmax(logits / temperature + noise)`` (the Gumbel-max trick: the same distribution as drawing
+    from ``softmax(logits / temperature)``), so a request's text depends only on its own seed, alone or in any
+    batch, and a batch samples all its rows in one vectorised step."""
+    uniform = torch.rand(steps, len(VOCAB), generator=torch.Generator().manual_seed(seed))
+    return -torch.log(-torch.log(uniform))
+
+
 @torch.inference_mode()
 def predict(
     text: str,
@@ -141,8 +151,8 @@ def predict(
     model = model or get_model(torch_device)
     device = next(model.parameters()).device
     seed = random.SystemRandom().randrange(2**31) if seed is None else seed
-    generator = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
+    noise = gumbel_noise(seed, max_length) if temperature else None
     prompt = encode(text[-PROMPT_CONTEXT:]) or [CHAR_TO_INDEX["\n"]]
     out: list[int] = []
     with ChunkGuard(stop, str(device), "text generation", on_chunk) as guard:
@@ -151,11 +161,10 @@ def predict(
         for step in range(max_length):
             if step and step % CANCEL_CHECK_EVERY == 0:
                 guard.chunk_done()
-            if temperature == 0:
+            if noise is None:
                 index = int(last.argmax())
             else:
-                probs = torch.softmax(last.float().cpu() / float(temperature), dim=-1)
-                index = int(torch.multinomial(probs, 1, generator=generator))
+                index = int((last.float().cpu() / float(temperature) + noise[step]).argmax())
             out.append(index)
             logits, h = model(torch.tensor([[index]], device=device), h)
             last = logits[0, -1]
@@ -205,18 +214,20 @@ def predict_many(
     if not rows:
         return out
     start = time.perf_counter()
-    generators = [torch.Generator().manual_seed(seed) for *_, seed in params]
+    steps = max(length for _, length, _, _ in params)
+    noise = torch.zeros(len(rows), steps, len(VOCAB))  # greedy rows (temperature 0): none, and a divisor of 1
+    for r, (_, length, temperature, seed) in enumerate(params):
+        if temperature:
+            noise[r, :length] = gumbel_noise(seed, length)
+    temperatures = torch.tensor([t or 1.0 for _, _, t, _ in params]).unsqueeze(1)
     prompts = [
         torch.tensor(encode(text[-PROMPT_CONTEXT:]) or [CHAR_TO_INDEX["\n"]], device=device) for text, *_ in params
     ]
     packed = nn.utils.rnn.pack_sequence([model.embed(p) for p in prompts], enforce_sorted=False)
     _, h = model.gru(packed)  # each row's state after its own last prompt character
     last = model.head(h[-1])
-    temperatures = torch.tensor([max(t, 1e-9) for _, _, t, _ in params]).unsqueeze(1)
-    greedy = [t == 0 for _, _, t, _ in params]
-    steps = max(length for _, length, _, _ in params)
     live = [True] * len(rows)
-    texts: list[list[int]] = [[] for _ in rows]
+    chosen_per_step: list[torch.Tensor] = []
     for step in range(steps):
         if step and step % CANCEL_CHECK_EVERY == 0:
             synchronize(str(device))
@@ -226,15 +237,11 @@ def predict_many(
                     out[i] = KernelCancelledError(f"text generation stopped after {step} steps: its task was cancelled")
             if not any(live):
                 return out
-        logits = last.float().cpu()
-        probs = torch.softmax(logits / temperatures, dim=-1)
-        chosen = logits.argmax(dim=-1).tolist()
-        for r in range(len(rows)):
-            if not greedy[r]:
-                chosen[r] = int(torch.multinomial(probs[r], 1, generator=generators[r]))
-            texts[r].append(chosen[r])
-        logits, h = model(torch.tensor(chosen, device=device).unsqueeze(1), h)
+        chosen = (last.float().cpu() / temperatures + noise[:, step]).argmax(dim=-1)
+        chosen_per_step.append(chosen)
+        logits, h = model(chosen.to(device).unsqueeze(1), h)
         last = logits[:, -1]
+    texts = torch.stack(chosen_per_step, dim=1).tolist()
     elapsed = round(time.perf_counter() - start, 6)
     now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     for r, i in enumerate(rows):
@@ -319,24 +326,19 @@ def _batching(model_name: str) -> Any:
     return settings if settings is not None and settings.enabled else None
 
 
-def generate_batch(items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One batch chunk: each item's ``text``/``max_length``/``temperature``/``seed``, results in input order."""
-    for item in items:
-        check_params(item["text"], item.get("max_length", 128), item.get("temperature", 0.7), item.get("seed"))
+def generate_batch(items: Sequence[dict[str, Any]]) -> list[dict[str, Any] | BaseException]:
+    """One batch task (a ``batch_predict`` chunk, or the gateway's dynamic batch of ``predict`` requests): each
+    item's ``text``/``max_length``/``temperature``/``seed``, one forward pass per generated character for all
+    (:func:`predict_many`). Results in input order; an invalid or failing item has its exception in its place,
+    so it fails alone. The batch's size is noted in the task's Dask metadata (the router's explanation)."""
+    from altlas_dask.batching import BATCH_METADATA
+    from altlas_dask.gpus.dask_worker_internals import annotate_current_task
+
     with _on_gpu() as (device, stop):
-        model = get_model(device.torch_device)
-        results = [
-            predict(
-                item["text"],
-                item.get("max_length", 128),
-                item.get("temperature", 0.7),
-                item.get("seed"),
-                model=model,
-                stop=stop,
-            )
-            for item in items
-        ]
-    return [{**r, "gpu": device.index, "uuid": device.uuid} for r in results]
+        start = time.perf_counter()
+        results = predict_many(items, model=get_model(device.torch_device), stops=[stop] * len(items))
+        annotate_current_task(BATCH_METADATA, {"size": len(items), "share_s": time.perf_counter() - start})
+    return [r if isinstance(r, BaseException) else {**r, "gpu": device.index, "uuid": device.uuid} for r in results]
 
 
 def warm_up(dask_worker: Any = None) -> str:

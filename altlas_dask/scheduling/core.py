@@ -135,9 +135,9 @@ class SchedulingCore:
             options, error = GpuOptions(user=_user_of(e.options)), exc
         request = options.request(key=e.key)
         if error is None and e.charge:
-            error = self.book.admit(request.user, request.priority)
+            error = self.book.admit(request.user, request.priority, request.requests)
             if error is not None:
-                out.append(Usage(request.user, utc_day(self.now), rejected=1, limit=error.limit_name))
+                out.append(Usage(request.user, utc_day(self.now), rejected=request.requests, limit=error.limit_name))
         task = TaskRecord(
             e.key,
             request,
@@ -426,7 +426,9 @@ class SchedulingCore:
         self._queue_seq.pop(task.key, None)
         if task.charged:
             self.book.finished(task.user, task.request.priority, task.gpu_seconds)
-            out.append(Usage(task.user, utc_day(task.submitted), tasks=1, gpu_seconds=task.gpu_seconds))
+            out.append(
+                Usage(task.user, utc_day(task.submitted), tasks=task.request.requests, gpu_seconds=task.gpu_seconds)
+            )
             if task.served_cost:  # charge fair share what it used, not what it was expected to use
                 weight = self.book.limits(task.user).weight
                 self.queue.charge(task.user, task.request.priority, weight, task.gpu_seconds - task.served_cost)

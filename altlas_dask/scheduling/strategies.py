@@ -43,6 +43,7 @@ class TaskRequest:
     gpu: int | str | None = None  # specific_gpu_id: an id, a UUID or a name pattern
     min_compute_capability: float | None = None
     exclude: frozenset[int] = frozenset()
+    requests: int = 1  # client requests this task serves (a gateway batch): each counts against the quotas
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 
 from altlas_dask.api.deps import GatewayDep, PrincipalDep
 from altlas_dask.api.errors import ApiError
-from altlas_dask.api.gateway import BatchEntry, Gateway, TaskEntry, item_id, new_id
+from altlas_dask.api.gateway import BatchEntry, Gateway, TaskEntry, item_id, item_value, new_id
 from altlas_dask.api.schemas import BatchPredictRequest, CancelRequest, PredictRequest
 from altlas_dask.client import RouterError
 from altlas_dask.model import MODEL_MEMORY_MB, generate, generate_batch
@@ -20,25 +20,35 @@ router = APIRouter(tags=["predict"])
 WORKLOAD = "generate"
 
 
-async def _brief(gateway: Gateway, entry: TaskEntry, info: dict[str, Any] | None) -> dict[str, Any]:
+async def _brief(
+    gateway: Gateway, entry: TaskEntry, info: dict[str, Any] | None, task_id: str | None = None
+) -> dict[str, Any]:
     state = await gateway.state(entry, info)
-    return {"task_id": entry.task_id, "gpu_id": state["gpu_id"], "status": state["status"]}
+    return {"task_id": task_id or entry.task_id, "gpu_id": state["gpu_id"], "status": state["status"]}
 
 
 @router.post("/predict", summary="Generate text from a prompt on a GPU (seed 004 section 3.1)")
 async def predict(body: PredictRequest, who: PrincipalDep, gateway: GatewayDep) -> dict[str, Any]:
-    """Submits one ``generate`` task; answers ``{task_id, gpu_id, status}`` once the router has placed (or
-    queued) it. With ``wait`` > 0 it waits up to that many seconds and includes the ``result``."""
+    """Submits the request as a ``generate`` task, or, with dynamic batching (``serving.batching.generate``), as
+    one item of a batch task shared with the user's requests of the same moment (its own task id
+    ``<batch task>.<index>``); answers ``{task_id, gpu_id, status}`` once the router has placed (or queued) it.
+    With ``wait`` > 0 it waits up to that many seconds for the result and includes it."""
     task_type = get_workload(WORKLOAD).task_type
     options = await gateway.options(body.gpu_options, who.user, who.is_admin, task_type, MODEL_MEMORY_MB)
     kwargs = body.model_dump(include={"text", "max_length", "temperature", "seed"})
-    entry = await gateway.submit(generate, kwargs, options, user=who.user, kind="predict", workload=WORKLOAD)
-    found = await gateway.placed([entry])
-    if body.wait > 0 and entry.future is not None:
+    if gateway.request_batcher is not None:
+        entry, index = await gateway.request_batcher.submit((options, body.max_length), kwargs, (options, who.user))
+        task_id = item_id(entry.task_id, index)
+    else:
+        entry = await gateway.submit(generate, kwargs, options, user=who.user, kind="predict", workload=WORKLOAD)
+        task_id = entry.task_id
+    if body.wait > 0 and entry.future is not None:  # the outcome tells everything: no placement look-up
         await gateway.settle([entry], body.wait)
         if entry.future.done():
-            return await gateway.describe(entry.task_id, who.user, who.is_admin, info=found.get(entry.task_id))
-    return await _brief(gateway, entry, found.get(entry.task_id))
+            await gateway.refuse_rejected(entry, task_id, [entry.task_id])
+            return await gateway.describe(task_id, who.user, who.is_admin)
+    found = await gateway.placed([entry])
+    return await _brief(gateway, entry, found.get(entry.task_id), task_id)
 
 
 async def _submit_batch(body: BatchPredictRequest, who: PrincipalDep, gateway: Gateway) -> dict[str, Any]:
@@ -100,7 +110,9 @@ def item_tasks(entries: list[TaskEntry], chunks: list[dict[str, Any]], values: d
             if chunk.get("error"):
                 task["error"] = chunk["error"]
             if isinstance(value, list) and len(value) == count:
-                task["result"] = value[j]
+                task["result"] = item_value(value[j])
+                if isinstance(value[j], BaseException):  # this item failed alone
+                    task.update(status="failed", error=task.pop("result")["error"])
             tasks.append(task)
     return tasks
 
@@ -198,7 +210,7 @@ def batch_results(chunks: list[dict[str, Any]], sizes: list[int], values: dict[s
     for task, size in zip(chunks, sizes, strict=True):
         chunk = values.get(task["task_id"])
         if isinstance(chunk, list) and len(chunk) == size:
-            results.extend(chunk)
+            results.extend(item_value(v) for v in chunk)
         elif task["status"] in ("failed", "cancelled", "rejected"):  # each item of a failed chunk says why
             error = task.get("error") or f"its task {task['task_id']} {task['status']}"
             results.extend({"status": task["status"], "error": error} for _ in range(size))

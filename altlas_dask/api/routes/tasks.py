@@ -16,12 +16,20 @@ from fastapi import APIRouter, Query, Request
 from altlas_dask.api import callbacks
 from altlas_dask.api.deps import GatewayDep, PrincipalDep
 from altlas_dask.api.errors import ApiError
-from altlas_dask.api.gateway import Gateway, TaskEntry, route_key, router_api_status, shape_result
+from altlas_dask.api.gateway import (
+    Gateway,
+    TaskEntry,
+    item_id,
+    item_value,
+    route_key,
+    router_api_status,
+    shape_result,
+)
 from altlas_dask.api.schemas import CancelRequest, PayloadError, RouteRequest, check_payload
 from altlas_dask.client import RouterError
 from altlas_dask.model import MODEL_MEMORY_MB
 from altlas_dask.options import GpuOptionsError
-from altlas_dask.scheduling.lifecycle import STATUSES_FOR_API
+from altlas_dask.scheduling.lifecycle import API_STATUS, STATUSES_FOR_API
 from altlas_dask.workloads import WORKLOADS
 
 router = APIRouter(tags=["tasks"])
@@ -43,6 +51,8 @@ async def settle_task(gateway: Gateway, task_id: str, user: str, is_admin: bool,
     if wait <= 0:
         return
     item = gateway.item(task_id)
+    if item is not None and item[1] in item[0].meta.get("cancelled", {}):
+        return  # a request cancelled alone is final at once
     entry = item[0] if item is not None else gateway.entry(await gateway.resolve(task_id, user), user, is_admin)
     if entry is not None and (is_admin or entry.user == user):
         await gateway.settle([entry], wait)
@@ -93,11 +103,8 @@ async def list_tasks(
         rows.extend(answer["tasks"])
         total += answer["total"]
     rows.sort(key=lambda r: r["submitted"], reverse=True)
-    rows = rows[offset : offset + limit]
-    entries = [gateway.tasks[r["key"]] for r in rows if r["key"] in gateway.tasks]
-    values = await gateway.results(entries) if results else {}
-    tasks: dict[str, Any] = {}
-    for r in rows:
+    listed: list[dict[str, Any]] = []
+    for r in rows[: offset + limit]:
         item: dict[str, Any] = {
             "task_id": r["key"],
             "gpu_id": r.get("gpu"),
@@ -107,13 +114,48 @@ async def list_tasks(
             "priority": r.get("priority"),
             "submitted": iso(r.get("submitted")),
             "finished": iso(r.get("finished_at")),
+            "key": r["key"],
         }
         if r.get("error"):
             item["error"] = r["error"]
-        if r["key"] in values:
-            item["result"] = shape_result(values[r["key"]])
-        tasks[r["key"]] = item
-    return {"tasks": tasks, "total": total, "limit": limit, "offset": offset}
+        entry = gateway.tasks.get(r["key"])
+        if entry is not None and entry.kind == "predict" and entry.items:  # a batch of requests: one row each
+            requests = request_rows(item, entry)
+            total += len(requests) - 1
+            listed.extend(requests)
+        else:
+            listed.append(item)
+    if status is not None:  # a request cancelled alone has left its batch's status
+        wanted = {API_STATUS[s] for s in STATUSES_FOR_API[status]}
+        listed = [t for t in listed if t["status"] in wanted]
+    page = listed[offset : offset + limit]
+    keys = {t["key"] for t in page}
+    needed = results or any("index" in t for t in page)  # a request's status may hang on its own outcome
+    values = await gateway.results([gateway.tasks[k] for k in keys if k in gateway.tasks]) if needed else {}
+    for t in page:
+        value = values.get(t.pop("key"))
+        if "index" in t:  # one request of a batch: its own result, or the error it failed with alone
+            own = item_value(value[t.pop("index")]) if isinstance(value, list) else None
+            if isinstance(own, dict) and own.get("status") == "failed":
+                t.update(status="failed", error=own["error"])
+            elif own is not None and results and t["status"] == "completed":
+                t["result"] = own
+        elif value is not None and results:
+            t["result"] = shape_result(value)
+    return {"tasks": {t["task_id"]: t for t in page}, "total": total, "limit": limit, "offset": offset}
+
+
+def request_rows(row: dict[str, Any], entry: TaskEntry) -> list[dict[str, Any]]:
+    """The listing's rows of a gateway batch task (dynamic batching): one per request, under its own task id
+    (``index`` marks it until its result is filled in), ``cancelled`` when it was cancelled alone."""
+    cancelled = entry.meta.get("cancelled", {})
+    out = []
+    for index in range((entry.items or (0, 1))[1]):
+        item = {**row, "task_id": item_id(entry.task_id, index), "chunk_id": entry.task_id, "index": index}
+        if index in cancelled:
+            item.update(status="cancelled", error=cancelled[index])
+        out.append(item)
+    return out
 
 
 async def cancel_task(gateway: Gateway, task_id: str, as_user: str, reason: str) -> dict[str, Any]:
@@ -133,11 +175,7 @@ async def delete_task(
     """409 if the task already finished, 404 if it is unknown or another user's."""
     item = gateway.item(task_id)
     if item is not None and (who.is_admin or item[0].user == who.user):
-        raise ApiError(
-            409,
-            f"task {task_id!r} is item {item[1]} of the batch chunk {item[0].task_id!r}: cancel the chunk "
-            f"(DELETE /tasks/{item[0].task_id}) or its batch (DELETE /batches/{item[0].batch_id})",
-        )
+        return await gateway.cancel_item(task_id, *item, who.user, body.reason if body else "")
     task_id = await gateway.resolve(task_id, who.user)
     if who.is_admin:
         return await cancel_task(gateway, task_id, gateway.acting_admin(who.user), body.reason if body else "")
