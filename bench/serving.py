@@ -75,7 +75,13 @@ def wait_until(check: Callable[[], bool], what: str, timeout: float = 180) -> No
 
 
 def run_steps(
-    name: str, port: int, request: bytes, parts: Callable[[], dict[str, list[int]]], args: Any, gateway: bool = True
+    name: str,
+    port: int,
+    request: bytes,
+    parts: Callable[[], dict[str, list[int]]],
+    args: Any,
+    gateway: bool = True,
+    grouping: Callable[[], tuple[int, int]] | None = None,
 ) -> list[dict[str, Any]]:
     """The warm-up, then one step per rate; a row per step."""
     ctx = mp.get_context("spawn")
@@ -85,6 +91,7 @@ def run_steps(
         parent, child = ctx.Pipe(duplex=False)
         gen = ("127.0.0.1", port, request, rate, duration, min(512, int(rate * 2) + 16), args.timeout)
         pids = parts()
+        grouped0 = grouping() if grouping else (0, 0)
         cpu0, t0 = {part: cpu_seconds(p) for part, p in pids.items()}, time.monotonic()
         proc = ctx.Process(target=generator_process, args=(gen, child))
         proc.start()
@@ -93,6 +100,7 @@ def run_steps(
         span = time.monotonic() - t0
         split = {part: cpu_seconds(p) - cpu0[part] for part, p in pids.items()}
         split["generator"] = result["cpu_s"]
+        batches, items = (a - b for a, b in zip(grouping() if grouping else (0, 0), grouped0, strict=True))
         cpu = sum(split.values())
         if warm:
             time.sleep(2)
@@ -114,13 +122,15 @@ def run_steps(
             "cpu_ms": 1000 * cpu / ok if ok else float("nan"),
             "cpu_pct": 100 * cpu / span,
             "cpu_split": {part: 1000 * c / ok if ok else float("nan") for part, c in split.items()},
+            "batch": items / batches if batches else None,
         }
         held = row["errors"] == 0 and row["p99"] < P99_TARGET_MS and achieved >= 0.95 * rate
         row["held"] = held
         rows.append(row)
         print(
             f"{name:28s} {rate:6g}/s: {achieved:6.1f}/s ok, p50 {row['p50']:7.1f} ms, p99 {row['p99']:7.1f} ms, "
-            f"errors {row['errors']}, CPU {row['cpu_ms']:.1f} ms/request ({split_text(row)})"
+            f"errors {row['errors']}, CPU {row['cpu_ms']:.1f} ms/request ({split_text(row)}), "
+            f"mean batch {row['batch'] or '-'}"
             f"{' (held)' if held else ''}",
             flush=True,
         )
@@ -175,7 +185,14 @@ def gateway_rows(name: str, batching: bool, args: Any) -> list[dict[str, Any]]:
         body = {"text": PROMPT, "max_length": args.chars, "temperature": 0.7, "wait": 10}
         request = http_request(port, "/api/v1/predict", body, token)
         parts = {"gateway": [gateway.pid], "scheduler": [os.getpid()], "workers": [p for p in workers if p]}
-        return run_steps(name, port, request, lambda: parts, args)
+
+        def grouping() -> tuple[int, int]:
+            headers = {"Authorization": f"Bearer {token}"}
+            summary = httpx.get(f"http://127.0.0.1:{port}/api/v1/metrics", headers=headers, timeout=30).json()
+            batching = summary["gateway"]["dynamic_batching"] or {}
+            return batching.get("batches", 0), batching.get("requests", 0)
+
+        return run_steps(name, port, request, lambda: parts, args, grouping=grouping)
     finally:
         gateway.terminate()
         gateway.wait(timeout=30)
@@ -222,7 +239,18 @@ def report(rows: list[dict[str, Any]], args: Any, info: dict[str, str], elapsed:
         "max_wait_ms 2). Held = no errors, p99 under 500 ms and at least 95% of the rate answered.",
         "",
         table(
-            ["target", "rate/s", "answered/s", "p50 ms", "p99 ms", "errors", "CPU ms/request", "of which", "held"],
+            [
+                "target",
+                "rate/s",
+                "answered/s",
+                "p50 ms",
+                "p99 ms",
+                "errors",
+                "CPU ms/request",
+                "of which",
+                "mean batch",
+                "held",
+            ],
             [
                 [
                     r["target"],
@@ -233,6 +261,7 @@ def report(rows: list[dict[str, Any]], args: Any, info: dict[str, str], elapsed:
                     r["errors"],
                     f"{r['cpu_ms']:.1f}",
                     split_text(r),
+                    f"{r['batch']:.1f}" if r.get("batch") else "-",
                     "yes" if r["held"] else "no",
                 ]
                 for r in rows

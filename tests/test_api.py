@@ -540,6 +540,8 @@ def test_concurrent_predicts_each_keep_their_own_task_result_and_quota_charge(ap
         assert sum(next(iter(sizes)) for sizes in chunks.values()) == 8
         used = c.get("/user/hana/quota").json()["rate_limits"]["requests_per_minute"]["used"]
         assert used == 8
+        grouping = c.get("/metrics").json()["gateway"]["dynamic_batching"]
+        assert grouping["requests"] >= 8 and 1 <= grouping["batches"] <= grouping["requests"]
 
 
 def test_route_callback_is_signed_retried_and_only_to_allowed_hosts(api: Api):

@@ -193,5 +193,20 @@ async def summary(gateway: Gateway, http: HttpStats, *, user: str, is_admin: boo
         "gpus": gpu_out,
         "models": models,
         "users": users,
-        "gateway": http.summary(),
+        "gateway": {**http.summary(), "dynamic_batching": batching_summary(gateway)},
+    }
+
+
+def batching_summary(gateway: Gateway) -> dict[str, Any] | None:
+    """How the gateway's request batcher grouped ``POST /predict`` requests since it started (None when off)."""
+    batcher = gateway.request_batcher
+    if batcher is None:
+        return None
+    mean = batcher.items / batcher.batches if batcher.batches else None
+    return {
+        "batches": batcher.batches,
+        "requests": batcher.items,
+        "mean_batch_size": None if mean is None else round(mean, 2),
+        "max_batch_size": batcher.max_batch_size,
+        "in_flight": batcher.in_flight,
     }
