@@ -37,7 +37,8 @@ async def predict(body: PredictRequest, who: PrincipalDep, gateway: GatewayDep) 
     options = await gateway.options(body.gpu_options, who.user, who.is_admin, task_type, MODEL_MEMORY_MB)
     kwargs = body.model_dump(include={"text", "max_length", "temperature", "seed"})
     if gateway.request_batcher is not None:
-        entry, index = await gateway.request_batcher.submit((options, body.max_length), kwargs, (options, who.user))
+        group = (who.user, options, body.max_length)  # the key's user owns the batch task: never mixed
+        entry, index = await gateway.request_batcher.submit(group, kwargs, (options, who.user))
         task_id = item_id(entry.task_id, index)
     else:
         entry = await gateway.submit(generate, kwargs, options, user=who.user, kind="predict", workload=WORKLOAD)
