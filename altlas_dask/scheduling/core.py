@@ -314,7 +314,7 @@ class SchedulingCore:
         self._finish(task, TaskStatus.CANCELLED, out, fail=TaskCancelledError(f"task {e.key} cancelled by {e.by}{why}"))
 
     # -- placing --------------------------------------------------------------------------------------
-    def _decide(self, task: TaskRecord) -> Decision:
+    def _decide(self, task: TaskRecord, kept: Mapping[int, int] | None = None) -> Decision:
         start = self._timer()
         request = task.request
         if request.gpu is not None and self.gpus.known and not self.gpus.ever_matched(request.gpu):
@@ -337,6 +337,7 @@ class SchedulingCore:
                 self.held_memory,
                 self.recent_memory,
                 self._input_bytes(task) if task.inputs else {},
+                kept or {},
             )
             decision = choose(self.gpus.snapshot(), request, ctx)
         elapsed = self._timer() - start
@@ -454,6 +455,7 @@ class SchedulingCore:
         skipped = []
         must_wait: set[tuple] = set()  # request shapes that had to wait in this pass
         may_start: dict[str, bool] = {}  # per user, until a placement of theirs in this pass
+        kept: dict[int, int] = {}  # GPU -> the (highest) priority of a task in this pass that waits for it to drain
 
         def can_start(user: str) -> bool:
             known = may_start.get(user)
@@ -471,7 +473,7 @@ class SchedulingCore:
                 if len(skipped) >= BACKFILL_SCAN or len(must_wait) >= len(self.held_shapes):
                     break  # (or every shape still held must wait: nothing further down can start)
                 continue
-            decision = self._decide(task)
+            decision = self._decide(task, kept)
             if decision.placed:
                 self.queue.served(entry)
                 self._queue_seq.pop(entry.key, None)
@@ -481,6 +483,8 @@ class SchedulingCore:
                 self._finish(task, TaskStatus.FAILED, out, fail=self._no_gpu_error(task, decision))
             else:
                 task.waiting_reason = decision.reason
+                for g in decision.waits_for:  # the pass goes best priority first: the first to wait keeps it
+                    kept.setdefault(g, task.request.priority)
                 skipped.append(entry)
                 must_wait.add(shape)
                 if (

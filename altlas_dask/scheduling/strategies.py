@@ -61,6 +61,17 @@ class RoutingContext:
     held_memory: Mapping[int, int] = field(default_factory=dict)  # memory MB -> ready tasks waiting for a GPU
     recent_memory: Mapping[int, int] = field(default_factory=dict)  # memory MB -> tasks among recent submissions
     inputs: Mapping[int, int] = field(default_factory=dict)  # GPU id -> bytes of the task's inputs on its worker
+    # GPU id -> the priority of a task waiting for it to drain (Wait.gpus): lower-priority tasks keep off it
+    kept: Mapping[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """A strategy's answer that the task waits although ``gpus`` could take it now: it waits for one of them to
+    drain. Until it is placed, the core keeps those GPUs from lower-priority tasks (RoutingContext.kept)."""
+
+    reason: str
+    gpus: frozenset[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +82,7 @@ class Decision:
     reason: str
     scores: Mapping[int, float] = field(default_factory=dict)
     rejected: Mapping[int, str] = field(default_factory=dict)
+    waits_for: frozenset[int] = frozenset()  # GPUs it could take now but waits for to drain (see Wait)
 
     @property
     def placed(self) -> bool:
@@ -258,6 +270,10 @@ STRATEGIES: dict[str, StrategyFn] = {
 #: How many of the tasks that only fit the larger GPUs a placement there is charged for, per share of
 #: recent submissions that are such tasks (plus one per such task waiting now).
 EXPECTED_LARGE_WEIGHT = 4.0
+#: Late binding: a task that only some GPUs of the pool can ever take joins one of them only while the work
+#: queued there is at most this share of its own learned run time there; otherwise it waits on the scheduler
+#: for the first of them to drain (docs/design.md "earliest_finish": the sweep that chose it).
+LATE_BINDING_SHARE = 0.3
 
 
 def fit_sets(gpus: Sequence[GpuState], sizes: Iterable[int], policy: RoutingPolicy) -> dict[int, frozenset[int]]:
@@ -266,6 +282,27 @@ def fit_sets(gpus: Sequence[GpuState], sizes: Iterable[int], policy: RoutingPoli
         m: frozenset(g.id for g in gpus if m <= g.memory_total_mb * policy.memory_threshold and g.status != "error")
         for m in sizes
     }
+
+
+def late_binding(
+    c: Candidates, expected: Mapping[int, float], backlog: Callable[[int], float]
+) -> tuple[list[GpuState], str]:
+    """The eligible GPUs whose queue is short enough for a task that only some of the pool can take, and why
+    the others are not (``''`` when the task fits every GPU, or nothing has been learned to judge by).
+
+    Queue = ``backlog`` (expected seconds of the work placed there); short = at most ``LATE_BINDING_SHARE`` of
+    the task's learned seconds there. A GPU it has not run yet counts as short (it must be tried to be learned).
+    """
+    if not c.permanent:
+        return list(c.eligible), ""
+    short, long = [], []
+    for g in c.eligible:
+        own = expected.get(g.id)
+        if own is None or backlog(g.id) <= LATE_BINDING_SHARE * own:
+            short.append(g)
+        else:
+            long.append(f"GPU {g.id}: {backlog(g.id):.3f}s queued > {LATE_BINDING_SHARE:.0%} of its {own:.3f}s")
+    return short, "; ".join(long)
 
 
 def reserved_weight(gpus: Sequence[GpuState], request: TaskRequest, ctx: RoutingContext) -> dict[int, float]:
@@ -310,7 +347,7 @@ class EarliestFinish:
     def scope(self, gpus: Sequence[GpuState], request: TaskRequest) -> Sequence[GpuState]:
         return gpus
 
-    def pick(self, c: Candidates, request: TaskRequest, ctx: RoutingContext) -> Pick | str:
+    def pick(self, c: Candidates, request: TaskRequest, ctx: RoutingContext) -> Pick | str | Wait:
         expected = ctx.expected
         fastest = min(expected.values()) if expected else 1.0
         backlog = ctx.backlog or _no_backlog
@@ -325,13 +362,20 @@ class EarliestFinish:
             fetch = (total_in - inputs.get(gpu, 0)) / rate if total_in else 0.0
             return backlog(gpu) + own * (1.0 + reserved.get(gpu, 0.0)), fetch
 
+        ready, queued = late_binding(c, expected, backlog)
+        if not ready:
+            return Wait(
+                f"late binding: it fits {len(c.gpus) - len(c.permanent)} of the {len(c.gpus)} GPUs and each of them"
+                f" that has room has a long queue ({queued}); it waits on the scheduler for the first to drain",
+                frozenset(g.id for g in c.eligible),
+            )
         fetch: dict[int, float] = {}
         unmoved: dict[int, float] = {}
         scores: dict[int, float] = {}
-        for g in c.eligible:
+        for g in ready:
             unmoved[g.id], fetch[g.id] = unmoved_and_fetch(g.id)
             scores[g.id] = unmoved[g.id] + fetch[g.id]
-        chosen = min(c.eligible, key=lambda g: (scores[g.id], g.id))
+        chosen = min(ready, key=lambda g: (scores[g.id], g.id))
         if total_in:  # a GPU holding inputs may be full for now: waiting for its next slot can beat moving them
             eligible = {g.id for g in c.eligible}
             for g in c.gpus:
@@ -394,7 +438,8 @@ class Candidates:
 
 
 class Strategy(Protocol):
-    """A placement policy. ``pick`` returns a pick, or a string saying why the task must wait.
+    """A placement policy. ``pick`` returns a pick, or a string saying why the task must wait (a :class:`Wait`
+    when it could start now but waits for some GPUs to drain).
 
     Custom strategies implement this and are named in ``gpu.multi_gpu.custom_strategies``
     (``{name: "package.module:Class"}``); the class is called with no arguments.
@@ -402,7 +447,7 @@ class Strategy(Protocol):
 
     def scope(self, gpus: Sequence[GpuState], request: TaskRequest) -> Sequence[GpuState]: ...
 
-    def pick(self, c: Candidates, request: TaskRequest, ctx: RoutingContext) -> Pick | str: ...
+    def pick(self, c: Candidates, request: TaskRequest, ctx: RoutingContext) -> Pick | str | Wait: ...
 
 
 class EligibleStrategy:
@@ -502,6 +547,8 @@ def choose(gpus: Sequence[GpuState], request: TaskRequest, ctx: RoutingContext) 
     eligible: list[GpuState] = []
     for g in scoped:
         why = rejection(g, request, policy, own_load=g.active_requests > 0 or g.id in ctx.recently_used)
+        if why is None and ctx.kept.get(g.id, request.priority) > request.priority:
+            why = f"kept for a priority-{ctx.kept[g.id]} task waiting for it to drain", False
         if why is None:
             eligible.append(g)
         else:
@@ -511,9 +558,11 @@ def choose(gpus: Sequence[GpuState], request: TaskRequest, ctx: RoutingContext) 
     if not eligible and name != "single_gpu":
         return _no_gpu(name, scoped, rejected, permanent)
     picked = strategy.pick(Candidates(scoped, eligible, rejected, frozenset(permanent)), request, ctx)
-    if isinstance(picked, str):
+    if isinstance(picked, str | Wait):
         if not eligible:
             return _no_gpu(name, scoped, rejected, permanent)
+        if isinstance(picked, Wait):
+            return Decision(name, "wait", None, picked.reason, rejected=rejected, waits_for=picked.gpus)
         return Decision(name, "wait", None, picked, rejected=rejected)
     chosen, reason, scores = picked
     return Decision(name, "placed", chosen.id, reason, scores, rejected)
