@@ -489,3 +489,31 @@ def test_a_task_serving_several_requests_is_charged_each_against_the_quotas_and_
     d.start("batch-of-3")
     usage = [a for a in d.finish("batch-of-3") if isinstance(a, Usage) and a.tasks]
     assert [(u.user, u.tasks) for u in usage] == [("u", 3)]
+
+
+def test_a_gpu_a_higher_priority_task_waits_to_drain_is_kept_from_lower_priority_work():
+    """earliest_finish's late binding: a priority-5 24 GB task that only GPU 0 (80 GB) fits waits while GPU 0
+    runs a 0.2 s task of its type (more than 30% of its own 0.2 s queued). In the same dispatch pass, a
+    priority-1 task that would take GPU 0 (least_loaded: 1 task there, 3 on GPU 1) is kept off it; a priority-5
+    one may take it. The waiting task gets GPU 0 once the work there drains."""
+    core = make_core()
+    d = Driver(core, gpus=0)
+    d.join(0, memory_mb=81920)
+    d.join(1, memory_mb=16384)
+    large = {"task_type": "text_generation", "memory_mb": 24576}
+    assert placed(d.submit("learn", **large)) == {"learn": 0}
+    d.start("learn")
+    d.finish("learn", seconds=0.2)  # alone on GPU 0: 0.2 s, an exact (solo) sample
+    assert placed(d.submit("running", **large)) == {"running": 0}
+    for i in range(3):
+        assert placed(d.submit(f"busy{i}", specific_gpu_id=1)) == {f"busy{i}": 1}
+    assert placed(d.submit("big", priority=5, **large)) == {}
+    assert core.tasks["big"].waiting_reason.startswith("late binding: it fits 1 of the 2 GPUs")
+    assert placed(d.submit("low", priority=1, strategy="least_loaded") + d.tick()) == {"low": 1}
+    assert core.tasks["low"].decision.rejected == {0: "kept for a priority-5 task waiting for it to drain"}
+    assert placed(d.submit("peer", priority=5, strategy="least_loaded") + d.tick()) == {"peer": 0}
+    for key in ("running", "peer"):  # "peer" is expected to take 0.2 s too (the mean of the types learned)
+        assert placed(d.tick()) == {} and core.tasks["big"].waiting_reason.startswith("late binding")
+        d.start(key)
+        d.finish(key, seconds=0.2)
+    assert placed(d.tick()) == {"big": 0}

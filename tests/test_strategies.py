@@ -14,6 +14,7 @@ from altlas_dask.config import build_config
 from altlas_dask.gpus.state import GpuState, health_score
 from altlas_dask.scheduling.strategies import (
     HYBRID_WEIGHTS,
+    LATE_BINDING_SHARE,
     RoutingContext,
     TaskRequest,
     capacity,
@@ -314,6 +315,66 @@ def test_earliest_finish_runs_a_task_where_its_large_inputs_are_unless_waiting_c
     assert d.gpu == 1 and "20 of its 20 MB of inputs already there" in d.reason
     assert ef(gpus, expected=learned, backlog={0: 0.0, 1: 0.5}.get, inputs=inputs).gpu == 0  # waiting costs more
     assert ef(gpus, expected=learned, backlog={0: 0.0, 1: 0.15}.get).gpu == 0  # no inputs: the idle GPU
+
+
+# -- late binding (earliest_finish) ------------------------------------------------------------------
+
+BIG, SMALL = 81920, 16384  # an A100 80GB and a T4 16GB: a 24 GB task fits only the big ones (memory_threshold 0.9)
+
+
+def pool_of_two_big_one_small():
+    return [gpu(0, memory_total_mb=BIG), gpu(1, memory_total_mb=BIG), gpu(2, memory_total_mb=SMALL)]
+
+
+@given(
+    queued=st.tuples(*[st.sampled_from([0.0, 0.01, 0.05, 0.06, 0.061, 0.1, 0.2, 0.4])] * 3),
+    own=st.tuples(st.sampled_from([0.05, 0.2, 1.0]), st.sampled_from([0.05, 0.2, 1.0, None])),
+    memory=st.sampled_from([512, 24576]),
+)
+def test_late_binding_holds_a_task_with_few_fits_exactly_when_every_fitting_gpu_has_a_long_queue(queued, own, memory):
+    """Oracle from the definition: a task that some GPUs can never take (24 GB: only the two 80 GB GPUs) may join
+    a GPU only if the work queued there is at most LATE_BINDING_SHARE of its own learned seconds there (a GPU it
+    has not run counts as short); with no such GPU it waits, naming the GPUs it waits for. A task that fits every
+    GPU (512 MB) is never held this way."""
+    learned = {0: own[0], 2: 0.5} | ({1: own[1]} if own[1] is not None else {})
+    backlog = dict(enumerate(queued))
+    request = TaskRequest(strategy="earliest_finish", memory_mb=memory)
+    d = ef(pool_of_two_big_one_small(), request, expected=learned, backlog=backlog.get)
+    if memory == 512:
+        assert d.placed
+        return
+    short = [g for g in (0, 1) if g not in learned or backlog[g] <= LATE_BINDING_SHARE * learned[g]]
+    if not short:
+        assert d.outcome == "wait" and d.waits_for == frozenset({0, 1}), d
+        assert d.reason.startswith("late binding: it fits 2 of the 3 GPUs")
+        return
+    finish = {g: backlog[g] + learned.get(g, min(learned.values())) for g in short}
+    assert d.gpu == min(short, key=lambda g: (finish[g], g)), (d, finish)
+
+
+def test_late_binding_waits_for_the_first_big_gpu_to_drain_rather_than_queueing_behind_a_large_task():
+    """Both 80 GB GPUs run a 0.2 s task: a second 24 GB task waits (30% of 0.2 s = 0.06 s of queue at most) until
+    one of them has only a 0.05 s task left."""
+    gpus = pool_of_two_big_one_small()
+    large = TaskRequest(strategy="earliest_finish", memory_mb=24576)
+    learned = {0: 0.2, 1: 0.2}
+    d = ef(gpus, large, expected=learned, backlog={0: 0.2, 1: 0.2, 2: 0.0}.get)
+    assert d.outcome == "wait" and d.gpu is None
+    assert "GPU 0: 0.200s queued > 30% of its 0.200s; GPU 1: 0.200s queued > 30% of its 0.200s" in d.reason
+    assert ef(gpus, large, expected=learned, backlog={0: 0.2, 1: 0.05, 2: 0.0}.get).gpu == 1
+    assert ef(gpus, large, expected={}, backlog={0: 0.2, 1: 0.2, 2: 0.0}.get).gpu == 0  # nothing learned: no hold
+
+
+@pytest.mark.parametrize("priority", [1, 3, 5])
+def test_a_gpu_kept_for_a_waiting_task_is_closed_to_lower_priorities_only(priority):
+    """RoutingContext.kept: GPU 0 is kept for a priority-3 task waiting for it to drain. A lower-priority task
+    cannot take it (the reason says why); one of the same or a higher priority can."""
+    gpus = [gpu(0), gpu(1, active_requests=3)]
+    d = choose(gpus, TaskRequest(strategy="least_loaded", priority=priority), ctx(kept={0: 3}))
+    if priority < 3:
+        assert d.gpu == 1 and d.rejected == {0: "kept for a priority-3 task waiting for it to drain"}
+    else:
+        assert d.gpu == 0 and not d.rejected
 
 
 def locality_policy(**multi_gpu):
