@@ -221,6 +221,9 @@ def ray_rows(name: str, mode: str, args: Any) -> list[dict[str, Any]]:
 
 
 def report(rows: list[dict[str, Any]], args: Any, info: dict[str, str], elapsed: float) -> str:
+    from altlas_dask.config import load_config
+
+    batching = load_config(environ={}).serving.batching["generate"]
     targets = list(dict.fromkeys(r["target"] for r in rows))
     best = {t: max((r["rate"] for r in rows if r["target"] == t and r["held"]), default=0.0) for t in targets}
     at_best = {
@@ -235,8 +238,11 @@ def report(rows: list[dict[str, Any]], args: Any, info: dict[str, str], elapsed:
         "",
         f"Each request: {args.chars} characters from a {len(PROMPT)}-character prompt, temperature 0.7; open loop "
         f'for {args.duration:g} s per rate. Gateway: `POST /api/v1/predict` with `"wait": 10` on {args.gpus} '
-        "simulated GPUs (CPU torch); dynamic batching = `serving.batching.generate` (max_batch_size 8, "
-        "max_wait_ms 2). Held = no errors, p99 under 500 ms and at least 95% of the rate answered.",
+        "simulated GPUs (CPU torch); dynamic batching = `serving.batching.generate` "
+        f"(max_batch_size {batching.max_batch_size}, max_wait_ms {batching.max_wait_ms:g}): the gateway groups "
+        "the requests of the same moment into one GPU task while every GPU has one of its batches, see "
+        "docs/design.md; *mean batch* = requests per batch task over the step. Held = no errors, p99 under "
+        "500 ms and at least 95% of the rate answered. *Of which*: CPU ms per request by process.",
         "",
         table(
             [
