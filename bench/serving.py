@@ -286,7 +286,7 @@ def report(rows: list[dict[str, Any]], args: Any, info: dict[str, str], elapsed:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--rates", default="25,50,100,150")
+    p.add_argument("--rates", default="50,100,200,300,400")
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--chars", type=int, default=32)
     p.add_argument("--gpus", type=int, default=4)
