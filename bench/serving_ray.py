@@ -37,9 +37,10 @@ class Plain:
 
 @serve.deployment(max_ongoing_requests=256)
 class Batched:
-    def __init__(self, max_batch_size: int) -> None:
+    def __init__(self, max_batch_size: int, wait_s: float) -> None:
         self.model = _model()
         self.handle_batch.set_max_batch_size(max_batch_size)
+        self.handle_batch.set_batch_wait_timeout_s(wait_s)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
     async def handle_batch(self, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -52,9 +53,10 @@ class Batched:
 def main() -> None:
     mode, port = sys.argv[1], int(sys.argv[2])
     max_batch_size = int(sys.argv[3]) if len(sys.argv) > 3 else 8
+    wait_s = float(sys.argv[4]) if len(sys.argv) > 4 else 0.002
     ray.init(include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    app = Plain.bind() if mode == "plain" else Batched.bind(max_batch_size)
+    app = Plain.bind() if mode == "plain" else Batched.bind(max_batch_size, wait_s)
     serve.run(app, route_prefix="/")
     print("READY", flush=True)
     while True:
