@@ -86,7 +86,7 @@ class AccountingStore:
 
     # -- writes (queued; never block the caller) -----------------------------------------
     def record_task(self, record: dict[str, Any]) -> None:
-        self._put(("task", tuple(record.get(c) for c in TASK_COLUMNS)))
+        self._put(("task", tuple(map(record.get, TASK_COLUMNS))))
 
     def add_usage(self, user: str, day: str, *, tasks: int = 0, gpu_seconds: float = 0.0, rejected: int = 0) -> None:
         self._put(("usage", (user, day, tasks, gpu_seconds, rejected)))

@@ -197,22 +197,22 @@ class GpuRouter(SchedulerPlugin):
             # submitted before the router started: track it again, without charging its user twice.
             self.handle(ev.Submitted(str(key), dx.gpu_options(ts), time.time(), ready=True, charge=False))
             return
-        now = time.time()
-        if finish == "no-worker":
-            ts = self.scheduler.tasks.get(key) if self.scheduler is not None else None
-            inputs = dx.input_locations(ts) if ts is not None and ts.dependencies else None
-            self.handle(ev.Ready(key, now, inputs=inputs))
-        elif finish == "processing":
-            self.handle(ev.Started(key, now))
+        # (most frequent first; released -> waiting, the first transition of every task, is none of these)
+        if finish == "processing":
+            self.handle(ev.Started(key, time.time()))
         elif start == "processing" and finish == "memory":
             worker, seconds = kwargs.get("worker"), compute_seconds(kwargs.get("startstops"))
-            self.handle(ev.Finished(key, now, worker, seconds, dx.batch_of(kwargs)))
+            self.handle(ev.Finished(key, time.time(), worker, seconds, dx.batch_of(kwargs)))
+        elif finish == "no-worker":
+            ts = self.scheduler.tasks.get(key) if self.scheduler is not None else None
+            inputs = dx.input_locations(ts) if ts is not None and ts.dependencies else None
+            self.handle(ev.Ready(key, time.time(), inputs=inputs))
         elif start == "processing" and finish == "released":
-            self.handle(ev.Released(key, now))
+            self.handle(ev.Released(key, time.time()))
         elif finish == "forgotten":
-            self.handle(ev.Forgotten(key, now))
+            self.handle(ev.Forgotten(key, time.time()))
         elif finish == "erred":  # not from a worker (those come through _before_task_erred): a dependency failed
-            self.handle(ev.Erred(key, now, str(kwargs.get("exception_text") or "a dependency failed")))
+            self.handle(ev.Erred(key, time.time(), str(kwargs.get("exception_text") or "a dependency failed")))
 
     def _before_task_erred(self, ts: TaskState, msg: dict[str, Any]) -> None:
         """A worker reported an error: the core decides between a retry on another GPU and failing."""
@@ -256,27 +256,10 @@ class GpuRouter(SchedulerPlugin):
         placements: list[tuple[TaskState, str, int, tuple[int, int]]] = []
         releases: list[str] = []
         for action in actions:
-            if isinstance(action, Place):
-                ts = tasks.get(action.key)
-                if ts is None:
-                    continue
-                if self._in_update_graph:
-                    dx.pin(ts, action.worker, action.memory_mb, action.rank)
-                else:
-                    placements.append((ts, action.worker, action.memory_mb, action.rank))
-                self._observe_placement(action.key)
-            elif isinstance(action, Hold):
-                if (ts := tasks.get(action.key)) is not None:
-                    dx.hold(ts)
-            elif isinstance(action, Fail):
-                if self._in_update_graph and (ts := tasks.get(action.key)) is not None:
-                    dx.hold(ts)  # it must not start; it errs right after this graph update
-                self._pending_fail[action.key] = action.error
-            elif isinstance(action, Release):
-                releases.append(action.key)
-            elif isinstance(action, Record):
+            kind = type(action)  # (the action classes are final: no subclass of them exists)
+            if kind is Record:
                 self._record(action.row)
-            elif isinstance(action, Usage):
+            elif kind is Usage:
                 if action.limit:
                     self.metrics.quota_rejections.labels(self.labels.user(action.user), action.limit).inc()
                 self.store.add_usage(
@@ -286,13 +269,32 @@ class GpuRouter(SchedulerPlugin):
                     gpu_seconds=action.gpu_seconds,
                     rejected=action.rejected,
                 )
-        stimulus = f"altlas-{time.time()}"
-        if placements:
-            dx.place(scheduler, placements, stimulus)
-        if releases:
-            dx.release_from(scheduler, releases, stimulus)
-        if self._pending_fail and not self._in_update_graph:
-            self._fail_pending(stimulus)
+            elif kind is Place:
+                ts = tasks.get(action.key)
+                if ts is None:
+                    continue
+                if self._in_update_graph:
+                    dx.pin(ts, action.worker, action.memory_mb, action.rank)
+                else:
+                    placements.append((ts, action.worker, action.memory_mb, action.rank))
+                self._observe_placement(action.key)
+            elif kind is Hold:
+                if (ts := tasks.get(action.key)) is not None:
+                    dx.hold(ts)
+            elif kind is Fail:
+                if self._in_update_graph and (ts := tasks.get(action.key)) is not None:
+                    dx.hold(ts)  # it must not start; it errs right after this graph update
+                self._pending_fail[action.key] = action.error
+            elif kind is Release:
+                releases.append(action.key)
+        if placements or releases or (self._pending_fail and not self._in_update_graph):
+            stimulus = f"altlas-{time.time()}"  # (only built when it is used: most actions need no transition)
+            if placements:
+                dx.place(scheduler, placements, stimulus)
+            if releases:
+                dx.release_from(scheduler, releases, stimulus)
+            if self._pending_fail and not self._in_update_graph:
+                self._fail_pending(stimulus)
         if self.core.wants_dispatch:
             self._schedule_tick()
 

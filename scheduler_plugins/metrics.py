@@ -2,8 +2,8 @@
 
 Dask's scheduler renders ``prometheus_client``'s default registry, so one
 collector registered there (once per process) adds every ``altlas_*`` series
-of each live router. Counters and histograms are ``prometheus_client`` objects
-kept per router, unregistered, and yielded by that collector.
+of each live router. Counters and histograms are plain counts kept per router
+(``_Family``) and rendered as prometheus_client renders its own when that collector is scraped.
 
 Label values are bounded (:class:`LabelPolicy`, deploy/README.md "Metrics labels"): ``model`` is one of
 the configured task types or ``other``; ``user`` is a configured user (``quotas.users``, ``quotas.admins``)
@@ -12,13 +12,18 @@ or a user an admin set a quota for at run time, else ``other``; every user when 
 
 from __future__ import annotations
 
+import bisect
+import math
 import threading
+import time
 import weakref
 from collections.abc import Collection, Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import REGISTRY
+from prometheus_client import metrics as prometheus_metrics
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from scheduler_plugins.gpu_info import gpu_info_family
 
@@ -62,55 +67,113 @@ class LabelPolicy:
         return user if user in self.users or user in self.overridden else OTHER
 
 
+class _CounterChild:
+    __slots__ = ("created", "value")
+
+    def __init__(self) -> None:
+        self.value, self.created = 0.0, time.time()
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class _HistogramChild:
+    __slots__ = ("bounds", "counts", "created", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds, self.counts, self.sum, self.created = bounds, [0] * len(bounds), 0.0, time.time()
+
+    def observe(self, amount: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, amount)] += 1  # the first bucket whose bound >= amount
+        self.sum += amount
+
+
+class _Family:
+    """One labelled counter or histogram, counted in plain Python and rendered as prometheus_client would
+    (``_total`` / ``_bucket`` ``_count`` ``_sum``, and ``_created``) only when ``/metrics`` is scraped.
+
+    prometheus_client's own objects take a lock and walk their buckets at every ``inc``/``observe``; the router
+    updates several per task inside the scheduler's event loop, the one thread every observation comes from.
+    """
+
+    def __init__(
+        self, kind: str, name: str, documentation: str, labelnames: tuple[str, ...] = (), buckets: tuple = ()
+    ) -> None:
+        self.kind, self.name, self.documentation, self.labelnames = kind, name, documentation, labelnames
+        self.bounds = (*buckets, math.inf) if kind == "histogram" else ()
+        self.children: dict[tuple[str, ...], Any] = {}
+        if not labelnames:  # an unlabelled series exists from the start, as prometheus_client's does
+            self.labels()
+
+    def labels(self, *values: str) -> Any:
+        child = self.children.get(values)
+        if child is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name}: labels {values!r} do not match {self.labelnames!r}")
+            child = _HistogramChild(self.bounds) if self.kind == "histogram" else _CounterChild()
+            self.children[values] = child
+        return child
+
+    def observe(self, amount: float) -> None:
+        self.children[()].observe(amount)
+
+    def collect(self) -> Iterator[Metric]:
+        metric = Metric(self.name, self.documentation, self.kind)
+        for values, child in list(self.children.items()):
+            labels = dict(zip(self.labelnames, values, strict=True))
+            if self.kind == "counter":
+                metric.add_sample(f"{self.name}_total", labels, child.value)
+            else:
+                acc = 0.0
+                for bound, count in zip(self.bounds, list(child.counts), strict=True):
+                    acc += count
+                    metric.add_sample(f"{self.name}_bucket", {**labels, "le": floatToGoString(bound)}, acc)
+                metric.add_sample(f"{self.name}_count", labels, acc)
+                metric.add_sample(f"{self.name}_sum", labels, child.sum)
+            if getattr(prometheus_metrics, "_use_created", True):  # PROMETHEUS_DISABLE_CREATED_SERIES
+                metric.add_sample(f"{self.name}_created", labels, child.created)
+        yield metric
+
+
 class RouterMetrics:
     """The counters and histograms one router updates as tasks move."""
 
     def __init__(self) -> None:
-        self.tasks = Counter(
+        self.tasks = _Family(
+            "counter",
             "altlas_tasks",
             "GPU tasks that reached a final status",
-            ["status", "user", "model", "strategy", "gpu"],
-            registry=None,
+            ("status", "user", "model", "strategy", "gpu"),
         )
-        self.duration = Histogram(
+        self.duration = _Family(
+            "histogram",
             "altlas_task_duration_seconds",
             "Run time of completed GPU tasks on the GPU",
-            ["gpu", "model"],
-            buckets=DURATION_BUCKETS,
-            registry=None,
+            ("gpu", "model"),
+            DURATION_BUCKETS,
         )
-        self.queue_wait = Histogram(
+        self.queue_wait = _Family(
+            "histogram",
             "altlas_task_queue_wait_seconds",
             "Submission to placement on a GPU",
-            ["user", "model"],
-            buckets=DURATION_BUCKETS,
-            registry=None,
+            ("user", "model"),
+            DURATION_BUCKETS,
         )
-        self.decisions = Counter(
-            "altlas_routing_decisions",
-            "Routing decisions by strategy and outcome",
-            ["strategy", "outcome"],
-            registry=None,
+        self.decisions = _Family(
+            "counter", "altlas_routing_decisions", "Routing decisions by strategy and outcome", ("strategy", "outcome")
         )
-        self.decision_seconds = Histogram(
-            "altlas_routing_decision_seconds",
-            "Time to take one routing decision",
-            buckets=DECISION_BUCKETS,
-            registry=None,
+        self.decision_seconds = _Family(
+            "histogram", "altlas_routing_decision_seconds", "Time to take one routing decision", (), DECISION_BUCKETS
         )
-        self.quota_rejections = Counter(
-            "altlas_quota_rejections", "Submissions rejected by a quota limit", ["user", "limit"], registry=None
+        self.quota_rejections = _Family(
+            "counter", "altlas_quota_rejections", "Submissions rejected by a quota limit", ("user", "limit")
         )
-        self.retries = Counter("altlas_task_retries", "GPU errors retried on another GPU", ["gpu"], registry=None)
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self.retries = _Family("counter", "altlas_task_retries", "GPU errors retried on another GPU", ("gpu",))
 
-    def child(self, metric: Counter | Histogram, *values: str) -> Any:
-        """``metric.labels(*values)``, kept: the values are bounded (LabelPolicy) and the lookup is per task."""
-        key = (id(metric), values)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = metric.labels(*values)
-        return found
+    @staticmethod
+    def child(metric: _Family, *values: str) -> Any:
+        """``metric.labels(*values)`` (the values are bounded: LabelPolicy)."""
+        return metric.labels(*values)
 
     def collect(self) -> Iterator[Metric]:
         for metric in (

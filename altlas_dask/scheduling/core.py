@@ -27,7 +27,7 @@ from altlas_dask.options import GpuOptions, GpuOptionsError
 from altlas_dask.quotas import QuotaBook, utc_day
 from altlas_dask.scheduling import events as ev
 from altlas_dask.scheduling.actions import Action, Fail, Hold, KeepError, Place, Record, Release, Retry, Usage
-from altlas_dask.scheduling.estimates import Estimates
+from altlas_dask.scheduling.estimates import Estimates, LazyPerformance
 from altlas_dask.scheduling.fairqueue import FairQueue
 from altlas_dask.scheduling.gpus import GpuBook, GpuSlot
 from altlas_dask.scheduling.lifecycle import TaskStatus
@@ -329,7 +329,7 @@ class SchedulingCore:
                 self.policy,
                 self._rr_last,
                 self._rng,
-                self.estimates.performance(request.task_type, self.gpus.slots),
+                LazyPerformance(self.estimates, request.task_type, self.gpus.slots),
                 self._recently_used(),
                 self.registry,
                 self.estimates.own_seconds(request.task_type),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Container, Iterator, Mapping
 from dataclasses import dataclass, field
 
 EWMA = 0.2
@@ -62,3 +62,35 @@ class Estimates:
             return {}
         best = min(means.values())
         return {g: best / d if d > 0 else 1.0 for g, d in means.items()}
+
+
+class LazyPerformance(Mapping[int, float]):
+    """``estimates.performance(task_type, gpus)``, computed on its first read: a decision builds one for its
+    strategy, and most strategies (earliest_finish, round_robin, memory_optimized) never read it."""
+
+    __slots__ = ("_estimates", "_gpus", "_task_type", "_value")
+
+    def __init__(self, estimates: Estimates, task_type: str, gpus: Container[int]) -> None:
+        self._estimates, self._task_type, self._gpus = estimates, task_type, gpus
+        self._value: dict[int, float] | None = None
+
+    def _get(self) -> dict[int, float]:
+        value = self._value
+        if value is None:
+            value = self._value = self._estimates.performance(self._task_type, self._gpus)
+        return value
+
+    def __getitem__(self, gpu: int) -> float:
+        return self._get()[gpu]
+
+    def get(self, gpu: int, default: float | None = None) -> float | None:  # type: ignore[override]
+        return self._get().get(gpu, default)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __repr__(self) -> str:
+        return repr(self._get())

@@ -9,6 +9,8 @@ from altlas_dask.gpus.state import GpuState
 from altlas_dask.scheduling.health import HealthWindow
 from altlas_dask.scheduling.strategies import matches
 
+MAX_VIEWS = 64  # views kept per GPU between heartbeats (one per in-flight count and memory total, mostly)
+
 
 @dataclass
 class GpuSlot:
@@ -29,9 +31,16 @@ class GpuSlot:
     hung_since: float | None = None  # marked unresponsive for a hung task (not silence) at this time
     last_busy: float = 0.0  # when the core's last task here ended
     _view: GpuState | None = None
+    _views: dict[tuple, GpuState] = field(default_factory=dict, repr=False)  # views of ``_views_of``, by what varies
+    _views_of: GpuState | None = field(default=None, repr=False)
 
     def view(self, max_temperature: float) -> GpuState:
-        """The state strategies see: heartbeat + in-flight work + drain + health as the core judges it."""
+        """The state strategies see: heartbeat + in-flight work + drain + health as the core judges it.
+
+        Views are kept per combination of what changes between heartbeats (tasks in flight, counted memory,
+        health, drain, liveness): a task placed and finished brings the GPU back to a view it had, which is
+        reused instead of copying the heartbeat's 24 fields again at every decision.
+        """
         if self._view is None:
             base = self.base
             health, why = self.health.status(base, max_temperature)
@@ -40,17 +49,30 @@ class GpuSlot:
                 status, why = "unresponsive", self.unresponsive
             elif self.draining and status == "active":
                 status = "maintenance"
-            self._view = base.with_(
-                id=self.gpu_id,
-                worker=self.worker,
-                status=status,
-                active_requests=len(self.assigned),
-                memory_used_mb=max(base.memory_used_mb, sum(self.assigned.values())),
-                error_rate=round(self.health.error_rate, 4),
-                health_status=health,
-                health_reason=why,
-                drain_reason=self.drain_reason if self.draining else "",
-            )
+            assigned = self.assigned
+            memory = max(base.memory_used_mb, sum(assigned.values()))
+            drain_reason = self.drain_reason if self.draining else ""
+            error_rate = round(self.health.error_rate, 4)
+            key = (self.gpu_id, self.worker, status, len(assigned), memory, error_rate, health, why, drain_reason)
+            if self._views_of is not base:
+                self._views.clear()
+                self._views_of = base
+            view = self._views.get(key)
+            if view is None:
+                if len(self._views) >= MAX_VIEWS:
+                    self._views.clear()
+                view = self._views[key] = base.with_(
+                    id=self.gpu_id,
+                    worker=self.worker,
+                    status=status,
+                    active_requests=len(assigned),
+                    memory_used_mb=memory,
+                    error_rate=error_rate,
+                    health_status=health,
+                    health_reason=why,
+                    drain_reason=drain_reason,
+                )
+            self._view = view
         return self._view
 
     def changed(self) -> None:

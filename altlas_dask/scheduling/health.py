@@ -24,17 +24,19 @@ class HealthWindow:
     policy: Health
     outcomes: deque[bool] = field(default_factory=deque)  # True = the attempt hit a GPU error
     critical_since: float | None = None
+    errors: int = 0  # True values in ``outcomes`` (kept as they enter and leave: error_rate is read per view)
 
     def record(self, gpu_error: bool, now: float) -> None:
         self.outcomes.append(gpu_error)
+        self.errors += gpu_error
         while len(self.outcomes) > self.policy.window:
-            self.outcomes.popleft()
+            self.errors -= self.outcomes.popleft()
         if self.critical_since is None and self._too_many_errors():
             self.critical_since = now
 
     @property
     def error_rate(self) -> float:
-        return sum(self.outcomes) / len(self.outcomes) if self.outcomes else 0.0
+        return self.errors / len(self.outcomes) if self.outcomes else 0.0
 
     def _too_many_errors(self) -> bool:
         return len(self.outcomes) >= self.policy.min_samples and self.error_rate >= self.policy.critical_error_rate
@@ -43,6 +45,7 @@ class HealthWindow:
         """Start over with an empty window once a critical GPU has rested ``recovery_seconds``."""
         if self.critical_since is not None and now - self.critical_since >= self.policy.recovery_seconds:
             self.outcomes.clear()
+            self.errors = 0
             self.critical_since = None
             return True
         return False
