@@ -109,12 +109,22 @@ def instrument(plugin: Any, detail: bool) -> Meter:
     return meter
 
 
+def thread_cpu_clock(name: str) -> Callable[[], float]:
+    """CPU seconds of this process's thread called ``name`` (0 when there is none)."""
+    import threading
+
+    found = [t for t in threading.enumerate() if t.name == name and t.ident is not None]
+    if not found:
+        return lambda: 0.0
+    clock_id = time.pthread_getcpuclockid(found[0].ident)
+    return lambda: time.clock_gettime(clock_id)
+
+
 def profile_run(cluster: ModeCluster, n_tasks: int, path: str) -> None:
     """One more run with cProfile on the scheduler's event-loop thread; its stats go to ``path`` (pstats)."""
     import threading
 
     import distributed
-
     from overhead import _start_profiles
 
     cluster.settle()
@@ -146,24 +156,26 @@ def main() -> None:
     router = ModeCluster("router")
     plain = ModeCluster("plain") if args.plain else None
     meter = instrument(router.plugin, args.detail)
+    writer_cpu = thread_cpu_clock("altlas-accounting")  # the router's SQLite writer (same process, own thread)
     per_rep: list[dict[str, float]] = []
     try:
         for rep in range(args.reps):
             if plain is not None and rep % 2 == 1:
                 plain.throughput(args.tasks)
             meter.reset()
+            writer0 = writer_cpu()
             rate = router.throughput(args.tasks)
             n = args.tasks
+            time.sleep(0.5)  # the writer's last batch (flush_interval 0.2 s)
             row = {name: ns / n / 1e3 for name, ns in meter.ns.items()}
             row["hooks total"] = sum(meter.ns[HOOK_NAMES.get(h, h)] for h in HOOKS) / n / 1e3
             row["scheduler thread total"] = router.throughput_extra[-1]["scheduler_cpu_us"]
-            calls = {name: c / n for name, c in meter.calls.items()}
+            row["accounting writer thread"] = (writer_cpu() - writer0) / n * 1e6
+            row["submitting thread (client)"] = router.throughput_extra[-1]["submit_cpu_us"]
+            hooks = [HOOK_NAMES.get(h, h) for h in HOOKS]
+            calls = ", ".join(f"{h} {meter.calls[h] / n:.2f}" for h in hooks)
             per_rep.append(row)
-            print(
-                f"rep {rep + 1}: {rate:.0f} tasks/s; hooks {row['hooks total']:.1f} us/task; "
-                f"calls/task {', '.join(f'{k} {v:.2f}' for k, v in sorted(calls.items()) if k in HOOK_NAMES.values() or k in HOOKS)}",
-                flush=True,
-            )
+            print(f"rep {rep + 1}: {rate:.0f} tasks/s; hooks {row['hooks total']:.1f} us/task; calls/task {calls}")
             if plain is not None and rep % 2 == 0:
                 plain.throughput(args.tasks)
         if args.cprofile:
@@ -182,8 +194,8 @@ def main() -> None:
         print(f"{name:44s} {statistics.median(values):8.1f}  {min(values):8.1f}  {max(values):8.1f}")
     if plain is not None:
         values = [e["scheduler_cpu_us"] for e in plain.throughput_extra]
-        print(f"{'plain Dask: scheduler thread total':44s} {statistics.median(values):8.1f}  {min(values):8.1f}  "
-              f"{max(values):8.1f}")
+        low, mid, high = min(values), statistics.median(values), max(values)
+        print(f"{'plain Dask: scheduler thread total':44s} {mid:8.1f}  {low:8.1f}  {high:8.1f}")
 
 
 if __name__ == "__main__":
