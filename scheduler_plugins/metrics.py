@@ -84,7 +84,8 @@ class _HistogramChild:
         self.bounds, self.counts, self.sum, self.created = bounds, [0] * len(bounds), 0.0, time.time()
 
     def observe(self, amount: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, amount)] += 1  # the first bucket whose bound >= amount
+        if amount == amount:  # (NaN falls in no bucket, as in prometheus_client; it still joins the sum)
+            self.counts[bisect.bisect_left(self.bounds, amount)] += 1  # the first bucket whose bound >= amount
         self.sum += amount
 
 

@@ -3,6 +3,7 @@ own Counter and Histogram objects expose for the same observations (the oracle i
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -11,8 +12,8 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 
 from scheduler_plugins.metrics import DECISION_BUCKETS, DURATION_BUCKETS, RouterMetrics
 
-#: values on, between, below and above the bucket bounds, negative and huge
-VALUES = (0.0, 1e-5, 1.0001e-5, 3e-5, 0.005, 0.0051, 7.0, 3600.0, 3600.5, 1e9, -1.0)
+#: values on, between, below and above the bucket bounds, negative, huge, infinite and NaN
+VALUES = (0.0, 1e-5, 1.0001e-5, 3e-5, 0.005, 0.0051, 7.0, 3600.0, 3600.5, 1e9, -1.0, math.inf, math.nan)
 
 
 def reference() -> list:
