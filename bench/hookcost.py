@@ -193,9 +193,12 @@ def main() -> None:
         values = [r.get(name, 0.0) for r in per_rep]
         print(f"{name:44s} {statistics.median(values):8.1f}  {min(values):8.1f}  {max(values):8.1f}")
     if plain is not None:
-        values = [e["scheduler_cpu_us"] for e in plain.throughput_extra]
-        low, mid, high = min(values), statistics.median(values), max(values)
-        print(f"{'plain Dask: scheduler thread total':44s} {mid:8.1f}  {low:8.1f}  {high:8.1f}")
+        for name, key in (("scheduler thread total", "scheduler_cpu_us"), ("submitting thread", "submit_cpu_us")):
+            values = [e[key] for e in plain.throughput_extra]
+            low, mid, high = min(values), statistics.median(values), max(values)
+            print(f"{'plain Dask: ' + name:44s} {mid:8.1f}  {low:8.1f}  {high:8.1f}")
+        rates = {m.mode: statistics.median(m.rates) for m in (router, plain)}
+        print(f"throughput (median tasks/s): router {rates['router']:.0f}, plain {rates['plain']:.0f}")
 
 
 if __name__ == "__main__":
