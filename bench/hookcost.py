@@ -71,7 +71,9 @@ def instrument(plugin: Any, detail: bool) -> Meter:
     if not detail:
         return meter
     import scheduler_plugins.gpu_router as gr
+    from altlas_dask.gpus.state import GpuState
     from altlas_dask.scheduling import core as core_module
+    from altlas_dask.scheduling.gpus import GpuSlot
     from altlas_dask.scheduling.tasks import TaskRecord
 
     core = plugin.core
@@ -85,6 +87,8 @@ def instrument(plugin: Any, detail: bool) -> Meter:
         core._on_decision = meter.wrap("router metrics: decision", core._on_decision)
     core_module.choose = meter.wrap("strategies.choose", core_module.choose)
     TaskRecord.record = meter.wrap("TaskRecord.record", TaskRecord.record)
+    GpuState.with_ = meter.wrap("GpuState.with_ (a GPU view built)", GpuState.with_)
+    GpuSlot.view = meter.wrap("GpuSlot.view", GpuSlot.view)
     for attr, name in (
         ("_apply", "router._apply"),
         ("_observe_placement", "router metrics: queue wait"),
@@ -173,6 +177,8 @@ def main() -> None:
             row["accounting writer thread"] = (writer_cpu() - writer0) / n * 1e6
             row["submitting thread (client)"] = router.throughput_extra[-1]["submit_cpu_us"]
             hooks = [HOOK_NAMES.get(h, h) for h in HOOKS]
+            if args.detail:
+                hooks += [k for k in meter.calls if k.startswith(("GpuState", "GpuSlot", "core.gpus"))]
             calls = ", ".join(f"{h} {meter.calls[h] / n:.2f}" for h in hooks)
             per_rep.append(row)
             print(f"rep {rep + 1}: {rate:.0f} tasks/s; hooks {row['hooks total']:.1f} us/task; calls/task {calls}")
