@@ -375,9 +375,9 @@ def bench_router(gpus, options: list[dict[str, Any]], config, seed: int) -> dict
     cpu_decide: list[float] = []
     decide = core._decide
 
-    def cpu_timed_decide(task):
+    def cpu_timed_decide(task, *args):
         c0 = time.thread_time()
-        decision = decide(task)
+        decision = decide(task, *args)
         cpu_decide.append(time.thread_time() - c0)
         return decision
 
