@@ -256,7 +256,8 @@ def report(rows: list[dict[str, Any]], args: Any, info: dict[str, str], elapsed:
             ]
         )
     lines = [
-        "## Serving peers: time-to-text of the GRU (`bench/serving.py`)",
+        "## Serving peers: time-to-text of the GRU (`bench/serving.py`)"
+        + ("" if args.section == "serving" else f", {args.section.replace('_', ' ')}"),
         "",
         f"Command: `.venv/bin/python bench/serving.py {shlex.join(sys.argv[1:])}`  ",
         f"Machine: {machine_line(info)}; wall time {elapsed:.0f} s; load average (1 min) at the end "
@@ -329,6 +330,7 @@ def main() -> None:
     p.add_argument("--ray", default=None, help="a Python with Ray Serve (make bench-peers makes .venv-ray)")
     p.add_argument("--targets", default="batching,no-batching,ray,ray-batch", help="which targets, in this order")
     p.add_argument("--rounds", type=int, default=2, help="rounds over the targets, the order reversed every round")
+    p.add_argument("--section", default="serving", help="the bench/RESULTS.md section to write")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
     import logging
@@ -352,7 +354,7 @@ def main() -> None:
     text = report(rows, args, info, time.monotonic() - start)
     print("\n" + text)
     if not args.no_write:
-        write_section("serving", text)
+        write_section(args.section, text)
 
 
 if __name__ == "__main__":
