@@ -149,7 +149,7 @@ class Client(distributed.Client):
     # -- submission coalescing (altlas_dask.coalesce) -------------------------------------------
     def _graph_to_futures(self, expr, keys, span_metadata, **kwargs):  # type: ignore[override]
         coalescer = self._submissions
-        if coalescer is not None and coalescer.eligible(expr, keys, kwargs.get("actors")):
+        if coalescer is not None and coalescer.holds(expr, keys, kwargs.get("actors")):
             kwargs.pop("internal_priority", None)
             kwargs.pop("actors", None)
             return coalescer.add(expr, keys, span_metadata, **kwargs)

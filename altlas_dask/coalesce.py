@@ -6,7 +6,10 @@ small GPU tasks that, not the router, is most of the scheduler's time. Here ``su
 future at once (same key, same refcounting, so the caller sees no difference) and keeps the task; the
 pending tasks go out together on the next turn of the client's event loop (or ``coalesce_ms`` later),
 as one update per run of consecutive submissions with the same annotations and options: the way
-``Client.map`` sends many tasks, and the way the REST gateway's ``Coalescer`` groups requests.
+``Client.map`` sends many tasks, and the way the REST gateway's ``Coalescer`` groups requests. A submission
+that finds the client idle (nothing held, none in the last ``IDLE_S`` or ``coalesce_ms``) is not held: it
+goes at once, as Dask sends it, so a lone ``submit`` + ``result()`` pays nothing; the ones that follow it in
+a burst are grouped.
 
 Order is kept: pending submissions are sent before any other message of this client (a cancel, a
 release, a gather through the scheduler, a router call), in submission order and with increasing
@@ -20,8 +23,10 @@ installed version.
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -37,6 +42,9 @@ from distributed.protocol.serialize import Serialized, ToPickle
 
 MAX_PENDING = 10_000  # submissions held at most; the next one sends them at once
 
+
+#: A submission that comes more than this after the previous one finds the client idle and goes at once.
+IDLE_S = 0.001
 
 @dataclass
 class _Pending:
@@ -57,10 +65,26 @@ class SubmitCoalescer:
         self.pending: list[_Pending] = []
         self.updates = 0  # graph updates sent
         self.submissions = 0  # tasks sent through them
+        self.idle_s = max(IDLE_S, delay_s)
+        self._last_submit = -math.inf
 
     @staticmethod
     def eligible(expr: Any, keys: Any, actors: Any) -> bool:
         return type(expr) is LLGExpr and len(keys) == 1 and not actors
+
+    def holds(self, expr: Any, keys: Any, actors: Any) -> bool:
+        """Whether this submission is held for the next group: it is eligible (one task, no actors) and the
+        client is busy submitting (something is held already, or the previous submission was less than
+        ``idle_s`` ago). A submission that finds the client idle goes at once, the way Dask sends it: a lone
+        ``submit`` + ``result()`` (a notebook's, one request's) pays nothing for coalescing, and the submissions
+        that follow it in a burst are grouped."""
+        if not self.eligible(expr, keys, actors):
+            return False
+        now = time.monotonic()
+        with self.lock:
+            busy = bool(self.pending) or now - self._last_submit < self.idle_s
+            self._last_submit = now
+        return busy
 
     def add(
         self,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import random
 import statistics
 import subprocess
 import time
@@ -59,6 +60,10 @@ class RayChild:
         self.proc.stdin.close()
         self.proc.wait(timeout=60)
 
+
+#: Upper bound of the random pause before each round-trip sample: longer than a Dask client's 10 ms batching
+#: window, so every sample meets a random phase of it.
+PHASE_JITTER_S = 0.012
 
 def submission_benchmark(n_tasks: int, reps: int, roundtrips: int, ray_python: str | None = None) -> str:
     """5,000 single submits with and without coalescing (altlas_dask.coalesce), one ``map``, and plain Dask."""
@@ -111,8 +116,10 @@ def submission_benchmark(n_tasks: int, reps: int, roundtrips: int, ray_python: s
                 rates[name].append(n_tasks / (time.perf_counter() - start))
                 del futures
                 print(f"rep {rep + 1} {name}: {rates[name][-1]:.0f} tasks/s", flush=True)
+        pauses = random.Random(0)
         for i in range(roundtrips):
             for name in rts if i % 2 == 0 else reversed(list(rts)):
+                time.sleep(pauses.uniform(0, PHASE_JITTER_S))  # see PHASE_JITTER_S
                 if name.startswith("Ray"):
                     rts[name].append(ray.ask("rt"))
                     continue
@@ -151,7 +158,10 @@ def submission_benchmark(n_tasks: int, reps: int, roundtrips: int, ray_python: s
             "`submit` calls made before the client's event loop next runs reach the scheduler as one `update-graph` "
             f"(here {updates:,} updates for about {sent:,} submissions); *not coalesced*: `Client(coalesce_ms=None)`, "
             "one update per `submit` (the behaviour before). Round trip = one `submit` + `result()`, "
-            f"{roundtrips // 2} samples per mode, interleaved. "
+            f"{roundtrips // 2} samples per mode, interleaved, each after a random pause of 0-"
+            f"{PHASE_JITTER_S * 1e3:g} ms (a Dask client batches its messages in 10 ms windows; without the pause, "
+            "clients sampled in turn lock into fixed phases of their windows, and the same mode measured a p50 of "
+            "8 or 12 ms from one run to the next). "
             + (
                 f"Ray: `ray.init(num_gpus={N_GPUS})` in a child process, a no-op with `num_gpus=1/slots` (as many at "
                 "once per GPU as the router's slots) and `max_calls=0`, workers started before timing; its time "
