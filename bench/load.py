@@ -25,7 +25,6 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
-import re
 import shlex
 import socket
 import subprocess
@@ -42,7 +41,7 @@ TARGET_RATE, TARGET_P99_MS = 1000, 50.0
 if str(REPO_DIR) not in sys.path:
     sys.path.insert(0, str(REPO_DIR))
 
-from common import machine, machine_line  # noqa: E402  (bench/common.py, beside this script)
+from common import machine, machine_line, write_section  # noqa: E402  (bench/common.py, beside this script)
 
 # -- the load generator (runs in its own process) ----------------------------------------------------------
 
@@ -182,16 +181,6 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
         return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
 
     return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
-
-
-def write_section(name: str, body: str) -> None:
-    """Replace the ``name`` section of RESULTS.md between its markers, or append it; other sections stay."""
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    section = f"{start}\n{body.strip()}\n{end}"
-    text = RESULTS.read_text() if RESULTS.exists() else "# altlas-dask benchmarks\n"
-    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    RESULTS.write_text(text.rstrip("\n") + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
