@@ -483,14 +483,14 @@ def test_a_queued_route_carries_the_routers_start_and_completion_estimates(api: 
 def test_cancelling_one_request_of_a_batch_task_leaves_its_neighbours(api: Api):
     """GPU 1 full of long jobs holds a three-item batch task in the router's queue; cancelling its second item
     answers ``cancelled`` at once, the batch task itself stays queued; once GPU 1 frees up the other two run and
-    complete with their own texts, the cancelled one stays cancelled with who cancelled it, everywhere (task,
-    listing) and its result is never shown."""
+    complete with their own texts, the cancelled one stays cancelled with who cancelled it and its result is
+    never shown; on the worker its row was stopped (the batch task's own result says so for that row)."""
     slots = build_config(repo_config_data()).routing().max_concurrent_tasks_per_gpu
     api.tokens.setdefault("gina", api.keys.create("gina")[1])
     with api.client("gina") as c:
         running = [start_long(c, gpu=1) for _ in range(slots)]
         try:
-            batch = [{"text": f"item {i} ", "max_length": 12, "seed": i} for i in range(3)]
+            batch = [{"text": f"item {i} ", "max_length": 40, "seed": i} for i in range(3)]
             body = {"batch": batch, "gpu_options": {"specific_gpu_id": 1, "batch_split": False}}
             r = c.post("/batch_predict", json=body)
             assert r.status_code == 200, r.text
@@ -509,6 +509,8 @@ def test_cancelling_one_request_of_a_batch_task_leaves_its_neighbours(api: Api):
         assert done[0]["result"]["text"] != done[2]["result"]["text"]
         assert_error(c.delete(f"/tasks/{ids[0]}"), 409, "already finished")
         assert c.get(f"/task/{ids[1]}", params={"wait": 30}).json()["status"] == "cancelled"  # final: no wait
+        rows = c.get(f"/task/{chunk}").json()["result"]["results"]
+        assert "stopped" in rows[1]["error"] and len(rows[0]["text"]) == len(rows[2]["text"]) == 40, rows
 
 
 def test_concurrent_predicts_each_keep_their_own_task_result_and_quota_charge(api: Api):

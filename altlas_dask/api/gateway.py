@@ -718,6 +718,13 @@ class Gateway:
         if len(cancelled) == (chunk.items[1] if chunk.items else 1):
             with contextlib.suppress(RouterError):  # it finished meanwhile
                 await self.rpc("altlas_cancel", key=chunk.task_id, as_user=chunk.user, reason=reason)
+        else:  # its row stops on the worker running the batch (or when one starts it); best effort
+            from altlas_dask.model.row_stops import stop_row
+
+            try:
+                await self.bounded(self.client.run(stop_row, chunk.task_id, index, on_error="return"))
+            except ApiError:
+                logger.warning("could not reach the workers to stop row %d of %s", index, chunk.task_id)
         return {"task_id": task_id, "status": "cancelled"}
 
     async def state(

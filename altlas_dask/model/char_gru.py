@@ -330,13 +330,18 @@ def generate_batch(items: Sequence[dict[str, Any]]) -> list[dict[str, Any] | Bas
     """One batch task (a ``batch_predict`` chunk, or the gateway's dynamic batch of ``predict`` requests): each
     item's ``text``/``max_length``/``temperature``/``seed``, one forward pass per generated character for all
     (:func:`predict_many`). Results in input order; an invalid or failing item has its exception in its place,
-    so it fails alone. The batch's size is noted in the task's Dask metadata (the router's explanation)."""
+    so it fails alone, and a row stopped alone (:func:`~altlas_dask.model.row_stops.stop_row`) stops alone. The
+    batch's size is noted in the task's Dask metadata (the router's explanation)."""
+    from distributed import get_worker
+
     from altlas_dask.batching import BATCH_METADATA
     from altlas_dask.gpus.dask_worker_internals import annotate_current_task
+    from altlas_dask.model.row_stops import EitherStop, row_stops
 
-    with _on_gpu() as (device, stop):
+    with _on_gpu() as (device, stop), row_stops(get_worker().get_current_task(), len(items)) as rows:
         start = time.perf_counter()
-        results = predict_many(items, model=get_model(device.torch_device), stops=[stop] * len(items))
+        stops = [EitherStop(stop, row) for row in rows]  # a request cancelled alone stops its own row
+        results = predict_many(items, model=get_model(device.torch_device), stops=stops)
         annotate_current_task(BATCH_METADATA, {"size": len(items), "share_s": time.perf_counter() - start})
     return [r if isinstance(r, BaseException) else {**r, "gpu": device.index, "uuid": device.uuid} for r in results]
 
