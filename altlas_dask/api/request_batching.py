@@ -52,6 +52,7 @@ class RequestBatcher:
         self.in_flight = 0
         self.batches = 0
         self.items = 0
+        self._running: set[asyncio.Task] = set()  # the event loop keeps only weak references to tasks
 
     async def submit(self, key: Hashable, item: dict[str, Any], context: Any) -> tuple[Any, int]:
         """``(the batch task's entry, this request's index in it)`` once its batch was submitted."""
@@ -78,7 +79,9 @@ class RequestBatcher:
         if group.timer is not None:
             group.timer.cancel()
         self.in_flight += 1
-        asyncio.ensure_future(self._run(group))
+        task = asyncio.ensure_future(self._run(group))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
 
     def _flush_all(self) -> None:
         for key in list(self.groups):
