@@ -689,19 +689,16 @@ class Gateway:
             info = (await self.explain([chunk.task_id])).get(chunk.task_id)
         state = await self.state(chunk, info, with_result=True)
         out: dict[str, Any] = {"task_id": task_id, "gpu_id": state["gpu_id"], "status": state["status"]}
-        cancelled = chunk.meta.get("cancelled", {})
-        value = state["result"]["results"][index] if "result" in state else None
-        if index in cancelled:  # this request was cancelled alone: its neighbours ran on
-            out.update(status="cancelled", error=cancelled[index])
+        own = item_state(chunk, index, state["result"]["results"][index] if "result" in state else None)
+        if "status" in own:  # cancelled or failed alone: its neighbours ran on
+            out.update(own)
         elif "error" in state:
             out["error"] = state["error"]
-        elif isinstance(value, dict) and value.get("status") == "failed":  # this item failed alone
-            out.update(status="failed", error=value["error"])
-        elif value is not None:
+        elif "result" in own:
             if with_result:
-                out["result"] = value
-            if value.get("batch_size"):
-                out["batch_size"] = value["batch_size"]
+                out["result"] = own["result"]
+            if own["result"].get("batch_size"):
+                out["batch_size"] = own["result"]["batch_size"]
         first = chunk.items[0] if chunk.items else 0
         out.update(user=chunk.user, chunk_id=chunk.task_id, item=first + index)
         if chunk.batch_id is not None:
@@ -804,6 +801,19 @@ async def _settled(future: Future) -> None:
 def item_id(chunk_id: str, index: int) -> str:
     """The task id of item ``index`` of a batch chunk: resolvable with ``GET /task/{id}`` like any task."""
     return f"{chunk_id}.{index}"
+
+
+def item_state(chunk: TaskEntry, index: int, value: Any) -> dict[str, Any]:
+    """Item ``index`` of batch task ``chunk`` apart from its batch: ``{"status", "error"}`` when it was cancelled
+    alone or failed alone (``value``, its entry of the batch's result, is an exception), ``{"result"}`` when it
+    has its own result, else ``{}`` (it shares its batch's state)."""
+    cancelled = chunk.meta.get("cancelled", {})
+    if index in cancelled:
+        return {"status": "cancelled", "error": cancelled[index]}
+    own = item_value(value)
+    if isinstance(own, dict) and own.get("status") == "failed":
+        return {"status": "failed", "error": own["error"]}
+    return {} if own is None else {"result": own}
 
 
 def item_value(value: Any) -> Any:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 
 from altlas_dask.api.deps import GatewayDep, PrincipalDep
 from altlas_dask.api.errors import ApiError
-from altlas_dask.api.gateway import BatchEntry, Gateway, TaskEntry, item_id, item_value, new_id
+from altlas_dask.api.gateway import BatchEntry, Gateway, TaskEntry, item_id, item_state, item_value, new_id
 from altlas_dask.api.schemas import BatchPredictRequest, CancelRequest, PredictRequest
 from altlas_dask.client import RouterError
 from altlas_dask.model import MODEL_MEMORY_MB, generate, generate_batch
@@ -111,9 +111,7 @@ def item_tasks(entries: list[TaskEntry], chunks: list[dict[str, Any]], values: d
             if chunk.get("error"):
                 task["error"] = chunk["error"]
             if isinstance(value, list) and len(value) == count:
-                task["result"] = item_value(value[j])
-                if isinstance(value[j], BaseException):  # this item failed alone
-                    task.update(status="failed", error=task.pop("result")["error"])
+                task.update(item_state(entry, j, value[j]))  # its own result, or the error it failed with alone
             tasks.append(task)
     return tasks
 

@@ -20,7 +20,7 @@ from altlas_dask.api.gateway import (
     Gateway,
     TaskEntry,
     item_id,
-    item_value,
+    item_state,
     route_key,
     router_api_status,
     shape_result,
@@ -130,16 +130,18 @@ async def list_tasks(
         listed = [t for t in listed if t["status"] in wanted]
     page = listed[offset : offset + limit]
     keys = {t["key"] for t in page}
-    needed = results or any("index" in t for t in page)  # a request's status may hang on its own outcome
+    batches = {t["chunk_id"]: gateway.tasks[t["chunk_id"]] for t in page if "index" in t}  # before any await
+    needed = results or bool(batches)  # a request's status may hang on its own outcome
     values = await gateway.results([gateway.tasks[k] for k in keys if k in gateway.tasks]) if needed else {}
     for t in page:
         value = values.get(t.pop("key"))
         if "index" in t:  # one request of a batch: its own result, or the error it failed with alone
-            own = item_value(value[t.pop("index")]) if isinstance(value, list) else None
-            if isinstance(own, dict) and own.get("status") == "failed":
-                t.update(status="failed", error=own["error"])
-            elif own is not None and results and t["status"] == "completed":
-                t["result"] = own
+            index = t.pop("index")
+            own = item_state(batches[t["chunk_id"]], index, value[index] if isinstance(value, list) else None)
+            if "status" in own:
+                t.update(own)
+            elif "result" in own and results and t["status"] == "completed":
+                t["result"] = own["result"]
         elif value is not None and results:
             t["result"] = shape_result(value)
     return {"tasks": {t["task_id"]: t for t in page}, "total": total, "limit": limit, "offset": offset}
@@ -148,12 +150,10 @@ async def list_tasks(
 def request_rows(row: dict[str, Any], entry: TaskEntry) -> list[dict[str, Any]]:
     """The listing's rows of a gateway batch task (dynamic batching): one per request, under its own task id
     (``index`` marks it until its result is filled in), ``cancelled`` when it was cancelled alone."""
-    cancelled = entry.meta.get("cancelled", {})
     out = []
     for index in range((entry.items or (0, 1))[1]):
         item = {**row, "task_id": item_id(entry.task_id, index), "chunk_id": entry.task_id, "index": index}
-        if index in cancelled:
-            item.update(status="cancelled", error=cancelled[index])
+        item.update(item_state(entry, index, None))  # cancelled alone, known before its result is
         out.append(item)
     return out
 
