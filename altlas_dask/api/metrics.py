@@ -18,8 +18,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from altlas_dask.api.gateway import Gateway
+from altlas_dask.scheduling.lifecycle import API_STATUS
 
 PERCENTILE_SAMPLE = 100_000
+#: the router statuses the REST API reports as "queued" (held on the scheduler or waiting for a retry)
+WAITING = tuple(status.value for status, api in API_STATUS.items() if api == "queued")
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float | None:
@@ -105,10 +108,10 @@ async def summary(gateway: Gateway, http: HttpStats, *, user: str, is_admin: boo
         active.extend(answer["tasks"])
     if is_admin:
         tracked = (await gateway.rpc("altlas_status"))["tracked"]
-        queued_count = tracked.get("queued", 0) + tracked.get("released", 0)
+        queued_count = sum(tracked.get(status, 0) for status in WAITING)
     else:
         queued_count = 0
-        for router_status in ("queued", "released"):
+        for router_status in WAITING:
             queued_count += (
                 await gateway.rpc("altlas_tasks", as_user=as_user, user=only, status=router_status, limit=0)
             )["total"]
