@@ -7,6 +7,7 @@ its two calls (synchronize, empty_cache) are observed at the torch.cuda boundary
 from __future__ import annotations
 
 import threading
+from unittest.mock import create_autospec
 
 import pytest
 import torch
@@ -84,10 +85,15 @@ def test_text_generation_stops_before_the_chunk_after_the_cancel():
     assert model.calls == 1 + 2 * CANCEL_CHECK_EVERY  # the prompt, then exactly two chunks of characters
 
 
+def cuda_call(real, calls: list[str]):
+    """``real`` (a torch.cuda function) with its signature kept and its call recorded instead of run."""
+    return create_autospec(real, side_effect=lambda *args, **kwargs: calls.append(real.__name__))
+
+
 def test_on_cuda_each_chunk_is_synchronised_before_the_check_and_cached_memory_freed_on_cancel(monkeypatch):
     calls: list[str] = []
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append("synchronize"))
-    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty_cache"))
+    monkeypatch.setattr(torch.cuda, "synchronize", cuda_call(torch.cuda.synchronize, calls))
+    monkeypatch.setattr(torch.cuda, "empty_cache", cuda_call(torch.cuda.empty_cache, calls))
     stop = threading.Event()
     guard = ChunkGuard(stop, "cuda", on_chunk=lambda n: calls.append(f"chunk {n}"))
     with pytest.raises(KernelCancelledError), guard as g:
@@ -101,7 +107,7 @@ def test_on_cuda_each_chunk_is_synchronised_before_the_check_and_cached_memory_f
 
 def test_failed_work_on_cuda_also_frees_cached_memory(monkeypatch):
     calls: list[str] = []
-    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty_cache"))
+    monkeypatch.setattr(torch.cuda, "empty_cache", cuda_call(torch.cuda.empty_cache, calls))
     with pytest.raises(RuntimeError, match="CUDA out of memory"), ChunkGuard(None, "cuda"):
         raise RuntimeError("CUDA out of memory")
     assert calls == ["empty_cache"]

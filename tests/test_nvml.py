@@ -1,16 +1,15 @@
-"""The NVML boundary: a fake ``pynvml``-like module object (the only mock in the suite), the real
+"""The NVML boundary: the real ``pynvml`` with only its C library faked (``tests/nvml_library.py``), the real
 library on this GPU-less machine, and the launcher's fallback to the simulated pool."""
 
 from __future__ import annotations
 
 import logging
-import types
-from dataclasses import dataclass, field
 
 import dask.config
 import pynvml
 import pytest
 from conftest import local_config, nvml_sees_a_gpu, repo_config_data
+from nvml_library import FakeDevice, real_pynvml_on
 
 from altlas_dask.gpus import GpuUnavailableError, NvmlInventory
 from altlas_dask.gpus.device import NvmlGpu
@@ -22,110 +21,14 @@ GIB = 1024**3
 MIB = 1024**2
 
 
-@dataclass
-class FakeDevice:
-    name: str | bytes
-    uuid: str | bytes
-    cc: tuple[int, int]
-    total_bytes: int
-    used_bytes: int
-    util_gpu: int | None = 0  # None (here and below): NVML_ERROR_NOT_SUPPORTED
-    util_memory: int = 0
-    temperature: int | None = 40
-    power_mw: int | None = 100_000
-    limit_mw: int | None = 250_000
-    memory_supported: bool = True
-    cc_supported: bool = True
-    mig: list[FakeDevice | None] | None = None  # MIG mode on: its slices (None: an empty slot)
-    error: int | None = None  # every query raises NVMLError(error): a driver failure at run time
-    queries: list[str] = field(default_factory=list)
-
-
-def fake_nvml(devices: list[FakeDevice], *, init_error: int | None = None) -> types.ModuleType:
-    """A module object shaped like ``pynvml`` (nvidia-ml-py), answering from ``devices``."""
-    nv = types.ModuleType("fake_pynvml")
-    nv.NVMLError = pynvml.NVMLError
-    nv.NVMLError_NotSupported = pynvml.NVMLError_NotSupported
-    nv.NVMLError_NotFound = pynvml.NVMLError_NotFound
-    nv.NVML_DEVICE_MIG_ENABLE = pynvml.NVML_DEVICE_MIG_ENABLE
-    nv.NVML_TEMPERATURE_GPU = pynvml.NVML_TEMPERATURE_GPU
-    nv.calls = []
-
-    def init() -> None:
-        nv.calls.append("init")
-        if init_error is not None:
-            raise pynvml.NVMLError(init_error)
-
-    def handle(index: int) -> FakeDevice:
-        if not 0 <= index < len(devices):
-            raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        return devices[index]
-
-    def not_supported() -> None:
-        raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)  # an NVMLError_NotSupported instance
-
-    def query(name: str, read):
-        """A device query: fails like the driver when ``dev.error`` is set, else answers ``read(dev)``."""
-
-        def answer(dev: FakeDevice, *args):
-            dev.queries.append(name)
-            if dev.error is not None:
-                raise pynvml.NVMLError(dev.error)
-            value = read(dev, *args)
-            if value is None:
-                not_supported()
-            return value
-
-        return answer
-
-    def temperature(dev: FakeDevice, sensor: int) -> int | None:
-        assert sensor == pynvml.NVML_TEMPERATURE_GPU
-        return dev.temperature
-
-    def memory(dev: FakeDevice):
-        if not dev.memory_supported:
-            return None
-        return types.SimpleNamespace(total=dev.total_bytes, used=dev.used_bytes, free=dev.total_bytes - dev.used_bytes)
-
-    def mig_handle(dev: FakeDevice, slot: int) -> FakeDevice:
-        if dev.mig is None or slot >= len(dev.mig) or dev.mig[slot] is None:
-            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
-        return dev.mig[slot]
-
-    def mig_mode(dev: FakeDevice) -> tuple[int, int] | None:
-        if dev.mig is None and dev.cc < (8, 0):
-            return None  # pre-Ampere boards have no MIG at all
-        mode = pynvml.NVML_DEVICE_MIG_ENABLE if dev.mig is not None else pynvml.NVML_DEVICE_MIG_DISABLE
-        return (mode, mode)
-
-    nv.nvmlInit = init
-    nv.nvmlDeviceGetCount = lambda: len(devices)
-    nv.nvmlDeviceGetHandleByIndex = handle
-    nv.nvmlDeviceGetName = query("name", lambda dev: dev.name)
-    nv.nvmlDeviceGetUUID = lambda dev: dev.uuid
-    nv.nvmlDeviceGetCudaComputeCapability = query("cc", lambda dev: dev.cc if dev.cc_supported else None)
-    nv.nvmlDeviceGetMemoryInfo = query("memory", memory)
-    nv.nvmlDeviceGetUtilizationRates = query(
-        "utilization",
-        lambda dev: None if dev.util_gpu is None else types.SimpleNamespace(gpu=dev.util_gpu, memory=dev.util_memory),
-    )
-    nv.nvmlDeviceGetTemperature = query("temperature", temperature)
-    nv.nvmlDeviceGetPowerUsage = query("power", lambda dev: dev.power_mw)
-    nv.nvmlDeviceGetEnforcedPowerManagementLimit = query("limit", lambda dev: dev.limit_mw)
-    nv.nvmlDeviceGetMigMode = query("mig_mode", mig_mode)
-    nv.nvmlDeviceGetMaxMigDeviceCount = lambda dev: 7
-    nv.nvmlDeviceGetMigDeviceHandleByIndex = mig_handle
-    return nv
-
-
 def pascal() -> FakeDevice:
-    return FakeDevice(b"Tesla P100-PCIE-16GB", b"GPU-p100", (6, 0), 16 * GIB, 1 * GIB)
+    return FakeDevice("Tesla P100-PCIE-16GB", "GPU-p100", (6, 0), 16 * GIB, 1 * GIB)
 
 
 def ampere() -> FakeDevice:
     return FakeDevice(
-        name=b"NVIDIA A100-SXM4-80GB",
-        uuid=b"GPU-11111111-2222-3333-4444-555555555555",
+        name="NVIDIA A100-SXM4-80GB",
+        uuid="GPU-11111111-2222-3333-4444-555555555555",
         cc=(8, 0),
         total_bytes=80 * GIB,
         used_bytes=1536 * MIB + 123_456,  # partial MiB rounds down
@@ -137,13 +40,12 @@ def ampere() -> FakeDevice:
     )
 
 
-def ada_str() -> FakeDevice:
-    # nvidia-ml-py >= 11.5 returns str, older versions bytes: both must work
+def ada() -> FakeDevice:
     return FakeDevice("NVIDIA L4", "GPU-aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee", (8, 9), 24 * GIB, 0, temperature=30)
 
 
 def test_state_translates_nvml_units():
-    inventory = NvmlInventory(nvml=fake_nvml([ampere()]))
+    inventory = NvmlInventory(nvml=real_pynvml_on([ampere()]))
     state = inventory.state(0)
     assert state.id == 0
     assert state.name == "NVIDIA A100-SXM4-80GB"
@@ -162,8 +64,8 @@ def test_state_translates_nvml_units():
     assert state.health_status == "healthy"
 
 
-def test_str_names_and_uuids_are_accepted():
-    state = NvmlInventory(nvml=fake_nvml([ada_str()])).state(0)
+def test_names_and_uuids_come_back_as_text():
+    state = NvmlInventory(nvml=real_pynvml_on([ada()])).state(0)
     assert state.name == "NVIDIA L4"
     assert state.uuid == "GPU-aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
     assert state.compute_capability == "8.9"
@@ -171,12 +73,12 @@ def test_str_names_and_uuids_are_accepted():
 
 
 def test_gpus_lists_every_device_in_index_order():
-    inventory = NvmlInventory(nvml=fake_nvml([ampere(), ada_str()]))
+    inventory = NvmlInventory(nvml=real_pynvml_on([ampere(), ada()]))
     assert [(g.id, g.name) for g in inventory.gpus()] == [(0, "NVIDIA A100-SXM4-80GB"), (1, "NVIDIA L4")]
 
 
 def test_min_compute_capability_filters_devices():
-    nv = fake_nvml([pascal(), ampere(), ada_str()])
+    nv = real_pynvml_on([pascal(), ampere(), ada()])
     inventory = NvmlInventory(min_compute_capability=7.0, nvml=nv)
     assert inventory.indices() == [1, 2]
     assert [g.id for g in inventory.gpus()] == [1, 2]  # ids stay the NVML indices
@@ -185,7 +87,7 @@ def test_min_compute_capability_filters_devices():
 
 
 def test_no_device_meeting_the_minimum_is_unavailable():
-    inventory = NvmlInventory(min_compute_capability=7.0, nvml=fake_nvml([pascal()]))
+    inventory = NvmlInventory(min_compute_capability=7.0, nvml=real_pynvml_on([pascal()]))
     with pytest.raises(GpuUnavailableError, match="min_compute_capability"):
         inventory.gpus()
 
@@ -194,7 +96,7 @@ def test_power_not_supported_reads_as_zero():
     device = ampere()
     device.power_mw = None
     device.limit_mw = None
-    state = NvmlInventory(nvml=fake_nvml([device])).state(0)
+    state = NvmlInventory(nvml=real_pynvml_on([device])).state(0)
     assert state.power_usage_w == 0.0
     assert state.power_limit_w == 0.0
     assert state.unknown == ("power_usage_w", "power_limit_w")
@@ -202,77 +104,82 @@ def test_power_not_supported_reads_as_zero():
 
 
 def test_other_nvml_errors_are_not_swallowed():
-    nv = fake_nvml([ampere()])
-
-    def broken(dev):
-        raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
-
-    nv.nvmlDeviceGetPowerUsage = broken
-    with pytest.raises(pynvml.NVMLError_GpuIsLost):
+    device = ampere()
+    device.broken["nvmlDeviceGetPowerUsage"] = pynvml.NVML_ERROR_GPU_IS_LOST
+    nv = real_pynvml_on([device])
+    with pytest.raises(nv.NVMLError_GpuIsLost):
         NvmlInventory(nvml=nv).state(0)
+
+
+def test_power_limit_is_read_through_the_function_nvidia_ml_py_has():
+    """On the old name (nvmlDeviceGetEnforcedPowerManagementLimit) the real module raised AttributeError."""
+    device = ampere()
+    device.limit_mw = 700_000
+    assert NvmlInventory(nvml=real_pynvml_on([device])).state(0).power_limit_w == pytest.approx(700.0)
 
 
 def test_hot_device_is_critical_at_the_configured_maximum():
     device = ampere()
     device.temperature = 88
-    assert NvmlInventory(nvml=fake_nvml([device])).state(0).health_status == "critical"
-    assert NvmlInventory(max_temperature=95, nvml=fake_nvml([device])).state(0).health_status == "warning"
+    assert NvmlInventory(nvml=real_pynvml_on([device])).state(0).health_status == "critical"
+    assert NvmlInventory(max_temperature=95, nvml=real_pynvml_on([device])).state(0).health_status == "warning"
 
 
 @pytest.mark.parametrize(
     "code", [pynvml.NVML_ERROR_LIBRARY_NOT_FOUND, pynvml.NVML_ERROR_DRIVER_NOT_LOADED, pynvml.NVML_ERROR_NO_PERMISSION]
 )
 def test_nvml_init_failure_is_gpu_unavailable(code):
-    nv = fake_nvml([ampere()], init_error=code)
+    nv = real_pynvml_on([ampere()], init_error=code)
     with pytest.raises(GpuUnavailableError, match="NVML is not usable here") as info:
         NvmlInventory(nvml=nv)
-    assert isinstance(info.value.__cause__, pynvml.NVMLError)
-    assert nv.calls == ["init"]
+    assert isinstance(info.value.__cause__, nv.NVMLError)
+    assert nv.nvmlLib.calls == ["init"]
 
 
 def test_no_device_is_gpu_unavailable():
     with pytest.raises(GpuUnavailableError, match="no GPU"):
-        NvmlInventory(nvml=fake_nvml([]))
+        NvmlInventory(nvml=real_pynvml_on([]))
 
 
 # -- one initialisation per process, and its state ------------------------------------------------
 
 
 def test_nvml_is_initialised_once_per_process_and_reports_ok():
-    nv = fake_nvml([ampere()])
+    nv = real_pynvml_on([ampere()])
     assert nvml_status(nv) is NvmlStatus.OK
     NvmlInventory(nvml=nv)
     NvmlInventory(nvml=nv).gpus()
-    assert nv.calls == ["init"]
+    assert nv.nvmlLib.calls == ["init"]
 
 
 def test_a_forked_child_initialises_nvml_again():
     import multiprocessing
 
-    nv = fake_nvml([ampere()])
+    nv = real_pynvml_on([ampere()])
     assert nvml_status(nv) is NvmlStatus.OK
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
-    child = ctx.Process(target=lambda: queue.put((nvml_status(nv).value, list(nv.calls))))
+    child = ctx.Process(target=lambda: queue.put((nvml_status(nv).value, list(nv.nvmlLib.calls))))
     child.start()
     status, calls = queue.get(timeout=30)
     child.join(timeout=30)
     assert (status, calls) == ("ok", ["init", "init"])  # NVML handles do not survive a fork: the child inits
-    assert nv.calls == ["init"]  # the parent's stays valid
+    assert nv.nvmlLib.calls == ["init"]  # the parent's stays valid
 
 
 def test_nvml_states_no_library_and_no_devices():
-    assert nvml_status(fake_nvml([ampere()], init_error=pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)) is NvmlStatus.NO_LIBRARY
-    assert nvml_status(fake_nvml([])) is NvmlStatus.NO_DEVICES
+    no_library = real_pynvml_on([ampere()], init_error=pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+    assert nvml_status(no_library) is NvmlStatus.NO_LIBRARY
+    assert nvml_status(real_pynvml_on([])) is NvmlStatus.NO_DEVICES
 
 
 def test_dask_setting_disables_nvml_without_initialising_it():
-    nv = fake_nvml([ampere()])
+    nv = real_pynvml_on([ampere()])
     with dask.config.set({"distributed.diagnostics.nvml": False}):
         assert nvml_status(nv) is NvmlStatus.DISABLED_BY_CONFIG
         with pytest.raises(GpuUnavailableError, match="distributed.diagnostics.nvml"):
             NvmlInventory(nvml=nv)
-    assert nv.calls == []  # never initialised
+    assert nv.nvmlLib.calls == []  # never initialised
     assert nvml_status(nv) is NvmlStatus.OK  # the setting back on: NVML starts
 
 
@@ -302,7 +209,7 @@ def mig_slice(n: int, gib: int) -> FakeDevice:
 def test_mig_slices_are_enumerated_as_schedulable_devices():
     parent = ampere()
     parent.mig = [mig_slice(1, 1), None, mig_slice(2, 3)]  # slot 1 is empty
-    nv = fake_nvml([pascal(), parent, ada_str()])
+    nv = real_pynvml_on([pascal(), parent, ada()])
     inventory = NvmlInventory(nvml=nv)
     assert [(d.id, d.nvml_index, d.mig_index, d.uuid[:12]) for d in inventory.devices] == [
         (0, 0, None, "GPU-p100"),
@@ -324,8 +231,8 @@ def test_mig_slices_are_enumerated_as_schedulable_devices():
 def test_ids_are_the_same_for_a_new_inventory_of_the_same_node():
     parent = ampere()
     parent.mig = [mig_slice(1, 1), mig_slice(2, 3)]
-    first = [(s.id, s.uuid) for s in NvmlInventory(nvml=fake_nvml([parent, ada_str()])).gpus()]
-    again = [(s.id, s.uuid) for s in NvmlInventory(nvml=fake_nvml([parent, ada_str()])).gpus()]
+    first = [(s.id, s.uuid) for s in NvmlInventory(nvml=real_pynvml_on([parent, ada()])).gpus()]
+    again = [(s.id, s.uuid) for s in NvmlInventory(nvml=real_pynvml_on([parent, ada()])).gpus()]
     assert first == again == [
         (0, "MIG-00000001-aaaa-bbbb-cccc-dddddddddddd"),
         (1, "MIG-00000002-aaaa-bbbb-cccc-dddddddddddd"),
@@ -346,7 +253,7 @@ def test_cuda_visible_devices_entries_are_parsed():
 def test_visible_devices_resolve_indices_uuids_prefixes_and_mig_ids():
     parent = ampere()
     parent.mig = [mig_slice(1, 1), mig_slice(2, 3)]
-    inventory = NvmlInventory(nvml=fake_nvml([pascal(), ada_str(), parent]))
+    inventory = NvmlInventory(nvml=real_pynvml_on([pascal(), ada(), parent]))
     assert [d.id for d in inventory.visible(None)] == [0, 1, 2, 3]
     assert [d.id for d in inventory.visible("1")] == [1]
     assert [d.id for d in inventory.visible("GPU-aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee,0")] == [1, 0]
@@ -364,7 +271,7 @@ def test_visible_devices_resolve_indices_uuids_prefixes_and_mig_ids():
 def test_worker_binds_the_first_visible_device_by_uuid(monkeypatch):
     parent = ampere()
     parent.mig = [mig_slice(1, 1), mig_slice(2, 3)]
-    inventory = NvmlInventory(nvml=fake_nvml([pascal(), parent]))
+    inventory = NvmlInventory(nvml=real_pynvml_on([pascal(), parent]))
     device = NvmlGpu(inventory.visible("MIG-00000002-aaaa-bbbb-cccc-dddddddddddd,0")[0].id, inventory)
     assert (device.index, device.uuid) == (2, "MIG-00000002-aaaa-bbbb-cccc-dddddddddddd")
     assert device.state().memory_total_mb == 15 * 1024
@@ -384,7 +291,7 @@ def test_board_without_temperature_or_utilization_is_active_and_healthy():
     board = ampere()
     board.temperature = None
     board.util_gpu = None
-    inventory = NvmlInventory(nvml=fake_nvml([board]))
+    inventory = NvmlInventory(nvml=real_pynvml_on([board]))
     state = plugin_on(inventory).current_state()
     assert state.unknown == ("utilization_gpu", "utilization_memory", "temperature_c")  # in GpuState field order
     assert (state.status, state.health_status) == ("active", "healthy")  # unknown is not failed
@@ -394,14 +301,14 @@ def test_board_without_temperature_or_utilization_is_active_and_healthy():
 def test_board_without_memory_information_reports_memory_unknown():
     board = ampere()
     board.memory_supported = False
-    state = NvmlInventory(nvml=fake_nvml([board])).state(0)
+    state = NvmlInventory(nvml=real_pynvml_on([board])).state(0)
     assert state.unknown == ("memory_total_mb", "memory_used_mb")
     assert state.status == "active"
 
 
 def test_driver_error_at_run_time_reports_the_gpu_failed_and_it_comes_back():
     board = ampere()
-    plugin = plugin_on(NvmlInventory(nvml=fake_nvml([board])))
+    plugin = plugin_on(NvmlInventory(nvml=real_pynvml_on([board])))
     assert plugin.current_state().status == "active"
     board.error = pynvml.NVML_ERROR_GPU_IS_LOST
     lost = plugin.current_state()

@@ -250,10 +250,7 @@ class NvmlInventory:
             q(unknown, "temperature_c", lambda: nv.nvmlDeviceGetTemperature(board, nv.NVML_TEMPERATURE_GPU), 0)
         )
         power = q(unknown, "power_usage_w", lambda: nv.nvmlDeviceGetPowerUsage(board), 0) / 1000.0
-        limit = (
-            q(unknown, "power_limit_w", lambda: nv.nvmlDeviceGetEnforcedPowerManagementLimit(board), 0)
-            / 1000.0
-        )
+        limit = q(unknown, "power_limit_w", lambda: nv.nvmlDeviceGetEnforcedPowerLimit(board), 0) / 1000.0
         name = q(unknown, "name", lambda: _text(nv.nvmlDeviceGetName(handle)), "unknown NVIDIA GPU")
         if memory is None:
             unknown += ["memory_total_mb", "memory_used_mb"]
