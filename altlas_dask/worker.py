@@ -155,14 +155,41 @@ def current_device() -> GpuDevice:
     return plugin.device
 
 
-@click.command()
+class PreloadCommand(click.Command):
+    """A preload's click command whose bad arguments stop the worker.
+
+    distributed's preload runner logs any ``Exception`` from ``make_context`` (an unknown option, a bad
+    value) and starts the worker anyway, without its GPU binding; this raises ``SystemExit`` instead.
+    """
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        given = " ".join(args)  # click consumes ``args``
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.ClickException as exc:
+            fatal_preload(f"bad arguments for --preload {__name__} ({given!r})", exc)
+
+
+@click.command(cls=PreloadCommand)
 @click.option("--altlas-gpu", type=int, default=None, help="Virtual GPU index to simulate (default: the real GPU).")
 @click.option("--altlas-config", type=click.Path(), default=None, help="cluster.yaml to read (default $ALTLAS_CONFIG).")
 @click.option("--altlas-simulate", type=int, default=None, help="Size of the simulated pool (--simulate N).")
-async def dask_setup(worker, altlas_gpu: int | None, altlas_config: str | None, altlas_simulate: int | None) -> None:
-    """``dask worker --preload altlas_dask.worker [--altlas-gpu K]``."""
-    if altlas_gpu is None and os.environ.get("ALTLAS_GPU_INDEX"):
-        altlas_gpu = int(os.environ["ALTLAS_GPU_INDEX"])
+# dask-cuda appends this to the argv of every preload (dask_cuda/cuda_worker.py, local_cuda_cluster.py) for its
+# own dask_cuda.initialize preload, which creates the context; here it is accepted and has nothing to do.
+@click.option("--create-cuda-context/--no-create-cuda-context", default=False, hidden=True)
+async def dask_setup(
+    worker, altlas_gpu: int | None, altlas_config: str | None, altlas_simulate: int | None, create_cuda_context: bool
+) -> None:
+    """``dask worker --preload altlas_dask.worker [--altlas-gpu K]``; ``dask cuda worker --preload altlas_dask.worker``.
+
+    Under ``dask cuda worker`` give settings through the environment (``ALTLAS_CONFIG``): dask-cuda passes
+    the same preload arguments to its own ``dask_cuda.initialize``, which rejects ``--altlas-*``.
+    """
+    env_gpu = os.environ.get("ALTLAS_GPU_INDEX", "").strip()
+    if altlas_gpu is None and env_gpu:
+        if not env_gpu.isdigit():
+            fatal_preload("GPU worker set-up failed", ValueError(f"ALTLAS_GPU_INDEX={env_gpu!r} is not a GPU index"))
+        altlas_gpu = int(env_gpu)
     try:
         plugin = GpuWorkerPlugin(load_config(altlas_config), simulated_index=altlas_gpu, simulate_count=altlas_simulate)
         await worker.plugin_add(plugin=plugin, name=PLUGIN_NAME, catch_errors=False)

@@ -8,6 +8,7 @@ import asyncio
 import pytest
 from conftest import CLUSTER_YAML, local_config
 from distributed import Scheduler, Worker
+from distributed.preloading import process_preloads
 
 from altlas_dask.gpus.dask_worker_internals import advertise_before_registration, advertised_resources
 from altlas_dask.resources import GPU_MEMORY_RESOURCE, GPU_RESOURCE
@@ -15,6 +16,12 @@ from altlas_dask.worker import PLUGIN_NAME, GpuWorkerPlugin
 
 A100 = {GPU_RESOURCE: 1.0, GPU_MEMORY_RESOURCE: 81920.0}
 T4 = {GPU_RESOURCE: 1.0, GPU_MEMORY_RESOURCE: 16384.0}
+
+# The preload argv dask-cuda 26.10 builds for `dask cuda worker --preload altlas_dask.worker`: CUDAWorker gives
+# each Nanny preload=[*preload, "dask_cuda.initialize"], preload_argv=[*preload_argv, "--create-cuda-context"]
+# (dask_cuda/cuda_worker.py; LocalCUDACluster does the same in local_cuda_cluster.py), and distributed's
+# process_preloads hands a flat argv to every preload.
+DASK_CUDA_PRELOAD_ARGV = ["--create-cuda-context"]
 
 
 def run(coro):
@@ -36,6 +43,41 @@ def test_command_line_preload_advertises_the_gpu_before_registration():
     registered, advertised, gpu = run(main())
     assert registered == advertised == T4  # cluster.yaml: GPUs 2 and 3 are T4 16GB
     assert gpu == 2
+
+
+def test_dask_cuda_worker_preload_arguments_bind_the_gpu(monkeypatch):
+    """distributed's own process_preloads with dask-cuda's argv: the worker registers with its GPU bound.
+
+    Before the fix the click command rejected ``--create-cuda-context``; distributed logged it and the worker
+    registered with no GPU and no resources. The real GPU is not here: ALTLAS_GPU_INDEX picks a simulated one.
+    """
+    monkeypatch.setenv("ALTLAS_GPU_INDEX", "2")
+    monkeypatch.setenv("ALTLAS_CONFIG", str(CLUSTER_YAML))
+
+    async def main():
+        async with Scheduler(host="127.0.0.1", dashboard_address=":0") as scheduler:
+            worker = Worker(scheduler.address, nthreads=1)
+            worker.preloads = process_preloads(worker, ["altlas_dask.worker"], DASK_CUDA_PRELOAD_ARGV)
+            async with worker:
+                return dict(scheduler.workers[worker.address].resources), worker.plugins[PLUGIN_NAME].device.index
+
+    registered, gpu = run(main())
+    assert (registered, gpu) == (T4, 2)
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [(["--altlas-gpus", "1"], "No such option '--altlas-gpus'"), (["--altlas-gpu", "one"], "'one' is not a valid")],
+)
+def test_bad_preload_arguments_stop_the_worker_instead_of_being_logged(argv, named):
+    """distributed's preload runner logs an Exception from the click command and starts the worker anyway.
+
+    (``dask worker`` checks the argv it is given before starting; the ``--create-cuda-context`` dask-cuda adds
+    after that check reached the preload unchecked, as these do here.)"""
+    (preload,) = process_preloads(object(), ["altlas_dask.worker"], argv)  # no server: parsing fails first
+    with pytest.raises(SystemExit, match="altlas-dask: bad arguments for --preload altlas_dask.worker") as info:
+        preload.start().send(None)
+    assert named in str(info.value)
 
 
 def test_plugin_added_to_a_running_worker_tells_the_scheduler_through_set_resources():
