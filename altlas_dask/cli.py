@@ -18,7 +18,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from altlas_dask.cli_errors import UNREACHABLE_HINT, CliError, fail, unreachable
+from altlas_dask.cli_errors import SCHEDULER, UNREACHABLE_HINT, CliError, fail, unreachable
 from altlas_dask.config import AltlasConfig, ConfigError, load_config
 from altlas_dask.gpu_condition import condition
 from altlas_dask.gpus.errors import GpuUnavailableError
@@ -108,7 +108,9 @@ def cli(ctx: click.Context, config_path: str | None, overrides: tuple[str, ...],
 @cli.command()
 @click.option("--simulate", type=click.IntRange(1, 256), default=None, help="Force N virtual GPUs.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (seed 001 section 6.3.3 shape).")
-@click.option("--scheduler", default=None, help="Read live state from a running cluster at this address.")
+@click.option(
+    "--scheduler", type=SCHEDULER, default=None, help="Read live state from a running cluster at this address."
+)
 @click.pass_obj
 def gpus(ctx: _Context, simulate: int | None, as_json: bool, scheduler: str | None) -> None:
     """Print the GPU table."""
@@ -313,8 +315,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except click.UsageError as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        fail(exc.format_message(), exc.exit_code, argv)
+    except click.ClickException as exc:  # every user-facing error is exit 2 (cli_errors: the convention)
+        fail(exc.format_message(), 2, argv)
     except (ConfigError, GpuUnavailableError, ValueError) as exc:
         fail(str(exc), 2, argv)
     except (OSError, TimeoutError) as exc:  # a scheduler lost mid-command (CommClosedError is an OSError)

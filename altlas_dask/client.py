@@ -16,7 +16,7 @@ from altlas_dask.coalesce import SubmitCoalescer
 from altlas_dask.errors import IdentityError
 from altlas_dask.gpus.state import GpuState
 from altlas_dask.notebook import speed_weights, split_plan
-from altlas_dask.options import ANNOTATION, GpuOptions, GpuOptionsError
+from altlas_dask.options import ANNOTATION, GpuOptions, GpuOptionsError, check_strategy
 from altlas_dask.ranges import MAX_GPU_ID, MAX_OFFSET, MAX_QUOTA_VALUE, MAX_ROWS, MAX_TIMESTAMP, check_int, check_number
 
 CHUNKS_PER_GPU = 4  # batch split: several chunks per GPU so faster GPUs take more of the batch
@@ -183,11 +183,34 @@ class Client(distributed.Client):
 
     # -- submission ----------------------------------------------------------------------
     def gpu_options(self, gpu_options: Mapping[str, Any] | GpuOptions | None) -> GpuOptions:
-        if isinstance(gpu_options, GpuOptions):
-            gpu_options = gpu_options.wire()
-        if gpu_options is not None and not isinstance(gpu_options, Mapping):
-            raise GpuOptionsError(f"gpu_options must be a dict, got {type(gpu_options).__name__}")
-        return GpuOptions.parse({**self.gpu_defaults, **(gpu_options or {})})
+        """The options a call runs with: ``gpu_defaults``, then an enclosing ``dask.annotate(gpu_options=...)``,
+        then the call's own, validated (the strategy against the cluster's enabled ones)."""
+        layers = [self.gpu_defaults]
+        for layer in (dask.get_annotations().get(ANNOTATION), gpu_options):
+            if isinstance(layer, GpuOptions):
+                layer = layer.wire()
+            if layer is not None and not isinstance(layer, Mapping):
+                raise GpuOptionsError(f"gpu_options must be a dict, got {type(layer).__name__}")
+            layers.append(layer or {})
+        options = GpuOptions.parse({k: v for layer in layers for k, v in layer.items()})
+        if options.strategy is not None:
+            enabled = self._enabled_strategies()
+            if enabled is not None:
+                check_strategy(options.strategy, enabled)
+        return options
+
+    _strategies: tuple[str, ...] | None = None
+
+    def _enabled_strategies(self) -> tuple[str, ...] | None:
+        """The cluster's enabled strategies, asked once per client; None where they cannot be asked (an
+        asynchronous client, no router): the router's own check answers then."""
+        if self._strategies is None and not self.asynchronous:
+            try:
+                policy = self._policy()
+            except RouterError:
+                return None
+            self._strategies = (*policy["allowed_strategies"], "single_gpu")
+        return self._strategies
 
     def _routed(self, method: Callable[..., Any], gpu_options: Any, kwargs: dict[str, Any]) -> Any:
         if kwargs.get("workers") is not None:
@@ -196,6 +219,20 @@ class Client(distributed.Client):
         kwargs.setdefault("priority", options.priority)
         with dask.annotate(**{ANNOTATION: options.wire()}):
             return method(**kwargs)
+
+    def _graph(self, method: Callable[..., Any], gpu_options: Any, kwargs: dict[str, Any]) -> Any:
+        """A collection's graph: GPU tasks when the call or an enclosing ``dask.annotate`` gives ``gpu_options``."""
+        if gpu_options is None and ANNOTATION not in dask.get_annotations():
+            return method(**kwargs)
+        return self._routed(method, gpu_options, kwargs)
+
+    def compute(self, collections, *args, gpu_options=None, **kwargs):  # type: ignore[override]
+        """``distributed.Client.compute``; with ``gpu_options`` every task of the graph is routed to a GPU."""
+        return self._graph(lambda **kw: super(Client, self).compute(collections, *args, **kw), gpu_options, kwargs)
+
+    def persist(self, collections, *args, gpu_options=None, **kwargs):  # type: ignore[override]
+        """``distributed.Client.persist``; with ``gpu_options`` every task of the graph is routed to a GPU."""
+        return self._graph(lambda **kw: super(Client, self).persist(collections, *args, **kw), gpu_options, kwargs)
 
     def submit(self, func, *args, gpu_options=None, batched=False, **kwargs) -> Future:  # type: ignore[override]
         """``distributed.Client.submit`` with ``gpu_options``; ``batched=True`` (or ``{"max_batch_size": n,

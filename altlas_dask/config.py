@@ -598,7 +598,12 @@ def cli_overrides(assignments: Iterable[str]) -> dict[str, Any]:
         key, eq, raw = item.partition("=")
         if not eq or not key.strip():
             raise ConfigError(f"override {item!r} is not KEY=VALUE (e.g. gpu.multi_gpu.default_strategy=hybrid)")
-        _set_path(tree, key.strip(), _scalar_or_yaml(raw))
+        try:
+            value = _scalar_or_yaml(raw)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"--set {key.strip()}: {raw!r} is not a YAML value ({problem})") from None
+        _set_path(tree, key.strip(), value)
     return tree
 
 

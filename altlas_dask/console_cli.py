@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from altlas_dask.cli_errors import SCHEDULER
 from altlas_dask.console import APP
 from altlas_dask.submit_cli import scheduler_address
 
@@ -36,7 +37,9 @@ def streamlit_command(port: int, host: str, extra: tuple[str, ...] = ()) -> list
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
-@click.option("--scheduler", default=None, help="Scheduler address (default: $ALTLAS_SCHEDULER, else the config).")
+@click.option(
+    "--scheduler", type=SCHEDULER, default=None, help="Scheduler address (default: $ALTLAS_SCHEDULER, else the config)."
+)
 @click.option("--port", type=click.IntRange(1, 65535), default=8501, show_default=True, help="Port to serve on.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on.")
 @click.argument("streamlit_args", nargs=-1, type=click.UNPROCESSED)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -103,3 +104,17 @@ def describe(error: ValidationError, prefix: str) -> str:
         else:
             parts.append(f"{field_name}: {item['msg'].removeprefix('Value error, ')} (got {item.get('input')!r})")
     return "invalid " + "; ".join(parts)
+
+
+def check_strategy(
+    name: str | None,
+    enabled: Sequence[str],
+    field: str = "gpu_options.strategy",
+    known_as: str = "enabled in this cluster",
+) -> None:
+    """Raise :class:`GpuOptionsError` when ``name`` is not one of ``enabled``, naming the closest one (difflib)."""
+    if name is None or name in enabled:
+        return
+    close = difflib.get_close_matches(name, enabled, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise GpuOptionsError(f"{field}: {name!r} is not {known_as} (choose from {', '.join(enabled)}){hint}")

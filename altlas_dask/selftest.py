@@ -25,6 +25,7 @@ from distributed import as_completed, wait
 from rich.console import Console
 from rich.table import Table
 
+from altlas_dask.cli_errors import SCHEDULER
 from altlas_dask.client import Client, RouterError
 from altlas_dask.config import AltlasConfig, SelftestErrorScenario, SelftestScenario
 from altlas_dask.errors import GpuRetriesExhaustedError, GpuRoutingError, GpuTaskTimeoutError, QuotaExceededError
@@ -471,7 +472,9 @@ def print_report(console: Console, outcomes: Sequence[Outcome], gpus: Sequence[G
 
 
 @click.command("selftest")
-@click.option("--scheduler", default=None, help="Test the running cluster at this address (default: start one).")
+@click.option(
+    "--scheduler", type=SCHEDULER, default=None, help="Test the running cluster at this address (default: start one)."
+)
 @click.option(
     "--config",
     "config_path",

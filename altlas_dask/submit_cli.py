@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from altlas_dask.cli_errors import CliError, unreachable
+from altlas_dask.cli_errors import SCHEDULER, CliError, check_scheduler_address, unreachable
+from altlas_dask.options import check_strategy
 from altlas_dask.runs import RunSummary, WorkloadRun, parse_params, submit_workload
 from altlas_dask.workloads import WORKLOADS, get_workload
 
@@ -57,7 +58,7 @@ def scheduler_address(obj: Any, scheduler: str | None) -> str:
     if scheduler:
         return scheduler
     if os.environ.get("ALTLAS_SCHEDULER"):
-        return os.environ["ALTLAS_SCHEDULER"]
+        return check_scheduler_address(os.environ["ALTLAS_SCHEDULER"], "$ALTLAS_SCHEDULER")
     if obj is not None and hasattr(obj, "config"):
         return obj.config().cluster.connect_address()
     from altlas_dask.config import load_config
@@ -164,7 +165,9 @@ def wait_with_progress(run: WorkloadRun, timeout: float | None, quiet: bool, cli
 @click.option("--priority", type=int, default=3, show_default=True, help="1 (low) .. 5 (high).")
 @click.option("--user", envvar="ALTLAS_USER", default="anonymous", show_default=True, help="Submit as this user.")
 @click.option("--task-type", default=None, help="Task type for routing (default: the workload's).")
-@click.option("--scheduler", default=None, help="Scheduler address (default: $ALTLAS_SCHEDULER, else the config).")
+@click.option(
+    "--scheduler", type=SCHEDULER, default=None, help="Scheduler address (default: $ALTLAS_SCHEDULER, else the config)."
+)
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Workload parameter (repeatable).")
 @click.option("--timeout", type=float, default=None, help="Stop waiting after this many seconds; cancel the rest.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (no progress bar).")
@@ -200,8 +203,7 @@ def submit(
     gpu_options = {"strategy": strategy, "priority": priority, "user": user, "task_type": task_type}
     GpuOptions.parse({k: v for k, v in gpu_options.items() if v is not None})
     known = strategy_names(click.get_current_context())
-    if strategy is not None and strategy not in known:
-        raise ValueError(f"--strategy: unknown strategy {strategy!r}; choose one of {', '.join(known)}")
+    check_strategy(strategy, known, field="--strategy", known_as="a known strategy")
     if count < 1 or batch_size < 1:
         raise ValueError(f"--count and --batch-size must be >= 1 (got {count}, {batch_size})")
     address = scheduler_address(obj, scheduler)

@@ -308,7 +308,7 @@ class GpuRouter(SchedulerPlugin):
     def _record(self, row: dict[str, Any]) -> None:
         self.store.record_task(row)
         gpu = "none" if row["gpu"] is None else str(row["gpu"])
-        strategy = row["strategy"] or "none"
+        strategy = self.labels.strategy(row["strategy"] or "none")
         user, model = self.labels.user(row["user"]), self.labels.model(row["task_type"])
         metrics = self.metrics
         metrics.child(metrics.tasks, row["status"], user, model, strategy, gpu).inc()
@@ -318,7 +318,7 @@ class GpuRouter(SchedulerPlugin):
     def _observe_decision(self, decision: Decision, seconds: float) -> None:
         metrics = self.metrics
         metrics.decision_seconds.observe(seconds)
-        metrics.child(metrics.decisions, decision.strategy, decision.outcome).inc()
+        metrics.child(metrics.decisions, self.labels.strategy(decision.strategy), decision.outcome).inc()
 
     def _observe_placement(self, key: str) -> None:
         task = self.core.tasks.get(key)

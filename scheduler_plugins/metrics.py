@@ -7,7 +7,8 @@ of each live router. Counters and histograms are plain counts kept per router
 
 Label values are bounded (:class:`LabelPolicy`, deploy/README.md "Metrics labels"): ``model`` is one of
 the configured task types or ``other``; ``user`` is a configured user (``quotas.users``, ``quotas.admins``)
-or a user an admin set a quota for at run time, else ``other``; every user when ``metrics.all_user_labels``.
+or a user an admin set a quota for at run time, else ``other``; every user when ``metrics.all_user_labels``;
+``strategy`` is a built-in or configured custom strategy (or ``specific_gpu``, ``none``), else ``other``.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ class LabelPolicy:
             {DEFAULT_TASK_TYPE, *config.gpu.multi_gpu.task_specific_mappings, *config.serving.batching}
             | {w.task_type for w in WORKLOADS.values()}
         )
+        from altlas_dask.config import STRATEGIES
+
+        self.strategies = frozenset({*STRATEGIES, "specific_gpu", "none", *config.gpu.multi_gpu.custom_strategies})
         quotas = config.quotas
         self.users: frozenset[str] | None = (
             None if config.metrics.all_user_labels else frozenset({*quotas.users, *quotas.admins})
@@ -60,6 +64,9 @@ class LabelPolicy:
 
     def model(self, task_type: str | None) -> str:
         return task_type if task_type in self.models else OTHER
+
+    def strategy(self, name: str | None) -> str:
+        return name if name in self.strategies else OTHER
 
     def user(self, user: str | None) -> str:
         if self.users is None:

@@ -124,8 +124,47 @@ def test_health_docs_and_openapi(api: Api):
         spec = c.get("/openapi.json").json()
     for path in ("/api/v1/predict", "/api/v1/batch_predict", "/api/v1/task/{task_id}", "/api/v1/gpus"):
         assert path in spec["paths"]
-    docs = httpx.get(api.url + "/docs")
-    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    index = httpx.get(api.url + "/api/v1").json()  # the address `up` prints answers with the API's index
+    assert index["docs"] == "/docs" and {"method": "GET", "path": "/api/v1/gpus"} in [
+        {k: op[k] for k in ("method", "path")} for op in index["operations"]
+    ]
+
+
+def test_docs_page_renders_every_operation_in_a_browser(api: Api):
+    """/docs in headless Chromium, offline (every request to another host is refused): Swagger UI reads the
+    OpenAPI 3.1 that FastAPI serves and lists each of its operations."""
+    from test_console import CHROMIUM, CHROMIUM_ARGS
+
+    if CHROMIUM is None:
+        pytest.skip("needs Debian chromium (make system-deps)")
+    from playwright.sync_api import sync_playwright
+
+    spec = httpx.get(api.url + "/api/v1/openapi.json").json()
+    wanted = {(m.upper(), p) for p, item in spec["paths"].items() for m in item}
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            elsewhere: list[str] = []
+            page.route(
+                lambda url: not url.startswith(api.url),
+                lambda route: (elsewhere.append(route.request.url), route.abort()),
+            )
+            page.goto(api.url + "/docs")
+            page.locator(".opblock, .version-pragma").first.wait_for(timeout=120_000)  # operations, or the error
+            shown = {
+                (
+                    block.locator(".opblock-summary-method").inner_text().strip(),
+                    block.locator(".opblock-summary-path").get_attribute("data-path"),
+                )
+                for block in page.locator(".opblock").all()
+            }
+            text = page.locator("body").inner_text()
+        finally:
+            browser.close()
+    assert "Unable to render" not in text and "Parser error" not in text, text[:500]
+    assert not elsewhere, elsewhere
+    assert wanted <= shown, wanted - shown
 
 
 def test_missing_bad_and_revoked_keys_are_401(api: Api):

@@ -102,9 +102,14 @@ def test_set_override_reaches_the_command():
     [
         (["--set", "gpu.bogus=1", "gpus"], "'gpu.bogus'"),
         (["--set", "gpu.detection.min_compute_capability=9.0", "gpus", "--simulate", "2"], "min_compute_capability"),
+        (["--set", "gpu.multi_gpu.strategies=[hybrid", "gpus"], "--set gpu.multi_gpu.strategies: '[hybrid' is not a"),
+        (["gpus", "--scheduler", "nonsense"], "--scheduler: 'nonsense' is not a scheduler address"),
+        (["submit", "--workload", "modelled", "--scheduler", "nonsense"], "'nonsense' is not a scheduler address"),
+        (["selftest", "--scheduler", "tcp://127.0.0.1:notaport"], "is not a scheduler address"),
     ],
 )
 def test_configuration_errors_exit_2_with_one_line(args, expected):
+    """The CLI's one convention (docs/cli.md): every user-facing error is one line and exit code 2."""
     done = altlas(*args)
     assert done.returncode == 2
     assert done.stdout == ""
@@ -113,6 +118,11 @@ def test_configuration_errors_exit_2_with_one_line(args, expected):
     assert lines[0].startswith("error: ")
     assert expected in lines[0]
     assert "Traceback" not in done.stderr
+
+
+def test_a_command_error_is_exit_2_like_every_other():
+    done = altlas("keys", "revoke", "no-such-key")  # a click.ClickException: exit 1 before the convention
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == "error: no active key 'no-such-key'"
 
 
 def test_missing_config_file_exits_2(tmp_path):

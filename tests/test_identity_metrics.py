@@ -24,3 +24,14 @@ def test_users_are_configured_or_overridden_or_behind_the_switch():
     assert labels.user("bob0") == "bob0"
     everyone = LabelPolicy(build_config({"metrics": {"all_user_labels": True}}))
     assert everyone.user("bob1") == "bob1"
+
+
+def test_strategies_are_built_in_or_configured_custom_ones():
+    labels = LabelPolicy(build_config({"gpu": {"multi_gpu": {"custom_strategies": {"mine": "os.path:join"}}}}))
+    assert [labels.strategy(s) for s in ("least_loaded", "specific_gpu", "mine", "none")] == [
+        "least_loaded",
+        "specific_gpu",
+        "mine",
+        "none",
+    ]
+    assert {labels.strategy(f"made_up_{i}") for i in range(50)} == {"other"}

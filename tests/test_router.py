@@ -272,9 +272,62 @@ def test_bad_annotations_from_plain_dask_fail_the_future_clearly(client):
 
 
 def test_a_strategy_the_cluster_does_not_enable_fails_clearly(client):
-    future = client.submit(run_on_gpu, 1, pure=False, gpu_options={"strategy": "nope"})
+    with dask.annotate(gpu_options={"strategy": "nope"}):  # plain Dask: the router's own check, on the future
+        future = distributed.Client.submit(client, run_on_gpu, 1, pure=False)
     with pytest.raises(GpuRoutingError, match="strategy 'nope' is not enabled in this cluster's config"):
         future.result(timeout=30)
+
+
+def test_invented_strategy_names_add_no_metric_series(client, cluster):
+    """50 made-up strategy names through plain Dask (the altlas client refuses them): counted as `other`."""
+    import httpx
+
+    invented = [f"made_up_{i}" for i in range(50)]
+    futures = []
+    for name in invented:
+        with dask.annotate(gpu_options={"strategy": name}):
+            futures.append(distributed.Client.submit(client, run_on_gpu, 1, pure=False))
+    distributed.wait(futures, timeout=60)
+    url = cluster.dashboard_link.replace("/status", "/metrics")
+
+    def scraped() -> str | None:
+        text = httpx.get(url, timeout=30).text
+        return text if 'strategy="other"' in text else None
+
+    text = wait_for(scraped, what="the decision counters")
+    series = [line for line in text.splitlines() if line.startswith("altlas_")]
+    assert not [line for line in series if "made_up_" in line], series
+    assert any(line.startswith("altlas_routing_decisions_total{") and 'strategy="other"' in line for line in series)
+
+
+def test_a_misspelt_strategy_fails_where_it_is_typed_with_the_closest_name(client):
+    before = client.router_status()["counters"]["placed"]
+    with pytest.raises(GpuOptionsError, match=r"'least_loded' is not enabled .*did you mean 'least_loaded'\?"):
+        client.submit(run_on_gpu, 1, gpu_options={"strategy": "least_loded"})
+    with pytest.raises(GpuOptionsError, match="'least_loded' is not enabled"), dask.annotate(
+        gpu_options={"strategy": "least_loded"}
+    ):
+        client.compute(dask.delayed(run_on_gpu)(1))
+    assert client.router_status()["counters"]["placed"] == before
+
+
+def test_dask_annotate_around_the_altlas_client_is_honoured_and_checked(client):
+    with dask.annotate(gpu_options={"specific_gpu_id": 3, "task_type": "annotated"}):
+        pinned = client.submit(run_on_gpu, 1, pure=False)
+        mixed = client.submit(run_on_gpu, 1, pure=False, gpu_options={"specific_gpu_id": 2})  # the call's own wins
+    assert pinned.result(timeout=30)["gpu"] == 3 and mixed.result(timeout=30)["gpu"] == 2
+    assert client.explain(pinned)["gpu"] == 3
+    with pytest.raises(GpuOptionsError, match="gpu_options.priority"), dask.annotate(gpu_options={"priority": 9}):
+        client.submit(run_on_gpu, 1, pure=False)
+
+
+def test_compute_and_persist_take_gpu_options(client):
+    computed = client.compute(dask.delayed(run_on_gpu)(1), gpu_options={"specific_gpu_id": 2})
+    assert computed.result(timeout=30)["gpu"] == 2
+    persisted = client.persist(dask.delayed(run_on_gpu)(1), gpu_options={"specific_gpu_id": 1})
+    assert client.compute(persisted).result(timeout=30)["gpu"] == 1
+    with pytest.raises(GpuOptionsError, match="gpu_options.priority"):
+        client.compute(dask.delayed(run_on_gpu)(1), gpu_options={"priority": 9})
 
 
 def test_unknown_gpu_and_impossible_memory_fail_clearly(client):

@@ -85,7 +85,8 @@ def test_submit_json_summary(gpu_cluster: GpuCluster) -> None:
     ("args", "message"),
     [
         (["--workload", "nope"], "unknown workload 'nope'; choose one of"),
-        (["--workload", "modelled", "--strategy", "fastest"], "unknown strategy 'fastest'"),
+        (["--workload", "modelled", "--strategy", "least_loded"], "'least_loded' is not a known strategy (choose"),
+        (["--workload", "modelled", "--strategy", "least_loded"], "did you mean 'least_loaded'?"),
         (["--workload", "modelled", "--priority", "9"], "gpu_options.priority"),
         (["--workload", "modelled", "--param", "speed=3"], "unknown: 'speed'"),
         (["--workload", "modelled", "--param", "work_gflop=lots"], "parameter 'work_gflop' must be a float"),

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import HTMLResponse
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -85,23 +85,14 @@ class GatewayMiddleware:
 DOCS_ASSETS = "/docs-assets"
 
 
-def serve_docs(app: FastAPI) -> None:
-    """``/docs``: Swagger UI from the ``swagger-ui-bundle`` package's files (FastAPI's self-hosting recipe), no CDN."""
-    from fastapi.openapi.docs import get_swagger_ui_html
-    from fastapi.staticfiles import StaticFiles
-    from swagger_ui_bundle import swagger_ui_path
-
-    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
-
-    @app.get("/docs", include_in_schema=False)
-    async def docs() -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url=app.openapi_url or f"{PREFIX}/openapi.json",
-            title=f"{app.title} - docs",
-            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
-            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
-            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
-        )
+def api_index(app: FastAPI) -> dict[str, Any]:
+    """What ``GET /api/v1`` answers: where the docs are and every operation (method, path, summary)."""
+    operations = [
+        {"method": method.upper(), "path": path, "summary": op.get("summary", "")}
+        for path, item in app.openapi()["paths"].items()
+        for method, op in item.items()
+    ]
+    return {"name": app.title, "docs": "/docs", "openapi": app.openapi_url, "operations": operations}
 
 
 def create_app(
@@ -132,14 +123,15 @@ def create_app(
             app.state.gateway = None
             await gateway.close()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs: Swagger UI 5 (reads OpenAPI 3.1) from the package's own files, no CDN
         title="altlas-dask REST API",
         version="1",
         description=DESCRIPTION,
         lifespan=lifespan,
         openapi_url=f"{PREFIX}/openapi.json",
-        docs_url=None,  # served below from local files: the page works without internet
+        docs_url="/docs",
         redoc_url=None,
+        static_url=DOCS_ASSETS,
     )
     app.state.keys = keys
     app.state.http_stats = stats
@@ -154,6 +146,8 @@ def create_app(
     async def root() -> dict[str, Any]:
         return {"name": "altlas-dask REST API", "api": PREFIX, "docs": "/docs"}
 
-    serve_docs(app)
+    @app.get(PREFIX, include_in_schema=False)
+    async def index() -> dict[str, Any]:
+        return api_index(app)
 
     return app

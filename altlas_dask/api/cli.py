@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from altlas_dask.cli_errors import CliError
+from altlas_dask.cli_errors import SCHEDULER, CliError
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,9 @@ def _is_loopback(host: str) -> bool:
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on.")
-@click.option("--scheduler", default=None, help="Scheduler address (default: cluster.scheduler_address).")
+@click.option(
+    "--scheduler", type=SCHEDULER, default=None, help="Scheduler address (default: cluster.scheduler_address)."
+)
 @click.option("--ssl-certfile", type=click.Path(exists=True, dir_okay=False), default=None, help="TLS certificate.")
 @click.option("--ssl-keyfile", type=click.Path(exists=True, dir_okay=False), default=None, help="TLS private key.")
 @click.option(

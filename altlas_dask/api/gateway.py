@@ -39,7 +39,7 @@ from altlas_dask.certs import dask_security
 from altlas_dask.client import CHUNKS_PER_GPU, Client, RouterError
 from altlas_dask.config import AltlasConfig
 from altlas_dask.errors import GpuRoutingError, TaskCancelledError
-from altlas_dask.options import GpuOptions, GpuOptionsError
+from altlas_dask.options import GpuOptions, GpuOptionsError, check_strategy
 from altlas_dask.quotas import QuotaExceededError
 from altlas_dask.scheduling.lifecycle import TaskStatus, api_status
 
@@ -503,6 +503,8 @@ class Gateway:
         raw.setdefault("user", user)
         raw.setdefault("task_type", task_type)
         options = GpuOptions.parse(raw)
+        if options.strategy is not None and "allowed_strategies" in self.policy:
+            check_strategy(options.strategy, (*self.policy["allowed_strategies"], "single_gpu"))
         gpus = await self.gpus()
         if not any(g["status"] == "active" for g in gpus):
             states = ", ".join(f"GPU {g['id']}: {g['status']}" for g in gpus) or "no GPU worker connected"
