@@ -72,15 +72,13 @@ def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.0f}"
 
 
-def plot_cdf(results: dict[str, list[float]], path: Path, title: str) -> Path | None:
-    """Latency CDF per strategy as a PNG; None when matplotlib is not installed."""
-    try:
-        import matplotlib
+def plot_cdf(results: dict[str, list[float]], path: Path, title: str) -> Path:
+    """Latency CDF per strategy as a PNG (matplotlib is a dependency: this command always draws)."""
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(8, 5))
     for name, latency in results.items():
         xs = sorted(v * 1e3 for v in latency)
@@ -174,4 +172,4 @@ def replay_command(
     for s in summaries:
         console.print(strategy_table(s))
         console.print(detail_table(s))
-    console.print(f"wrote {out / 'replay.json'}" + (f" and {plot}" if plot else " (no plot: matplotlib missing)"))
+    console.print(f"wrote {out / 'replay.json'} and {plot}")
