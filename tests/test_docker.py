@@ -94,7 +94,7 @@ def test_pinned_python_torch_and_dependencies():
     assert re.search(r"/whl/cu12\d$", args["TORCH_INDEX_URL"]), "torch must come from a CUDA 12 index"
     runs = " ".join(values(build, "RUN"))
     assert '"torch==${TORCH_VERSION}"' in runs and "torch.version.cuda" in runs, "a CUDA build of torch, checked"
-    assert "--extra gpu -c deploy/docker/constraints.txt" in runs, "the gpu extra at pinned versions"
+    assert "--extra gpu-cu12 -c deploy/docker/constraints.txt" in runs, "the CUDA 12 gpu extra at pinned versions"
     # the pins agree with pyproject's exact pins, and cover every direct dependency
     pins = dict(line.split("==") for line in CONSTRAINTS.read_text().splitlines() if line and line[0] != "#")
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
@@ -160,6 +160,22 @@ def test_every_copied_path_exists_and_is_not_dockerignored():
                 assert (REPO / source).exists(), f"stage {name}: COPY {source} does not exist"
                 ignored = [p for p in patterns if fnmatch.fnmatch(source, p.removeprefix("**/"))]
                 assert not ignored, f"stage {name}: COPY {source} is excluded by .dockerignore {ignored}"
+
+
+def test_the_test_image_holds_everything_the_suite_reads_and_lints():
+    """The test target copies every tracked top-level path (but git's and CI's own files); it lints only those."""
+    instructions = chain(stages(), "test")
+    copied: set[str] = set()
+    for copy in values(instructions, "COPY"):
+        if "--from=" not in copy:
+            copied |= {Path(source).parts[0] for source in copy.split()[:-1] if not source.startswith("--")}
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    top_level = {line.split("/")[0] for line in tracked.splitlines()} - {".git", ".gitignore", ".dockerignore", ".ci"}
+    assert top_level <= copied, f"the test image lacks {sorted(top_level - copied)}"
+    [lint] = [run for run in values(instructions, "RUN") if run.startswith("ruff check")]
+    linted = lint.split()[2:]
+    assert set(linted) <= copied, f"ruff checks paths the image does not hold: {sorted(set(linted) - copied)}"
+    assert all((REPO / path).is_dir() for path in linted)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
