@@ -641,12 +641,41 @@ def test_gpus_and_gpu_status(api: Api):
         assert gpus[0]["memory_total"] == 81920 * 1024 * 1024
         assert {"id", "name", "utilization", "memory_used", "memory_total", "task_count"} <= set(gpus[0])
         one = c.get("/gpus/gpu_1").json()
-        assert one["id"] == 1 and one["detail"]["gpu_id"] == "gpu_1"
+        assert one["id"] == 1 and one["gpu_id"] == "gpu_1"
         assert c.get("/gpus/1").json()["id"] == 1
         assert_error(c.get("/gpus/9"), 404, "unknown GPU")
         assert_error(c.get("/gpus/abc"), 404)
         status = c.get("/gpu/status").json()
         assert status["timestamp"] and status["gpus"][0]["memory"]["total"] == 81920
+
+
+STABLE_GPU_FIELDS = ("id", "gpu_id", "uuid", "name", "compute_capability", "memory_total", "simulated", "worker")
+
+
+def test_a_gpu_has_one_json_shape_in_the_cli_rest_and_python(api: Api):
+    """CLI ``gpus --json``, REST /gpus, /gpus/{id}, /gpu/status and Python ``GpuState.to_api()``: the same
+    keys, the same values for what does not move."""
+    from altlas_dask.client import Client
+
+    cli = subprocess.run(
+        [*cli_command(), "gpus", "--scheduler", api.cluster.scheduler_address, "--json"],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=120,
+    )
+    assert cli.returncode == 0, cli.stderr
+    with api.client() as c, Client(api.cluster.scheduler_address, set_as_default=False, timeout=30) as python:
+        shapes = {
+            "cli": json.loads(cli.stdout)["gpus"][1],
+            "rest /gpus": c.get("/gpus").json()["gpus"][1],
+            "rest /gpus/1": c.get("/gpus/1").json(),
+            "rest /gpu/status": c.get("/gpu/status").json()["gpus"][1],
+            "python": python.gpus()[1].to_api(),
+        }
+    for where, shape in shapes.items():
+        assert set(shape) == set(shapes["cli"]), where
+        assert {k: shape[k] for k in STABLE_GPU_FIELDS} == {k: shapes["cli"][k] for k in STABLE_GPU_FIELDS}, where
 
 
 def test_metrics_summary(api: Api):
@@ -781,7 +810,7 @@ def test_admin_restarts_a_gpu_worker(api: Api):
         finally:
             c.delete(f"/tasks/{task_id}")
         wait_for(lambda: c.get("/gpus/1").json()["task_count"] == 0, what="GPU 1 idle")
-        before = c.get("/gpus/1").json()["detail"]["worker"]
+        before = c.get("/gpus/1").json()["worker"]
         r = admin.post("/admin/gpu/1/restart", json={"force": True})
         assert r.status_code == 200, r.text
         assert r.json()["old_worker"] == before and r.json()["worker"] != before

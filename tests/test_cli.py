@@ -19,22 +19,27 @@ from conftest import CLUSTER_YAML, altlas, cli_command, cli_env, nvml_sees_a_gpu
 from altlas_dask.gpus.simulated import simulated_uuid
 from altlas_dask.live import gpu_workers
 
-SEED_KEYS = {
+SEED_KEYS = {  # GpuState.to_api: the one GPU shape (seed 001 6.3.3 and seed 004 3.5.4 fields)
+    "id",
     "gpu_id",
     "uuid",
     "name",
     "compute_capability",
     "status",
-    "memory",
+    "health_status",
     "utilization",
+    "memory_utilization",
+    "memory",
+    "memory_used",
+    "memory_total",
+    "task_count",
+    "active_requests",
+    "queued_requests",
     "temperature",
     "power",
     "performance_index",
     "error_rate",
-    "active_requests",
-    "queued_requests",
     "uptime",
-    "health_status",
     "simulated",
     "worker",
 }
@@ -74,7 +79,7 @@ def test_gpus_json_has_the_seed_shape():
         assert gpu["uuid"] == simulated_uuid(k)
         assert gpu["name"] == POOL_NAMES[k]
         assert gpu["memory"] == {"total": POOL_MEMORY[k], "used": 0, "free": POOL_MEMORY[k]}
-        assert set(gpu["utilization"]) == {"gpu", "memory"}
+        assert gpu["memory_total"] == POOL_MEMORY[k] * 1024 * 1024 and 0 <= gpu["utilization"] <= 100
         assert set(gpu["power"]) == {"usage", "limit"}
         assert gpu["power"]["limit"] == (400 if k < 2 else 70)
         assert gpu["health_status"] == "healthy"

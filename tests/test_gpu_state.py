@@ -131,16 +131,21 @@ def test_with_returns_a_changed_copy_and_state_is_immutable():
         state.temperature_c = 10.0  # type: ignore[misc]
 
 
-def test_to_api_has_the_nested_seed_shape():
+def test_to_api_has_both_seeds_fields():
     api = make_state().to_api()
     assert api == {
+        "id": 3,
         "gpu_id": "gpu_3",
         "uuid": "GPU-00000000-0000-0000-0000-000000000003",
         "name": "Simulated T4 16GB",
         "compute_capability": "7.5",
         "status": "active",
         "memory": {"total": 16384, "used": 4096, "free": 12288},
-        "utilization": {"gpu": 37.5, "memory": 25.0},
+        "utilization": 37.5,
+        "memory_utilization": 25.0,
+        "memory_used": 4096 * 1024 * 1024,
+        "memory_total": 16384 * 1024 * 1024,
+        "task_count": 2,
         "temperature": 61.0,
         "power": {"usage": 42.5, "limit": 70.0},
         "performance_index": 0.75,

@@ -12,6 +12,7 @@ HealthStatus = Literal["healthy", "warning", "critical"]
 TEMPERATURE_WARNING_MARGIN_C = 10.0
 ERROR_RATE_WARNING = 0.05
 ERROR_RATE_CRITICAL = 0.5
+MB = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,24 +69,32 @@ class GpuState:
         return cls(**fields)
 
     def to_api(self) -> dict[str, Any]:
-        """The nested shape of seed 001 section 6.3.3 (``GET /gpu/status``), plus ``unknown_fields``
-        when NVML could not report some field (their numbers are placeholders then)."""
+        """The one JSON shape of a GPU (CLI ``gpus --json``, every REST answer about a GPU, Python): the fields
+        of seed 001 section 6.3.3 (memory in MB) and of seed 004 section 3.5.4 (``id``, ``memory_used`` and
+        ``memory_total`` in bytes, ``task_count``), with ``utilization`` the GPU's % as seed 004's client
+        reads it (seed 001's nested ``utilization.memory`` is ``memory_utilization``), plus
+        ``unknown_fields`` when NVML could not report some field (their numbers are placeholders then)."""
         api = {
+            "id": self.id,
             "gpu_id": f"gpu_{self.id}",
             "uuid": self.uuid,
             "name": self.name,
             "compute_capability": self.compute_capability,
             "status": self.status,
+            "health_status": self.health_status,
+            "utilization": self.utilization_gpu,
+            "memory_utilization": self.utilization_memory,
             "memory": {"total": self.memory_total_mb, "used": self.memory_used_mb, "free": self.memory_free_mb},
-            "utilization": {"gpu": self.utilization_gpu, "memory": self.utilization_memory},
+            "memory_used": self.memory_used_mb * MB,
+            "memory_total": self.memory_total_mb * MB,
+            "task_count": self.active_requests,
+            "active_requests": self.active_requests,
+            "queued_requests": self.queued_requests,
             "temperature": self.temperature_c,
             "power": {"usage": self.power_usage_w, "limit": self.power_limit_w},
             "performance_index": self.performance_index,
             "error_rate": self.error_rate,
-            "active_requests": self.active_requests,
-            "queued_requests": self.queued_requests,
             "uptime": int(self.uptime_s),
-            "health_status": self.health_status,
             "simulated": self.simulated,
             "worker": self.worker,
         }

@@ -15,37 +15,26 @@ from altlas_dask.config import USER_NAME_PATTERN
 from altlas_dask.gpus.state import GpuState
 
 router = APIRouter(tags=["cluster"])
-MB = 1024 * 1024
 
 
-def brief(g: dict[str, Any]) -> dict[str, Any]:
-    """Seed 004 section 3.5.4 (memory in bytes), plus status and health."""
-    return {
-        "id": g["id"],
-        "name": g["name"],
-        "utilization": g["utilization_gpu"],
-        "memory_used": g["memory_used_mb"] * MB,
-        "memory_total": g["memory_total_mb"] * MB,
-        "task_count": g["active_requests"],
-        "status": g["status"],
-        "health_status": g["health_status"],
-    }
+def gpu_json(g: dict[str, Any]) -> dict[str, Any]:
+    """The one JSON shape of a GPU (``GpuState.to_api``: seed 004's fields and seed 001's)."""
+    return GpuState.from_dict(g).to_api()
 
 
-@router.get("/gpus", summary="Every GPU (seed 004 section 3.5)")
+@router.get("/gpus", summary="Every GPU (seed 004 section 3.5), each in the one GPU shape")
 async def gpus(who: PrincipalDep, gateway: GatewayDep) -> dict[str, Any]:
-    return {"gpus": [brief(g) for g in await gateway.gpus(max_age=0)]}
+    return {"gpus": [gpu_json(g) for g in await gateway.gpus(max_age=0)]}
 
 
-@router.get("/gpus/{gpu_id}", summary="One GPU: the seed 004 fields plus the full seed 001 6.3.3 state")
+@router.get("/gpus/{gpu_id}", summary="One GPU, in the one GPU shape")
 async def gpu(gpu_id: str, who: PrincipalDep, gateway: GatewayDep) -> dict[str, Any]:
-    g = await gateway.gpu(gpu_id)
-    return {**brief(g), "detail": GpuState.from_dict(g).to_api()}
+    return gpu_json(await gateway.gpu(gpu_id))
 
 
 @router.get("/gpu/status", summary="Detailed GPU state (seed 001 section 6.3.3)")
 async def gpu_status(who: PrincipalDep, gateway: GatewayDep) -> dict[str, Any]:
-    states = [GpuState.from_dict(g).to_api() for g in await gateway.gpus(max_age=0)]
+    states = [gpu_json(g) for g in await gateway.gpus(max_age=0)]
     return {"timestamp": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"), "gpus": states}
 
 
