@@ -260,6 +260,8 @@ class Client(distributed.Client):
         With ``batch_split`` the batch is cut into about ``CHUNKS_PER_GPU`` chunks per
         healthy GPU, never smaller than ``min_batch_size_per_gpu``; without it the
         whole batch is one task on one GPU. Defaults come from ``gpu.multi_gpu``.
+        ``gpu_options.cost`` is per item (1 without it): each chunk costs its items' sum, so the router
+        learns seconds per item on each GPU, and the next split follows those speeds (``altlas_speeds``).
         """
         self._synchronous_only("submit_batch", "client.map over your own chunks")
         items = list(items)
@@ -279,8 +281,11 @@ class Client(distributed.Client):
             plan = [(g if pinned else None, n) for g, n in split_plan(len(items), weights, minimum, CHUNKS_PER_GPU)]
         futures, start = [], 0
         for gpu, size in plan:
-            chunk_options = options if gpu is None else options.model_copy(update={"specific_gpu_id": gpu})
             chunk = items[start : start + size]
+            update: dict[str, Any] = {"cost": size * (options.cost or 1.0)}  # gpu_options.cost is per item here
+            if gpu is not None:
+                update["specific_gpu_id"] = gpu
+            chunk_options = options.model_copy(update=update)
             futures.append(self.submit(run_chunk, fn, chunk, gpu_options=chunk_options, pure=False))
             start += size
         return Batch(futures, [n for _, n in plan], [g for g, _ in plan])

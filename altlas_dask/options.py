@@ -15,6 +15,7 @@ from altlas_dask.scheduling.strategies import TaskRequest
 #: The annotation key that carries gpu_options: ``dask.annotate(gpu_options={...})``.
 ANNOTATION = "gpu_options"
 MAX_MEMORY_MB = 16 * 1024 * 1024  # 16 TB: anything above is a unit mistake
+MAX_COST = 1e15  # units of work of one task (a petaFLOP-scale job in GFLOP): anything above is a mistake
 
 
 class GpuOptionsError(ValueError):
@@ -35,6 +36,10 @@ class GpuOptions(BaseModel):
     min_compute_capability: float | None = Field(None, ge=0, le=20)
     batch_split: bool | None = None
     requests: int = Field(1, ge=1, le=4096)  # client requests the task serves (a gateway batch); quotas count each
+    # its size in its task type's own unit (tokens, images, GFLOP): the router learns seconds per unit per GPU
+    cost: float | None = Field(None, gt=0, le=MAX_COST, allow_inf_nan=False)
+    # state the task reuses on a GPU that served it lately (a model name, a prompt-prefix id, a data shard)
+    affinity: str | None = Field(None, min_length=1, max_length=256)
 
     @field_validator("strategy")
     @classmethod
@@ -91,6 +96,8 @@ class GpuOptions(BaseModel):
             min_compute_capability=self.min_compute_capability,
             exclude=exclude,
             requests=self.requests,
+            cost=self.cost,
+            affinity=self.affinity,
         )
 
 

@@ -260,6 +260,8 @@ def submit_workload(
     hint: dict[str, Any] = {"task_type": spec.task_type}
     if isinstance(kwargs.get("memory_mb"), int):
         hint["memory_mb"] = kwargs["memory_mb"]
+    if (size := spec.cost_of(kwargs)) is not None:
+        hint["cost"] = size * batch_size  # a task runs batch_size calls (the last one maybe fewer)
     options = client.gpu_options({**hint, **{k: v for k, v in (gpu_options or {}).items() if v is not None}})
     sizes = [min(batch_size, count - start) for start in range(0, count, batch_size)]
     name = f"{spec.name}-{uuid.uuid4().hex[:8]}"

@@ -8,7 +8,7 @@ from typing import Any
 
 from altlas_dask.kernels import run_on_gpu, torch_matmul
 from altlas_dask.model import DEFAULTS as GENERATE_DEFAULTS
-from altlas_dask.model import generate
+from altlas_dask.model import generate, generation_size
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,12 @@ class Workload:
     description: str
     task_type: str
     defaults: dict[str, Any] = field(default_factory=dict)
+    size: Callable[[dict[str, Any]], float] | None = None  # one call's gpu_options.cost, from its arguments
+
+    def cost_of(self, kwargs: dict[str, Any]) -> float | None:
+        """One call's size in the workload's unit (``gpu_options.cost``); None when it states none."""
+        size = self.size(kwargs) if self.size is not None else None
+        return float(size) if size else None
 
     def call_args(self, **overrides: Any) -> dict[str, Any]:
         unknown = set(overrides) - set(self.defaults)
@@ -41,6 +47,7 @@ register(
         "Modelled GPU kernel: work_gflop of compute holding memory_mb",
         "inference",
         {"work_gflop": 100.0, "memory_mb": 512},
+        size=lambda p: p["work_gflop"],  # GFLOP
     )
 )
 register(
@@ -50,6 +57,7 @@ register(
         "Real torch matmuls on the worker's device (CUDA or CPU)",
         "training",
         {"size": 256, "repeats": 4, "seed": 0},
+        size=lambda p: 2 * p["size"] ** 3 * p["repeats"] / 1e9,  # GFLOP of the matmuls
     )
 )
 register(
@@ -59,6 +67,7 @@ register(
         "Text generation: the shipped character-level GRU continues `text` on the worker's device",
         "text_generation",
         dict(GENERATE_DEFAULTS),
+        size=generation_size,
     )
 )
 

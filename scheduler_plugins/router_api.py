@@ -89,6 +89,15 @@ class RouterApi:
             return denied
         return {"gpus": [g.to_dict() for g in self._view.gpus()], "queued": self._view.queued()}
 
+    def speeds(self, comm: Any = None, task_type: str = "inference", **_: Any) -> dict[str, Any]:
+        """Relative speed per GPU the router learned for ``task_type`` (1 = the fastest; per unit of ``cost``);
+        empty until that type ran (``Client.submit_batch`` splits a batch by it)."""
+        if denied := self._anyone(comm):
+            return denied
+        if not isinstance(task_type, str) or not 1 <= len(task_type) <= 128:
+            return error(f"task_type must be a name of 1 to 128 characters (got {str(task_type)[:80]!r})", 400)
+        return {"task_type": task_type, "speeds": self._view.speeds(task_type)}
+
     def policy(self, comm: Any = None, **_: Any) -> dict[str, Any]:
         if denied := self._anyone(comm):
             return denied

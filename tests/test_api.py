@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 from altlas_dask.api import ApiSettings, create_app
 from altlas_dask.api.auth import KeyStore
+from altlas_dask.client import Client
 from altlas_dask.config import build_config
 from altlas_dask.launcher import GpuCluster, start_cluster
 from altlas_dask.model import char_gru
@@ -231,6 +232,24 @@ def test_predict_then_poll_task(api: Api):
         done = poll_task(c, first["task_id"])
         assert done["status"] == "completed" and len(done["result"]["text"]) == 30
         assert c.get(f"/tasks/{first['task_id']}").json()["result"] == done["result"]
+
+
+def test_predict_and_batch_predict_state_each_tasks_size_as_its_cost(api: Api):
+    """gpu_options.cost of a generation: characters of prompt + max_length, summed over a task's items."""
+    with api.client() as c:
+        one = c.post("/predict", json={"text": "abcd", "max_length": 30, "wait": 30}).json()
+        batch = c.post(
+            "/batch_predict",
+            json={"batch": [{"text": "ab", "max_length": 10}, {"text": "xyz", "max_length": 20}], "wait": 30},
+        ).json()
+    with Client(api.cluster.scheduler_address, gpu_defaults={"user": "admin"}, timeout=30) as client:
+        key = one.get("chunk_id") or one["task_id"]  # with dynamic batching: its batch task (of one request)
+        assert client.explain(key)["cost"] == 34
+        chunks = {chunk["task_id"]: chunk["items"] for chunk in batch["chunks"]}
+        sizes = [2 + 10, 3 + 20]
+        for chunk_id, items in chunks.items():
+            expected = sum(sizes[items["start"] : items["start"] + items["count"]])
+            assert client.explain(chunk_id)["cost"] == expected
 
 
 def test_predict_bad_input_is_400_naming_the_field(api: Api):

@@ -404,6 +404,8 @@ def test_console_drained_gpu_true_counts_queue_and_results(
         admin.set_quota(USER, concurrent_requests=1)
         held = submit_workload(mine, "modelled", 13, params={"work_gflop": 1_000_000.0, "memory_mb": 64})
         wait_for(lambda: len(mine.tasks(status="queued")) == 12, what="12 queued tasks")
+        assert held.gpu_options["cost"] == 1_000_000.0  # the console's submissions state their size (GFLOP)
+        assert mine.explain(held.futures[-1])["cost"] == 1_000_000.0
         choose(page, "Status", "queued")
         main(page).get_by_label("Show at most", exact=True).fill("10")
         main(page).get_by_label("Show at most", exact=True).press("Enter")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from altlas_dask.client import Client
+from altlas_dask.kernels import run_on_gpu
 from altlas_dask.launcher import GpuCluster
 from altlas_dask.notebook import speed_weights, split_plan
 
@@ -88,3 +91,40 @@ def test_a_batch_on_the_heterogeneous_pool_gives_the_a100s_more(client: Client) 
         gpu = client.explain(future)["gpu"]
         shares[gpu] = shares.get(gpu, 0) + size
     assert shares == {0: 38, 1: 38, 2: 10, 3: 10}
+
+
+def tokenize_and_run(x: int) -> int:
+    """One item: 10 GFLOP on the GPU (5 ms on an A100, 20 ms on a T4) after 20 ms of host work (the same
+    on every GPU's worker), so the learned speeds differ from the nominal 4:1."""
+    time.sleep(0.02)
+    run_on_gpu(10.0)
+    return x
+
+
+def test_the_split_follows_the_speeds_the_router_learned(client: Client, gpu_cluster: GpuCluster) -> None:
+    """Client.submit_batch asks the router's altlas_speeds for what it learned (per item: each chunk's cost is
+    its item count) and splits the next batch by it, over Dask's protocol, on the heterogeneous pool."""
+    warm = client.submit_batch(range(96), tokenize_and_run, gpu_options={"task_type": "learned-split"})
+    assert warm.result() == list(range(96))
+    assert per_gpu(list(zip(warm.gpus, warm.sizes, strict=True))) == {0: 38, 1: 38, 2: 10, 3: 10}  # nominal
+    answer = client.sync(client.scheduler.altlas_speeds, task_type="learned-split")
+    speeds = {int(g): s for g, s in answer["speeds"].items()}
+    assert set(speeds) == {0, 1, 2, 3} and max(speeds.values()) == 1.0
+    # per item 25 ms on an A100 against 40 ms on a T4 (x contention): a T4 is far above the nominal 0.25
+    assert min(speeds[2], speeds[3]) > 0.4 and min(speeds[0], speeds[1]) > max(speeds[2], speeds[3])
+    batch = client.submit_batch(range(96), tokenize_and_run, gpu_options={"task_type": "learned-split"})
+    assert batch.result() == list(range(96))
+    shares: dict[int, int] = {}
+    for future, size in zip(batch.futures, batch.sizes, strict=True):
+        gpu = client.explain(future)["gpu"]
+        shares[gpu] = shares.get(gpu, 0) + size
+    assert sum(shares.values()) == 96 and min(shares[2], shares[3]) > 10  # more than the nominal split gave
+    assert min(shares[0], shares[1]) >= max(shares[2], shares[3])
+    logs = "\n".join(line for _, line in client.get_scheduler_logs(n=1000))
+    assert "altlas_speeds" not in logs  # no handler error (KeyError) on the scheduler
+
+
+@pytest.mark.parametrize("task_type", [5, "", "x" * 129])
+def test_speeds_refuses_a_task_type_that_is_no_name(client: Client, task_type: object) -> None:
+    answer = client.sync(client.scheduler.altlas_speeds, task_type=task_type)
+    assert answer["code"] == 400 and "task_type must be a name of 1 to 128 characters" in answer["error"]

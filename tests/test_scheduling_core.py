@@ -432,7 +432,7 @@ def test_explain_estimates_start_and_completion_from_the_queue_ahead_and_learned
         assert placed(d.submit(key, task_type="infer", specific_gpu_id=gpu_id)) == {key: gpu_id}
         d.start(key)
         d.finish(key, seconds)
-    cost = 0.8 * 4.0 + 0.2 * 2.0  # the type's learned seconds over every GPU (EWMA 0.2): what a task ahead costs
+    cost = (4.0 + 2.0) / 2  # the median of the type's learned seconds over every GPU: what a task ahead costs
     assert core.estimates.cost("infer") == pytest.approx(cost)
     for key, gpu_id in (("r0a", 0), ("r0b", 0), ("r1a", 1), ("r1b", 1)):  # backlog: 8 s on GPU 0, 4 s on GPU 1
         assert placed(d.submit(key, task_type="infer", specific_gpu_id=gpu_id)) == {key: gpu_id}

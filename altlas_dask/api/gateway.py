@@ -26,7 +26,7 @@ import math
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +39,7 @@ from altlas_dask.certs import dask_security
 from altlas_dask.client import CHUNKS_PER_GPU, Client, RouterError
 from altlas_dask.config import AltlasConfig
 from altlas_dask.errors import GpuRoutingError, TaskCancelledError
+from altlas_dask.model import generation_size
 from altlas_dask.options import GpuOptions, GpuOptionsError, check_strategy
 from altlas_dask.quotas import QuotaExceededError
 from altlas_dask.scheduling.lifecycle import TaskStatus, api_status
@@ -554,7 +555,7 @@ class Gateway:
         from altlas_dask.model import generate_batch
 
         options, user = context
-        options = options.model_copy(update={"requests": len(items)})
+        options = options.model_copy(update={"requests": len(items), "cost": generation_cost(options, items)})
         size = len(items)
         return await self.submit(
             generate_batch, {"items": items}, options, user=user, kind="predict", workload="generate", items=(0, size)
@@ -830,3 +831,11 @@ def shape_result(value: Any) -> Any:
     if isinstance(value, list):
         return {"results": [item_value(v) for v in value]}
     return value
+
+
+def generation_cost(options: GpuOptions, items: Sequence[Mapping[str, Any]]) -> float:
+    """A generation task's ``gpu_options.cost``: per item the caller's ``cost``, else its prompt and
+    ``max_length`` in characters (the shipped model's unit), summed over the task's items."""
+    if options.cost is not None:
+        return options.cost * len(items)
+    return float(sum(generation_size(item) for item in items)) or 1.0

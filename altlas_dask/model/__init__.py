@@ -6,6 +6,7 @@ call, inside the GPU worker that runs them, so the CLI and the REST gateway neve
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 MAX_LENGTH = 1024  # characters generated per request
@@ -14,6 +15,12 @@ MAX_TEMPERATURE = 2.0
 MAX_SEED = 2**63 - 1
 MODEL_MEMORY_MB = 64  # GPU memory one generation reserves (weights + activations, generously)
 DEFAULTS: dict[str, Any] = {"text": "", "max_length": 128, "temperature": 0.7, "seed": None}
+
+
+def generation_size(params: Mapping[str, Any]) -> int:
+    """A generation's ``gpu_options.cost``: characters of prompt plus characters to generate (the GRU runs
+    one step per character of each)."""
+    return len(params.get("text", "")) + int(params.get("max_length", DEFAULTS["max_length"]))
 
 
 def generate(text: str, max_length: int = 128, temperature: float = 0.7, seed: int | None = None) -> dict[str, Any]:

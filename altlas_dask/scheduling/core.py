@@ -144,7 +144,7 @@ class SchedulingCore:
             submitted=self.now,
             timeout=options.timeout or self.policy.timeout,
             retries_left=self.policy.retry_count if options.retries is None else options.retries,
-            cost=self.estimates.cost(request.task_type),
+            cost=self.estimates.cost(request.task_type, request.cost),
             charged=error is None and e.charge,
             ready=e.ready,
             error=error,
@@ -257,7 +257,10 @@ class SchedulingCore:
             task.gpu_seconds += seconds
         slot = self.gpus.slot_of(e.worker) or self.gpus.slots.get(task.gpu if task.gpu is not None else -1)
         if slot is not None:
-            self.estimates.learn(slot.gpu_id, task.request.task_type, seconds / task.sharing, task.sharing == 1)
+            request = task.request
+            self.estimates.learn(
+                slot.gpu_id, request.task_type, seconds / task.sharing, task.sharing == 1, request.cost
+            )
             slot.health.record(False, self.now)
             self.gpus.changed(slot)
         self._finish(task, TaskStatus.COMPLETED, out)
@@ -332,7 +335,7 @@ class SchedulingCore:
                 LazyPerformance(self.estimates, request.task_type, self.gpus.slots),
                 self._recently_used(),
                 self.registry,
-                self.estimates.own_seconds(request.task_type),
+                self.estimates.own_seconds(request.task_type, request.cost),
                 self._backlog,
                 self.held_memory,
                 self.recent_memory,
@@ -369,9 +372,9 @@ class SchedulingCore:
         self._unhold(task)
         slot = self.gpus.slots[decision.gpu]
         slot.assigned[task.key] = task.request.memory_mb
-        task_type = task.request.task_type
-        slot.expected_s[task.key] = self.estimates.own_seconds(task_type).get(slot.gpu_id) or self.estimates.cost(
-            task_type
+        task_type, cost = task.request.task_type, task.request.cost
+        slot.expected_s[task.key] = self.estimates.own_seconds(task_type, cost).get(slot.gpu_id) or self.estimates.cost(
+            task_type, cost
         )
         self.gpus.changed(slot)
         self.book.started(task.user)
@@ -611,7 +614,7 @@ class SchedulingCore:
             task = self.tasks.get(key)
             if task is None or task.status != TaskStatus.RUNNING or task.started_at is None:
                 return None
-            expected = self.estimates.expected(slot.gpu_id, task.request.task_type)
+            expected = self.estimates.expected(slot.gpu_id, task.request.task_type, task.request.cost)
             running = self.now - task.started_at
             if not expected or running <= max(h.hung_task_min_seconds, h.hung_task_factor * expected * task.sharing):
                 return None

@@ -44,6 +44,8 @@ class TaskRequest:
     min_compute_capability: float | None = None
     exclude: frozenset[int] = frozenset()
     requests: int = 1  # client requests this task serves (a gateway batch): each counts against the quotas
+    cost: float | None = None  # gpu_options.cost: its size in its type's own unit (tokens, images, GFLOP)
+    affinity: str | None = None  # gpu_options.affinity: state it reuses where it ran lately (a prefix, a model)
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,6 +91,8 @@ class TaskRecord:
             out["waiting_reason"] = self.waiting_reason
         if self.batch_size is not None:
             out["batch_size"] = self.batch_size
+        if r.cost is not None:
+            out["cost"] = r.cost
         return out
 
     def record(self) -> dict[str, Any]:

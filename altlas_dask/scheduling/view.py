@@ -129,7 +129,8 @@ class CoreView:
         ahead_s, total = {}, 0.0
         for key in order:
             ahead_s[key] = total
-            total += core.estimates.cost(core.tasks[key].request.task_type)
+            request = core.tasks[key].request
+            total += core.estimates.cost(request.task_type, request.cost)
         return Positions({key: i + 1 for i, key in enumerate(order)}, held, ahead_s)
 
     def _row(self, task: TaskRecord, positions: Positions) -> dict[str, Any]:
@@ -177,8 +178,8 @@ class CoreView:
         slots = policy.max_concurrent_tasks_per_gpu
         frees = min(core.gpus.slots[g].backlog_s for g in fitting) / slots
         start = now + frees + ahead / len(fitting)
-        own = core.estimates.own_seconds(request.task_type)
-        alone = min(own.get(g) or core.estimates.cost(request.task_type) for g in fitting)
+        own = core.estimates.own_seconds(request.task_type, request.cost)
+        alone = min(own.get(g) or core.estimates.cost(request.task_type, request.cost) for g in fitting)
         return start, start + alone
 
     def _waiting_reason(self, task: TaskRecord, positions: Positions) -> str:

@@ -3,7 +3,7 @@
 A task line::
 
     {"t": 0.25, "id": "t17", "user": "alice", "priority": 3, "task_type": "embedding",
-     "memory_mb": 512, "work_gflop": 20, "deps": ["t3"]}
+     "memory_mb": 512, "work_gflop": 20, "cost": 700, "deps": ["t3"]}
 
 An event line (a fault at a moment of the trace)::
 
@@ -39,7 +39,10 @@ class TraceTask(_Line):
     priority: int = Field(3, ge=1, le=5)
     task_type: str = Field("inference", min_length=1, max_length=128)
     memory_mb: int = Field(0, ge=0)
-    work_gflop: float = Field(ge=0)
+    work_gflop: float = Field(ge=0)  # the simulator's ground truth: the router never sees it
+    cost: float | None = Field(None, gt=0)  # gpu_options.cost: its size as its client states it (e.g. tokens)
+    affinity: str | None = Field(None, min_length=1, max_length=256)  # gpu_options.affinity: state it reuses
+    affinity_gflop: float = Field(0.0, ge=0)  # of work_gflop, what a GPU that served its affinity lately skips
     deps: tuple[str, ...] = ()  # ids of earlier tasks whose results it needs
     output_mb: float = Field(0.0, ge=0)  # size of its result (moved when a dependent runs on another worker)
     strategy: str | None = None  # gpu_options.strategy (default: the config's)
@@ -53,8 +56,9 @@ class TraceTask(_Line):
             "task_type": self.task_type,
             "memory_mb": self.memory_mb,
         }
-        if self.strategy is not None:
-            out["strategy"] = self.strategy
+        for name in ("strategy", "cost", "affinity"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
         if self.timeout is not None:
             out["timeout"] = self.timeout
         return out

@@ -10,7 +10,16 @@ from fastapi import APIRouter, Query
 
 from altlas_dask.api.deps import GatewayDep, PrincipalDep
 from altlas_dask.api.errors import ApiError
-from altlas_dask.api.gateway import BatchEntry, Gateway, TaskEntry, item_id, item_state, item_value, new_id
+from altlas_dask.api.gateway import (
+    BatchEntry,
+    Gateway,
+    TaskEntry,
+    generation_cost,
+    item_id,
+    item_state,
+    item_value,
+    new_id,
+)
 from altlas_dask.api.schemas import BatchPredictRequest, CancelRequest, PredictRequest
 from altlas_dask.client import RouterError
 from altlas_dask.model import MODEL_MEMORY_MB, generate, generate_batch
@@ -41,6 +50,7 @@ async def predict(body: PredictRequest, who: PrincipalDep, gateway: GatewayDep) 
         entry, index = await gateway.request_batcher.submit(group, kwargs, (options, who.user))
         task_id = item_id(entry.task_id, index)
     else:
+        options = options.model_copy(update={"cost": generation_cost(options, [kwargs])})
         entry = await gateway.submit(generate, kwargs, options, user=who.user, kind="predict", workload=WORKLOAD)
         task_id = entry.task_id
     if body.wait > 0 and entry.future is not None:  # the outcome tells everything: no placement look-up
@@ -64,7 +74,7 @@ async def _submit_batch(body: BatchPredictRequest, who: PrincipalDep, gateway: G
             gateway.submit(
                 generate_batch,
                 {"items": items[start : start + size]},
-                options,
+                options.model_copy(update={"cost": generation_cost(options, items[start : start + size])}),
                 user=who.user,
                 kind="batch",
                 workload=WORKLOAD,

@@ -226,6 +226,9 @@ async def route(body: RouteRequest, who: PrincipalDep, gateway: GatewayDep, requ
         raw.setdefault("memory_mb", memory)
     if body.timeout is not None:
         raw.setdefault("timeout", body.timeout / 1000)
+    size = requirements.compute_units if requirements and requirements.compute_units else workload.cost_of(kwargs)
+    if size is not None:
+        raw.setdefault("cost", size)  # its size: compute_units as given, else from the workload's arguments
     options = await gateway.options(raw, who.user, who.is_admin, workload.task_type)
     key = None
     if body.request_id is not None:  # the task's key is the id in its user's namespace: no clash, no leak
