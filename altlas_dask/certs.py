@@ -20,6 +20,7 @@ import datetime
 import ipaddress
 import os
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -30,7 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from altlas_dask.config import USER_NAME_PATTERN, ConfigError
+from altlas_dask.config import USER_NAME_PATTERN, ConfigError, load_config
 from altlas_dask.config import Security as SecurityConfig
 
 if TYPE_CHECKING:
@@ -116,11 +117,24 @@ def _load_ca(root: Path) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
 
 
 def issue(
-    directory: str | os.PathLike[str], name: str, kind: Kind = "user", days: int = 365, force: bool = False
+    directory: str | os.PathLike[str],
+    name: str,
+    kind: Kind = "user",
+    days: int = 365,
+    force: bool = False,
+    delegates: Collection[str] = SecurityConfig().delegates,
 ) -> Issued:
-    """Sign a certificate ``CN=name, OU=kind`` with the CA in ``directory``; write ``<name>.pem``/``<name>-key.pem``."""
+    """Sign a certificate ``CN=name, OU=kind`` with the CA in ``directory``; write ``<name>.pem``/``<name>-key.pem``.
+
+    A delegate's name (``security.delegates``) is only ever a service's: a user or node certificate by that
+    name would be refused by the router anyway, and would confuse whoever reads the certificate."""
     if kind not in KINDS:
         raise CertError(f"kind must be one of {', '.join(KINDS)} (got {kind!r})")
+    if kind != "service" and name in delegates:
+        raise CertError(
+            f"{kind} name {name!r} is a delegate's (security.delegates: {', '.join(delegates)}): only a service "
+            f"certificate may carry it (--service {name})"
+        )
     if not re.match(USER_NAME_PATTERN, name or ""):
         raise CertError(f"{kind} name {name!r} must be 1-128 letters, digits or _ . @ -")
     if name in ("ca", "ca-key") or name.endswith("-key"):
@@ -283,9 +297,13 @@ def issue_command(
     wanted = [(n, "user") for n in users] + [(n, "service") for n in services] + [(n, "node") for n in nodes]
     if not wanted:
         raise click.UsageError("name at least one of --user NAME, --service NAME, --node NAME")
+    try:
+        delegates = load_config().security.delegates
+    except ConfigError as exc:
+        raise click.ClickException(f"cannot read security.delegates: {exc}") from None
     for name, kind in wanted:
         try:
-            issued = issue(directory, name, kind, days, force)  # type: ignore[arg-type]
+            issued = issue(directory, name, kind, days, force, delegates)  # type: ignore[arg-type]
         except CertError as exc:
             raise click.ClickException(str(exc)) from None
         click.echo(f"{kind} {name}: {issued.cert} (key {issued.key})")

@@ -67,6 +67,10 @@ class GpuWorkerPlugin(WorkerPlugin):
         device.cancellation.still_wanted = lambda key: dask_worker_internals.still_executing(worker, key)
         state = device.state()
         worker.metrics[METRIC_NAME] = self.metric
+        if self.config.security.identity == "tls":  # only the cluster's nodes talk to a worker (handler_policy)
+            from scheduler_plugins.gate import install_worker_gate
+
+            install_worker_gate(worker)
         logger.info("worker %s bound to GPU %d (%s, %s)", worker.name, state.id, state.name, state.uuid)
         resources = gpu_resources(state.memory_total_mb)
         advertised = dask_worker_internals.advertised_resources(worker)

@@ -9,9 +9,11 @@ internals, this module and its tests are what break.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from distributed.core import error_message
 from distributed.protocol import pickle
 from distributed.scheduler import Scheduler, TaskState
 
@@ -19,6 +21,8 @@ from altlas_dask.batching import BATCH_METADATA
 from altlas_dask.options import ANNOTATION
 from altlas_dask.resources import GPU_MEMORY_RESOURCE, GPU_RESOURCE
 from altlas_dask.worker import METRIC_NAME
+
+logger = logging.getLogger(__name__)
 
 #: A worker address that never exists: tasks restricted to it wait in ``no-worker``.
 HELD = "altlas://held"
@@ -194,3 +198,63 @@ def batch_of(transition_kwargs: dict[str, Any]) -> tuple[int, float] | None:
         return int(batch["size"]), float(batch["share_s"])
     except (KeyError, TypeError, ValueError):
         return None
+
+
+# -- the protocol gate (security.identity: tls): every message a server reads, before its handler -----
+
+
+def gate_comms(server: Any, open_connection: Callable[[Any], Any]) -> None:
+    """Show every message that ``server`` (a Scheduler or a Worker) reads on an incoming comm to a gate first.
+
+    ``open_connection(comm)`` makes the gate of one comm (a :class:`scheduler_plugins.handler_policy.Connection`):
+    a refused RPC is answered with a ``PermissionError`` (the caller's ``await rpc.op(...)`` raises it) and the
+    comm reads on; refused stream messages are dropped. Dask dispatches each incoming comm through
+    ``Server._handle_comm`` (looked up per comm), so the gate wraps that and the comm's ``read``.
+    """
+    original = server._handle_comm
+    if getattr(original, "altlas_gated", False):
+        return
+
+    async def handle_comm(comm: Any) -> None:
+        gate = open_connection(comm)
+        read = comm.read
+
+        async def read_admitted(deserializers: Any = None) -> Any:
+            while True:
+                msg = await read(deserializers)
+                if isinstance(msg, (list, tuple)):
+                    return gate.admit_batch(msg) if gate.streaming else msg
+                if gate.streaming:
+                    kept = gate.admit_batch([msg])
+                    if kept:
+                        return msg
+                    continue
+                refusal = gate.admit(msg)
+                if refusal is None:
+                    return msg
+                logger.warning("refused %s", refusal)
+                if msg.get("op") == "register-client":  # the reply Client._ensure_connected reads
+                    await comm.write([{"op": "stream-start", "error": f"PermissionError: {refusal}"}])
+                elif msg.get("reply", True):
+                    await comm.write(error_message(PermissionError(refusal), status="uncaught-error"))
+
+        comm.read = read_admitted
+        await original(comm)
+
+    handle_comm.altlas_gated = True  # type: ignore[attr-defined]
+    server._handle_comm = handle_comm
+
+
+def wanted_by(scheduler: Scheduler, key: Any, dependents: bool = False) -> set[str] | None:
+    """Client ids that want ``key`` (with ``dependents``: or any task that needs it); None: no such task."""
+    try:
+        ts = scheduler.tasks.get(key)
+    except TypeError:  # an unhashable "key" from a raw message
+        return set()
+    if ts is None:
+        return None
+    clients = {cs.client_key for cs in ts.who_wants or ()}
+    if dependents:
+        for dts in ts.dependents:
+            clients.update(cs.client_key for cs in dts.who_wants or ())
+    return clients

@@ -37,7 +37,8 @@ from altlas_dask.scheduling.view import CoreView
 from altlas_dask.worker import fatal_preload
 from scheduler_plugins import dask_internals as dx
 from scheduler_plugins.dashboard import PLUGIN_NAME, register_page
-from scheduler_plugins.identity import Identities, guard_admin_handlers, guard_force_cancel
+from scheduler_plugins.gate import install_scheduler_gate
+from scheduler_plugins.identity import Identities, guard_force_cancel
 from scheduler_plugins.metrics import LabelPolicy, RouterMetrics, publish, unpublish
 from scheduler_plugins.router_api import handlers
 
@@ -80,8 +81,9 @@ class GpuRouter(SchedulerPlugin):
             return
         self.scheduler = scheduler
         self._open_store()
-        scheduler.handlers.update(handlers(self))
-        guard_admin_handlers(scheduler, self.identities, self.view.is_admin)
+        api = handlers(self)
+        scheduler.handlers.update(api)
+        install_scheduler_gate(scheduler, self.identities, self.view.is_admin, api)
         guard_force_cancel(scheduler, self.identities, self.view.is_admin)
         dx.intercept_task_erred(scheduler, self._before_task_erred)
         for address in scheduler.workers:

@@ -6,8 +6,11 @@ holds the peer certificate Python's ``ssl`` verified (``comm.extra_info["peercer
 
 * common name (CN) -> the name; organizational unit (OU) -> the kind (``user``, ``service``, ``node``);
 * a ``user`` or ``service`` certificate acts as its CN; a ``node`` (scheduler, worker) acts as nobody;
-* a name in ``security.delegates`` may name another user (``gpu_options.user``, ``as_user``) and vouch
-  that the user is an admin (the REST gateway and the console authenticate their users themselves).
+* a *service* certificate whose name is in ``security.delegates`` may name another user
+  (``gpu_options.user``, ``as_user``) and vouch that the user is an admin (the REST gateway and the console
+  authenticate their users themselves); a user or node certificate with a delegate's name is no delegate;
+* admin rights come from ``quotas.admins`` for user certificates (never for a service's own name), or from
+  a delegate's vouching.
 
 With ``security.identity: none`` (open mode) names are self-declared: ``as_user``/``gpu_options.user``
 are taken as given, and every call must name one. No Dask imports beyond duck-typed comm access.
@@ -15,7 +18,6 @@ are taken as given, and every call must name one. No Dask imports beyond duck-ty
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +42,12 @@ class Caller:
 
     user: str
     vouched_admin: bool = False
+    kind: str = "user"  # the certificate's kind; "delegated" when a delegate names the user
+
+    @property
+    def named_admin_counts(self) -> bool:
+        """Whether ``quotas.admins`` listing :attr:`user` makes this caller an admin (user certificates only)."""
+        return self.kind == "user"
 
 
 def from_peercert(peercert: Mapping[str, Any] | None) -> Identity | None:
@@ -67,6 +75,21 @@ class Identities:
         self.required = security.identity == "tls"
         self.delegates = frozenset(security.delegates)
         self.clients: dict[str, Identity | None] = {}
+
+    def is_delegate(self, identity: Identity | None) -> bool:
+        """A service certificate named in ``security.delegates`` (the kind matters: names are not unique)."""
+        return identity is not None and identity.kind == "service" and identity.name in self.delegates
+
+    def level(self, identity: Identity | None, is_admin: Callable[[str], bool]) -> str | None:
+        """The identity's protocol level (scheduler_plugins/handler_policy.py): ``node`` for ``OU=node``;
+        ``admin`` for a delegate or a user certificate in quotas.admins; ``user``; None for no/unknown kind."""
+        if identity is None:
+            return None
+        if identity.kind == "node":
+            return "node"
+        if self.is_delegate(identity) or (identity.kind == "user" and is_admin(identity.name)):
+            return "admin"
+        return "user" if identity.kind in ACTING_KINDS else None
 
     # -- clients -----------------------------------------------------------------------------------------
     def client(self, scheduler: Any, client_id: str | None) -> Identity | None:
@@ -97,10 +120,11 @@ class Identities:
         claimed = options.get("user")
         if claimed is None:
             options["user"] = name
-        elif claimed != name and name not in self.delegates:
+        elif claimed != name and not self.is_delegate(verified):
             raise IdentityError(
                 f"gpu_options.user={claimed!r}: your certificate identifies you as {name!r}; only the delegates "
-                f"in security.delegates ({', '.join(sorted(self.delegates)) or 'none'}) submit for other users"
+                f"(service certificates in security.delegates: {', '.join(sorted(self.delegates)) or 'none'}) submit "
+                "for other users"
             )
         return options
 
@@ -112,14 +136,18 @@ class Identities:
             if not as_user:
                 raise IdentityError("name the user this call acts as (as_user=...): security.identity is none", 401)
             return Caller(as_user, admin)
-        name = self._acting_name(of_comm(comm), "this connection")
-        if name in self.delegates:
-            return Caller(as_user or name, admin and bool(as_user))
+        verified = of_comm(comm)
+        name = self._acting_name(verified, "this connection")
+        assert verified is not None
+        if self.is_delegate(verified):
+            if as_user in (None, name):
+                return Caller(name, admin and as_user is not None, kind=verified.kind)
+            return Caller(as_user, admin, kind="delegated")
         if as_user not in (None, name):
             raise IdentityError(
                 f"as_user={as_user!r}: your certificate identifies you as {name!r}; only delegates act for others"
             )
-        return Caller(name)
+        return Caller(name, kind=verified.kind)
 
     def _acting_name(self, verified: Identity | None, who: str) -> str:
         if verified is None:
@@ -136,22 +164,6 @@ class Identities:
         return verified.name
 
 
-#: Dask's own scheduler handlers that stop or restart the GPU workers: admins (and nodes, which the cluster
-#: itself uses when it scales) only, when identity is on.
-ADMIN_HANDLERS = ("restart", "restart_workers", "retire_workers")
-
-
-def guard_admin_handlers(scheduler: Any, identities: Identities, is_admin: Callable[[str], bool]) -> None:
-    """Wrap :data:`ADMIN_HANDLERS` so a user certificate that is not an admin gets a clear PermissionError."""
-    if not identities.required:
-        return
-    for name in ADMIN_HANDLERS:
-        handler = scheduler.handlers.get(name)
-        if handler is None or getattr(handler, "altlas_guarded", False):
-            continue
-        scheduler.handlers[name] = _guarded(name, handler, is_admin)
-
-
 def guard_force_cancel(scheduler: Any, identities: Identities, is_admin: Callable[[str], bool]) -> None:
     """Dask's ``cancel(..., force=True)`` cancels a key whoever wants it: under TLS only admins (and nodes) may
     force; anyone else's forced cancel only drops their own interest in the keys."""
@@ -162,24 +174,9 @@ def guard_force_cancel(scheduler: Any, identities: Identities, is_admin: Callabl
     def cancel_keys(*, client: str, force: bool = False, **kwargs: Any) -> Any:
         if force:
             who = identities.client(scheduler, client)
-            if who is None or not (who.kind == "node" or is_admin(who.name)):
+            if identities.level(who, is_admin) not in ("admin", "node"):
                 force = False
         return original(client=client, force=force, **kwargs)
 
     cancel_keys.altlas_guarded = True  # type: ignore[attr-defined]
     scheduler.stream_handlers["cancel-keys"] = cancel_keys
-
-
-def _guarded(name: str, handler: Callable[..., Any], is_admin: Callable[[str], bool]) -> Callable[..., Any]:
-    async def guarded(comm: Any, **kwargs: Any) -> Any:
-        who = of_comm(comm)
-        if who is None or not (who.kind == "node" or is_admin(who.name)):
-            raise IdentityError(
-                f"{name}: {who.name if who else 'an unidentified caller'!r} is not an admin (quotas.admins): only "
-                "admins restart or retire GPU workers"
-            )
-        result = handler(**kwargs)
-        return await result if inspect.isawaitable(result) else result
-
-    guarded.altlas_guarded = True  # type: ignore[attr-defined]
-    return guarded

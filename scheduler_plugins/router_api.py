@@ -69,7 +69,7 @@ class RouterApi:
             return error(str(exc), exc.code)
 
     def _is_admin(self, caller: Caller) -> bool:
-        return caller.vouched_admin or self._view.is_admin(caller.user)
+        return caller.vouched_admin or (caller.named_admin_counts and self._view.is_admin(caller.user))
 
     def _admin(self, comm: Any, as_user: str | None, admin: bool, what: str) -> Caller | dict[str, Any]:
         caller = self._caller(comm, as_user, admin)

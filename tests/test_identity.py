@@ -140,7 +140,7 @@ def test_bob_cannot_drain_restart_or_change_quotas(bob, admin):
     assert bob.sync(bob.scheduler.altlas_set_quota, user="bob", limits={"requests_per_minute": 1000})["code"] == 403
     with pytest.raises(RouterError, match="may not read the quota of 'alice'"):
         bob.quota("alice")
-    with pytest.raises(Exception, match="'bob' is not an admin"):
+    with pytest.raises(PermissionError, match="'restart' needs an admin certificate: 'bob' .user. may not send it"):
         bob.restart()
     assert all(g.status == "active" for g in bob.gpus())
     # the certificate's admin can
