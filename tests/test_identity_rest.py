@@ -95,6 +95,15 @@ def test_an_admin_key_acts_and_is_audited_as_its_owner(rest):
         assert carol.delete("/admin/gpu/gpu_1/maintenance").status_code == 200
 
 
+def test_an_admin_key_restarts_a_gpu_worker_over_tls(rest):
+    """Dask's restart_workers is admin-level in tls mode: the gateway (a delegate) calls it for an admin key."""
+    with http(rest, "carol") as carol, http(rest, "bob") as bob:
+        assert_error(bob.post("/admin/gpu/gpu_0/restart", json={}), 403)
+        r = carol.post("/admin/gpu/gpu_0/restart", json={"force": True})
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] == "restarted" and r.json()["worker"] != r.json()["old_worker"]
+
+
 def test_tasks_from_rest_run_as_the_keys_user(rest):
     with http(rest, "bob") as bob:
         request_id = route(bob, {"work_gflop": 1.0, "memory_mb": 10})
