@@ -204,3 +204,38 @@ def test_tasks_placed_on_a_busy_worker_start_in_rank_order():
             await scheduler.close()
 
     run(main())
+
+
+def test_gate_comms_sees_every_message_and_wanted_by_reads_who_wants():
+    """The gate wraps ``Server._handle_comm`` and each comm's ``read``: a refused RPC raises in the caller, the
+    comm stays usable; refused stream messages are dropped. ``wanted_by``: the clients of a key (and of its
+    dependents)."""
+    from scheduler_plugins.handler_policy import SCHEDULER_RULES, Connection
+
+    async def main():
+        scheduler = await Scheduler(port=0, dashboard_address=":0")
+        worker = await Worker(scheduler.address, nthreads=1)  # registered before the gate: its comm is Dask's
+        opened = []
+
+        def open_connection(comm):
+            opened.append(Connection(SCHEDULER_RULES, None, "user", {}, lambda _: None))
+            return opened[-1]
+
+        dx.gate_comms(scheduler, open_connection)
+        dx.gate_comms(scheduler, open_connection)  # idempotent
+        client = await Client(scheduler.address, asynchronous=True)
+        try:
+            x = client.submit(slow_inc, 1, key="x")
+            y = client.submit(slow_inc, x, key="y")
+            assert await y == 3
+            assert dx.wanted_by(scheduler, "y") == {client.id}
+            assert dx.wanted_by(scheduler, "nope") is None
+            assert dx.wanted_by(scheduler, ["unhashable"]) == set()
+            with pytest.raises(PermissionError, match="'run_function' needs an admin certificate"):
+                await client.run_on_scheduler(lambda: 1)
+            assert await client.gather(y) == 3  # the pooled comm reads on after a refusal
+            assert any(c.streaming and c.client == client.id for c in opened)
+        finally:
+            await _close(scheduler, worker, client)
+
+    run(main())

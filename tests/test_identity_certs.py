@@ -55,6 +55,19 @@ def test_issue_refuses_to_overwrite_and_clashing_names(tmp_path: Path) -> None:
         issue(tmp_path, "x", kind="robot")  # type: ignore[arg-type]
 
 
+def test_a_delegates_name_is_only_ever_a_services(tmp_path: Path) -> None:
+    """A user or node certificate named like a delegate (security.delegates) is refused at issue time."""
+    init_ca(tmp_path)
+    for kind in ("user", "node"):
+        with pytest.raises(CertError, match=f"{kind} name 'console' is a delegate's .*--service console"):
+            issue(tmp_path, "console", kind)  # type: ignore[arg-type]
+    issue(tmp_path, "console", "service")
+    issue(tmp_path, "gateway", "user", delegates=("console",))  # not a delegate in this cluster
+    refused = altlas("certs", "issue", str(tmp_path), "--user", "gateway")  # the repo's cluster.yaml delegates
+    assert refused.returncode != 0 and "user name 'gateway' is a delegate's" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
 def test_mutual_tls_handshake_with_issued_certificates(tmp_path: Path) -> None:
     """A real TLS handshake on loopback: the server sees the client's CN; a foreign CA's cert is refused."""
     init_ca(tmp_path / "ca")
