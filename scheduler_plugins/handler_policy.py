@@ -277,11 +277,7 @@ class Connection:
         op = msg.get("op")
         rpc_ok, stream_ok = self.rules.allowed[self.level] if self.level else (STRUCTURAL, STRUCTURAL)
         if op not in (stream_ok if self.streaming else rpc_ok):
-            kind = "stream message" if self.streaming else "call"
-            if op in (self.rules.stream if self.streaming else self.rules.rpc):
-                need = (self.rules.stream if self.streaming else self.rules.rpc)[op][0]
-                return f"{kind} {op!r} needs {'an' if need == 'admin' else 'a'} {need} certificate: {self.who} may not send it"
-            return f"{kind} {op!r} is not in the protocol allowlist (scheduler_plugins/handler_policy.py)"
+            return self._refusal(op)
         if self.level != "node":
             claimed = msg.get("client")
             if claimed is not None and op != "register-client" and not self.holds_client(claimed):
@@ -292,6 +288,13 @@ class Connection:
         if op in STREAM_OPENERS:  # the rest of this comm is a stream (of this client)
             self.streaming, self.client = True, msg.get("client")
         return None
+
+    def _refusal(self, op: Any) -> str:
+        kind, table = ("stream message", self.rules.stream) if self.streaming else ("call", self.rules.rpc)
+        if op not in table:
+            return f"{kind} {op!r} is not in the protocol allowlist (scheduler_plugins/handler_policy.py)"
+        need = table[op][0]
+        return f"{kind} {op!r} needs {'an' if need == 'admin' else 'a'} {need} certificate: {self.who} may not send it"
 
     def holds_client(self, client_id: Any) -> bool:
         """A stream speaks only for its own client; an RPC comm for any client its identity registered."""
