@@ -8,6 +8,7 @@ Tests that damage a cluster (fault injection) start their own small one.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import copy
 import os
 import shutil
@@ -149,3 +150,24 @@ def dask_client(gpu_cluster: GpuCluster) -> Iterator[Client]:
         # Every worker reports its GPU with its heartbeat; wait until all four have done so.
         wait_for(lambda: len(live_gpus(client)) == 4, what="4 GPU heartbeats")
         yield client
+
+
+@contextlib.contextmanager
+def certificate_clients(address: str, certs: Path) -> Iterator[Callable[..., Client]]:
+    """``make(name, cls=altlas_dask.Client)``: a client of ``address`` acting as certificate ``certs/<name>.pem``
+    (mutual TLS); every client made is closed on exit."""
+    from altlas_dask.certs import client_security
+    from altlas_dask.client import Client as AltlasClient
+
+    clients: list[Client] = []
+
+    def make(name: str, cls: type[Client] = AltlasClient, **kwargs: Any) -> Client:
+        client = cls(address, security=client_security(certs, name), timeout=30, **kwargs)
+        clients.append(client)
+        return client
+
+    try:
+        yield make
+    finally:
+        for client in clients:
+            client.close()

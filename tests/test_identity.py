@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cloudpickle
 import distributed
 import pytest
-from conftest import wait_for
+from conftest import certificate_clients, wait_for
 
 from altlas_dask import QuotaExceededError, RouterError, run_on_gpu, start_cluster
 from altlas_dask.certs import client_security, init_ca, issue
@@ -61,17 +62,9 @@ def cluster(certs, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def connect(cluster, certs):
-    clients: list[distributed.Client] = []
-
-    def make(name: str, cls: type[distributed.Client] = Client, **kwargs) -> distributed.Client:
-        client = cls(cluster.scheduler_address, security=client_security(certs, name), timeout=30, **kwargs)
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.close()
+def connect(cluster, certs) -> Iterator[Callable[..., distributed.Client]]:
+    with certificate_clients(cluster.scheduler_address, certs) as make:
+        yield make
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from pathlib import Path
 import cloudpickle
 import distributed
 import pytest
-from conftest import wait_for
+from conftest import certificate_clients, wait_for
 from distributed.comm import connect as open_comm
 
 from altlas_dask import RouterError, run_on_gpu
@@ -23,7 +23,7 @@ from altlas_dask.certs import client_security, init_ca, issue
 from altlas_dask.client import Client
 from altlas_dask.config import build_config
 from altlas_dask.errors import IdentityError
-from altlas_dask.launcher import GpuCluster, start_cluster
+from altlas_dask.launcher import start_cluster
 from altlas_dask.worker import METRIC_NAME
 from scheduler_plugins.dashboard import PLUGIN_NAME
 
@@ -66,25 +66,13 @@ def certs(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cluster(certs, tmp_path_factory) -> Iterator[GpuCluster]:
-    database = tmp_path_factory.mktemp("acct") / "altlas.sqlite"
-    with start_cluster(build_config(tls_config(certs, str(database)))) as gpu_cluster:
-        assert gpu_cluster.scheduler_address.startswith("tls://")
-        yield gpu_cluster
-
-
-@pytest.fixture(scope="module")
-def connect(cluster, certs) -> Iterator[Callable[..., distributed.Client]]:
-    clients: list[distributed.Client] = []
-
-    def make(name: str, cls: type[distributed.Client] = Client, **kwargs) -> distributed.Client:
-        client = cls(cluster.scheduler_address, security=client_security(certs, name), timeout=30, **kwargs)
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.close()
+def connect(certs, tmp_path_factory) -> Iterator[Callable[..., distributed.Client]]:
+    """The one TLS cluster of every attack; ``connect(name)``: a client acting as certificate ``name``."""
+    database = str(tmp_path_factory.mktemp("acct") / "altlas.sqlite")
+    with start_cluster(build_config(tls_config(certs, database))) as cluster:
+        assert cluster.scheduler_address.startswith("tls://")
+        with certificate_clients(cluster.scheduler_address, certs) as make:
+            yield make
 
 
 @pytest.fixture(scope="module")
@@ -171,11 +159,11 @@ def test_a_forged_client_id_cannot_bill_another_user(connect, bob, ops):
     assert ops.explain("honest-after-forged")["user"] == "alice"
 
 
-def test_another_users_client_id_cannot_be_registered(alice, bob, cluster, certs):
+def test_another_users_client_id_cannot_be_registered(alice, bob, certs):
     security = client_security(certs, "alice")
 
     async def register_as_bob() -> object:
-        comm = await open_comm(cluster.scheduler_address, **security.get_connection_args("client"))
+        comm = await open_comm(alice.scheduler.address, **security.get_connection_args("client"))
         try:
             await comm.write({"op": "register-client", "client": bob.id, "reply": False, "versions": {}})
             return await comm.read()
