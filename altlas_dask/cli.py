@@ -303,6 +303,10 @@ from altlas_dask.replay_cli import replay_command  # noqa: E402  (trace replay i
 
 cli.add_command(replay_command)
 
+from altlas_dask.report_cli import report_command  # noqa: E402  (usage reports, like sreport)
+
+cli.add_command(report_command)
+
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point: user errors print one clear line (and a JSON object under --json), exit 2."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -40,6 +40,7 @@ class GpuOptions(BaseModel):
     cost: float | None = Field(None, gt=0, le=MAX_COST, allow_inf_nan=False)
     # state the task reuses on a GPU that served it lately (a model name, a prompt-prefix id, a data shard)
     affinity: str | None = Field(None, min_length=1, max_length=256)
+    over_limit: Literal["wait", "reject"] = "wait"  # over the priority 4-5 limit: wait for admission, or be rejected
 
     @field_validator("strategy")
     @classmethod

@@ -126,9 +126,23 @@ class QuotaBook:
             usage.day_requests += requests
             usage.day_gpu_seconds += gpu_seconds
 
-    def admit(self, user: str, priority: int, requests: int = 1) -> QuotaExceededError | None:
+    def priority_full(self, user: str, priority: int) -> bool:
+        """A priority 4-5 task of ``user`` now would exceed ``priority_requests`` (it waits, or is rejected)."""
+        if not self.quotas.enabled or priority < HIGH_PRIORITY:
+            return False
+        return self._usage(user, self.clock()).priority_outstanding >= self.limits(user).priority_requests
+
+    def count_outstanding(self, user: str) -> None:
+        """A priority 4-5 task that waited for admission is admitted now."""
+        self._usage(user, self.clock()).priority_outstanding += 1
+
+    def admit(
+        self, user: str, priority: int, requests: int = 1, *, count_priority: bool = True
+    ) -> QuotaExceededError | None:
         """Count a submission that serves ``requests`` client requests (a gateway batch serves several), or
-        return the error that rejects it (nothing counted then)."""
+        return the error that rejects it (nothing counted then). ``count_priority=False``: a priority 4-5
+        task that waits for admission (:meth:`count_outstanding` later), so ``priority_requests`` is not
+        checked nor counted now."""
         if not self.quotas.enabled:
             return None
         now = self.clock()
@@ -145,13 +159,14 @@ class QuotaBook:
             return QuotaExceededError(
                 user, "gpu_time_minutes", limits.gpu_time_minutes, round(used_minutes, 2), iso(next_midnight(now))
             )
-        if priority >= HIGH_PRIORITY and usage.priority_outstanding >= limits.priority_requests:
+        high = priority >= HIGH_PRIORITY and count_priority
+        if high and usage.priority_outstanding >= limits.priority_requests:
             return QuotaExceededError(
                 user, "priority_requests", limits.priority_requests, usage.priority_outstanding, None
             )
         usage.minute.extend([now] * requests)
         usage.day_requests += requests
-        if priority >= HIGH_PRIORITY:
+        if high:
             usage.priority_outstanding += 1
         return None
 
@@ -167,11 +182,12 @@ class QuotaBook:
         usage = self._usage(user, self.clock())
         usage.running = max(0, usage.running - 1)
 
-    def finished(self, user: str, priority: int, gpu_seconds: float) -> None:
-        """A task left the system (done, failed or cancelled): meter its GPU time."""
+    def finished(self, user: str, priority: int, gpu_seconds: float, *, outstanding: bool = True) -> None:
+        """A task left the system (done, failed or cancelled): meter its GPU time. ``outstanding=False``: it
+        left while it still waited for admission (it was never counted as outstanding)."""
         usage = self._usage(user, self.clock())
         usage.day_gpu_seconds += max(gpu_seconds, 0.0)
-        if priority >= HIGH_PRIORITY:
+        if priority >= HIGH_PRIORITY and outstanding:
             usage.priority_outstanding = max(0, usage.priority_outstanding - 1)
 
     # -- reporting ------------------------------------------------------------------------------

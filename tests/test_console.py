@@ -7,6 +7,8 @@ or into $SCREENSHOTS_DIR (``make screenshots`` sets docs/screenshots: the README
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import re
 import shutil
@@ -290,6 +292,10 @@ def test_console_submit_tasks_reports_gpus(
     per_user = wait_for(lambda: grid_rows(tables.nth(1)), what="the per-user rows")
     assert [row[:3] for row in per_user] == [[USER, "8", "8"]], per_user
     page.get_by_role("heading", name=re.compile("Completed tasks per")).wait_for()
+    with page.expect_download() as download:  # the same export as `altlas-dask report --by user --format csv`
+        main(page).get_by_role("button", name="CSV", exact=True).click()
+    exported = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+    assert [(row["user"], row["tasks"], row["completed"]) for row in exported] == [(USER, "8", "8")], exported
     no_errors(page)
     shot(page, screenshots, "reports")
 

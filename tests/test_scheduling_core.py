@@ -517,3 +517,31 @@ def test_a_gpu_a_higher_priority_task_waits_to_drain_is_kept_from_lower_priority
         d.start(key)
         d.finish(key, seconds=0.2)
     assert placed(d.tick()) == {"big": 0}
+
+
+def test_priority_tasks_over_the_limit_wait_for_admission_in_order_unless_rejection_is_asked():
+    """quotas priority_requests=2: the 3rd and 4th priority-5 tasks are held (queued, never failed) and admitted
+    oldest first as earlier ones finish; ``over_limit: reject`` keeps the old rejection; a cancelled waiting
+    task frees nothing it did not hold."""
+    d = Driver(make_core({"quotas": {"defaults": {"priority_requests": 2}}}), gpus=4)
+    high = {"user": "vip", "priority": 5}
+    first = {**placed(d.submit("a", **high)), **placed(d.submit("b", **high))}
+    assert set(first) == {"a", "b"}
+    for key in ("c", "d", "e"):
+        actions = d.submit(key, **high)
+        assert not placed(actions) and not failed(actions), actions
+    view = CoreView(d.core)
+    rows = {row["key"]: row for row in view.tasks()["tasks"]}
+    assert [rows[k]["status"] for k in "cde"] == ["queued"] * 3 and view.queued() == 3
+    assert "waiting for admission" in rows["c"]["waiting_reason"] and "priority_requests" in rows["c"]["waiting_reason"]
+    rejected = d.submit("f", over_limit="reject", **high)
+    assert failed(rejected)["f"].limit_name == "priority_requests"
+    d.core.handle(ev.Cancel("d", d.now, "vip"))  # waiting: holds no outstanding slot
+    d.start("a")
+    admitted = placed([*d.finish("a"), *d.tick()])
+    assert list(admitted) == ["c"] and core_status(d, "c") == TaskStatus.PLACED
+    assert d.core.tasks["e"].awaiting_admission  # one slot freed: the oldest waiting task only
+    assert d.core.book.report("vip")["quotas"]["priority_requests"]["used"] == 2
+    d.start("b")
+    assert list(placed([*d.finish("b"), *d.tick()])) == ["e"]
+    assert d.core.book.report("vip")["quotas"]["priority_requests"]["used"] == 2

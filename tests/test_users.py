@@ -87,11 +87,30 @@ def test_gpu_time_is_metered_and_enforced(as_user):
 def test_priority_requests_limit_high_priority_work_outstanding(as_user):
     client = as_user("vip")
     first = client.submit(run_on_gpu, 300, pure=False, gpu_options={"priority": 5})
+    asked = {"priority": 4, "over_limit": "reject"}
     with pytest.raises(QuotaExceededError, match="priority_requests limit 1, used 1"):
-        client.submit(run_on_gpu, 1, pure=False, gpu_options={"priority": 4}).result(timeout=10)
+        client.submit(run_on_gpu, 1, pure=False, gpu_options=asked).result(timeout=10)
     assert client.submit(run_on_gpu, 1, pure=False, gpu_options={"priority": 3}).result()["gpu"] in (0, 1)
     first.result()
     assert client.submit(run_on_gpu, 1, pure=False, gpu_options={"priority": 5}).result()["gpu"] in (0, 1)
+
+
+def test_priority_tasks_over_the_limit_wait_their_turn_and_every_surface_says_queued(as_user):
+    """Three priority-5 tasks with priority_requests=1: the 2nd and 3rd wait for admission (queued on the
+    router's task list, counted in the GPU list's queue), then all complete; none is rejected."""
+    client = as_user("vip")
+    futures = [client.submit(run_on_gpu, 300, pure=False, gpu_options={"priority": 5}) for _ in range(3)]
+    waiting = wait_for(
+        lambda: (
+            [t for t in client.tasks(status="queued") if "waiting for admission" in (t.get("waiting_reason") or "")]
+            or None
+        ),
+        what="tasks waiting for admission",
+    )
+    assert {t["key"] for t in waiting} <= {f.key for f in futures[1:]}
+    assert client._call("altlas_gpus")["queued"] >= len(waiting)
+    assert [r["gpu"] in (0, 1) for r in client.gather(futures)] == [True] * 3
+    assert not {r["key"] for r in client.records(status="rejected")} & {f.key for f in futures}
 
 
 def test_over_the_concurrency_limit_tasks_wait_then_proceed(as_user):

@@ -24,7 +24,7 @@ from typing import Any
 from altlas_dask.config import AltlasConfig, Quotas, RoutingPolicy
 from altlas_dask.errors import GpuRetriesExhaustedError, GpuRoutingError, GpuTaskTimeoutError, TaskCancelledError
 from altlas_dask.options import GpuOptions, GpuOptionsError
-from altlas_dask.quotas import QuotaBook, utc_day
+from altlas_dask.quotas import HIGH_PRIORITY, QuotaBook, utc_day
 from altlas_dask.scheduling import events as ev
 from altlas_dask.scheduling.actions import Action, Fail, Hold, KeepError, Place, Record, Release, Retry, Usage
 from altlas_dask.scheduling.estimates import Estimates, LazyPerformance
@@ -69,6 +69,7 @@ class SchedulingCore:
         self.now = 0.0
         self.book = QuotaBook(quotas, clock=lambda: self.now)
         self.queue = FairQueue(quotas.fair_share)
+        self.admission: dict[str, dict[str, None]] = {}  # user -> keys over the priority 4-5 limit, oldest first
         self.gpus = GpuBook(policy.health, policy.max_temperature)
         self.tasks: dict[str, TaskRecord] = {}
         self.recent: OrderedDict[str, TaskRecord] = OrderedDict()  # finished tasks (explained on demand), newest last
@@ -134,8 +135,10 @@ class SchedulingCore:
         except GpuOptionsError as exc:
             options, error = GpuOptions(user=_user_of(e.options)), exc
         request = options.request(key=e.key)
+        admission = error is None and e.charge and options.over_limit == "wait"
+        admission = admission and self.book.priority_full(request.user, request.priority)
         if error is None and e.charge:
-            error = self.book.admit(request.user, request.priority, request.requests)
+            error = self.book.admit(request.user, request.priority, request.requests, count_priority=not admission)
             if error is not None:
                 out.append(Usage(request.user, utc_day(self.now), rejected=request.requests, limit=error.limit_name))
         task = TaskRecord(
@@ -160,6 +163,11 @@ class SchedulingCore:
             self.deadlines = [(t.deadline, k) for k, t in self.tasks.items()]
             heapq.heapify(self.deadlines)
         self._remember_demand(task.request.memory_mb)
+        if admission:  # over the priority 4-5 limit: held, and queued once one of the user's finishes
+            task.ready, task.awaiting_admission, task.inputs_ready = False, True, e.ready
+            self.admission.setdefault(task.user, {})[e.key] = None
+            out.append(Hold(e.key))
+            return
         if e.ready and not self.queue and self.book.can_start(task.user):
             decision = self._decide(task)
             if decision.placed:
@@ -212,7 +220,9 @@ class SchedulingCore:
             task.inputs = e.inputs
         if task.status in ON_GPU:  # taken back without a Released event first
             self._end_attempt(task, f"GPU {task.gpu} gave the task back")
-        if not task.ready:
+        if task.awaiting_admission:
+            task.inputs_ready = True
+        elif not task.ready:
             self._enqueue(task)
 
     def _started(self, e: ev.Started, out: Out) -> None:
@@ -299,7 +309,7 @@ class SchedulingCore:
             self._end_attempt(task, f"GPU {task.gpu} gave the task back (its worker left or was released)")
             self.counters["released"] += 1
         else:
-            task.ready = False  # a held task whose inputs were lost: it comes back ready when they are
+            task.ready = task.inputs_ready = False  # a held task whose inputs were lost: ready again when they are
             self._unhold(task)
 
     def _forgotten(self, e: ev.Forgotten, out: Out) -> None:
@@ -428,8 +438,13 @@ class SchedulingCore:
         task.finished_at = self.now
         del self.tasks[task.key]
         self._queue_seq.pop(task.key, None)
+        if task.awaiting_admission:
+            self.admission[task.user].pop(task.key, None)
         if task.charged:
-            self.book.finished(task.user, task.request.priority, task.gpu_seconds)
+            counted = not task.awaiting_admission
+            self.book.finished(task.user, task.request.priority, task.gpu_seconds, outstanding=counted)
+            if counted and task.request.priority >= HIGH_PRIORITY:
+                self._admit_waiting(task.user)
             out.append(
                 Usage(task.user, utc_day(task.submitted), tasks=task.request.requests, gpu_seconds=task.gpu_seconds)
             )
@@ -449,6 +464,19 @@ class SchedulingCore:
         if task.attempts:
             return GpuRetriesExhaustedError(_attempts_text(task) + f"; {decision.reason}")
         return GpuRoutingError(f"task {task.key}: {decision.reason}")
+
+    def _admit_waiting(self, user: str) -> None:
+        """Admit ``user``'s tasks that wait over the priority 4-5 limit, oldest first, while it has room."""
+        waiting = self.admission.get(user)
+        while waiting and not self.book.priority_full(user, HIGH_PRIORITY):
+            task = self.tasks[next(iter(waiting))]
+            del waiting[task.key]
+            self.book.count_outstanding(user)
+            task.awaiting_admission = False
+            if task.inputs_ready:
+                self._enqueue(task)
+        if not waiting:
+            self.admission.pop(user, None)
 
     def _dispatch(self, out: Out) -> None:
         """Place held tasks in priority and fair-share order while GPUs have room."""
@@ -566,6 +594,8 @@ class SchedulingCore:
     # -- time -----------------------------------------------------------------------------------------
     def _tick(self, e: ev.Tick, out: Out) -> None:
         self._expire(out)
+        for user in list(self.admission):  # an admin may have raised a limit
+            self._admit_waiting(user)
         if self.now - self._last_health_check >= HEALTH_CHECK_EVERY_S:
             self._last_health_check = self.now
             self._check_health(out)

@@ -38,6 +38,8 @@ class TaskRecord:
     rank: tuple[int, int] = (0, 0)  # (-priority, placement number): its place in its worker's queue
     served_cost: float = 0.0  # fair-share cost charged when it was placed
     waiting_reason: str = ""
+    awaiting_admission: bool = False  # over its user's priority 4-5 limit: held until one of theirs finishes
+    inputs_ready: bool = False  # while awaiting admission: its inputs are done (it is queued once admitted)
     inputs: Mapping[str, int] = field(default_factory=dict)  # worker -> bytes of its inputs held there
     batch_size: int | None = None  # the size of the worker-side batch it ran in (dynamic batching)
 

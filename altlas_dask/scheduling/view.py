@@ -184,6 +184,12 @@ class CoreView:
 
     def _waiting_reason(self, task: TaskRecord, positions: Positions) -> str:
         core = self._core
+        if task.awaiting_admission:
+            limit = core.book.limits(task.user).priority_requests
+            return (
+                f"waiting for admission: user {task.user!r} has {limit} priority 4-5 tasks outstanding "
+                "(quota priority_requests); it is queued when one of them finishes"
+            )
         if not task.ready:
             return task.waiting_reason or task.where()
         if not core.book.can_start(task.user):

@@ -8,12 +8,12 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from altlas_dask import reports
 from altlas_dask.console import auth
 from altlas_dask.console.views import common
 
 WINDOWS = {"Last 15 minutes": 900, "Last hour": 3600, "Last 24 hours": 86_400, "Last 7 days": 604_800, "All": None}
 LIMIT = 50_000
-FAILED = ("failed", "timed_out", "rejected")
 
 
 def render() -> None:
@@ -45,6 +45,28 @@ def render() -> None:
     st.subheader("Per user")
     st.dataframe(summarise(frame, "user", active), hide_index=True, key="reports_per_user")
     per_bin(frame[frame["status"] == "completed"])
+    export(client, records, time.time() - span if span is not None else float(frame["submitted"].min()))
+
+
+def export(client: Any, records: list[dict[str, Any]], since: float) -> None:
+    """The window's report as ``altlas-dask report`` gives it (altlas_dask.reports), to download."""
+    st.subheader("Export")
+    until = time.time() + 1e-3
+    cells = st.columns([1, 1, 1])
+    by = cells[0].selectbox("By", reports.BY, index=1, key="reports_export_by")
+    limits: dict[str, float] = {}
+
+    def gpu_minutes(user: str) -> float:
+        if user not in limits:
+            limits[user] = float(client.quota(user)["quotas"]["gpu_time"]["limit"])
+        return limits[user]
+
+    rows = reports.build_report(records, by, since, until, gpu_minutes)
+    stem = f"altlas-report-by-{by}-{reports.iso(since)}"
+    cells[1].download_button("CSV", reports.to_csv(rows, by), f"{stem}.csv", "text/csv", key="reports_csv")
+    body = reports.to_json(rows, by, since, until)
+    cells[2].download_button("JSON", body, f"{stem}.json", "application/json", key="reports_json")
+    st.caption(f"The same rows as `altlas-dask report --by {by} --since {reports.iso(since)}`.")
 
 
 BINS = ((2 * 3600, "min", "minute", "%H:%M"), (3 * 86_400, "h", "hour", "%m-%d %H:00"), (None, "D", "day", "%Y-%m-%d"))
@@ -94,7 +116,8 @@ def summarise(frame: pd.DataFrame, by: str, active: float) -> pd.DataFrame:
                 by: name,
                 "tasks": len(group),
                 "completed": len(done),
-                "failed": int(group["status"].isin(FAILED).sum()),
+                "failed": int(group["status"].isin(reports.FAILED).sum()),
+                "rejected": int((group["status"] == "rejected").sum()),
                 "cancelled": int((group["status"] == "cancelled").sum()),
                 "throughput (tasks/s)": round(len(done) / active, 3),
                 "p50 latency (s)": _round(_quantile(done["latency_s"], 0.5)),
