@@ -257,7 +257,7 @@ def identity_line(config: SecurityConfig, scheduler_address: str, insecure: bool
     if not is_loopback(scheduler_address) and not insecure:
         raise ConfigError(
             f"the scheduler would listen on {scheduler_address} (not loopback) with security.identity: none, so anyone "
-            'who reaches it can act as any user: set security.identity: tls (README "Security"), or pass --insecure'
+            'who reaches it can act as any user: set security.identity: tls (docs/security.md), or pass --insecure'
         )
     return "none (open mode: user names are self-declared, anyone who reaches the scheduler can act as any user)"
 
@@ -267,7 +267,7 @@ def identity_line(config: SecurityConfig, scheduler_address: str, insecure: bool
 
 @click.group()
 def certs() -> None:
-    """A certificate authority for mutual TLS (security.identity: tls). See README "Security"."""
+    """A certificate authority for mutual TLS (security.identity: tls). See docs/security.md."""
 
 
 @certs.command("init")

@@ -117,7 +117,7 @@ class Client(distributed.Client):
     value raises :class:`GpuOptionsError` before anything is sent.
     ``gpu_defaults`` apply to every call (e.g. ``{"user": "ana"}``).
 
-    Identity (README "Security"): with ``security.identity: tls`` the client connects with a certificate,
+    Identity (docs/security.md): with ``security.identity: tls`` the client connects with a certificate,
     ``security=altlas_dask.certs.client_security(DIR, "ana")`` or, for a ``tls://`` address and no
     ``security=``, ``security.client_cert``/``client_key``/``ca_file`` from cluster.yaml; the router then acts
     as the certificate's common name. In open mode ``gpu_defaults["user"]`` is a self-declared name.

@@ -280,7 +280,7 @@ class Accounting(_Strict):
 
 
 class Security(_Strict):
-    """Who is who on the Dask comms (README "Security"). ``none``: open mode, names are self-declared;
+    """Who is who on the Dask comms (docs/security.md). ``none``: open mode, names are self-declared;
     ``tls``: mutual TLS everywhere, a client's user name is its certificate's common name."""
 
     identity: Literal["none", "tls"] = "none"
@@ -495,7 +495,7 @@ class AltlasConfig(_Strict):
         return self
 
     def routing(self) -> RoutingPolicy:
-        """The effective routing settings (see README "Configuration")."""
+        """The effective routing settings (see docs/configuration.md)."""
         g = self.gpu
         multi = g.multi_gpu.enabled
         return RoutingPolicy(

@@ -10,6 +10,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -286,6 +287,41 @@ def test_up_on_a_busy_port_is_one_line(tmp_path: Path) -> None:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: the scheduler address {address} is in use"), done.stderr
     assert "--scheduler-address" in lines[0]
+
+
+# -- the README's quick start ---------------------------------------------------------------------------------
+
+README_SCHEDULER = "tcp://127.0.0.1:8786"  # the address the README's quick start connects to (`up`'s default)
+
+
+def readme_code(heading: str, language: str = "python") -> str:
+    """The first ``language`` code block under the README's ``## heading``."""
+    section = (REPO / "README.md").read_text().split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return re.search(rf"```{language}\n(.*?)```", section, re.S).group(1)
+
+
+def test_readme_quick_start_runs_as_written_against_a_running_up(tmp_path: Path) -> None:
+    """The README's Python block, saved as a script and run against `altlas-dask up` (its address swapped for
+    the free port this test's `up` took): no traceback, the GPU it ran on, the batch, a line per GPU."""
+    code = readme_code("Connect from Python or a notebook")
+    assert code.count(README_SCHEDULER) == 1, code
+    home = tmp_path / "home"
+    env = {**cli_env(), "ALTLAS_HOME": str(home)}
+    up = Running([*cli_command(), "up", "--simulate", "2", *LOCAL], env, tmp_path, tmp_path / "up-stderr.txt")
+    try:
+        scheduler = up.wait_for_lines("Scheduler:")["Scheduler:"]
+        script = tmp_path / "quickstart.py"
+        script.write_text(code.replace(README_SCHEDULER, scheduler))
+        done = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300
+        )
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+        gpu, reason, batch, *gpus = done.stdout.splitlines()
+        assert gpu in ("0", "1") and reason and batch == "1000", done.stdout
+        assert [line.split()[0] for line in gpus] == ["0", "1"] and all(" active " in line for line in gpus), gpus
+        assert up.ctrl_c() == 0, up.stderr()
+    finally:
+        up.kill()
 
 
 # -- one state directory ----------------------------------------------------------------------------------
