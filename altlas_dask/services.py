@@ -94,11 +94,13 @@ def wait_ready(
 
 
 def port_in_use(address: str) -> bool:
-    """True when ``host:port`` (port not 0) cannot be bound right now."""
+    """True when ``host:port`` (port not 0) cannot be bound right now by a server that, like Dask's (tornado's
+    ``bind_sockets``), sets ``SO_REUSEADDR``: connections of a stopped server left in TIME_WAIT do not count."""
     host, _, port = address.removeprefix("tcp://").rpartition(":")
-    if not port.isdigit() or int(port) == 0:
+    if not (port.isascii() and port.isdigit()) or int(port) == 0:
         return False
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host or "127.0.0.1", int(port)))
         except OSError:

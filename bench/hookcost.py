@@ -107,7 +107,7 @@ def instrument(plugin: Any, detail: bool) -> Meter:
         "dependencies_done",
         "is_gpu_task",
         "gpu_options",
-        "batch_of",
+        "measured",
     ):
         meter.wrap_attr(gr.dx, attr, f"dx.{attr}")
     return meter

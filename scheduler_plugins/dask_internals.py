@@ -18,6 +18,7 @@ from distributed.protocol import pickle
 from distributed.scheduler import Scheduler, TaskState
 
 from altlas_dask.batching import BATCH_METADATA
+from altlas_dask.gpus.device import DEVICE_SECONDS_METADATA
 from altlas_dask.options import ANNOTATION
 from altlas_dask.resources import GPU_MEMORY_RESOURCE, GPU_RESOURCE
 from altlas_dask.worker import METRIC_NAME
@@ -187,17 +188,18 @@ def give_up(ts: TaskState, msg: dict[str, Any], replacement: BaseException | Non
         msg["exception_text"] = repr(replacement)
 
 
-def batch_of(transition_kwargs: dict[str, Any]) -> tuple[int, float] | None:
-    """(batch size, this task's share of the batch call's seconds) when the task ran in a worker-side batch:
-    the worker noted it in the task's metadata (:func:`altlas_dask.batching._report`), which Dask's
-    task-finished message carries into the processing -> memory transition as ``metadata``."""
-    batch = (transition_kwargs.get("metadata") or {}).get(BATCH_METADATA)
-    if not isinstance(batch, dict):
-        return None
+def measured(transition_kwargs: dict[str, Any]) -> tuple[tuple[int, float] | None, float | None]:
+    """What the worker measured of the task, noted in its metadata (which Dask's task-finished message carries
+    into the processing -> memory transition as ``metadata``): (batch size, this task's share of the batch
+    call's seconds) when it ran in a worker-side batch (:func:`altlas_dask.batching._report`), and the device
+    seconds its GPU measured (:func:`altlas_dask.gpus.device.report_device_seconds`); None where not noted."""
+    metadata = transition_kwargs.get("metadata") or {}
+    batch, device_s = metadata.get(BATCH_METADATA), metadata.get(DEVICE_SECONDS_METADATA)
     try:
-        return int(batch["size"]), float(batch["share_s"])
+        batch = (int(batch["size"]), float(batch["share_s"])) if isinstance(batch, dict) else None
     except (KeyError, TypeError, ValueError):
-        return None
+        batch = None
+    return batch, float(device_s) if isinstance(device_s, int | float) and device_s >= 0 else None
 
 
 # -- the protocol gate (security.identity: tls): every message a server reads, before its handler -----

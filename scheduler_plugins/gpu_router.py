@@ -204,7 +204,7 @@ class GpuRouter(SchedulerPlugin):
             self.handle(ev.Started(key, time.time()))
         elif start == "processing" and finish == "memory":
             worker, seconds = kwargs.get("worker"), compute_seconds(kwargs.get("startstops"))
-            self.handle(ev.Finished(key, time.time(), worker, seconds, dx.batch_of(kwargs)))
+            self.handle(ev.Finished(key, time.time(), worker, seconds, *dx.measured(kwargs)))
         elif finish == "no-worker":
             ts = self.scheduler.tasks.get(key) if self.scheduler is not None else None
             inputs = dx.input_locations(ts) if ts is not None and ts.dependencies else None

@@ -50,10 +50,14 @@ class Outage:
 
 
 @contextlib.contextmanager
-def scheduler_and_worker(tmp_path: Path, tokens: dict[str, str] | None = None) -> Iterator[Outage]:
-    """``dask scheduler`` with the router and ``dask worker`` (simulated GPU 0); its config is a file."""
+def scheduler_and_worker(
+    tmp_path: Path, tokens: dict[str, str] | None = None, accounting: dict[str, Any] | None = None
+) -> Iterator[Outage]:
+    """``dask scheduler`` with the router and ``dask worker`` (simulated GPU 0); its config is a file
+    (``accounting``: settings of that section besides its database, in ``tmp_path``)."""
     data = repo_config_data()
-    data.setdefault("accounting", {})["database"] = str(tmp_path / "altlas.sqlite")
+    database = str(tmp_path / "altlas.sqlite")
+    data["accounting"] = {**data.get("accounting", {}), **(accounting or {}), "database": database}
     config_path = tmp_path / "cluster.yaml"
     config_path.write_text(yaml.safe_dump(data))
     env = {k: v for k, v in os.environ.items() if not k.startswith("ALTLAS_")}

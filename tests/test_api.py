@@ -309,6 +309,8 @@ def test_batch_results_in_input_order(api: Api):
         assert chunk["batch_id"] == sub["batch_id"] and len(chunk["result"]["results"]) == 4
         item = c.get(f"/task/{sub['tasks'][5]['task_id']}").json()
         assert item["result"]["text"] == texts[5] and item["item"] == 5 and item["status"] == "completed"
+        chunk_id = sub["chunks"][0]["task_id"]
+        assert_error(c.get(f"/task/{chunk_id}.%C2%B2"), 404)  # "²".isdigit(), but int() refuses it: was a 500
 
         one = c.post("/predict/batch", json={"batch": batch[:6], "gpu_options": {"batch_split": False}}).json()
         assert len(one["chunks"]) == 1 and one["chunks"][0]["items"] == {"start": 0, "count": 6}
@@ -664,6 +666,8 @@ def test_gpus_and_gpu_status(api: Api):
         assert c.get("/gpus/1").json()["id"] == 1
         assert_error(c.get("/gpus/9"), 404, "unknown GPU")
         assert_error(c.get("/gpus/abc"), 404)
+        assert_error(c.get("/gpus/%C2%B2"), 404, "'²'", "0-9")  # "²".isdigit(), but int() refuses it: was a 500
+        assert_error(c.get("/gpus/gpu_%D9%A1"), 404, "0-9")  # an Arabic-Indic one (int() takes it: GPU 1 before)
         status = c.get("/gpu/status").json()
         assert status["timestamp"] and status["gpus"][0]["memory"]["total"] == 81920
 

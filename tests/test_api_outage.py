@@ -72,7 +72,7 @@ def assert_unavailable(r: httpx.Response) -> None:
 
 def test_gateway_survives_a_long_scheduler_outage_under_load(outage: Outage):
     with outage.client() as c, outage.client("admin") as admin, outage.client(None) as anonymous:
-        wait_for(lambda: served(c), timeout=120, interval=0.5, what="the first generation")
+        first = wait_for(lambda: served(c), timeout=120, interval=0.5, what="the first generation")
         long = c.post("/route", json={"model_id": "modelled", "payload": {"work_gflop": 2000 * 120}}).json()
         lost = long["request_id"]
 
@@ -107,4 +107,6 @@ def test_gateway_survives_a_long_scheduler_outage_under_load(outage: Outage):
         assert health.status_code == 200 and health.json()["reconnects"] >= 1, health.text
         task = c.get(f"/route/{lost}").json()
         assert task["status"] == "failed" and "scheduler" in task["error"], task
+        again = c.get(f"/task/{first['task_id']}").json()  # answered completed before the outage: it stays so
+        assert again["status"] == "completed" and again["result"] == first["result"], again
         assert c.get("/gpus").status_code == 200

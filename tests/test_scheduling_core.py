@@ -467,10 +467,12 @@ def test_explain_estimates_start_and_completion_from_the_queue_ahead_and_learned
 def test_a_task_that_ran_in_a_batch_is_charged_its_share_and_explains_the_batch_size():
     d = Driver(make_core({"quotas": {"defaults": {"gpu_time_minutes": 1000}}}), gpus=1)
     d.submit("alone", user="u")
-    d.submit("batched", user="u")
     d.start("alone")
+    d.tick(2.5)
+    d.finish("alone", 2.0)  # alone on its GPU: charged its compute time
+    d.submit("batched", user="u")
     d.start("batched")
-    d.finish("alone", 2.0)
+    d.tick(2.5)
     d.core.handle(ev.Finished("batched", d.now, d.worker(0), 2.0, batch=(4, 0.5)))
     rows = CoreView(d.core).explain(["alone", "batched"])
     assert rows["batched"]["gpu_seconds"] == 0.5 and rows["batched"]["batch_size"] == 4

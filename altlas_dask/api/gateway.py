@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from distributed import Future
+from distributed.client import FutureCancelledError
 
 from altlas_dask.api.calls import call
 from altlas_dask.api.errors import ApiError, quota_error
@@ -48,6 +49,9 @@ logger = logging.getLogger(__name__)
 
 #: Why a task the gateway submitted has no outcome: its future was dropped when the scheduler connection broke.
 LOST = "lost with the scheduler: the connection to the scheduler broke before the task finished; submit it again"
+#: A task answered completed whose result this gateway never fetched, and the scheduler connection then broke.
+RESULT_LOST = "its result was lost with the scheduler before this gateway fetched it; submit it again"
+Outcome = tuple[TaskStatus, str | None, Any]
 
 
 def router_api_status(status: str | None) -> str:
@@ -58,7 +62,7 @@ def router_api_status(status: str | None) -> str:
         return str(status)
 
 
-async def future_outcome(future: Future | None) -> tuple[TaskStatus, str | None, Any] | None:
+async def future_outcome(future: Future | None) -> Outcome | None:
     """``(status, error, exception)`` of a finished future, ``None`` while it runs.
 
     A future that is ``cancelled`` on this client was dropped by Dask when the scheduler connection broke
@@ -112,6 +116,18 @@ class TaskEntry:
     items: tuple[int, int] | None = None  # batch chunk: (first item, count)
     gpu: int | None = None  # where the router placed it, once known
     meta: dict[str, Any] = field(default_factory=dict)
+    outcome: Outcome | None = None  # final once known: see :func:`outcome_of`
+
+    async def outcome_of(self) -> Outcome | None:
+        """The task's outcome (None while it runs), kept once known: what the gateway answered never changes,
+        though a scheduler outage later cancels every future of its client, finished ones too."""
+        if self.outcome is None:
+            self.outcome = await future_outcome(self.future)
+        return self.outcome
+
+    @property
+    def completed(self) -> bool:
+        return self.outcome is not None and self.outcome[0] is TaskStatus.COMPLETED
 
 
 @dataclass
@@ -133,10 +149,15 @@ def route_key(request_id: str, user: str) -> str:
     return f"{request_id}@{user}"
 
 
+def ascii_digits(text: str) -> bool:
+    """``0``-``9`` only: ``str.isdigit`` also takes ``²`` and other digits that ``int`` refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_gpu_id(ref: str) -> int:
     text = str(ref).strip().lower().removeprefix("gpu_").removeprefix("gpu-")
-    if not text.isdigit() or len(text) > 6:
-        raise ApiError(404, f"unknown GPU {ref!r}")
+    if not ascii_digits(text) or len(text) > 6:
+        raise ApiError(404, f"unknown GPU {ref!r}: a GPU id is a number (0-9 digits), optionally after 'gpu_'")
     return int(text)
 
 
@@ -564,7 +585,7 @@ class Gateway:
     async def refuse_rejected(self, entry: TaskEntry, task_id: str, forget: list[str]) -> None:
         """If ``entry``'s task was refused at admission (quota: 429) or can never be placed (400), raise that as
         this request's error (as ``task_id``) and forget the ``forget`` tasks; otherwise nothing."""
-        outcome = await future_outcome(entry.future)
+        outcome = await entry.outcome_of()
         exc = outcome[2] if outcome is not None else None
         if isinstance(exc, QuotaExceededError):
             self._forget(forget)
@@ -638,7 +659,7 @@ class Gateway:
     def item(self, task_id: str) -> tuple[TaskEntry, int] | None:
         """``(chunk, index)`` for a batch item's id (``<chunk id>.<index>``, see :func:`item_id`)."""
         chunk_id, dot, index = task_id.rpartition(".")
-        entry = self.tasks.get(chunk_id) if dot and index.isdigit() else None
+        entry = self.tasks.get(chunk_id) if dot and ascii_digits(index) else None
         if entry is None or entry.items is None or int(index) >= entry.items[1]:
             return None
         return entry, int(index)
@@ -739,7 +760,7 @@ class Gateway:
                 out["error"] = info["error"]
         if entry is None:
             return out
-        outcome = await future_outcome(entry.future)
+        outcome = await entry.outcome_of()
         if outcome is None:
             if out["status"] in ("completed", "failed"):
                 # the router has the final state a moment before this client's future does: report the
@@ -751,7 +772,11 @@ class Gateway:
             if error is not None:
                 out["error"] = error
             if status is TaskStatus.COMPLETED and with_result:
-                value = await self.value(entry)
+                try:
+                    value = await self.value(entry)
+                except FutureCancelledError:
+                    out["error"] = RESULT_LOST
+                    return out
                 out["result"] = shape_result(value)
                 first = value if isinstance(value, dict) else next((v for v in value if isinstance(v, dict)), {})
                 gpu = first.get("gpu")
@@ -768,7 +793,7 @@ class Gateway:
     async def value(self, entry: TaskEntry) -> Any:
         """A finished task's result, fetched from its worker once and shared by every request that reads it (the
         requests of one batch task); within ``rpc_timeout``, else the 503. A failed fetch is tried again."""
-        fetch = entry.meta.get("fetch")
+        fetch = entry.meta.get("fetch")  # (kept: the result outlives a scheduler outage here)
         if fetch is None:
             fetch = entry.meta["fetch"] = asyncio.ensure_future(_outcome(entry.future))
             fetch.add_done_callback(lambda f: f.cancelled() or f.exception() is None or entry.meta.pop("fetch", None))
@@ -777,16 +802,31 @@ class Gateway:
     async def results(self, entries: list[TaskEntry]) -> dict[str, Any]:
         """Results of the finished futures among ``entries``, by task id (one gather; a result that cannot be
         fetched, e.g. lost with its worker, is left out: it never shifts another task's result)."""
-        done = [e for e in entries if e.future is not None and e.future.status == "finished"]
+        for e in entries:
+            if e.future is not None and e.future.status == "finished":
+                await e.outcome_of()
+        kept = {e.task_id: f.result() for e in entries if e.completed and (f := _fetched(e)) is not None}
+        done = [e for e in entries if e.completed and e.task_id not in kept and e.future.status == "finished"]
         if not done:
-            return {}
+            return kept
         try:
             values = await self.bounded(self.client.gather([e.future for e in done], errors="raise"))
         except ApiError:
             raise
         except Exception:  # one result is gone: fetch each on its own so the others stay with their tasks
             values = await self.bounded(asyncio.gather(*(_outcome(e.future) for e in done), return_exceptions=True))
-        return {e.task_id: v for e, v in zip(done, values, strict=True) if not isinstance(v, BaseException)}
+        for e, v in zip(done, values, strict=True):
+            if not isinstance(v, BaseException):
+                e.meta["fetch"] = fetched = asyncio.get_running_loop().create_future()
+                fetched.set_result(v)
+                kept[e.task_id] = v
+        return kept
+
+
+def _fetched(entry: TaskEntry) -> asyncio.Future | None:
+    """The result :meth:`Gateway.value` or :meth:`Gateway.results` fetched for ``entry`` once, if any."""
+    fetch = entry.meta.get("fetch")
+    return fetch if fetch is not None and fetch.done() and not fetch.cancelled() and fetch.exception() is None else None
 
 
 async def _outcome(future: Future) -> Any:

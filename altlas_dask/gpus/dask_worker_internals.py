@@ -40,17 +40,30 @@ def still_executing(worker: Worker, key: object) -> bool:
     return ts is not None and ts.state in ("executing", "long-running")
 
 
-def annotate_current_task(name: str, value: Any) -> bool:
-    """Set ``metadata[name]`` of the task this thread executes on a worker (msgpack-able ``value``); the
-    worker sends it with the task's result (``TaskFinishedMsg.metadata``) and the scheduler's transition to
-    memory passes it to plugins as ``metadata``. False (nothing done) outside a worker's task thread."""
+def _current_metadata() -> dict[str, Any] | None:
+    """``metadata`` of the task this thread executes on a worker; None outside a worker's task thread."""
     try:
         worker = get_worker()
         key = worker.get_current_task()
     except (ValueError, KeyError):
-        return False
+        return None
     ts = worker.state.tasks.get(key)
-    if ts is None:
-        return False
-    ts.metadata[name] = value
-    return True
+    return None if ts is None else ts.metadata
+
+
+def annotate_current_task(name: str, value: Any) -> bool:
+    """Set ``metadata[name]`` of the task this thread executes on a worker (msgpack-able ``value``); the
+    worker sends it with the task's result (``TaskFinishedMsg.metadata``) and the scheduler's transition to
+    memory passes it to plugins as ``metadata``. False (nothing done) outside a worker's task thread."""
+    metadata = _current_metadata()
+    if metadata is not None:
+        metadata[name] = value
+    return metadata is not None
+
+
+def add_to_current_task(name: str, amount: float) -> bool:
+    """Add ``amount`` to ``metadata[name]`` of the task this thread executes (as :func:`annotate_current_task`)."""
+    metadata = _current_metadata()
+    if metadata is not None:
+        metadata[name] = metadata.get(name, 0.0) + amount
+    return metadata is not None

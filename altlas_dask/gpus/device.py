@@ -15,6 +15,16 @@ from altlas_dask.gpus.state import GpuState
 __all__ = ["Cancellation", "GpuDevice", "KernelCancelledError", "NvmlGpu"]
 
 REAL_KERNEL_SIZE = 2048  # one matmul of this size is 2 * n**3 flop
+DEVICE_SECONDS_METADATA = "altlas_device_s"  # a task's measured device seconds, in its Dask metadata
+
+
+def report_device_seconds(seconds: float) -> None:
+    """On a Dask worker, add ``seconds`` of device time to the task this thread executes: the router charges
+    it instead of a share of the task's wall time. Only a device that runs one kernel at a time (so its
+    kernels' times never overlap) may report. Nothing happens outside a worker's task thread."""
+    from altlas_dask.gpus.dask_worker_internals import add_to_current_task
+
+    add_to_current_task(DEVICE_SECONDS_METADATA, seconds)
 
 
 class Cancellation:

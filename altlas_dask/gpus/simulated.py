@@ -21,7 +21,7 @@ from contextlib import contextmanager
 import pynvml
 
 from altlas_dask.config import AltlasConfig, FaultSpec, SimulatedGpuSpec, meets_compute_capability
-from altlas_dask.gpus.device import Cancellation, KernelCancelledError
+from altlas_dask.gpus.device import Cancellation, KernelCancelledError, report_device_seconds
 from altlas_dask.gpus.errors import GpuFaultError, GpuOutOfMemoryError
 from altlas_dask.gpus.state import GpuState, classify_health
 
@@ -173,6 +173,8 @@ class SimulatedGpu:
         return duration
 
     def _record_busy(self, start: float, end: float) -> None:
+        """Kernels take the device one at a time (``_device``): their times are the task's device time."""
+        report_device_seconds(end - start)
         with self._lock:
             self._kernel_started = None
             self._busy.append((start, end))

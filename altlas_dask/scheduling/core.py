@@ -31,6 +31,7 @@ from altlas_dask.scheduling.estimates import Estimates, LazyPerformance
 from altlas_dask.scheduling.fairqueue import FairQueue
 from altlas_dask.scheduling.gpus import GpuBook, GpuSlot
 from altlas_dask.scheduling.lifecycle import TaskStatus
+from altlas_dask.scheduling.sharing import charged_seconds
 from altlas_dask.scheduling.strategies import Decision, RoutingContext, build_registry, capacity, choose
 from altlas_dask.scheduling.tasks import TaskRecord
 
@@ -243,6 +244,7 @@ class SchedulingCore:
     def _run(self, slot: GpuSlot | None, task: TaskRecord) -> None:
         if slot is not None and task.key in slot.assigned:
             slot.next_up.pop(task.key, None)
+            task.share_mark = slot.share.advance(self.now, len(slot.running))
             slot.running.add(task.key)
         task.move(TaskStatus.RUNNING)
         task.started_at = self.now
@@ -264,7 +266,7 @@ class SchedulingCore:
             task.batch_size = e.batch[0]
             task.gpu_seconds += e.batch[1]
         else:
-            task.gpu_seconds += seconds
+            task.gpu_seconds += charged_seconds(self._share_of(task), seconds, e.device_seconds)
         slot = self.gpus.slot_of(e.worker) or self.gpus.slots.get(task.gpu if task.gpu is not None else -1)
         if slot is not None:
             request = task.request
@@ -275,6 +277,13 @@ class SchedulingCore:
             self.gpus.changed(slot)
         self._finish(task, TaskStatus.COMPLETED, out)
 
+    def _share_of(self, task: TaskRecord) -> float | None:
+        """The task's processor-sharing GPU seconds on its GPU since it started there (None: not running)."""
+        slot = self.gpus.slots.get(task.gpu) if task.gpu is not None else None
+        if slot is None or task.share_mark is None or task.key not in slot.running:
+            return None
+        return slot.share.advance(self.now, len(slot.running)) - task.share_mark
+
     def _erred(self, e: ev.Erred, out: Out) -> None:
         task = self.tasks.get(e.key)
         if task is None or task.status not in ON_GPU:
@@ -283,7 +292,7 @@ class SchedulingCore:
         gpu = slot.gpu_id if slot is not None else task.gpu
         text = e.error_text
         task.attempts.append({"gpu": gpu, "error": text[:500]})
-        task.gpu_seconds += e.compute_seconds
+        task.gpu_seconds += charged_seconds(self._share_of(task), e.compute_seconds, None)
         gpu_error = is_gpu_error(text)
         if slot is not None:
             slot.health.record(gpu_error, self.now)
@@ -415,7 +424,9 @@ class SchedulingCore:
             slot.expected_s.pop(task.key, None)
             slot.next_up.pop(task.key, None)
             if task.key in slot.running:
+                slot.share.advance(self.now, len(slot.running))
                 slot.running.discard(task.key)
+                task.share_mark = None
                 self._start_next(slot)
         if slot is not None and slot.assigned.pop(task.key, None) is not None:
             slot.last_busy = self.now

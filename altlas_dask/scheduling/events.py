@@ -42,13 +42,15 @@ class Started:
 @dataclass(frozen=True, slots=True)
 class Finished:
     """The task's result is in; ``worker`` ran it for ``compute_seconds``. ``batch``: (size, share seconds)
-    when it ran in a dynamic batch with others: it is charged its share of the batch call, not the call."""
+    when it ran in a dynamic batch with others: it is charged its share of the batch call, not the call.
+    ``device_seconds``: the device time its worker measured, when it knows it (see ``scheduling.sharing``)."""
 
     key: str
     now: float
     worker: str | None = None
     compute_seconds: float = 0.0
     batch: tuple[int, float] | None = None
+    device_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

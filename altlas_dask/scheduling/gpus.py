@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from altlas_dask.config import Health
 from altlas_dask.gpus.state import GpuState
 from altlas_dask.scheduling.health import HealthWindow
+from altlas_dask.scheduling.sharing import ShareClock
 from altlas_dask.scheduling.strategies import matches
 
 MAX_VIEWS = 64  # views kept per GPU between heartbeats (one per in-flight count and memory total, mostly)
@@ -25,6 +26,7 @@ class GpuSlot:
     expected_s: dict[str, float] = field(default_factory=dict)  # key -> its expected seconds alone here
     running: set[str] = field(default_factory=set)  # keys holding one of its worker's slots (threads)
     next_up: dict[str, tuple[int, int]] = field(default_factory=dict)  # on its worker, waiting for a slot -> rank
+    share: ShareClock = field(default_factory=ShareClock)  # processor sharing among ``running`` (GPU seconds)
     draining: bool = False
     drain_reason: str = ""
     unresponsive: str = ""  # why it is considered unresponsive ("" while it answers)

@@ -42,6 +42,7 @@ class TaskRecord:
     inputs_ready: bool = False  # while awaiting admission: its inputs are done (it is queued once admitted)
     inputs: Mapping[str, int] = field(default_factory=dict)  # worker -> bytes of its inputs held there
     batch_size: int | None = None  # the size of the worker-side batch it ran in (dynamic batching)
+    share_mark: float | None = None  # its GPU's ShareClock when it started running there (see sharing.py)
 
     @property
     def user(self) -> str:
