@@ -98,6 +98,28 @@ def test_task_pinned_to_a_gpu_worker_runs_on_that_gpu(dask_client, gpu):
     assert result["device_seconds"] == pytest.approx(1.0 / POOL[gpu]["speed"])
 
 
+def test_tasks_sharing_a_gpu_are_charged_its_device_time_not_their_wall_times(gpu_cluster):
+    """Issue 22's over-charge: 8 kernels at once on one GPU run in turn (8 x 0.1 s of device time); each task's
+    wall time includes its wait, 0.1 + 0.2 + ... + 0.8 = 3.6 s in all. Charged: each its measured 0.1 s."""
+    from distributed import get_task_stream
+
+    from altlas_dask.client import Client as AltlasClient
+
+    gflop = 0.1 * POOL[0]["speed"]
+    with AltlasClient(gpu_cluster.scheduler_address, set_as_default=False, timeout=30) as client:
+        with get_task_stream(client=client) as stream:
+            futures = client.map(run_on_gpu, [gflop] * 8, pure=False, gpu_options={"specific_gpu_id": 0})
+            results = client.gather(futures)
+        computes = [s for r in stream.data for s in r["startstops"] if s["action"] == "compute"]
+        span = max(s["stop"] for s in computes) - min(s["start"] for s in computes)
+        walls = sum(s["stop"] - s["start"] for s in computes)
+        charged = [client.explain(f)["gpu_seconds"] for f in futures]
+    assert {r["gpu"] for r in results} == {0}
+    assert walls > 2 * span  # they did share the GPU: each waited for the others' kernels
+    assert all(c >= r["device_seconds"] for c, r in zip(charged, results, strict=True)), (charged, results)
+    assert sum(charged) <= span + 1e-3, (charged, span)  # at most the device's time (1 ms: clock resolution)
+
+
 def test_gpu_memory_resource_routes_big_tasks_to_big_gpus(dask_client):
     big = 40_000  # fits an A100 80GB, not a T4 16GB
     futures = [
