@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 SYSTEM_PACKAGES ?= chromium prometheus
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv system-deps run test lint bench bench-peers screenshots clean gpu-check
+.PHONY: venv system-deps run test lint bench bench-peers screenshots clean gpu-check gpu-wheels
 
 system-deps:
 	@missing=""; \
@@ -62,9 +62,16 @@ bench-peers: venv
 	$(BIN)/python bench/serving.py --ray $(RAY_VENV)/bin/python
 	$(BIN)/python bench/submission.py --ray $(RAY_VENV)/bin/python
 
-# On a machine with NVIDIA GPUs: install the gpu extra + CUDA torch, up, selftest, benches -> gpu-check-out/
+# The real-GPU check (docs/gpu.md). Where the package index is reachable: make gpu-wheels (-> gpu-wheels/, the wheels
+# the offline GPU machine lacks, at most 48 MiB). On the GPU machine: make gpu-check (installs them into .venv-gpu
+# with --no-index, then NVML, dask cuda worker, up, selftest, the gateway on CUDA, router vs Dask -> gpu-check-out/).
+# GPU_CHECK_DRY=1 scripts/gpu-check.sh runs it here on the simulated pool (tests/test_gpu_check.py does).
+GPU_CHECK_OUT ?= gpu-check-out
+gpu-wheels: venv
+	scripts/gpu-wheels.sh
+
 gpu-check:
-	VENV=$(VENV) PYTHON=$(PYTHON) scripts/gpu-check.sh
+	PYTHON=$(PYTHON) scripts/gpu-check.sh $(GPU_CHECK_OUT)
 
 clean:
-	rm -rf $(VENV) $(RAY_VENV) .pytest_cache .ruff_cache dask-scratch-space *.egg-info
+	rm -rf $(VENV) $(RAY_VENV) .venv-gpu gpu-wheels gpu-check-out .pytest_cache .ruff_cache dask-scratch-space *.egg-info

@@ -1,105 +1,161 @@
 #!/usr/bin/env bash
-# make gpu-check: the real-GPU path, checked in one go on a machine with NVIDIA GPUs (under 8 minutes).
+# make gpu-check: the real-GPU path in one go, offline, within 8 minutes (docs/gpu.md).
 #
-#   1. machine: nvidia-smi, driver, Python
-#   2. install: the `gpu` extra (dask-cuda[cu12]) and a CUDA build of torch into $VENV; check torch sees CUDA
-#   3. NVML detection: altlas-dask gpus --json (every field; `unknown_fields` lists what the board does not report)
-#   4. altlas-dask up on the real GPUs (dask-cuda LocalCUDACluster, one worker per GPU or MIG slice)
-#   5. altlas-dask selftest against it (scripts/gpu-check.yaml: seed 003's scenarios), table + JSON
-#   6. bench/scaling.py and a short bench/strategies.py (router benchmarks on the simulated pool, on this machine)
+#   scripts/gpu-check.sh [OUT]          OUT defaults to gpu-check-out/ (git-ignored)
 #
-# Everything lands in $OUT (default gpu-check-out/, gitignored): one file per step, summary.txt with each step's
-# exit code and seconds, gpu-check.log with the whole run. bench/RESULTS.md and the bench plots are restored
-# afterwards (their new versions are kept in $OUT). Exit code: non-zero if any step failed.
+#   install      a venv with --system-site-packages (the machine's CUDA torch, cuda-core, nvidia-ml-py), the project
+#                and dask-cuda from the wheels of `make gpu-wheels` (gpu-wheels/, --no-index); torch must see CUDA
+#   gpus         altlas-dask gpus --json through real NVML; every field has a value or is listed `unknown`
+#   cuda-worker  dask scheduler --preload scheduler_plugins.gpu_router + one
+#                `dask cuda worker --preload altlas_dask.worker`: the worker must bind its GPU
+#   up           altlas-dask up --with-api on the real GPUs (dask-cuda LocalCUDACluster)
+#   selftest     altlas-dask selftest against it with seed 003's scenarios (scripts/gpu-check.yaml)
+#   gateway      the shipped model served through POST /predict; every worker's model on cuda
+#   router-vs-dask  router vs plain Dask on the same GPU: round-trip median and 2,000-task throughput, as ratios
 #
-# Knobs (environment): OUT, VENV, PYTHON, CONFIG, PORT (scheduler; dashboard on PORT+1), GPU_TORCH_SPEC (e.g.
-# "torch --index-url https://download.pytorch.org/whl/cu126" for an older driver), SKIP_INSTALL=1 (venv ready),
-# SKIP_BENCH=1, ALLOW_SIMULATED=1 (a dry run of the script's plumbing on a machine without GPU).
+# Everything lands in OUT: one file per step, steps.tsv, summary.json and summary.md, gpu-check.log.
+# GPU_CHECK_DRY=1 runs the same script on a machine without GPU (make test does): the simulated pool, no
+# install (the venv as it is), `dask worker` with the argv dask-cuda gives its preloads in place of
+# `dask cuda worker`, the model on the CPU, small benchmark sizes. Each such step says so in its note.
+# Knobs (environment): VENV (default .venv-gpu; dry: .venv), PYTHON, WHEELS (gpu-wheels), PORT (8786; the
+# check uses PORT..PORT+21), BUDGET_S (480). Exit code: non-zero if any step failed.
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
-OUT=${OUT:-gpu-check-out}
-VENV=${VENV:-.venv}
+OUT=${1:-gpu-check-out}
+DRY=${GPU_CHECK_DRY:-0}
 PYTHON=${PYTHON:-python3}
-GPU_TORCH_SPEC=${GPU_TORCH_SPEC:-torch}           # PyPI's Linux torch wheels are CUDA builds
-CONFIG=${CONFIG:-scripts/gpu-check.yaml}
+WHEELS=${WHEELS:-gpu-wheels}
 PORT=${PORT:-8786}
-SCHEDULER=tcp://127.0.0.1:$PORT
+BUDGET_S=${BUDGET_S:-480}
+if [ "$DRY" = 1 ]; then VENV=${VENV:-.venv}; else VENV=${VENV:-.venv-gpu}; fi
 BIN=$VENV/bin
+HOME_DIR=$OUT/home
+SCHEDULER=tcp://127.0.0.1:$PORT
+API_PORT=$((PORT + 10))
+WORKER_SCHEDULER=127.0.0.1:$((PORT + 20))
 
-rm -rf "$OUT" && mkdir -p "$OUT"
+rm -rf "$OUT" && mkdir -p "$OUT" "$HOME_DIR"
+export DASK_TEMPORARY_DIRECTORY=$OUT/dask-scratch  # workers' scratch space: not the working tree
 exec > >(tee "$OUT/gpu-check.log") 2>&1
-failed=0
 began=$(date +%s)
+failed=0
+export ALTLAS_HOME=$HOME_DIR
+if [ "$DRY" = 1 ]; then
+    export ALTLAS_CONFIG=scripts/gpu-check.yaml
+    SIMULATE=(--simulate 1)
+    SELFTEST_CONFIG=scripts/gpu-check-dry.yaml
+    DEVICE=cpu
+    echo "== DRY RUN (GPU_CHECK_DRY=1): simulated pool, CUDA steps faked or skipped, each says so"
+else
+    export ALTLAS_CONFIG=scripts/gpu-check.yaml
+    SIMULATE=()
+    SELFTEST_CONFIG=scripts/gpu-check.yaml
+    DEVICE=cuda
+fi
 
-# step NAME SECONDS CMD...: run CMD with a time limit, output to $OUT/NAME.txt, record exit code and duration
+# step NAME LIMIT NOTE CMD...: run CMD (output to OUT/NAME.txt) within LIMIT seconds and what is left of the budget
 step() {
-    local name=$1 limit=$2
-    shift 2
-    local start rc
+    local name=$1 limit=$2 note=$3
+    shift 3
+    local start rc left
     start=$(date +%s)
-    echo "== $name (limit ${limit}s): $*"
-    timeout --kill-after=10 "$limit" "$@" >"$OUT/$name.txt" 2>&1
-    rc=$?
-    printf '%-22s rc=%-3s %4ss\n' "$name" "$rc" "$(($(date +%s) - start))" | tee -a "$OUT/summary.txt"
-    [ "$rc" -eq 0 ] || failed=1
+    left=$((began + BUDGET_S - start))
+    [ "$left" -lt "$limit" ] && limit=$left
+    if [ "$limit" -le 0 ]; then
+        rc=124
+        note="not run: the ${BUDGET_S}s budget is spent; $note"
+    else
+        echo "== $name (limit ${limit}s): $*"
+        timeout --kill-after=10 "$limit" "$@" >"$OUT/$name.txt" 2>&1
+        rc=$?
+    fi
+    printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$(($(date +%s) - start))" "$note" >>"$OUT/steps.tsv"
+    printf '   %-16s rc=%-3s %4ss  %s\n' "$name" "$rc" "$(($(date +%s) - start))" "$note"
+    [ "$rc" -eq 0 ] || { failed=1; tail -n 20 "$OUT/$name.txt" 2>/dev/null; }
     return "$rc"
 }
 
-step machine 30 bash -c 'date -u; uname -a; nvidia-smi; nvidia-smi -L; '"$PYTHON"' --version; git log -1 --oneline'
-
-[ "${SKIP_INSTALL:-0}" = 1 ] || step install 300 bash -c "
-    set -e
-    test -x $BIN/python || $PYTHON -m venv $VENV
-    $BIN/python -m pip install --quiet --upgrade pip
-    # a CPU build of torch (make venv on a machine without GPU) is replaced by a CUDA one
-    $BIN/python -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null || {
-        $BIN/python -m pip uninstall --quiet -y torch 2>/dev/null || true
-        $BIN/python -m pip install --quiet $GPU_TORCH_SPEC
-    }
-    $BIN/python -m pip install --quiet -e '.[gpu]'
-    $BIN/python -m pip freeze
-    $BIN/python -c 'import torch; assert torch.cuda.is_available(), \"torch \" + torch.__version__ + \" sees no CUDA device\"; print(torch.__version__, torch.version.cuda, [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())])'
-    $BIN/python -c 'import dask_cuda; print(\"dask-cuda\", dask_cuda.__version__)'
-" || { echo "install failed: see $OUT/install.txt"; exit 1; }
-
-step nvml 60 "$BIN/altlas-dask" --config "$CONFIG" gpus --json && cp "$OUT/nvml.txt" "$OUT/gpus.json"
-# without NVML altlas-dask falls back to the simulated pool: that would check nothing real
-[ "${ALLOW_SIMULATED:-0}" = 1 ] || step real-gpus 10 bash -c "grep -q '\"simulated\": false' $OUT/nvml.txt && ! grep -q '\"simulated\": true' $OUT/nvml.txt"
-
-echo "== up: $BIN/altlas-dask --config $CONFIG up (background)"
-"$BIN/altlas-dask" --config "$CONFIG" -v up --scheduler-address "127.0.0.1:$PORT" \
-    --dashboard-address "127.0.0.1:$((PORT + 1))" >"$OUT/up.txt" 2>&1 &
-UP_PID=$!
-stop_cluster() {
-    if kill -0 "$UP_PID" 2>/dev/null; then
-        kill -INT "$UP_PID"
-        for _ in $(seq 60); do kill -0 "$UP_PID" 2>/dev/null || break; sleep 1; done
-        kill -0 "$UP_PID" 2>/dev/null && kill -KILL "$UP_PID"
-    fi
+# background NAME CMD...: start CMD in its own process group, output to OUT/NAME.txt; its pid in $!
+background() {
+    local name=$1
+    shift
+    setsid "$@" >"$OUT/$name.txt" 2>&1 &
 }
-trap stop_cluster EXIT
-ready=0
-step cluster-ready 180 bash -c "until $BIN/altlas-dask gpus --scheduler $SCHEDULER >/dev/null 2>&1; do
-    kill -0 $UP_PID || { echo 'altlas-dask up exited'; exit 1; }; sleep 2; done
-    $BIN/altlas-dask gpus --scheduler $SCHEDULER" && ready=1
-if [ "$ready" = 1 ]; then
-    COLUMNS=200 step selftest 300 "$BIN/altlas-dask" selftest --scheduler "$SCHEDULER" --config "$CONFIG" \
-        --json-file "$OUT/selftest.json"
-fi
-stop_cluster
-trap - EXIT
+PIDS=()
+# stop PID...: SIGINT to each one's process group, then SIGKILL to what is left after 20 s
+stop() {
+    for pid in "$@"; do kill -INT -- "-$pid" 2>/dev/null; done
+    for pid in "$@"; do
+        for _ in $(seq 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+        kill -KILL -- "-$pid" 2>/dev/null
+    done
+}
+stop_all() { stop "${PIDS[@]}"; }
+trap stop_all EXIT
 
-# The benchmarks rewrite bench/RESULTS.md and their plots: keep their versions in $OUT, restore the tracked ones.
-if [ "${SKIP_BENCH:-0}" != 1 ]; then
-    mkdir -p "$OUT/bench-before" "$OUT/bench"
-    cp bench/RESULTS.md bench/*.png "$OUT/bench-before/"
-    step scaling 150 "$BIN/python" bench/scaling.py --reps 1 --tasks 128 --no-diagnosis
-    step strategies 120 "$BIN/python" bench/strategies.py --duration 4 --reps 1 --no-diagnosis
-    cp bench/RESULTS.md bench/*.png "$OUT/bench/"
-    cp "$OUT/bench-before/"* bench/
+step machine 30 "" bash -c "date -u; uname -a; (nvidia-smi && nvidia-smi -L) || echo 'no nvidia-smi'; $PYTHON --version; \
+    git log -1 --oneline"
+
+if [ "$DRY" = 1 ]; then
+    step install 30 "skipped (dry run): $VENV as it is; the real run installs $WHEELS/ with --no-index" \
+        "$BIN/python" -c "import altlas_dask, distributed; print('venv ready:', distributed.__version__)"
+else
+    step install 240 "venv --system-site-packages + $WHEELS/ offline" bash -c "
+        set -e
+        test -x $BIN/python || $PYTHON -m venv --system-site-packages $VENV
+        $BIN/python -m pip install --quiet --no-index --find-links $WHEELS -e . 'dask-cuda>=26.10'
+        $BIN/python -c 'import torch; assert torch.cuda.is_available(), \"torch \" + torch.__version__ + \" sees no CUDA\"; print(\"torch\", torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0))'
+        $BIN/python -c 'import dask_cuda, pynvml; print(\"dask-cuda\", dask_cuda.__version__, \"nvidia-ml-py\", pynvml.__file__)'
+        $BIN/python -m pip list --format=freeze" || { echo "install failed: see $OUT/install.txt"; exit 1; }
 fi
 
-echo "== total $(($(date +%s) - began))s; results in $OUT/ (summary.txt, selftest.txt, selftest.json, gpus.json, ...)"
-cat "$OUT/summary.txt"
+note=$([ "$DRY" = 1 ] && echo "simulated pool (no NVML here): --simulate 1" || echo "real NVML")
+step gpus 60 "$note" "$BIN/altlas-dask" gpus --json "${SIMULATE[@]}" && cp "$OUT/gpus.txt" "$OUT/gpus.json"
+step fields 30 "every field a value or unknown" "$BIN/python" scripts/gpu_check.py fields "$OUT/gpus.json" \
+    $([ "$DRY" = 1 ] && echo --simulated)
+
+# One command-line worker against a scheduler started as the deployment starts it, and `up`, started together.
+background scheduler "$BIN/dask" scheduler --host 127.0.0.1 --port "${WORKER_SCHEDULER##*:}" \
+    --dashboard-address "127.0.0.1:$((PORT + 21))" --preload scheduler_plugins.gpu_router
+CLI_PIDS=($!)
+if [ "$DRY" = 1 ]; then
+    worker_note="faked: dask worker with dask-cuda's preload argv (--create-cuda-context), simulated GPU 1"
+    ALTLAS_GPU_INDEX=1 background cuda-worker-process "$BIN/dask" worker "tcp://$WORKER_SCHEDULER" --nthreads 2 \
+        --preload altlas_dask.worker --create-cuda-context
+else
+    worker_note="dask cuda worker --preload altlas_dask.worker"
+    background cuda-worker-process "$BIN/dask" cuda worker "tcp://$WORKER_SCHEDULER" --preload altlas_dask.worker
+fi
+CLI_PIDS+=($!)
+background up-process "$BIN/altlas-dask" -v up "${SIMULATE[@]}" --scheduler-address "127.0.0.1:$PORT" \
+    --dashboard-address "127.0.0.1:$((PORT + 1))" --with-api --api-port "$API_PORT"
+PIDS=("${CLI_PIDS[@]}" $!)
+
+step cuda-worker 120 "$worker_note" "$BIN/python" scripts/gpu_check.py workers "tcp://$WORKER_SCHEDULER" 1 \
+    --timeout 100
+stop "${CLI_PIDS[@]}"
+note=$([ "$DRY" = 1 ] && echo "simulated pool (LocalCluster)" || echo "dask-cuda LocalCUDACluster")
+if step up 180 "$note" "$BIN/python" scripts/gpu_check.py workers "$SCHEDULER" 1 --timeout 170; then
+    step selftest 240 "$SELFTEST_CONFIG" "$BIN/altlas-dask" selftest --scheduler "$SCHEDULER" \
+        --config "$SELFTEST_CONFIG" --json-file "$OUT/selftest.json"
+    note=$([ "$DRY" = 1 ] && echo "model on the CPU (simulated GPU)" || echo "model on CUDA")
+    step gateway 150 "$note" bash -c "key=\$($BIN/altlas-dask keys create --user gpu-check --admin) && \
+        $BIN/python scripts/gpu_check.py gateway http://127.0.0.1:$API_PORT/api/v1 \"\$key\" $SCHEDULER $DEVICE"
+fi
+stop_all
+PIDS=()
+
+if [ "$DRY" = 1 ]; then
+    step router-vs-dask 120 "dry: 200 tasks, 1 rep, 10 round trips on a simulated GPU; no figure to keep" \
+        "$BIN/python" scripts/gpu_check.py router-vs-dask --simulate 1 --tasks 200 --reps 1 --roundtrips 10 \
+        --json-file "$OUT/router-vs-dask.json"
+else
+    step router-vs-dask 150 "2,000 no-op tasks x3, 100 round trips, same GPU" \
+        "$BIN/python" scripts/gpu_check.py router-vs-dask --config scripts/gpu-check.yaml \
+        --tasks 2000 --reps 3 --roundtrips 100 --json-file "$OUT/router-vs-dask.json"
+fi
+
+echo "== total $(($(date +%s) - began))s; results in $OUT/"
+"$BIN/python" scripts/gpu_check.py summary "$OUT" $([ "$DRY" = 1 ] && echo --dry) || failed=1
 exit "$failed"
