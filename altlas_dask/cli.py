@@ -107,7 +107,9 @@ def cli(ctx: click.Context, config_path: str | None, overrides: tuple[str, ...],
 
 @cli.command()
 @click.option("--simulate", type=click.IntRange(1, 256), default=None, help="Force N virtual GPUs.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (seed 001 section 6.3.3 shape).")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON: one object per GPU, the shape REST uses (docs/rest-api.md)."
+)
 @click.option(
     "--scheduler", type=SCHEDULER, default=None, help="Read live state from a running cluster at this address."
 )

@@ -78,12 +78,17 @@ def _warm_up(dask_worker: Any = None) -> str:
     return device.torch_device
 
 
+SMALL_CONFIG = Path(__file__).with_name("selftest-small.yaml")  # the CPU-sized scenarios (--small)
+
+
 class Selftest:
     """Runs the enabled scenarios of ``config.test`` on the cluster ``client`` is connected to."""
 
-    def __init__(self, client: Client, config: AltlasConfig) -> None:
+    def __init__(self, client: Client, config: AltlasConfig, progress: Callable[[str], None] | None = None) -> None:
+        """``progress``: told a line as each scenario starts and ends (the command prints them on stderr)."""
         self.client, self.config, self.suite = client, config, config.test
         self.gpus: list[GpuState] = []
+        self.progress = progress or (lambda line: None)
 
     # -- helpers ---------------------------------------------------------------------------------
     def _submit(self, size: SelftestScenario | Any, *, seed: int = 0, memory_mb: int = 0, **gpu_options: Any):
@@ -381,12 +386,16 @@ class Selftest:
 
     # -- the run -----------------------------------------------------------------------------------
     def _guarded(self, name: str, scenario: Callable[[], Outcome]) -> Outcome:
+        self.progress(f"{name}: running")
+        began = time.perf_counter()
         try:
-            return scenario()
+            outcome = scenario()
         except ScenarioFailed as exc:
-            return Outcome(name, False, str(exc))
+            outcome = Outcome(name, False, str(exc))
         except Exception as exc:  # a scenario that crashed is a failed scenario, reported with its error
-            return Outcome(name, False, f"{type(exc).__name__}: {exc}")
+            outcome = Outcome(name, False, f"{type(exc).__name__}: {exc}")
+        self.progress(f"{name}: {'pass' if outcome.passed else 'FAIL'} in {time.perf_counter() - began:.1f}s")
+        return outcome
 
     def _warm_up(self) -> Outcome:
         began = time.perf_counter()
@@ -482,6 +491,7 @@ def print_report(console: Console, outcomes: Sequence[Outcome], gpus: Sequence[G
     default=None,
     help="cluster.yaml whose test: section to run (default: the one given to altlas-dask).",
 )
+@click.option("--small", is_flag=True, help="The CPU-sized scenarios shipped with the package (seconds, not minutes).")
 @click.option("--simulate", type=click.IntRange(1, 256), default=None, help="Start N virtual GPUs (no --scheduler).")
 @click.option("--json", "as_json_output", is_flag=True, help="Print the report as JSON.")
 @click.option("--json-file", type=click.Path(dir_okay=False), default=None, help="Also write the JSON report here.")
@@ -491,26 +501,31 @@ def selftest_command(
     ctx: Any,
     scheduler: str | None,
     config_path: str | None,
+    small: bool,
     simulate: int | None,
     as_json_output: bool,
     json_file: str | None,
     connect_timeout: float,
 ) -> None:
-    """Run seed 003's test scenarios (the config's test: section) against a cluster; exit 1 if one fails."""
+    """Run the acceptance scenarios (the config's test: section) against a cluster; exit 1 if one fails."""
     import json
 
     from altlas_dask.config import load_config
 
+    if small and config_path:
+        raise click.UsageError("give --small or --config, not both")
+    config_path = str(SMALL_CONFIG) if small else config_path
     config = load_config(config_path, overrides=ctx.overrides) if config_path else ctx.config()
     cluster = None
     if scheduler is None:
         from altlas_dask.launcher import start_cluster
 
+        click.echo("selftest: starting a local cluster", err=True)
         cluster = start_cluster(config, simulate=simulate, scheduler_address="127.0.0.1:0", dashboard_address=":0")
         scheduler = cluster.scheduler_address
     try:
         with Client(scheduler, timeout=connect_timeout, gpu_defaults={"user": USER}) as client:
-            test = Selftest(client, config)
+            test = Selftest(client, config, progress=lambda line: click.echo(f"selftest: {line}", err=True))
             outcomes = test.run()
     except OSError as exc:
         raise click.ClickException(f"cannot reach the scheduler at {scheduler}: {exc}") from None

@@ -245,3 +245,30 @@ def test_gpus_table_shows_a_drained_gpu_and_why(gpu_cluster):
     rows = {row["GPU"]: row for row in table_rows(done.stdout)}
     assert (rows["1"]["Health"], rows["1"]["Status"], rows["1"]["Reason"]) == ("drained", "maintenance", "swap the fan")
     assert {rows[g]["Health"] for g in ("0", "2", "3")} == {"healthy"}
+
+
+def test_no_design_seed_jargon_in_user_facing_text(tmp_path):
+    """The README, every command's --help and the REST API's reference speak of features, not of the design
+    seeds ("seed 003") they came from."""
+    import click
+    from click.testing import CliRunner
+
+    from altlas_dask.api import create_app
+    from altlas_dask.api.auth import KeyStore
+    from altlas_dask.cli import cli
+    from altlas_dask.config import build_config
+
+    def commands(group: click.Group, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+        found = [path]
+        for name, command in group.commands.items():
+            found += commands(command, (*path, name)) if isinstance(command, click.Group) else [(*path, name)]
+        return found
+
+    texts = {"README.md": (CLUSTER_YAML.parent / "README.md").read_text()}
+    for path in commands(cli):
+        texts[" ".join(path) or "altlas-dask"] = CliRunner().invoke(cli, [*path, "--help"], terminal_width=200).output
+    config = build_config({"accounting": {"database": str(tmp_path / "keys.sqlite")}})
+    spec = create_app("tcp://127.0.0.1:9", config, keys=KeyStore(config.accounting.database)).openapi()
+    texts["openapi"] = json.dumps(spec)
+    assert all(len(text) > 100 for text in texts.values()), texts
+    assert not {where for where, text in texts.items() if re.search(r"seed[ _]?00\d", text, re.I)}

@@ -109,7 +109,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> WheelInstall:
 
 def test_wheel_ships_the_console_and_the_default_config(installed: WheelInstall) -> None:
     files = installed.files()
-    assert {"altlas_dask/console/app.py", "altlas_dask/console/views/tasks.py", "altlas_dask/cluster.yaml"} <= files
+    shipped = {"altlas_dask/console/app.py", "altlas_dask/console/views/tasks.py", "altlas_dask/cluster.yaml"}
+    assert shipped | {"altlas_dask/selftest-small.yaml"} <= files  # `selftest --small` works from the wheel
     assert (installed.target / "altlas_dask" / "cluster.yaml").read_text() == CLUSTER_YAML.read_text()
     probe = "import altlas_dask, altlas_dask.config as c; print(altlas_dask.__file__); print(c.DEFAULT_CONFIG_PATH)"
     done = subprocess.run(

@@ -19,7 +19,7 @@ from altlas_dask.selftest import Selftest, passed, peak_memory
 
 SEED_003 = REPO / "tests" / "data" / "seed_003_config.yaml"
 
-SMALL = REPO / "scripts" / "selftest-small.yaml"  # seed 003's keys, sized for 2 CPU cores
+SMALL = REPO / "altlas_dask" / "selftest-small.yaml"  # seed 003's keys, sized for 2 CPU cores (--small)
 
 
 def seed_003_config() -> dict:
@@ -76,8 +76,12 @@ def test_peak_memory_counts_what_is_held_at_once_per_gpu():
 def test_selftest_passes_on_the_simulated_pool():
     small = yaml.safe_load(SMALL.read_text())
     assert small["gpu"]["workload"]["timeout"] == 3  # the timeout scenario's 600 s task is stopped after 3 s
-    done = altlas("selftest", "--config", str(SMALL), "--simulate", "2", "--json", timeout=240)
+    done = altlas("selftest", "--small", "--simulate", "2", "--json", timeout=240)
     assert done.returncode == 0, done.stdout + done.stderr
+    progress = [line for line in done.stderr.splitlines() if line.startswith("selftest: ")]
+    assert progress[:2] == ["selftest: starting a local cluster", "selftest: warm_up: running"], done.stderr
+    assert progress[2].startswith("selftest: warm_up: pass in "), done.stderr
+    assert progress[-1].startswith("selftest: error_handling:task_timeout: pass in "), done.stderr
     report = json.loads(done.stdout)
     outcomes = {s["name"]: s for s in report["scenarios"]}
     assert list(outcomes) == [

@@ -19,7 +19,7 @@ class _Body(BaseModel):
 
 
 class GenerateParams(_Body):
-    """One text-generation input (seed 004 section 3.1.3; ``seed`` added for reproducible sampling)."""
+    """One text-generation input (``seed`` makes the sampling reproducible)."""
 
     text: str = Field(max_length=MAX_PROMPT_CHARS, description="the prompt to continue")
     max_length: int = Field(128, ge=1, le=MAX_LENGTH, description="characters to generate")
@@ -46,7 +46,7 @@ class BatchPredictRequest(_Body):
 
 
 class ResourceRequirements(_Body):
-    """Seed 001 section 6.3.1; ``memory`` (MB) is what the router places by, the rest is informational."""
+    """``memory`` (MB) is what the router places by; the rest is informational."""
 
     memory: int | None = Field(None, ge=0, le=MAX_MEMORY_MB)
     compute_units: int | None = Field(None, ge=0, le=1_000_000)
@@ -55,7 +55,7 @@ class ResourceRequirements(_Body):
 
 
 class RouteRequest(_Body):
-    """A generic routed job (seed 001 section 6.3.1): ``model_id`` names a workload, ``payload`` its arguments."""
+    """A generic routed job: ``model_id`` names a workload, ``payload`` its arguments."""
 
     request_id: str | None = Field(None, pattern=ID_PATTERN, description="your id for the job; default: generated")
     user_id: str | None = Field(None, min_length=1, max_length=128)
@@ -84,7 +84,7 @@ class CancelRequest(_Body):
 
 
 class QuotaUpdate(_Body):
-    """Seed 001 section 6.3.6 names, plus the router's own names; only the given keys change."""
+    """The quota names of the original REST design (``*_limit``) or the router's own; only the given keys change."""
 
     gpu_time_limit: float | None = Field(None, le=MAX_QUOTA_VALUE, gt=0, description="minutes of GPU time per UTC day")
     concurrent_requests_limit: int | None = Field(None, ge=1, le=100_000)

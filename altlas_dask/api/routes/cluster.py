@@ -22,7 +22,7 @@ def gpu_json(g: dict[str, Any]) -> dict[str, Any]:
     return GpuState.from_dict(g).to_api()
 
 
-@router.get("/gpus", summary="Every GPU (seed 004 section 3.5), each in the one GPU shape")
+@router.get("/gpus", summary="Every GPU, each in the one GPU shape")
 async def gpus(who: PrincipalDep, gateway: GatewayDep) -> dict[str, Any]:
     return {"gpus": [gpu_json(g) for g in await gateway.gpus(max_age=0)]}
 
@@ -32,13 +32,13 @@ async def gpu(gpu_id: str, who: PrincipalDep, gateway: GatewayDep) -> dict[str, 
     return gpu_json(await gateway.gpu(gpu_id))
 
 
-@router.get("/gpu/status", summary="Detailed GPU state (seed 001 section 6.3.3)")
+@router.get("/gpu/status", summary="Detailed GPU state")
 async def gpu_status(who: PrincipalDep, gateway: GatewayDep) -> dict[str, Any]:
     states = [gpu_json(g) for g in await gateway.gpus(max_age=0)]
     return {"timestamp": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"), "gpus": states}
 
 
-@router.get("/metrics", summary="System, GPU, model and user metrics (seed 001 section 6.3.5)")
+@router.get("/metrics", summary="System, GPU, model and user metrics")
 async def get_metrics(
     request: Request,
     who: PrincipalDep,
@@ -51,7 +51,7 @@ async def get_metrics(
     )
 
 
-@router.get("/user/{user_id}/quota", summary="A user's quotas and rate limits (seed 001 section 6.3.4)")
+@router.get("/user/{user_id}/quota", summary="A user's quotas and rate limits")
 async def quota(user_id: str, who: PrincipalDep, gateway: GatewayDep) -> dict[str, Any]:
     """Your own quota; admins may read anyone's (403 otherwise)."""
     import re

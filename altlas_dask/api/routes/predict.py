@@ -36,7 +36,7 @@ async def _brief(
     return {"task_id": task_id or entry.task_id, "gpu_id": state["gpu_id"], "status": state["status"]}
 
 
-@router.post("/predict", summary="Generate text from a prompt on a GPU (seed 004 section 3.1)")
+@router.post("/predict", summary="Generate text from a prompt on a GPU")
 async def predict(body: PredictRequest, who: PrincipalDep, gateway: GatewayDep) -> dict[str, Any]:
     """Submits the request as a ``generate`` task, or, with dynamic batching (``serving.batching.generate``), as
     one item of a batch task shared with the user's requests of the same moment (its own task id
@@ -138,12 +138,12 @@ def submission_status(tasks: list[dict[str, Any]]) -> str:
     return "mixed"
 
 
-@router.post("/batch_predict", summary="Generate text for a batch, split across GPUs (seed 004 section 3.2)")
+@router.post("/batch_predict", summary="Generate text for a batch, split across GPUs")
 async def batch_predict(body: BatchPredictRequest, who: PrincipalDep, gateway: GatewayDep) -> dict[str, Any]:
     """The batch is cut into chunks like ``Client.submit_batch``: with ``gpu_options.batch_split`` (default:
     ``gpu.multi_gpu.batch_split``) about 4 chunks per active GPU, never smaller than
     ``min_batch_size_per_gpu``; without it one chunk. Each chunk is one task; the answer has one task entry per
-    input item (seed 004 section 3.2.5; each resolves with ``GET /task/{id}``) and the chunks. With ``wait``
+    input item (each resolves with ``GET /task/{id}``) and the chunks. With ``wait``
     > 0 it waits up to that many seconds and includes the results; ``GET /batches/{batch_id}`` gives them too."""
     return await _submit_batch(body, who, gateway)
 

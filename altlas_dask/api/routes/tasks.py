@@ -58,7 +58,7 @@ async def settle_task(gateway: Gateway, task_id: str, user: str, is_admin: bool,
         await gateway.settle([entry], wait)
 
 
-@router.get("/task/{task_id}", summary="A task's status and, when completed, its result (seed 004 section 3.3)")
+@router.get("/task/{task_id}", summary="A task's status and, when completed, its result")
 async def get_task(task_id: str, who: PrincipalDep, gateway: GatewayDep, wait: float = WaitQuery) -> dict[str, Any]:
     """With ``wait`` > 0: returns as soon as the task finishes (or after ``wait`` seconds, as it stands then)."""
     await settle_task(gateway, task_id, who.user, who.is_admin, wait)
@@ -73,7 +73,7 @@ async def get_task_alias(
     return await gateway.describe(task_id, who.user, who.is_admin)
 
 
-@router.get("/tasks", summary="Your tasks, newest first (seed 004 section 3.4); admins: everyone's")
+@router.get("/tasks", summary="Your tasks, newest first; admins: everyone's")
 async def list_tasks(
     who: PrincipalDep,
     gateway: GatewayDep,
@@ -190,7 +190,7 @@ async def delete_task(
 # -- generic routed jobs (seed 001 section 6.3.1 / 6.3.2) -------------------------------------------------
 
 
-@router.post("/route", summary="Route a job to a GPU (seed 001 section 6.3.1)")
+@router.post("/route", summary="Route a job to a GPU")
 async def route(body: RouteRequest, who: PrincipalDep, gateway: GatewayDep, request: Request) -> dict[str, Any]:
     """``model_id`` names a workload (``GET /api/v1/workloads`` lists them), ``payload`` holds its arguments.
     Answers once the router has placed the job (``accepted`` with ``assigned_gpu``) or queued it. With
@@ -297,7 +297,7 @@ def _start_callback(
     task.add_done_callback(_CALLBACKS.discard)
 
 
-@router.get("/route/{request_id}", summary="A routed job's status (seed 001 section 6.3.2)")
+@router.get("/route/{request_id}", summary="A routed job's status")
 async def route_status(
     request_id: str, who: PrincipalDep, gateway: GatewayDep, wait: float = WaitQuery
 ) -> dict[str, Any]:
