@@ -47,3 +47,28 @@ def test_gpu_check_dry_run_passes_every_step_and_says_what_it_faked(tmp_path: Pa
     assert summary["selftest"]["passed"] is True
     assert summary["router-vs-dask"]["ratios"]["throughput_router_over_dask"] > 0
     assert "DRY RUN" in (out / "summary.md").read_text().splitlines()[0]
+
+
+def fields_check(tmp_path: Path, gpus: list) -> int:
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        from gpu_check import main
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    path = tmp_path / "gpus.json"
+    path.write_text(json.dumps({"gpus": [g.to_api() for g in gpus]}))
+    return main(["fields", str(path)])
+
+
+def test_the_fields_check_accepts_unknown_fields_and_rejects_placeholders(tmp_path: Path):
+    """The real-GPU step, on states the real pynvml makes (its C library faked): an unsupported field is fine
+    when listed as unknown; a placeholder that is not listed fails the check."""
+    from nvml_library import FakeDevice, real_pynvml_on
+
+    from altlas_dask.gpus import NvmlInventory
+
+    board = FakeDevice("NVIDIA H100 80GB HBM3", "GPU-1234", (9, 0), 80 * 1024**3, 1024**3, temperature=None)
+    state = NvmlInventory(nvml=real_pynvml_on([board])).state(0)
+    assert state.unknown == ("temperature_c",)
+    assert fields_check(tmp_path, [state]) == 0
+    assert fields_check(tmp_path, [state.with_(unknown=())]) == 1  # temperature 0 passed off as a reading
