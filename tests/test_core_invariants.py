@@ -364,7 +364,7 @@ def test_a_lone_users_wait_is_bounded_whatever_the_flood(flood, flood_priority, 
             break
         queue.served(entry)
         order.append(entry)
-    waiting = [e for q in queue.by_user.values() for e in q]
+    waiting = [e for q in queue.heaps.values() for e in q]
     queue.push("lone", "lone", lone_priority)
     ahead = 0
     for entry in queue.in_order(lambda user: True):

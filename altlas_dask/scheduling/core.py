@@ -17,7 +17,7 @@ import logging
 import random
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -27,19 +27,20 @@ from altlas_dask.options import GpuOptions, GpuOptionsError
 from altlas_dask.quotas import HIGH_PRIORITY, QuotaBook, utc_day
 from altlas_dask.scheduling import events as ev
 from altlas_dask.scheduling.actions import Action, Fail, Hold, KeepError, Place, Record, Release, Retry, Usage
+from altlas_dask.scheduling.candidates import decide
 from altlas_dask.scheduling.estimates import Estimates, LazyPerformance
 from altlas_dask.scheduling.fairqueue import FairQueue
 from altlas_dask.scheduling.gpus import GpuBook, GpuSlot
 from altlas_dask.scheduling.lifecycle import TaskStatus
 from altlas_dask.scheduling.sharing import charged_seconds
-from altlas_dask.scheduling.strategies import Decision, RoutingContext, build_registry, capacity, choose
+from altlas_dask.scheduling.strategies import Decision, RoutingContext, build_registry, capacity
 from altlas_dask.scheduling.tasks import TaskRecord
 
 logger = logging.getLogger(__name__)
 
 GPU_ERROR_MARKERS = ("GpuOutOfMemoryError", "GpuFaultError", "OutOfMemoryError", "CUDA error", "CUDA out of memory")
 RECENT_SUBMISSIONS = 200  # the window of submissions whose memory needs strategies see as expected demand
-BACKFILL_SCAN = 256  # held tasks looked at past the first that must wait, per dispatch pass
+BACKFILL_SCAN = 256  # wait shapes found waiting, at most, per dispatch pass
 OWN_LOAD_WINDOW_S = 2.0  # NVML utilization window (1 s) + one heartbeat
 HEALTH_CHECK_EVERY_S = 1.0
 ON_GPU = (TaskStatus.PLACED, TaskStatus.RUNNING)
@@ -71,7 +72,7 @@ class SchedulingCore:
         self.book = QuotaBook(quotas, clock=lambda: self.now)
         self.queue = FairQueue(quotas.fair_share)
         self.admission: dict[str, dict[str, None]] = {}  # user -> keys over the priority 4-5 limit, oldest first
-        self.gpus = GpuBook(policy.health, policy.max_temperature)
+        self.gpus = GpuBook(policy.health, policy.max_temperature, capacity(policy))
         self.tasks: dict[str, TaskRecord] = {}
         self.recent: OrderedDict[str, TaskRecord] = OrderedDict()  # finished tasks (explained on demand), newest last
         self.recent_size = recent_size
@@ -91,7 +92,6 @@ class SchedulingCore:
         self._rng = random.Random(seed)
         self._queue_seq: dict[str, int] = {}  # key -> the fair-queue entry that is current
         self.held: dict[str, tuple] = {}  # ready tasks in the queue -> their wait shape
-        self.held_shapes: Counter[tuple] = Counter()
         self.held_memory: Counter[int] = Counter()  # memory_mb -> ready tasks in the queue that need it
         self.recent_memory: Counter[int] = Counter()  # memory_mb -> tasks among the last RECENT_SUBMISSIONS
         self._recent_window: deque[int] = deque()
@@ -196,10 +196,9 @@ class SchedulingCore:
         task.ready = True
         shape = _wait_shape(task)
         self.held[task.key] = shape
-        self.held_shapes[shape] += 1
         self.held_memory[task.request.memory_mb] += 1
         weight = self.book.limits(task.user).weight
-        entry = self.queue.push(task.key, task.user, task.request.priority, weight, task.cost)
+        entry = self.queue.push(task.key, task.user, task.request.priority, weight, task.cost, shape)
         self._queue_seq[task.key] = entry.seq
         self.counters["held"] += 1
         self.wants_dispatch = True
@@ -208,10 +207,10 @@ class SchedulingCore:
         """The task is no longer ready in the queue (placed, finished or its inputs were lost)."""
         shape = self.held.pop(task.key, None)
         if shape is not None:
-            for counter, item in ((self.held_shapes, shape), (self.held_memory, task.request.memory_mb)):
-                counter[item] -= 1
-                if counter[item] <= 0:
-                    del counter[item]
+            memory = task.request.memory_mb
+            self.held_memory[memory] -= 1
+            if self.held_memory[memory] <= 0:
+                del self.held_memory[memory]
 
     def _ready(self, e: ev.Ready, out: Out) -> None:
         task = self.tasks.get(e.key)
@@ -291,7 +290,7 @@ class SchedulingCore:
         slot = self.gpus.slot_of(e.worker)
         gpu = slot.gpu_id if slot is not None else task.gpu
         text = e.error_text
-        task.attempts.append({"gpu": gpu, "error": text[:500]})
+        task.attempts = [*task.attempts, {"gpu": gpu, "error": text[:500]}]
         task.gpu_seconds += charged_seconds(self._share_of(task), e.compute_seconds, None)
         gpu_error = is_gpu_error(text)
         if slot is not None:
@@ -361,7 +360,7 @@ class SchedulingCore:
                 self._input_bytes(task) if task.inputs else {},
                 kept or {},
             )
-            decision = choose(self.gpus.snapshot(), request, ctx)
+            decision = decide(self.gpus, request, ctx)
         elapsed = self._timer() - start
         self.decision_seconds.append(elapsed)
         self.decision_counts[(decision.strategy, decision.outcome)] += 1
@@ -382,10 +381,9 @@ class SchedulingCore:
         slot = self.gpus.slots.get(gpu)
         return slot.backlog_s if slot is not None else 0.0
 
-    def _recently_used(self) -> frozenset[int]:
+    def _recently_used(self) -> RecentlyUsed:
         """GPUs whose reported utilization may still be the core's own work (see strategies.rejection)."""
-        horizon = self.now - OWN_LOAD_WINDOW_S
-        return frozenset(g for g, slot in self.gpus.slots.items() if slot.assigned or slot.last_busy > horizon)
+        return RecentlyUsed(self.gpus.slots, self.now - OWN_LOAD_WINDOW_S)
 
     def _assign(self, task: TaskRecord, decision: Decision, out: Out) -> None:
         self._unhold(task)
@@ -464,6 +462,7 @@ class SchedulingCore:
                 self.queue.charge(task.user, task.request.priority, weight, task.gpu_seconds - task.served_cost)
         self.counters[_COUNTER[status]] += 1
         if self.recent_size:  # 0: keep no explanations (the replay simulator)
+            task.compact()
             self.recent[task.key] = task
             while len(self.recent) > self.recent_size:
                 self.recent.popitem(last=False)
@@ -490,12 +489,16 @@ class SchedulingCore:
             self.admission.pop(user, None)
 
     def _dispatch(self, out: Out) -> None:
-        """Place held tasks in priority and fair-share order while GPUs have room."""
+        """Place held tasks in priority and fair-share order while GPUs have room.
+
+        The queue keeps one heap per wait shape and user: once a task of a shape must wait, no other task of
+        that shape is looked at in this pass (placements only take capacity), so a pass costs the shapes held
+        and the tasks placed, not the number queued."""
         self.wants_dispatch = False
         if not self.queue:
             return
         skipped = []
-        must_wait: set[tuple] = set()  # request shapes that had to wait in this pass
+        must_wait: set[Hashable] = set()  # request shapes that had to wait in this pass
         may_start: dict[str, bool] = {}  # per user, until a placement of theirs in this pass
         kept: dict[int, int] = {}  # GPU -> the (highest) priority of a task in this pass that waits for it to drain
 
@@ -505,16 +508,13 @@ class SchedulingCore:
                 known = may_start[user] = self.book.can_start(user)
             return known
 
-        for entry in self.queue.in_order(can_start):
+        def shape_open(shape: Hashable) -> bool:
+            return shape not in must_wait
+
+        for entry in self.queue.in_order(can_start, shape_open):
             task = self.tasks.get(entry.key)
             if task is None or self._queue_seq.get(entry.key) != entry.seq or not task.ready:
                 continue  # stale: finished, cancelled, placed or taken back since it was queued
-            shape = self.held.get(entry.key) or _wait_shape(task)
-            if shape in must_wait:  # placements only take capacity: the same request must wait again
-                skipped.append(entry)
-                if len(skipped) >= BACKFILL_SCAN or len(must_wait) >= len(self.held_shapes):
-                    break  # (or every shape still held must wait: nothing further down can start)
-                continue
             decision = self._decide(task, kept)
             if decision.placed:
                 self.queue.served(entry)
@@ -528,19 +528,14 @@ class SchedulingCore:
                 for g in decision.waits_for:  # the pass goes best priority first: the first to wait keeps it
                     kept.setdefault(g, task.request.priority)
                 skipped.append(entry)
-                must_wait.add(shape)
-                if (
-                    len(skipped) >= BACKFILL_SCAN
-                    or len(must_wait) >= len(self.held_shapes)
-                    or not self._has_free_slot()
-                ):
+                must_wait.add(entry.bucket)
+                if len(skipped) >= BACKFILL_SCAN or not self._has_free_slot():
                     break  # every GPU is full: nothing further down the queue can start either
         for entry in skipped:
             self.queue.requeue(entry)
 
     def _has_free_slot(self) -> bool:
-        limit = capacity(self.policy)
-        return any(g.active_requests < limit and g.status == "active" for g in self.gpus.snapshot())
+        return bool(self.gpus.index().free_slot)
 
     # -- GPUs -----------------------------------------------------------------------------------------
     def _gpu_joined(self, e: ev.GpuJoined, out: Out) -> None:
@@ -688,9 +683,21 @@ class SchedulingCore:
         self.queue = FairQueue(self.queue.fair_share)
         self.deadlines.clear()
         self.held.clear()
-        self.held_shapes.clear()
         self.held_memory.clear()
         return out
+
+
+class RecentlyUsed:
+    """GPUs the core has work on, or had until ``horizon``: asked one GPU at a time (no set of the pool built)."""
+
+    __slots__ = ("horizon", "slots")
+
+    def __init__(self, slots: Mapping[int, GpuSlot], horizon: float) -> None:
+        self.slots, self.horizon = slots, horizon
+
+    def __contains__(self, gpu: object) -> bool:
+        slot = self.slots.get(gpu)  # type: ignore[call-overload]
+        return slot is not None and (bool(slot.assigned) or slot.last_busy > self.horizon)
 
 
 _COUNTER = {

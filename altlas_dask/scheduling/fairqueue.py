@@ -10,13 +10,19 @@ clock, so a flood at one priority never pushes a newcomer at another level
 back. When a task ends, :meth:`charge` corrects its user's finish by the
 measured minus the estimated cost (usage is charged, as Kueue does). With fair
 share off, each priority is plain FIFO.
+
+Entries wait in one heap per (bucket, user): the core's bucket is a task's wait
+shape (what decides whether it can be placed at all: memory, strategy, GPU,
+...). A dispatch pass that finds a bucket's head must wait closes the bucket,
+and the rest of that bucket is not touched: a pass costs the buckets and users
+held plus the tasks placed, never the number queued (issue 24).
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 
 
@@ -29,17 +35,18 @@ class Entry:
     cost: float = 1.0
     weight: float = 1.0
     start: float = 0.0  # the virtual start it was yielded with
+    bucket: Hashable = None
 
     def __lt__(self, other: Entry) -> bool:  # within one user: priority, then arrival
         return (-self.priority, self.seq) < (-other.priority, other.seq)
 
 
 class FairQueue:
-    """Per-user heaps merged by (priority, virtual start, arrival)."""
+    """Per-(bucket, user) heaps merged by (priority, virtual start, arrival)."""
 
     def __init__(self, fair_share: bool = True) -> None:
         self.fair_share = fair_share
-        self.by_user: dict[str, list[Entry]] = {}
+        self.heaps: dict[tuple[Hashable, str], list[Entry]] = {}
         self.virtual: dict[int, float] = {}
         self.finish: dict[tuple[str, int], float] = {}
         self._seq = itertools.count()
@@ -48,14 +55,16 @@ class FairQueue:
     def __len__(self) -> int:
         return self._size
 
-    def push(self, key: str, user: str, priority: int, weight: float = 1.0, cost: float = 1.0) -> Entry:
-        entry = Entry(key, user, priority, next(self._seq), max(cost, 1e-9), weight)
+    def push(
+        self, key: str, user: str, priority: int, weight: float = 1.0, cost: float = 1.0, bucket: Hashable = None
+    ) -> Entry:
+        entry = Entry(key, user, priority, next(self._seq), max(cost, 1e-9), weight, bucket=bucket)
         self.requeue(entry)
         return entry
 
     def requeue(self, entry: Entry) -> None:
         """Put back an entry taken by :meth:`in_order` but not served (it keeps its arrival order)."""
-        heapq.heappush(self.by_user.setdefault(entry.user, []), entry)
+        heapq.heappush(self.heaps.setdefault((entry.bucket, entry.user), []), entry)
         self._size += 1
 
     def _start(self, entry: Entry) -> float:
@@ -76,34 +85,51 @@ class FairQueue:
         if self.fair_share and (user, priority) in self.finish:
             self.finish[(user, priority)] += correction / weight
 
-    def in_order(self, user_may_start: Callable[[str], bool]) -> Iterator[Entry]:
-        """Take entries best-first, skipping users for whom ``user_may_start`` is false.
+    def in_order(
+        self, user_may_start: Callable[[str], bool], bucket_open: Callable[[Hashable], bool] = lambda bucket: True
+    ) -> Iterator[Entry]:
+        """Take entries best-first, skipping users for whom ``user_may_start`` is false and buckets for which
+        ``bucket_open`` is false (both are asked again before a heap's next entry).
 
-        Each yielded entry is removed; hand back the ones not served with :meth:`requeue`
-        after the loop. ``user_may_start`` is asked again before a user's next entry.
+        Each yielded entry is removed; hand back the ones not served with :meth:`requeue` after the loop.
+        A head's start is computed when it joins the merge; serving an entry only moves starts later, so a
+        head found stale when it comes out is put back with its new start (lazily, as the old per-user merge
+        recomputed it eagerly).
         """
-        heads = [self._head(user, q[0]) for user, q in self.by_user.items() if q and user_may_start(user)]
+        heads = [
+            self._head(hk, q[0]) for hk, q in self.heaps.items() if q and user_may_start(hk[1]) and bucket_open(hk[0])
+        ]
         heapq.heapify(heads)
         while heads:
-            *_, user = heapq.heappop(heads)
-            queue = self.by_user[user]
+            head = heapq.heappop(heads)
+            hk = head[-1]
+            queue = self.heaps.get(hk)
+            if not queue or not bucket_open(hk[0]) or not user_may_start(hk[1]):
+                continue
+            fresh = self._head(hk, queue[0])
+            if fresh[:3] != head[:3]:
+                heapq.heappush(heads, fresh)
+                continue
             entry = heapq.heappop(queue)
-            entry.start = self._start(entry)
+            entry.start = fresh[1]
             self._size -= 1
             if not queue:
-                del self.by_user[user]
+                del self.heaps[hk]
             yield entry
-            queue = self.by_user.get(user)
-            if queue and user_may_start(user):
-                heapq.heappush(heads, self._head(user, queue[0]))
+            queue = self.heaps.get(hk)
+            if queue and bucket_open(hk[0]) and user_may_start(hk[1]):
+                heapq.heappush(heads, self._head(hk, queue[0]))
 
-    def _head(self, user: str, entry: Entry) -> tuple[int, float, int, str]:
-        return (-entry.priority, self._start(entry), entry.seq, user)
+    def _head(self, hk: tuple[Hashable, str], entry: Entry) -> tuple[int, float, int, tuple[Hashable, str]]:
+        return (-entry.priority, self._start(entry), entry.seq, hk)
 
     def order(self) -> list[str]:
         """Every queued key in the order the queue would serve them if each could be placed (positions)."""
         virtual, finish = dict(self.virtual), dict(self.finish)
-        queues = {user: sorted(q) for user, q in self.by_user.items()}
+        by_user: dict[str, list[Entry]] = {}
+        for (_, user), q in self.heaps.items():
+            by_user.setdefault(user, []).extend(q)
+        queues = {user: sorted(q) for user, q in by_user.items()}
 
         def head(user: str, i: int) -> tuple[int, float, int, str, int]:
             e = queues[user][i]

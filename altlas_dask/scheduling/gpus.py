@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from altlas_dask.config import Health
 from altlas_dask.gpus.state import GpuState
+from altlas_dask.scheduling.gpuindex import GpuIndex
 from altlas_dask.scheduling.health import HealthWindow
 from altlas_dask.scheduling.sharing import ShareClock
 from altlas_dask.scheduling.strategies import matches
@@ -93,7 +94,7 @@ class GpuSlot:
 class GpuBook:
     """Connected GPUs by id and worker, with identities and drains that survive a worker's restart."""
 
-    def __init__(self, health: Health, max_temperature: float) -> None:
+    def __init__(self, health: Health, max_temperature: float, capacity: int = 1) -> None:
         self.health_policy = health
         self.max_temperature = max_temperature
         self.slots: dict[int, GpuSlot] = {}
@@ -105,6 +106,27 @@ class GpuBook:
         self._snapshot: tuple[GpuState, ...] | None = None
         self._order: dict[int, int] = {}  # GPU id -> its position in the snapshot
         self._stale: set[int] = set()  # GPUs whose view in the snapshot is out of date
+        self._taken: set[int] = set()  # every id given (the values of ``ids``)
+        self._index = GpuIndex(capacity, max_temperature)
+        self._index_stale: set[int] = set()  # GPUs whose place in the index is out of date
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def index(self) -> GpuIndex:
+        """The GPUs by class and tasks in flight (gpuindex.py), up to date."""
+        if self._index_stale:
+            for g in self._index_stale:
+                slot = self.slots.get(g)
+                if slot is None:
+                    self._index.remove(g)
+                else:
+                    self._index.update(slot.view(self.max_temperature))
+            self._index_stale.clear()
+        return self._index
+
+    def view(self, gpu: int) -> GpuState:
+        return self.slots[gpu].view(self.max_temperature)
 
     def __contains__(self, gpu: int) -> bool:
         return gpu in self.slots
@@ -127,15 +149,17 @@ class GpuBook:
         self.by_worker[worker] = gpu_id
         self.seen[gpu_id] = state.with_(id=gpu_id)
         self.changed()
+        self._index_stale.add(gpu_id)
         return slot
 
     def _id_for(self, state: GpuState) -> int:
         uuid = state.uuid or f"index-{state.id}"
         if uuid in self.ids:
             return self.ids[uuid]
-        taken = set(self.ids.values())
+        taken = self._taken
         gpu_id = state.id if state.id not in taken else max(taken) + 1
         self.ids[uuid] = gpu_id
+        taken.add(gpu_id)
         return gpu_id
 
     def ever_matched(self, ref: int | str) -> bool:
@@ -150,6 +174,7 @@ class GpuBook:
         if gpu_id is None or self.slots[gpu_id].worker != worker:
             return None
         self.changed()
+        self._index_stale.add(gpu_id)
         return self.slots.pop(gpu_id)
 
     def slot_of(self, worker: str | None) -> GpuSlot | None:
@@ -169,6 +194,7 @@ class GpuBook:
         """``slot``'s view is stale (only it is rebuilt); with no slot, the set of GPUs changed."""
         if slot is not None:
             slot.changed()
+            self._index_stale.add(slot.gpu_id)
             if self._snapshot is not None and self._order.get(slot.gpu_id) is not None:
                 self._stale.add(slot.gpu_id)
                 return

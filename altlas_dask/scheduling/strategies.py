@@ -14,12 +14,13 @@ import fnmatch
 import functools
 import importlib
 import random
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from altlas_dask.config import RoutingPolicy, meets_compute_capability
 from altlas_dask.gpus.state import GpuState, health_score
+from altlas_dask.scheduling.estimates import OwnRates, Scaled
 
 #: placed; wait (no GPU can take it now); unhealthy (every GPU that could take it is critical);
 #: impossible (no GPU ever can).
@@ -56,7 +57,7 @@ class RoutingContext:
     last_gpu: int | None = None  # round_robin's cursor: the GPU it chose last
     rng: random.Random | None = None  # random's source (seed it for repeatable runs)
     performance: Mapping[int, float] = field(default_factory=dict)  # observed, 0..1, by GPU id
-    recently_used: frozenset[int] = frozenset()  # GPUs whose utilization is (partly) the router's own work
+    recently_used: Container[int] = frozenset()  # GPUs whose utilization is (partly) the router's own work
     registry: Mapping[str, Strategy] | None = None  # strategies by name (default: the built-in ones)
     expected: Mapping[int, float] = field(default_factory=dict)  # this task type's learned seconds alone, by GPU
     backlog: Callable[[int], float] | None = None  # GPU id -> expected seconds of the work placed there, unfinished
@@ -268,6 +269,16 @@ STRATEGIES: dict[str, StrategyFn] = {
     "hybrid": hybrid,
 }
 
+#: What each built-in strategy needs to see of a large pool (see :class:`Strategy`).
+CANDIDATES = {
+    "round_robin": "after",
+    "least_loaded": "emptiest",
+    "memory_optimized": "fullest",
+    "task_specific": "mapped",
+    "random": "sample",
+    "hybrid": "emptiest",
+}
+
 
 #: How many of the tasks that only fit the larger GPUs a placement there is charged for, per share of
 #: recent submissions that are such tasks (plus one per such task waiting now).
@@ -295,7 +306,7 @@ def late_binding(
     Queue = ``backlog`` (expected seconds of the work placed there); short = at most ``LATE_BINDING_SHARE`` of
     the task's learned seconds there. A GPU it has not run yet counts as short (it must be tried to be learned).
     """
-    if not c.permanent:
+    if c.fitting == c.size:
         return list(c.eligible), ""
     short, long = [], []
     for g in c.eligible:
@@ -346,12 +357,14 @@ class EarliestFinish:
     ``policy.data_locality`` false ignores where the inputs are.
     """
 
+    candidates = "emptiest"
+
     def scope(self, gpus: Sequence[GpuState], request: TaskRequest) -> Sequence[GpuState]:
         return gpus
 
     def pick(self, c: Candidates, request: TaskRequest, ctx: RoutingContext) -> Pick | str | Wait:
         expected = ctx.expected
-        fastest = min(expected.values()) if expected else 1.0
+        fastest = fastest_of(expected)
         backlog = ctx.backlog or _no_backlog
         reserved = reserved_weight(c.gpus, request, ctx)
         inputs = ctx.inputs if ctx.policy.data_locality else {}
@@ -367,7 +380,7 @@ class EarliestFinish:
         ready, queued = late_binding(c, expected, backlog)
         if not ready:
             return Wait(
-                f"late binding: it fits {len(c.gpus) - len(c.permanent)} of the {len(c.gpus)} GPUs and each of them"
+                f"late binding: it fits {c.fitting} of the {c.size} GPUs and each of them"
                 f" that has room has a long queue ({queued}); it waits on the scheduler for the first to drain",
                 frozenset(g.id for g in c.eligible),
             )
@@ -400,6 +413,14 @@ class EarliestFinish:
         if skipped:
             why += f"; kept GPU {', '.join(map(str, skipped))} for larger tasks"
         return chosen, why + ")" + locality_note(chosen.id, unmoved, fetch), scores
+
+
+def fastest_of(expected: Mapping[int, float]) -> float:
+    """The fewest learned seconds in ``expected`` (1 when nothing is learned); O(1) on the core's own table."""
+    if isinstance(expected, OwnRates | Scaled):
+        fastest = expected.fastest()
+        return 1.0 if fastest is None else fastest
+    return min(expected.values()) if expected else 1.0
 
 
 def _no_backlog(gpu: int) -> float:
@@ -437,6 +458,16 @@ class Candidates:
     eligible: Sequence[GpuState]
     rejected: Mapping[int, str]
     permanent: frozenset[int]  # rejected for good (too small, too old, already failed this task)
+    pool_size: int | None = None  # GPUs in the pool, when ``gpus`` is a sample of it (None: all of them)
+    fit_count: int | None = None  # GPUs of the pool that can ever take the task, when ``gpus`` is a sample
+
+    @property
+    def size(self) -> int:
+        return len(self.gpus) if self.pool_size is None else self.pool_size
+
+    @property
+    def fitting(self) -> int:
+        return len(self.gpus) - len(self.permanent) if self.fit_count is None else self.fit_count
 
 
 class Strategy(Protocol):
@@ -445,6 +476,14 @@ class Strategy(Protocol):
 
     Custom strategies implement this and are named in ``gpu.multi_gpu.custom_strategies``
     (``{name: "package.module:Class"}``); the class is called with no arguments.
+
+    ``candidates`` (optional, default ``"all"``) declares which GPUs of a large pool (over
+    ``FULL_SCAN_AT_MOST``) the strategy needs to see; anything but ``"all"`` lets the core hand it a bounded
+    set from its index (altlas_dask/scheduling/gpuindex.py) instead of every GPU: ``"emptiest"`` (fewest
+    tasks in flight first, each model in turn), ``"mapped"`` (the same, plus the GPUs its task type maps
+    to), ``"fullest"`` (most in flight first), ``"after"`` (open GPUs in id order after the last chosen),
+    ``"sample"`` (open GPUs drawn at random), ``"first"`` (lowest ids, open or not). Pools up to
+    ``FULL_SCAN_AT_MOST`` GPUs are always looked at whole.
     """
 
     def scope(self, gpus: Sequence[GpuState], request: TaskRequest) -> Sequence[GpuState]: ...
@@ -455,8 +494,9 @@ class Strategy(Protocol):
 class EligibleStrategy:
     """A strategy that chooses among the eligible GPUs of the whole pool with a function."""
 
-    def __init__(self, fn: StrategyFn) -> None:
+    def __init__(self, fn: StrategyFn, candidates: str = "all") -> None:
         self.fn = fn
+        self.candidates = candidates
 
     def scope(self, gpus: Sequence[GpuState], request: TaskRequest) -> Sequence[GpuState]:
         return gpus
@@ -469,7 +509,7 @@ class SingleGpu(EligibleStrategy):
     """Seed 003's default: everything on the first usable GPU; the next one only if it has failed."""
 
     def __init__(self) -> None:
-        super().__init__(round_robin)
+        super().__init__(round_robin, "first")
 
     def pick(self, c: Candidates, request: TaskRequest, ctx: RoutingContext) -> Pick | str:
         usable = sorted((g for g in c.gpus if g.id not in c.permanent and g.status != "error"), key=lambda g: g.id)
@@ -485,7 +525,7 @@ class SpecificGpu(EligibleStrategy):
     """``gpu_options.specific_gpu_id``: that GPU and no other."""
 
     def __init__(self) -> None:
-        super().__init__(round_robin)
+        super().__init__(round_robin, "emptiest")
 
     def scope(self, gpus: Sequence[GpuState], request: TaskRequest) -> Sequence[GpuState]:
         return [g for g in gpus if matches(g, request.gpu)]
@@ -512,7 +552,7 @@ def load_strategy(path: str) -> Strategy:
 
 def build_registry(custom: Mapping[str, str] | None = None) -> dict[str, Strategy]:
     """Every strategy by name: the built-in ones, ``single_gpu``, ``specific_gpu`` and the config's own."""
-    registry: dict[str, Strategy] = {name: EligibleStrategy(fn) for name, fn in STRATEGIES.items()}
+    registry: dict[str, Strategy] = {name: EligibleStrategy(fn, CANDIDATES[name]) for name, fn in STRATEGIES.items()}
     registry["single_gpu"] = SingleGpu()
     registry["earliest_finish"] = EarliestFinish()
     registry["specific_gpu"] = SpecificGpu()
@@ -525,7 +565,23 @@ def build_registry(custom: Mapping[str, str] | None = None) -> dict[str, Strateg
 
 
 def choose(gpus: Sequence[GpuState], request: TaskRequest, ctx: RoutingContext) -> Decision:
-    """Pick a GPU for ``request`` with its strategy (or the policy's default)."""
+    """Pick a GPU for ``request`` with its strategy (or the policy's default), looking at every GPU."""
+    resolved = resolve(request, ctx)
+    if isinstance(resolved, Decision):
+        return resolved
+    name, strategy = resolved
+    scoped = strategy.scope(gpus, request)
+    if request.gpu is not None and not scoped:
+        known = ", ".join(str(g.id) for g in sorted(gpus, key=lambda g: g.id)) or "none"
+        return Decision(name, "wait", None, f"GPU {request.gpu} is not connected (connected: {known})")
+    eligible, rejected, permanent = evaluate(scoped, request, ctx)
+    if not eligible and name != "single_gpu":
+        return _no_gpu(name, scoped, rejected, permanent)
+    return finish(name, strategy, Candidates(scoped, eligible, rejected, frozenset(permanent)), request, ctx)
+
+
+def resolve(request: TaskRequest, ctx: RoutingContext) -> tuple[str, Strategy] | Decision:
+    """The strategy that decides for ``request`` (its own, the policy's default, or specific_gpu), or why none may."""
     policy = ctx.policy
     registry = ctx.registry if ctx.registry is not None else _builtin()
     name = request.strategy or policy.default_strategy
@@ -539,15 +595,18 @@ def choose(gpus: Sequence[GpuState], request: TaskRequest, ctx: RoutingContext) 
         )
     if request.gpu is not None:
         name = "specific_gpu"
-    strategy = registry[name]
-    scoped = strategy.scope(gpus, request)
-    if request.gpu is not None and not scoped:
-        known = ", ".join(str(g.id) for g in sorted(gpus, key=lambda g: g.id)) or "none"
-        return Decision(name, "wait", None, f"GPU {request.gpu} is not connected (connected: {known})")
+    return name, registry[name]
+
+
+def evaluate(
+    gpus: Iterable[GpuState], request: TaskRequest, ctx: RoutingContext
+) -> tuple[list[GpuState], dict[int, str], set[int]]:
+    """Which of ``gpus`` can take ``request`` now; why the others cannot, and which of those never can."""
+    policy = ctx.policy
     rejected: dict[int, str] = {}
     permanent: set[int] = set()
     eligible: list[GpuState] = []
-    for g in scoped:
+    for g in gpus:
         why = rejection(g, request, policy, own_load=g.active_requests > 0 or g.id in ctx.recently_used)
         if why is None and ctx.kept.get(g.id, request.priority) > request.priority:
             why = f"kept for a priority-{ctx.kept[g.id]} task waiting for it to drain", False
@@ -557,17 +616,20 @@ def choose(gpus: Sequence[GpuState], request: TaskRequest, ctx: RoutingContext) 
             rejected[g.id] = why[0]
             if why[1]:
                 permanent.add(g.id)
-    if not eligible and name != "single_gpu":
-        return _no_gpu(name, scoped, rejected, permanent)
-    picked = strategy.pick(Candidates(scoped, eligible, rejected, frozenset(permanent)), request, ctx)
+    return eligible, rejected, permanent
+
+
+def finish(name: str, strategy: Strategy, c: Candidates, request: TaskRequest, ctx: RoutingContext) -> Decision:
+    """The strategy's pick among the candidates, as a decision."""
+    picked = strategy.pick(c, request, ctx)
     if isinstance(picked, str | Wait):
-        if not eligible:
-            return _no_gpu(name, scoped, rejected, permanent)
+        if not c.eligible:
+            return _no_gpu(name, c.gpus, c.rejected, c.permanent)
         if isinstance(picked, Wait):
-            return Decision(name, "wait", None, picked.reason, rejected=rejected, waits_for=picked.gpus)
-        return Decision(name, "wait", None, picked, rejected=rejected)
+            return Decision(name, "wait", None, picked.reason, rejected=c.rejected, waits_for=picked.gpus)
+        return Decision(name, "wait", None, picked, rejected=c.rejected)
     chosen, reason, scores = picked
-    return Decision(name, "placed", chosen.id, reason, scores, rejected)
+    return Decision(name, "placed", chosen.id, reason, scores, c.rejected)
 
 
 @functools.cache

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from altlas_dask.scheduling.lifecycle import TaskStatus, allowed
 from altlas_dask.scheduling.strategies import Decision, TaskRequest
+
+NO_INPUTS: Mapping[str, int] = MappingProxyType({})
+NO_SCORES: Mapping[int, float] = MappingProxyType({})
+NO_REJECTIONS: Mapping[int, str] = MappingProxyType({})
 
 
 class IllegalTransition(AssertionError):
@@ -32,7 +37,7 @@ class TaskRecord:
     started_at: float | None = None
     finished_at: float | None = None
     gpu_seconds: float = 0.0
-    attempts: list[dict[str, Any]] = field(default_factory=list)
+    attempts: list[dict[str, Any]] | Sequence[dict[str, Any]] = field(default_factory=list)
     cancelled_by: str | None = None
     sharing: int = 1  # tasks on its GPU, itself included, when placed (they time-share the device)
     rank: tuple[int, int] = (0, 0)  # (-priority, placement number): its place in its worker's queue
@@ -56,6 +61,16 @@ class TaskRecord:
         if not allowed(self.status, status):
             raise IllegalTransition(f"task {self.key}: {self.status} -> {status} is not an allowed transition")
         self.status = status
+
+    def compact(self) -> None:
+        """Shed what a final record does not need (issue 24: at most 1 KB per record kept): the per-GPU scores
+        (the reason states the chosen GPU's; the rejections stay), empty containers (shared ones instead)."""
+        d = self.decision
+        if d is not None and (d.scores or not d.rejected):
+            self.decision = Decision(d.strategy, d.outcome, d.gpu, d.reason, NO_SCORES, d.rejected or NO_REJECTIONS)
+        self.inputs = NO_INPUTS
+        if not self.attempts:
+            self.attempts = ()
 
     def where(self) -> str:
         """Where the task is, in words (timeouts and explanations say it)."""

@@ -1,0 +1,174 @@
+"""Issue 24: a decision's work, a dispatch pass's work and the core's memory per task do not grow with the pool
+or the backlog. Counted (GPUs a decision checks, queue entries a pass takes) and measured with tracemalloc,
+never timed."""
+
+from __future__ import annotations
+
+import tracemalloc
+from collections import Counter, deque
+
+import pytest
+
+from altlas_dask.scheduling import events as ev
+from altlas_dask.scheduling import strategies
+from altlas_dask.scheduling.actions import Place
+from altlas_dask.scheduling.candidates import FULL_SCAN_AT_MOST, LOOK_AT
+from altlas_dask.scheduling.fairqueue import FairQueue
+from tests.core_helpers import gpu, make_core
+
+NOW = 1_000.0
+SIZES = (512, 4096, 20480)  # 20 GB fits only the 80 GB model under memory_threshold
+
+
+class Counted:
+    """A core on ``n`` GPUs (half 80 GB, half 16 GB), every slot taken, ``backlog`` tasks queued; counts, per
+    decision, the GPUs checked (calls of strategies.rejection), and per dispatch pass, the queue entries taken."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, n: int, backlog: int, **config) -> None:
+        self.core = make_core(config)
+        self.running: deque[str] = deque()
+        self.checked = 0
+        self.taken = 0
+        real_rejection, real_in_order = strategies.rejection, FairQueue.in_order
+
+        def rejection(*args, **kwargs):
+            self.checked += 1
+            return real_rejection(*args, **kwargs)
+
+        def in_order(queue, *args, **kwargs):
+            for entry in real_in_order(queue, *args, **kwargs):
+                self.taken += 1
+                yield entry
+
+        monkeypatch.setattr(strategies, "rejection", rejection)
+        monkeypatch.setattr(FairQueue, "in_order", in_order)
+        for i in range(n):
+            self.core.handle(ev.GpuJoined(f"tcp://gpu-{i}", gpu(i, memory_mb=81920 if i % 2 else 16384), NOW))
+        self.submitted = 0
+        while len(self.core.queue) < backlog:
+            self.submit()
+
+    def submit(self) -> None:
+        i = self.submitted
+        self.submitted += 1
+        options = {"user": f"u{i % 8}", "priority": 1 + i % 3, "memory_mb": SIZES[i % 3]}
+        self.feed(ev.Submitted(f"t{i}", options, NOW))
+
+    def feed(self, event) -> list:
+        actions = self.core.handle(event)
+        for a in actions:
+            if isinstance(a, Place):
+                self.running.append(a.key)
+                self.core.handle(ev.Started(a.key, NOW))
+        return actions
+
+    def steady(self, rounds: int) -> tuple[list[int], list[tuple[int, int]]]:
+        """Per decision: GPUs checked; per pass: (entries taken, tasks placed). The backlog is kept level."""
+        per_decision, per_pass = [], []
+        real_decide = self.core._decide
+
+        def decide(task, kept=None):
+            before = self.checked
+            decision = real_decide(task, kept)
+            per_decision.append(self.checked - before)
+            return decision
+
+        self.core._decide = decide
+        backlog = len(self.core.queue)
+        for _ in range(rounds):
+            key = self.running.popleft()
+            task = self.core.tasks[key]
+            self.feed(ev.Finished(key, NOW, f"tcp://gpu-{task.gpu}", 0.5))
+            self.taken = 0
+            placed = sum(isinstance(a, Place) for a in self.feed(ev.Tick(NOW)))
+            per_pass.append((self.taken, placed))
+            while len(self.core.queue) < backlog:
+                self.submit()
+        return per_decision, per_pass
+
+
+@pytest.mark.parametrize("backlog", [200, 5_000])
+def test_a_decision_checks_a_bounded_number_of_gpus_whatever_the_pool_and_backlog(monkeypatch, backlog):
+    worst = {}
+    for n in (256, 1024, 4096):
+        per_decision, per_pass = Counted(monkeypatch, n, backlog).steady(60)
+        assert per_decision, "no decision was made"
+        worst[n] = max(per_decision)
+        # a pass takes at most one entry per wait shape that must wait (3 sizes here) beyond those it places
+        assert all(taken <= placed + len(SIZES) for taken, placed in per_pass), per_pass
+    assert all(w <= LOOK_AT for w in worst.values()), worst
+    # a full scan checks every GPU: 256 GPUs would have cost 256 checks per decision
+    assert worst[4096] <= worst[256], worst
+
+
+def test_a_small_pool_is_still_looked_at_whole(monkeypatch):
+    per_decision, _ = Counted(monkeypatch, FULL_SCAN_AT_MOST, 100).steady(20)
+    assert max(per_decision) == FULL_SCAN_AT_MOST
+
+
+def test_a_sampled_placement_says_so_and_picks_among_the_least_loaded(monkeypatch):
+    c = Counted(monkeypatch, 256, 0)
+    actions = c.feed(ev.Submitted("lone", {"memory_mb": 512}, NOW))
+    # every GPU is idle: the choice is among LOOK_AT of them
+    place = next(a for a in actions if isinstance(a, Place))
+    decision = c.core.tasks["lone"].decision
+    assert decision.gpu == place.gpu and len(decision.scores) == LOOK_AT
+    assert f"(sampled {LOOK_AT} of 256 GPUs with room, emptiest first)" in decision.reason
+
+
+def test_the_index_finds_the_only_gpus_a_large_task_fits_and_says_when_it_never_fits(monkeypatch):
+    c = Counted(monkeypatch, 256, 0)
+    c.feed(ev.Submitted("big", {"memory_mb": 60_000}, NOW))
+    assert c.core.gpus.slots[c.core.tasks["big"].gpu].base.memory_total_mb == 81920
+    actions = c.feed(ev.Submitted("huge", {"memory_mb": 100_000}, NOW))
+    assert any(type(a).__name__ == "Fail" for a in actions)
+    assert "no GPU can ever take this task" in c.core.recent["huge"].decision.reason
+
+
+def test_round_robin_on_a_large_pool_goes_in_turn(monkeypatch):
+    c = Counted(monkeypatch, 128, 0)
+    for key in ("a", "b", "c"):
+        c.feed(ev.Submitted(key, {"strategy": "round_robin"}, NOW))
+    assert [c.core.tasks[k].gpu for k in ("a", "b", "c")] == [0, 1, 2]
+
+
+def _bytes_per(n: int, build) -> float:
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        build()
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
+    return grown / n
+
+
+def test_a_queued_task_costs_at_most_2_kb_and_a_finished_record_1_kb(monkeypatch):
+    n = 5_000
+    c = Counted(monkeypatch, 256, 100)  # every slot taken: what is submitted now waits in the queue
+    keys = [f"q{i}" for i in range(n)]
+    options = [{"user": f"u{i % 8}", "priority": 1 + i % 3, "memory_mb": SIZES[i % 3]} for i in range(n)]
+    events = [ev.Submitted(k, o, NOW) for k, o in zip(keys, options, strict=True)]
+
+    def queue() -> None:
+        for e in events:
+            c.core.handle(e)
+
+    queued = _bytes_per(n, queue)
+    assert len(c.core.queue) >= n
+    assert queued <= 2048, f"{queued:.0f} bytes per queued task"
+
+    done = make_core({"accounting": {"recent_records": n}})
+    for i in range(256):
+        done.handle(ev.GpuJoined(f"tcp://gpu-{i}", gpu(i, memory_mb=81920 if i % 2 else 16384), NOW))
+    later = [ev.Submitted(f"d{i}", o, NOW) for i, o in enumerate(options)]
+
+    def finish() -> None:
+        for e in later:
+            place = next(a for a in done.handle(e) if isinstance(a, Place))
+            done.handle(ev.Finished(e.key, NOW, f"tcp://gpu-{place.gpu}", 0.5))
+
+    finished = _bytes_per(n, finish)
+    assert len(done.recent) == n and Counter(str(t.status) for t in done.recent.values()) == {"completed": n}
+    assert finished <= 1024, f"{finished:.0f} bytes per finished record"
