@@ -25,6 +25,7 @@ import pytest
 from conftest import cli_command, cli_env, wait_for
 
 from altlas_dask.api.auth import KeyStore
+from altlas_dask.kernels import run_on_gpu
 from altlas_dask.launcher import GpuCluster
 
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -304,7 +305,7 @@ def test_console_submit_tasks_reports_gpus(
     busy = submit_run(page, count=16, work_gflop=1500)
     go(page, "GPUs")
     wait_for(lambda: gpu_cards(page).count() == 4, what="a card per GPU")
-    wait_for(lambda: int(metric(page, "Running")) > 0, timeout=30, what="running tasks on the GPUs page")
+    wait_for(lambda: int(metric(page, "On a GPU")) > 0, timeout=30, what="tasks on a GPU on the GPUs page")
     page.get_by_role("heading", name="Last 5 min").wait_for()
     wait_for(  # the run shows in the cards (and the time series has samples of it)
         lambda: sum(busy_card(c) for c in gpu_cards(page).all_inner_texts()) >= 2,
@@ -507,3 +508,83 @@ def test_console_pages_come_back_by_themselves_after_a_scheduler_outage(
             for page in (gpus, tasks):
                 page.context.close()
             stop(proc)
+
+
+def metrics_shown(page: Any) -> dict[str, int]:
+    """Every metric on the main page: label -> its number."""
+    values = (
+        main(page)
+        .get_by_test_id("stMetric")
+        .evaluate_all(
+            """els => els.map(e => [e.querySelector('[data-testid="stMetricLabel"]').innerText,
+                               e.querySelector('[data-testid="stMetricValue"]').innerText])"""
+        )
+    )
+    return {label.strip(): int(value.replace(",", "")) for label, value in values}
+
+
+def test_tasks_page_totals_match_the_rest_api_while_2000_tasks_run(
+    page: Any, console_url: str, gpu_cluster: GpuCluster, console_home: Path, repo_config: Any
+) -> None:
+    """2,000 tasks of one user run; each time the Tasks page is read between two REST reads, its completed
+    count lies between theirs and its queued count too (both pages ask the router the same question), and
+    the page names the window its counts cover."""
+    import threading
+
+    import httpx
+    import uvicorn
+
+    from altlas_dask.api import ApiSettings, create_app
+    from altlas_dask.client import Client
+
+    keys = KeyStore(console_home / "altlas.sqlite")
+    user = "counter"
+    token = keys.create(user)[1]
+    app = create_app(gpu_cluster.scheduler_address, repo_config, ApiSettings(warm_up=False), keys=keys)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    rest = httpx.Client(
+        base_url=f"http://127.0.0.1:{sock.getsockname()[1]}/api/v1",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=60,
+    )
+    submitter = Client(gpu_cluster.scheduler_address, gpu_defaults={"user": user}, timeout=30, set_as_default=False)
+
+    def rest_counts() -> dict[str, int]:
+        return {
+            s: rest.get("/tasks", params={"status": s, "limit": 1}).json()["total"] for s in ("completed", "queued")
+        }
+
+    try:
+        wait_for(lambda: server.started, timeout=60, what="the REST API")
+        futures = submitter.map(run_on_gpu, [100.0] * 2000, pure=False)  # 2,000 tasks of 0.05-0.2 s alone
+        page.goto(console_url)
+        sign_in(page, token, user)
+        for _ in range(3):
+            before = rest_counts()
+            go(page, "GPUs")
+            go(page, "Tasks")
+            page.get_by_text("Counted: the tasks still live").wait_for()
+            shown = metrics_shown(page)
+            after = rest_counts()
+            assert before["completed"] <= shown.get("completed", 0) <= after["completed"], (before, shown, after)
+            queued = shown.get("queued", 0) + shown.get("retrying", 0)  # REST's "queued" holds both
+            assert before["queued"] >= queued >= after["queued"], (before, shown, after)
+        submitter.gather(futures)
+        window = repo_config.accounting.recent_records
+        page.get_by_text(f"the cluster's last {window:,} finished").wait_for()
+        final = rest_counts()
+        go(page, "GPUs")
+        go(page, "Tasks")
+        page.get_by_text("Counted: the tasks still live").wait_for()
+        assert metrics_shown(page).get("completed") == final["completed"] and 0 < final["completed"] <= window
+        no_errors(page)
+    finally:
+        submitter.close()
+        rest.close()
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()

@@ -103,7 +103,8 @@ class CoreView:
         limit: int = 100,
         offset: int = 0,
     ) -> dict[str, Any]:
-        """Live and recently finished tasks of ``user`` (None: all), with true counts per status."""
+        """Live tasks of ``user`` (None: all) and those among the cluster's last ``recent_size`` finished ones,
+        with true counts per status over that set."""
         if order not in ORDERS:
             raise ValueError(f"order must be one of {', '.join(ORDERS)} (got {order!r})")
         core = self._core
@@ -120,7 +121,13 @@ class CoreView:
             rows.sort(key=lambda r: (-r["priority"], r["submitted"]))
         else:
             rows.sort(key=lambda r: r["submitted"], reverse=True)
-        return {"tasks": rows[offset : offset + limit], "total": len(rows), "counts": dict(counts), "order": order}
+        return {
+            "tasks": rows[offset : offset + limit],
+            "total": len(rows),
+            "counts": dict(counts),
+            "order": order,
+            "finished_window": core.recent_size,  # finished tasks are counted among the cluster's last N
+        }
 
     def _positions(self) -> Positions:
         core = self._core

@@ -24,6 +24,11 @@ SERIES = {
     "Power W": "power",
 }
 PERCENT = {"utilization", "memory"}
+ON_GPU_HELP = "Tasks placed on a GPU: running there, or next in line on that GPU's worker."
+QUEUED_HELP = (
+    "Tasks waiting for a GPU on the scheduler (not placed yet), the same count as status 'queued' on the "
+    "Tasks page and in the REST API: waiting for a free GPU, for the user's limits, or to be retried."
+)
 
 
 def render() -> None:
@@ -76,11 +81,11 @@ def overview(client: Client, gpus: list[GpuState]) -> None:
     tracked, counters = status.get("tracked", {}), status.get("counters", {})
     cells = st.columns(6)
     cells[0].metric("Active GPUs", f"{sum(g.status == 'active' for g in gpus)} / {len(gpus)}")
-    cells[1].metric("Running", tracked.get("running", 0) + tracked.get("placed", 0))
-    cells[2].metric("Queued", tracked.get("queued", 0))
-    cells[3].metric("Placed (total)", counters.get("placed", 0))
-    cells[4].metric("Retried", counters.get("retried", 0))
-    cells[5].metric("Failed", counters.get("failed", 0))
+    cells[1].metric("On a GPU", tracked.get("running", 0) + tracked.get("placed", 0), help=ON_GPU_HELP)
+    cells[2].metric("Queued", tracked.get("queued", 0) + tracked.get("retrying", 0), help=QUEUED_HELP)
+    cells[3].metric("Placed since start", counters.get("placed", 0))
+    cells[4].metric("Retried since start", counters.get("retried", 0))
+    cells[5].metric("Failed since start", counters.get("failed", 0))
 
 
 def card(gpu: GpuState, samples: pd.DataFrame) -> None:
@@ -96,13 +101,35 @@ def card(gpu: GpuState, samples: pd.DataFrame) -> None:
         st.caption(
             f"{gpu.name} · CC {gpu.compute_capability} · {gpu.status}" + (" · simulated" if gpu.simulated else "")
         )
-        st.metric("Utilization", f"{gpu.utilization_gpu:.0f} %", chart_data=history["utilization"].tolist())
+        st.metric("Utilization", f"{gpu.utilization_gpu:.0f} %")
+        sparkline(history, "utilization", key=f"gpu-util-{gpu.id}")  # 0-100 %: a dip reads as its real size
         st.metric("Temperature", f"{gpu.temperature_c:.0f} °C", chart_data=history["temperature"].tolist())
         used, total = gpu.memory_used_mb / 1024, gpu.memory_total_mb / 1024
         st.progress(min(gpu.memory_used_ratio, 1.0), text=f"Memory {used:.1f} / {total:.0f} GB")
         power = gpu.power_usage_w / gpu.power_limit_w if gpu.power_limit_w else 0.0
         st.progress(min(power, 1.0), text=f"Power {gpu.power_usage_w:.0f} / {gpu.power_limit_w:.0f} W")
-        st.caption(f"{gpu.active_requests} running · {gpu.queued_requests} queued · {gpu.worker or 'no worker'}")
+        st.caption(
+            f"{gpu.active_requests} on this GPU, {gpu.queued_requests} of them waiting for a slot · "
+            f"{gpu.worker or 'no worker'}"
+        )
+
+
+def sparkline(history: pd.DataFrame, column: str, key: str) -> None:
+    """A percentage's recent samples on a fixed 0-100 axis (st.metric's own sparkline scales to the data)."""
+    if len(history) < 2:
+        return
+    data = history.assign(sample=range(len(history)))
+    line = (
+        alt.Chart(data)
+        .mark_area(line=True, opacity=0.3)
+        .encode(
+            x=alt.X("sample:Q", axis=None),
+            y=alt.Y(f"{column}:Q", axis=None, scale=alt.Scale(domain=[0, 100])),
+            tooltip=[alt.Tooltip(f"{column}:Q", format=".0f", title="%")],
+        )
+        .properties(height=40)
+    )
+    st.altair_chart(line, width="stretch", key=key)
 
 
 def chart(samples: pd.DataFrame, series: str, window_s: int) -> None:
@@ -113,7 +140,12 @@ def chart(samples: pd.DataFrame, series: str, window_s: int) -> None:
     recent = samples[samples["time"] >= now - window_s].sort_values("time")
     if recent.empty:
         return
+    covered = now - float(recent["time"].min())
     st.subheader(f"Last {window_s // 60} min")
+    if covered < window_s - 2 * REFRESH_S:  # the page keeps only what it sampled while open
+        st.caption(
+            f"Samples from the {covered / 60:.1f} min this page has been open (it samples every {REFRESH_S:g} s)."
+        )
     recent = recent.assign(
         seconds=(recent["time"] - now).round(1), segment=(recent["time"].diff() > 3 * REFRESH_S).cumsum()
     )

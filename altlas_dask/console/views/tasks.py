@@ -66,6 +66,12 @@ def _table(status: str | None, user: str | None, order: str, limit: int) -> None
     cells[0].metric("Tasks", sum(counts.values()))
     for cell, name in zip(cells[1:], sorted(counts, key=STATUSES.index), strict=False):
         cell.metric(name, counts[name])
+    window = answer.get("finished_window")
+    if window:
+        st.caption(
+            f"Counted: the tasks still live and those among the cluster's last {window:,} finished "
+            "(older ones: Reports). As work finishes, the oldest finished ones leave the count."
+        )
     if not rows:
         st.info("No tasks match these filters.")
         return
