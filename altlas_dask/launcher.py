@@ -135,6 +135,7 @@ def start_cluster(
     security = dask_security(config.security, "node")  # security.identity: tls -> mutual TLS on every comm
     if security is not None:
         common["security"] = security
+        common["preload_nanny"] = [NANNY_GATE]  # the workers' own gate comes with their GPU plugin
     with dask.config.set(_dask_settings(config)):
         if simulated:  # workers rebuild the pool detect_gpus saw (its size, not the filtered count)
             pool_size = simulate if simulate is not None else config.cluster.simulate
@@ -195,6 +196,9 @@ def _simulated_cluster(
 ) -> LocalCluster:
     return SimulatedGpuCluster(config, gpus, pool_size, **common)
 
+
+#: The nanny preload that refuses every non-node certificate (security.identity: tls).
+NANNY_GATE = "scheduler_plugins.gate"
 
 #: The UCX comms for Dask (distributed's own ``ucx`` comm was removed; ``distributed-ucxx`` provides it).
 UCX_PACKAGES = (

@@ -9,6 +9,7 @@ from typing import Any
 
 from scheduler_plugins import dask_internals as dx
 from scheduler_plugins.handler_policy import (
+    NANNY_RULES,
     SCHEDULER_RULES,
     USER_TOPICS,
     WORKER_RULES,
@@ -41,12 +42,18 @@ def install_scheduler_gate(
     dx.gate_comms(scheduler, open_connection)
 
 
-def install_worker_gate(worker: Any) -> None:
-    """Gate every comm a worker accepts: only the cluster's nodes talk to workers (users go via the scheduler)."""
-    dx.gate_comms(worker, lambda comm: _worker_connection(WORKER_RULES, of_comm(comm)))
+def install_worker_gate(worker: Any, rules: Rules = WORKER_RULES) -> None:
+    """Gate every comm a worker (or a nanny) accepts: only the cluster's nodes talk to them; users go through
+    the scheduler."""
+    dx.gate_comms(worker, lambda comm: _node_side_connection(rules, of_comm(comm)))
 
 
-def _worker_connection(rules: Rules, identity: Identity | None) -> Connection:
+def dask_setup(nanny: Any) -> None:
+    """``dask worker --preload-nanny scheduler_plugins.gate``: the nanny's gate (the launcher adds it in tls mode)."""
+    install_worker_gate(nanny, NANNY_RULES)
+
+
+def _node_side_connection(rules: Rules, identity: Identity | None) -> Connection:
     level = "node" if identity is not None and identity.kind == "node" else "user" if identity else None
     return Connection(rules, identity, level, {}, lambda _: None)
 

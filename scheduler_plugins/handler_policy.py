@@ -1,7 +1,7 @@
 """Default deny for the Dask protocol (``security.identity: tls``): which certificate may send which message.
 
-Every scheduler handler (RPC), scheduler stream handler, worker handler and worker stream handler of the
-installed distributed is classified here, each with a one-line reason:
+Every scheduler handler (RPC), scheduler stream handler, worker handler, worker stream handler and nanny handler
+of the installed distributed is classified here, each with a one-line reason:
 
 * ``user``: any verified user or service certificate (some with an argument check, :data:`CHECKED`);
 * ``admin``: a user certificate named in ``quotas.admins``, or a delegate service (``security.delegates``,
@@ -217,6 +217,24 @@ WORKER_STREAM: dict[str, tuple[Level, str]] = {
 }
 
 
+#: A nanny (``dask worker``'s default process manager): it starts, restarts and kills its worker.
+NANNY_RPC: dict[str, tuple[Level, str]] = {
+    "close_gracefully": (N, "its worker asks it to stop"),
+    "connection_stream": (N, "opens a raw stream"),
+    "dump_state": (N, "the nanny's state"),
+    "echo": (N, "liveness probe between nodes"),
+    "get_logs": (N, "the nanny's log"),
+    "identity": (N, "the nanny's state"),
+    "instantiate": (N, "starts a worker process"),
+    "kill": (N, "kills its worker (the scheduler's restart_workers, for admins)"),
+    "plugin_add": (N, "code in the nanny (admins ask the scheduler)"),
+    "plugin_remove": (N, "removes a nanny plugin"),
+    "restart": (N, "restarts its worker (the scheduler's restart_workers, for admins)"),
+    "run": (N, "any code in the nanny (admins ask the scheduler)"),
+    "terminate": (N, "stops the nanny and its worker"),
+}
+
+
 def level_admits(level: Level | None, required: Level) -> bool:
     return level is not None and LEVELS.index(level) >= LEVELS.index(required)
 
@@ -248,6 +266,7 @@ class Rules:
 
 SCHEDULER_RULES = Rules(SCHEDULER_RPC, SCHEDULER_STREAM)
 WORKER_RULES = Rules(WORKER_RPC, WORKER_STREAM)
+NANNY_RULES = Rules(NANNY_RPC, {})
 
 
 #: An argument check: (the connection, the message) -> a refusal, or None to admit.

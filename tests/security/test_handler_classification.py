@@ -1,5 +1,5 @@
 """Default deny needs a complete classification: every handler of the installed distributed's Scheduler and
-Worker (RPC and stream) is listed in scheduler_plugins/handler_policy.py with a level and a one-line reason.
+Worker and Nanny (RPC and stream) is listed in scheduler_plugins/handler_policy.py with a level and a one-line reason.
 A distributed upgrade that adds a handler fails here (until then the gate refuses it to everyone)."""
 
 from __future__ import annotations
@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from distributed import Scheduler, Worker
+from distributed import Nanny, Scheduler, Worker
 
 from scheduler_plugins.handler_policy import (
     LEVELS,
+    NANNY_RPC,
     SCHEDULER_RPC,
     SCHEDULER_RULES,
     SCHEDULER_STREAM,
@@ -49,7 +50,10 @@ def handler_names() -> dict[str, set[str]]:
     async def collect() -> dict[str, set[str]]:
         async with Scheduler(dashboard_address=":0") as scheduler:
             worker = Worker(scheduler.address, dashboard=False)  # its tables exist before it starts
+            nanny = Nanny(scheduler.address)
             return {
+                "nanny.handlers": set(nanny.handlers),
+                "nanny.stream_handlers": set(nanny.stream_handlers),
                 "scheduler.handlers": set(scheduler.handlers),
                 "scheduler.stream_handlers": set(scheduler.stream_handlers),
                 "worker.handlers": set(worker.handlers),
@@ -66,6 +70,8 @@ def handler_names() -> dict[str, set[str]]:
         ("scheduler.stream_handlers", SCHEDULER_STREAM),
         ("worker.handlers", WORKER_RPC),
         ("worker.stream_handlers", WORKER_STREAM),
+        ("nanny.handlers", NANNY_RPC),
+        ("nanny.stream_handlers", {}),
     ],
 )
 def test_every_handler_of_the_installed_distributed_is_classified(handler_names, which, table):
@@ -77,7 +83,7 @@ def test_every_handler_of_the_installed_distributed_is_classified(handler_names,
 
 
 def test_every_entry_has_a_level_and_a_one_line_reason():
-    for table in (SCHEDULER_RPC, SCHEDULER_STREAM, WORKER_RPC, WORKER_STREAM):
+    for table in (SCHEDULER_RPC, SCHEDULER_STREAM, WORKER_RPC, WORKER_STREAM, NANNY_RPC):
         for name, (level, reason) in table.items():
             assert level in LEVELS, name
             assert reason.strip() and "\n" not in reason, name
@@ -86,8 +92,8 @@ def test_every_entry_has_a_level_and_a_one_line_reason():
 def test_the_powerful_handlers_are_admin_or_node_only():
     for name in ADMIN_OR_NODE_ONLY:
         assert SCHEDULER_RPC[name][0] in ("admin", "node"), name
-    user_ops = {op for op, (level, _) in WORKER_RPC.items() if level != "node"}
-    assert user_ops == set(), "users reach workers only through the scheduler"
+    user_ops = {op for op, (level, _) in (WORKER_RPC | NANNY_RPC).items() if level != "node"}
+    assert user_ops == set(), "users reach workers and nannies only through the scheduler"
 
 
 def test_the_router_rpcs_do_not_shadow_dask_handlers():

@@ -269,6 +269,14 @@ def test_a_user_cannot_unregister_a_gpu_worker(alice):
     assert worker in alice.scheduler_info()["workers"]
 
 
+def test_a_nanny_answers_only_nodes(alice):
+    worker = alice.gpus()[0].worker
+    nanny = alice.scheduler_info()["workers"][worker]["nanny"]
+    with pytest.raises(PermissionError, match="'kill' needs a node certificate"):
+        alice.sync(alice.rpc(nanny).kill)
+    assert worker in alice.scheduler_info()["workers"]
+
+
 def test_a_user_cannot_unregister_the_router(alice, bob):
     with pytest.raises(PermissionError, match="'unregister_scheduler_plugin' needs an admin certificate"):
         alice.unregister_scheduler_plugin(PLUGIN_NAME)
