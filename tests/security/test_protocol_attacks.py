@@ -195,11 +195,16 @@ def test_get_data_from_a_worker_is_refused_to_users(alice, bob):
         alice.sync(alice.rpc(worker).get_data, keys=[done.key])
 
 
+def passed_on(result: dict) -> dict:
+    return result
+
+
 def test_scatter_onto_anothers_key_is_refused(alice, bob):
     slow = running(bob)
+    queued = bob.submit(passed_on, slow, pure=False)  # waits for slow: what alice's scatter would replace
     with pytest.raises(PermissionError, match="belong.* to another user's client"):
-        alice.scatter({slow.key: "forged"})
-    assert slow.result(timeout=60)["gpu"] in (0, 1)  # bob's own result, not alice's
+        alice.scatter({queued.key: "forged"})
+    assert queued.result(timeout=60) == slow.result(timeout=60)  # bob's own result, not alice's
 
 
 # -- delegates by kind and name; admins ---------------------------------------------------------------------
@@ -252,13 +257,16 @@ def test_a_handler_nobody_classified_is_refused(alice, ops):
 # -- the cluster's own handlers (these would take it down) ----------------------------------------------------
 
 
-def test_a_forged_worker_heartbeat_is_refused(alice):
+def test_a_forged_worker_heartbeat_is_refused(alice, ops):
     gpu = alice.gpus()[1]
-    critical = {**gpu.to_dict(), "health_status": "critical", "error_rate": 1.0}
+
+    async def metrics(dask_worker):
+        return await dask_worker.get_metrics()
+
+    real = ops.run(metrics, workers=[gpu.worker])[gpu.worker]  # a well-formed heartbeat, as the worker sends it
+    critical = {**real, METRIC_NAME: {**real[METRIC_NAME], "health_status": "critical", "error_rate": 1.0}}
     with pytest.raises(PermissionError, match="'heartbeat_worker' needs a node certificate"):
-        alice.sync(
-            alice.scheduler.heartbeat_worker, address=gpu.worker, now=time.time(), metrics={METRIC_NAME: critical}
-        )
+        alice.sync(alice.scheduler.heartbeat_worker, address=gpu.worker, now=time.time(), metrics=critical)
     assert alice.gpus()[1].health_status != "critical"
 
 
