@@ -202,6 +202,7 @@ def passed_on(result: dict) -> dict:
 def test_scatter_onto_anothers_key_is_refused(alice, bob):
     slow = running(bob)
     queued = bob.submit(passed_on, slow, pure=False)  # waits for slow: what alice's scatter would replace
+    wait_for(lambda: bob.explain_many([queued]), what="bob's queued task known to the scheduler")
     with pytest.raises(PermissionError, match="belong.* to another user's client"):
         alice.scatter({queued.key: "forged"})
     assert queued.result(timeout=60) == slow.result(timeout=60)  # bob's own result, not alice's
