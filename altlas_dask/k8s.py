@@ -5,7 +5,9 @@ builder, offline), then gets the router preload on its scheduler and ``dask cuda
 ``nvidia.com/gpu`` on its default worker group. Around it: a ``DaskAutoscaler``, the gateway and the
 console as Deployments with Services, the config as a ConfigMap, a volume for the scheduler's
 accounting database, the API-key database and TLS certificates from Secrets, and Prometheus scraping
-(a ``ServiceMonitor`` per target, and the same as a plain scrape config). Nothing here talks to a cluster.
+(a ``ServiceMonitor`` per target, and the same as a plain scrape config) with alerts.yml as a
+``PrometheusRule``. ``--tls`` uses the TLS Secret (Dask's ``--tls-*`` flags); ``--image-pull-secret`` adds
+``imagePullSecrets``. Nothing here talks to a cluster.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ DATA_DIR = "/var/lib/altlas"
 CERTS_DIR = "/certs"
 KEYS_DIR = "/secrets/api-keys"
 API_KEYS_SECRET = "altlas-api-keys"  # kubectl create secret generic altlas-api-keys --from-file=altlas.sqlite=...
-TLS_SECRET = "altlas-tls"  # issue 12 (mutual TLS): mounted when it exists (optional)
+TLS_SECRET = "altlas-tls"  # issue 12 (mutual TLS): required with --tls, else mounted when it exists
+# its files (altlas-dask certs init/issue, then kubectl create secret generic altlas-tls --from-file=DIR)
+TLS_FILES = {"ca": "ca.pem", "node": "node.pem", "node_key": "node-key.pem"}  # + gateway.pem, console.pem, keys
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
 
@@ -49,6 +53,8 @@ class RenderOptions:
     name: str = "altlas"
     namespace: str | None = None
     image: str = "altlas-dask:0.1.0"
+    tls: bool = False  # mutual TLS from the altlas-tls Secret: Dask's --tls-* flags, identity: tls
+    image_pull_secrets: tuple[str, ...] = ()  # Secrets of a private registry, on every pod
 
     def check(self) -> None:
         if not NAME.match(self.name):
@@ -59,6 +65,9 @@ class RenderOptions:
             raise K8sRenderError(f"--min-nodes {self.min_nodes} must be between 0 and --max-nodes {self.maximum}")
         if self.maximum < self.nodes:
             raise K8sRenderError(f"--max-nodes {self.maximum} is below --nodes {self.nodes}")
+        for secret in self.image_pull_secrets:
+            if not NAME.match(secret):
+                raise K8sRenderError(f"--image-pull-secret {secret!r} must be a DNS label")
 
     @property
     def maximum(self) -> int:
@@ -75,16 +84,51 @@ def _meta(name: str, options: RenderOptions, component: str) -> dict[str, Any]:
     return meta
 
 
-def _security() -> dict[str, Any]:
-    return {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID}
+def _pod(options: RenderOptions) -> dict[str, Any]:
+    """What every pod spec carries: the image's non-root user, and the registry's pull secrets."""
+    user = {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID}
+    pod: dict[str, Any] = {"securityContext": user}
+    if options.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": secret} for secret in options.image_pull_secrets]
+    return pod
+
+
+def _scheduler_url(options: RenderOptions, host: str | None = None) -> str:
+    return f"{'tls' if options.tls else 'tcp'}://{host or options.name + '-scheduler'}:8786"
+
+
+def _tls_flags(options: RenderOptions) -> list[str]:
+    """Dask's own TLS flags for the scheduler and the workers: the Secret's node certificate."""
+    if not options.tls:
+        return []
+    return [
+        *("--tls-ca-file", f"{CERTS_DIR}/{TLS_FILES['ca']}"),
+        *("--tls-cert", f"{CERTS_DIR}/{TLS_FILES['node']}"),
+        *("--tls-key", f"{CERTS_DIR}/{TLS_FILES['node_key']}"),
+    ]
+
+
+def _tls_env(options: RenderOptions, service: str | None = None) -> dict[str, str]:
+    """cluster.yaml's security section for a pod: the node certificate, or a service's client certificate."""
+    if not options.tls:
+        return {}
+    env = {"ALTLAS_SECURITY__IDENTITY": "tls", "ALTLAS_SECURITY__CA_FILE": f"{CERTS_DIR}/{TLS_FILES['ca']}"}
+    if service is None:
+        env["ALTLAS_SECURITY__NODE_CERT"] = f"{CERTS_DIR}/{TLS_FILES['node']}"
+        env["ALTLAS_SECURITY__NODE_KEY"] = f"{CERTS_DIR}/{TLS_FILES['node_key']}"
+    else:
+        env["ALTLAS_SECURITY__CLIENT_CERT"] = f"{CERTS_DIR}/{service}.pem"
+        env["ALTLAS_SECURITY__CLIENT_KEY"] = f"{CERTS_DIR}/{service}-key.pem"
+    return env
 
 
 def _config_volume(options: RenderOptions) -> dict[str, Any]:
     return {"name": "config", "configMap": {"name": f"{options.name}-config"}}
 
 
-def _tls_volume() -> dict[str, Any]:
-    return {"name": "tls", "secret": {"secretName": TLS_SECRET, "optional": True, "defaultMode": 0o440}}
+def _tls_volume(options: RenderOptions) -> dict[str, Any]:
+    """The certificates; required with --tls, else mounted when the Secret happens to exist."""
+    return {"name": "tls", "secret": {"secretName": TLS_SECRET, "optional": not options.tls, "defaultMode": 0o440}}
 
 
 def _mounts(*extra: dict[str, Any]) -> list[dict[str, Any]]:
@@ -124,28 +168,38 @@ def dask_cluster(config: AltlasConfig, options: RenderOptions) -> Manifest:
     [scheduler] = scheduler_pod["containers"]
     # the router, and the GPU-slot adaptive target the DaskAutoscaler reads (scheduler_plugins/autoscale.py)
     preloads = ["--preload", "scheduler_plugins.gpu_router", "--preload", "scheduler_plugins.autoscale"]
-    scheduler["args"] = ["dask", "scheduler", "--host", "0.0.0.0", *preloads]
+    protocol = ["--protocol", "tls"] if options.tls else []
+    scheduler["args"] = ["dask", "scheduler", "--host", "0.0.0.0", *protocol, *_tls_flags(options), *preloads]
     scheduler["env"] = _env(
-        ALTLAS_ACCOUNTING__DATABASE=f"{DATA_DIR}/altlas.sqlite", DASK_ALTLAS__GPUS_PER_POD=str(options.gpus_per_node)
+        ALTLAS_ACCOUNTING__DATABASE=f"{DATA_DIR}/altlas.sqlite",
+        DASK_ALTLAS__GPUS_PER_POD=str(options.gpus_per_node),
+        **_tls_env(options),
     )
     scheduler["volumeMounts"] = _mounts({"name": "data", "mountPath": DATA_DIR})
     scheduler["resources"] = {"requests": {"cpu": "2", "memory": "4Gi"}}
-    scheduler_pod["securityContext"] = _security()
+    scheduler_pod.update(_pod(options))
     scheduler_pod["volumes"] = [
         _config_volume(options),
-        _tls_volume(),
+        _tls_volume(options),
         {"name": "data", "persistentVolumeClaim": {"claimName": f"{options.name}-accounting"}},
     ]
 
     worker_pod = spec["spec"]["worker"]["spec"]
     [worker] = worker_pod["containers"]
-    worker["env"] = _env(ALTLAS_HEALTH_URL="http://127.0.0.1:8788/health")
+    # the operator sets DASK_SCHEDULER_ADDRESS to tcp:// unless the pod names it: with TLS it must be tls://
+    address = {"DASK_SCHEDULER_ADDRESS": _scheduler_url(options)} if options.tls else {}
+    worker["args"] = [*worker["args"], *_tls_flags(options)]
+    worker["env"] = _env(ALTLAS_HEALTH_URL="http://127.0.0.1:8788/health", **address, **_tls_env(options))
     worker["resources"] = {"limits": {"nvidia.com/gpu": str(options.gpus_per_node)}}  # a quantity: a string
     worker["volumeMounts"] = _mounts({"name": "dshm", "mountPath": "/dev/shm"})
     worker["livenessProbe"] = _probe("http-dashboard", "/health", 60)
-    worker_pod["securityContext"] = _security()
+    worker_pod.update(_pod(options))
     worker_pod["tolerations"] = [GPU_TOLERATION]
-    worker_pod["volumes"] = [_config_volume(options), _tls_volume(), {"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+    worker_pod["volumes"] = [
+        _config_volume(options),
+        _tls_volume(options),
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+    ]
     return spec
 
 
@@ -186,7 +240,11 @@ def _service_deployment(
         "name": component,
         "image": options.image,
         "args": args,
-        "env": _env(ALTLAS_HEALTH_URL=f"http://127.0.0.1:{port}{health}", **pod_extra.pop("env", {})),
+        "env": _env(
+            ALTLAS_HEALTH_URL=f"http://127.0.0.1:{port}{health}",
+            **pod_extra.pop("env", {}),
+            **_tls_env(options, component),
+        ),
         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"port": "http", "path": health}, "periodSeconds": 5},
         "livenessProbe": _probe("http", health, 30),
@@ -202,9 +260,9 @@ def _service_deployment(
             "template": {
                 "metadata": {"labels": selector},
                 "spec": {
-                    "securityContext": _security(),
+                    **_pod(options),
                     "containers": [container],
-                    "volumes": [_config_volume(options), _tls_volume(), *pod_extra.pop("volumes", [])],
+                    "volumes": [_config_volume(options), _tls_volume(options), *pod_extra.pop("volumes", [])],
                     **pod_extra,
                 },
             },
@@ -225,7 +283,7 @@ def _service_deployment(
 
 def gateway(options: RenderOptions) -> list[Manifest]:
     """The REST gateway; its key database is copied from the Secret into a writable volume at start."""
-    scheduler = f"tcp://{options.name}-scheduler:8786"
+    scheduler = _scheduler_url(options)
     database = f"{DATA_DIR}/altlas.sqlite"
     copy_keys = {
         "name": "api-keys",
@@ -256,9 +314,20 @@ def gateway(options: RenderOptions) -> list[Manifest]:
 
 
 def console(options: RenderOptions) -> list[Manifest]:
-    scheduler = f"tcp://{options.name}-scheduler:8786"
+    scheduler = _scheduler_url(options)
     args = ["altlas-dask", "console", "--scheduler", scheduler, "--host", "0.0.0.0", "--port", "8501"]
     return _service_deployment(options, "console", 8501, args, "/_stcore/health", {})
+
+
+# The scrape jobs alerts.yml names (up{job=...}); the plain scrape config and the ServiceMonitors use the same.
+SCHEDULER_JOB = "altlas-dask-scheduler"
+DCGM_JOB = "dcgm-exporter"
+ALERTS = Path(__file__).with_name("alerts.yml")  # deploy/alerts.yml links here
+
+
+def _job(name: str) -> list[dict[str, str]]:
+    """A ServiceMonitor's job label is its Service's name unless relabelled: set the one the alerts use."""
+    return [{"action": "replace", "targetLabel": "job", "replacement": name}]
 
 
 def service_monitors(options: RenderOptions) -> list[Manifest]:
@@ -269,7 +338,9 @@ def service_monitors(options: RenderOptions) -> list[Manifest]:
         "metadata": _meta(f"{options.name}-scheduler", options, "monitoring"),
         "spec": {
             "selector": {"matchLabels": {"dask.org/cluster-name": options.name, "dask.org/component": "scheduler"}},
-            "endpoints": [{"port": "http-dashboard", "path": "/metrics", "interval": "15s"}],
+            "endpoints": [
+                {"port": "http-dashboard", "path": "/metrics", "interval": "15s", "relabelings": _job(SCHEDULER_JOB)}
+            ],
         },
     }
     dcgm = {
@@ -280,7 +351,9 @@ def service_monitors(options: RenderOptions) -> list[Manifest]:
             # the GPU Operator's dcgm-exporter Service (namespace gpu-operator); adjust for a Helm-installed one
             "namespaceSelector": {"matchNames": ["gpu-operator"]},
             "selector": {"matchLabels": {"app": "nvidia-dcgm-exporter"}},
-            "endpoints": [{"port": "gpu-metrics", "path": "/metrics", "interval": "15s"}],
+            "endpoints": [
+                {"port": "gpu-metrics", "path": "/metrics", "interval": "15s", "relabelings": _job(DCGM_JOB)}
+            ],
         },
     }
     return [scheduler, dcgm]
@@ -292,7 +365,7 @@ def scrape_config(options: RenderOptions) -> Manifest:
     jobs = {
         "scrape_configs": [
             {
-                "job_name": "altlas-dask-scheduler",
+                "job_name": SCHEDULER_JOB,
                 "metrics_path": "/metrics",
                 "static_configs": [
                     {
@@ -302,7 +375,7 @@ def scrape_config(options: RenderOptions) -> Manifest:
                 ],
             },
             {
-                "job_name": "dcgm-exporter",
+                "job_name": DCGM_JOB,
                 "kubernetes_sd_configs": [{"role": "endpoints", "namespaces": {"names": ["gpu-operator"]}}],
                 "relabel_configs": [
                     {
@@ -323,6 +396,16 @@ def scrape_config(options: RenderOptions) -> Manifest:
     }
 
 
+def prometheus_rule(options: RenderOptions) -> Manifest:
+    """prometheus-operator ``PrometheusRule``: the groups of alerts.yml (deploy/alerts.yml), unchanged."""
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": _meta(f"{options.name}-alerts", options, "monitoring"),
+        "spec": {"groups": yaml.safe_load(ALERTS.read_text())["groups"]},
+    }
+
+
 def render(config_path: str | Path | None, options: RenderOptions) -> dict[str, Manifest]:
     """File name -> manifest, in apply order. The config file is validated and shipped verbatim."""
     options.check()
@@ -340,6 +423,7 @@ def render(config_path: str | Path | None, options: RenderOptions) -> dict[str, 
         *gateway(options),
         *console(options),
         *service_monitors(options),
+        prometheus_rule(options),
         scrape_config(options),
     ]
     out: dict[str, Manifest] = {}

@@ -32,6 +32,19 @@ def k8s() -> None:
 @click.option("--name", default="altlas", show_default=True, help="DaskCluster name (prefix of every resource).")
 @click.option("--namespace", default=None, help="Namespace written into the manifests (default: none, kubectl's).")
 @click.option("--image", default="altlas-dask:0.1.0", show_default=True, help="Image of deploy/docker (target prod).")
+@click.option(
+    "--tls",
+    is_flag=True,
+    help="Mutual TLS from the altlas-tls Secret (ca.pem, node.pem, node-key.pem, gateway.pem, ...): Dask's --tls-* "
+    "flags on scheduler and workers, identity: tls.",
+)
+@click.option(
+    "--image-pull-secret",
+    "image_pull_secrets",
+    multiple=True,
+    metavar="SECRET",
+    help="A registry Secret for every pod's imagePullSecrets (repeatable).",
+)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("k8s"), show_default=True)
 @click.pass_obj
 def render(ctx: Any, config_path: str | None, out: Path, **options: Any) -> None:

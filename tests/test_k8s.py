@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import shlex
 import shutil
 import subprocess
@@ -312,3 +313,74 @@ def test_a_bad_config_is_rejected_naming_the_key(tmp_path: Path):
     bad.write_text("gpu:\n  multi_gpu:\n    max_concurrent_tasks_per_gpu: 0\n")
     result = altlas("k8s", "render", "--config", str(bad), "--out", str(tmp_path / "out"))
     assert result.returncode == 2 and "max_concurrent_tasks_per_gpu" in result.stderr, result.stderr
+
+
+# -- TLS, pull secrets, alert rules (issue 21) -------------------------------------------------------------
+
+
+def flag_values(args: list[str]) -> dict[str, str]:
+    return {arg: args[i + 1] for i, arg in enumerate(args[:-1]) if arg.startswith("--tls") or arg == "--protocol"}
+
+
+def test_tls_gives_scheduler_and_workers_dasks_tls_flags_and_the_services_their_certificates():
+    from dask_kubernetes.operator.controller.controller import build_worker_deployment_spec
+
+    manifests = render(REPO / "cluster.yaml", RenderOptions(tls=True))
+    [cluster] = [m for m in manifests.values() if m["kind"] == "DaskCluster"]
+    validate_crd(cluster)
+    node = {"--tls-ca-file": "/certs/ca.pem", "--tls-cert": "/certs/node.pem", "--tls-key": "/certs/node-key.pem"}
+    [scheduler] = cluster["spec"]["scheduler"]["spec"]["containers"]
+    assert flag_values(scheduler["args"]) == {"--protocol": "tls", **node}
+    worker_pod = cluster["spec"]["worker"]["spec"]
+    [worker] = worker_pod["containers"]
+    assert flag_values(worker["args"]) == node
+    # what the operator makes of the worker group keeps the tls:// scheduler address (it only fills in a tcp:// one)
+    deployment = build_worker_deployment_spec("altlas-default", "default", "altlas", "abc12", worker_pod, {}, {})
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    addresses = [e["value"] for e in container["env"] if e["name"] == "DASK_SCHEDULER_ADDRESS"]
+    assert addresses == ["tls://altlas-scheduler:8786"]
+    for where, spec in [("scheduler", cluster["spec"]["scheduler"]["spec"]), ("worker", worker_pod)] + [
+        (m["metadata"]["name"], m["spec"]["template"]["spec"]) for m in manifests.values() if m["kind"] == "Deployment"
+    ]:
+        tls = {v["name"]: v for v in spec["volumes"]}["tls"]["secret"]
+        assert tls["optional"] is False, f"{where}: --tls needs the Secret"
+        env = {e["name"]: e["value"] for e in spec["containers"][0]["env"]}
+        config = load_config(REPO / "cluster.yaml", environ={k: v for k, v in env.items() if k != "ALTLAS_CONFIG"})
+        assert config.security.identity == "tls", where
+        if spec["containers"][0]["args"][0] == "altlas-dask":  # gateway, console: clients with their certificate
+            service = spec["containers"][0]["args"][1].replace("api", "gateway")
+            assert config.security.client_cert == f"/certs/{service}.pem"
+            assert spec["containers"][0]["args"][3] == "tls://altlas-scheduler:8786"
+
+
+def test_image_pull_secrets_reach_every_pod():
+    manifests = render(REPO / "cluster.yaml", RenderOptions(image_pull_secrets=("registry-a", "registry-b")))
+    specs = [m["spec"]["template"]["spec"] for m in manifests.values() if m["kind"] == "Deployment"]
+    for cluster in [m for m in manifests.values() if m["kind"] == "DaskCluster"]:
+        validate_crd(cluster)
+        specs += [cluster["spec"]["scheduler"]["spec"], cluster["spec"]["worker"]["spec"]]
+    assert len(specs) == 4
+    for spec in specs:
+        assert spec["imagePullSecrets"] == [{"name": "registry-a"}, {"name": "registry-b"}]
+    assert all("imagePullSecrets" not in spec for _, spec in pods())  # none unless asked
+
+
+def test_prometheus_rule_is_alerts_yml_and_its_jobs_are_the_scraped_ones():
+    [rule] = of_kind("PrometheusRule")
+    assert rule["spec"]["groups"] == yaml.safe_load((REPO / "deploy" / "alerts.yml").read_text())["groups"]
+    relabelled = {
+        r["replacement"]
+        for monitor in of_kind("ServiceMonitor")
+        for endpoint in monitor["spec"]["endpoints"]
+        for r in endpoint.get("relabelings", [])
+        if r["targetLabel"] == "job"
+    }
+    [scrape] = [m for m in of_kind("ConfigMap") if "scrape-configs.yml" in m["data"]]
+    jobs = {j["job_name"] for j in yaml.safe_load(scrape["data"]["scrape-configs.yml"])["scrape_configs"]}
+    used = {
+        job
+        for group in rule["spec"]["groups"]
+        for alert in group["rules"]
+        for job in re.findall(r'job="([^"]+)"', alert["expr"])
+    }
+    assert used == relabelled == jobs == {"altlas-dask-scheduler", "dcgm-exporter"}
