@@ -189,10 +189,16 @@ def dask_cluster(config: AltlasConfig, options: RenderOptions) -> Manifest:
     # the operator sets DASK_SCHEDULER_ADDRESS to tcp:// unless the pod names it: with TLS it must be tls://
     address = {"DASK_SCHEDULER_ADDRESS": _scheduler_url(options)} if options.tls else {}
     worker["args"] = [*worker["args"], *_tls_flags(options)]
-    worker["env"] = _env(ALTLAS_HEALTH_URL="http://127.0.0.1:8788/health", **address, **_tls_env(options))
+    # each of the pod's workers (one per GPU) registers its /altlas/health URL: the probe checks them all
+    worker["env"] = _env(ALTLAS_HEALTH_DIR="/tmp/altlas-health", **address, **_tls_env(options))
     worker["resources"] = {"limits": {"nvidia.com/gpu": str(options.gpus_per_node)}}  # a quantity: a string
     worker["volumeMounts"] = _mounts({"name": "dshm", "mountPath": "/dev/shm"})
-    worker["livenessProbe"] = _probe("http-dashboard", "/health", 60)
+    worker["livenessProbe"] = {
+        "exec": {"command": ["python", "/usr/local/bin/altlas-healthcheck"]},
+        "initialDelaySeconds": 120,
+        "periodSeconds": 20,
+        "timeoutSeconds": 15,
+    }
     worker_pod.update(_pod(options))
     worker_pod["tolerations"] = [GPU_TOLERATION]
     worker_pod["volumes"] = [

@@ -16,6 +16,7 @@ from typing import Any
 import click
 from distributed import WorkerPlugin, get_worker
 
+from altlas_dask import worker_health
 from altlas_dask.config import AltlasConfig, load_config
 from altlas_dask.gpus import dask_worker_internals
 from altlas_dask.gpus.device import GpuDevice, NvmlGpu
@@ -71,6 +72,7 @@ class GpuWorkerPlugin(WorkerPlugin):
             from scheduler_plugins.gate import install_worker_gate
 
             install_worker_gate(worker)
+        worker_health.serve(worker, PLUGIN_NAME, state.uuid)
         logger.info("worker %s bound to GPU %d (%s, %s)", worker.name, state.id, state.name, state.uuid)
         resources = gpu_resources(state.memory_total_mb)
         advertised = dask_worker_internals.advertised_resources(worker)
@@ -80,6 +82,10 @@ class GpuWorkerPlugin(WorkerPlugin):
             await worker.set_resources(**resources)
         else:  # a command-line worker's preload, before registration
             dask_worker_internals.advertise_before_registration(worker, resources)
+
+    def teardown(self, worker) -> None:
+        if self.device is not None:
+            worker_health.withdraw(self.device.uuid)
 
     def transition(self, key, start, finish, **kwargs) -> None:
         """A task cancelled while executing (timeout, user, failover) stops its kernel."""

@@ -112,3 +112,41 @@ def test_resources_given_in_the_worker_spec_are_left_alone():
 
     registered, available = run(main())
     assert registered == T4 and available == T4
+
+
+def test_container_health_checks_every_gpu_worker_and_fails_without_a_binding_or_on_a_lost_gpu(tmp_path, monkeypatch):
+    """deploy/docker/healthcheck.py over the workers of one container (each on its own HTTP port), through
+    the /altlas/health route each GPU worker serves: distributed's own /health says ok in every case below."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    monkeypatch.setenv("ALTLAS_HEALTH_DIR", str(tmp_path))
+
+    def healthcheck() -> subprocess.CompletedProcess:
+        env = {"ALTLAS_HEALTH_DIR": str(tmp_path), "ALTLAS_EXPECTED_WORKERS": "2", "PATH": ""}
+        script = REPO / "deploy" / "docker" / "healthcheck.py"
+        return subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=30)
+
+    async def main():
+        results = []
+        async with (
+            Scheduler(host="127.0.0.1", dashboard_address=":0") as scheduler,
+            Worker(scheduler.address, nthreads=1, dashboard_address=":0") as first,
+            Worker(scheduler.address, nthreads=1, dashboard_address=":0") as second,
+        ):
+            await first.plugin_add(GpuWorkerPlugin(local_config(), simulated_index=0, simulate_count=4))
+            results.append(await asyncio.to_thread(healthcheck))  # the second worker has no GPU bound
+            await second.plugin_add(GpuWorkerPlugin(local_config(), simulated_index=1, simulate_count=4))
+            results.append(await asyncio.to_thread(healthcheck))  # both bound
+            second.plugins[PLUGIN_NAME].device.inject("lost")
+            results.append(await asyncio.to_thread(healthcheck))  # the second one's GPU is lost
+            lost_url = f"http://127.0.0.1:{second.http_server.port}/altlas/health"
+        return results, lost_url
+
+    (unbound, both, lost), lost_url = run(main())
+    assert unbound.returncode == 1 and "1 of 2 GPU workers have registered" in unbound.stderr
+    assert both.returncode == 0, both.stderr
+    assert lost.returncode == 1 and lost_url in lost.stderr and "503" in lost.stderr
+    assert list(tmp_path.glob("*.url")) == [], "closed workers take their URL back"
