@@ -204,8 +204,9 @@ class AccountingStore:
                 except sqlite3.Error:
                     logger.exception("accounting write failed; %d change(s) lost", len(writes))
                 else:
-                    if mark is not None and mark[0] > removed:  # files before the committed one are all in
-                        self.journal.remove_before(mark[0])
+                    journal = self.journal  # (None while a benchmark runs without it)
+                    if journal is not None and mark is not None and mark[0] > removed:  # the files before are in
+                        journal.remove_before(mark[0])
                         removed = mark[0]
             with self._done:
                 self._applied += len(writes)
