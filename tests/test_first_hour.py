@@ -194,6 +194,7 @@ def test_wheel_up_serves_every_url_and_a_key_from_another_folder_works(installed
         assert status(urls["GPU page:"]) == 200
         assert status(f"{urls['Console:']}/_stcore/health") == 200
         api = urls["REST API:"].split()[0]
+        assert status(api) == 200  # the printed address answers: the API's index
         assert status(f"{api}/gpus") == 401
         assert status(f"{api}/gpus", {"Authorization": f"Bearer {key}"}) == 200  # key made in another folder
         assert (home / "altlas.sqlite").exists() and not list(installed.scratch.glob("**/*.sqlite"))

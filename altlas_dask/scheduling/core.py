@@ -449,11 +449,9 @@ class SchedulingCore:
         self._queue_seq.pop(task.key, None)
         if task.awaiting_admission:
             self.admission[task.user].pop(task.key, None)
-        if task.charged:
+        if task.charged:  # a freed priority 4-5 place admits a waiting task at the next tick (not mid-dispatch)
             counted = not task.awaiting_admission
             self.book.finished(task.user, task.request.priority, task.gpu_seconds, outstanding=counted)
-            if counted and task.request.priority >= HIGH_PRIORITY:
-                self._admit_waiting(task.user)
             out.append(
                 Usage(task.user, utc_day(task.submitted), tasks=task.request.requests, gpu_seconds=task.gpu_seconds)
             )
@@ -600,7 +598,7 @@ class SchedulingCore:
     # -- time -----------------------------------------------------------------------------------------
     def _tick(self, e: ev.Tick, out: Out) -> None:
         self._expire(out)
-        for user in list(self.admission):  # an admin may have raised a limit
+        for user in list(self.admission):  # places freed since the last tick (or a limit an admin raised)
             self._admit_waiting(user)
         if self.now - self._last_health_check >= HEALTH_CHECK_EVERY_S:
             self._last_health_check = self.now
