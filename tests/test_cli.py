@@ -16,6 +16,7 @@ import urllib.request
 import pytest
 from conftest import CLUSTER_YAML, altlas, cli_command, cli_env, nvml_sees_a_gpu, table_rows
 
+from altlas_dask import services
 from altlas_dask.gpus.simulated import simulated_uuid
 from altlas_dask.live import gpu_workers
 
@@ -226,6 +227,10 @@ def test_up_serves_the_dashboard_and_stops_on_ctrl_c(tmp_path):
         assert stderr_path.read_text().splitlines() == ["Press Ctrl-C to stop.", "Stopping cluster..."]  # quiet
         with pytest.raises(urllib.error.URLError):
             urllib.request.urlopen(dashboard, timeout=10)
+        scheduler = re.search(r"Scheduler: (tcp://\S+)", text).group(1)
+        dashboard_address = dashboard.removeprefix("http://").split("/")[0]
+        for address in (scheduler, dashboard_address):  # `up` may start again at once on the same addresses
+            assert not services.port_in_use(address), address
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
