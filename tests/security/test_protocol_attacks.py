@@ -17,6 +17,7 @@ import distributed
 import pytest
 from conftest import certificate_clients, wait_for
 from distributed.comm import connect as open_comm
+from test_identity import tls_config as identity_tls_config
 
 from altlas_dask import RouterError, run_on_gpu
 from altlas_dask.certs import client_security, init_ca, issue
@@ -34,32 +35,19 @@ DELEGATES = ("gateway", "console")
 
 
 def tls_config(certs: Path, database: str) -> dict:
-    return {
-        "cluster": {"scheduler_address": "127.0.0.1:0", "dashboard_address": "127.0.0.1:0"},
-        "accounting": {"database": database, "flush_interval": 0.05},
-        "gpu": {"workload": {"queue_processing_interval": 0.05}},
-        "simulation": {"gpus": [{"name": "Sim", "memory_mb": 16000, "speed_gflops": 1000, "count": 2}]},
-        # "admin" is listed as a user name: a *service* certificate called admin must not become one
-        "quotas": {"admins": ["ops", "admin"], "users": {"bob": {"requests_per_minute": 100}}},
-        "security": {
-            "identity": "tls",
-            "ca_file": str(certs / "ca.pem"),
-            "node_cert": str(certs / "node-1.pem"),
-            "node_key": str(certs / "node-1-key.pem"),
-            "delegates": list(DELEGATES),
-        },
-    }
+    data = identity_tls_config(certs, database)  # 2 simulated GPUs, mutual TLS, node-1's certificate
+    data["quotas"] = {"admins": ["ops", "admin"]}  # "admin": a user's name, so a service named admin is tested
+    data["security"]["delegates"] = list(DELEGATES)
+    return data
 
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("certs")
     init_ca(root)
-    issue(root, "node-1", "node")
-    for user in USERS:
-        issue(root, user)
-    issue(root, "gateway", "service")
-    issue(root, "admin", "service")  # a service whose name an admin user could have
+    # "admin": a service whose name an admin user could have
+    for name, kind in (("node-1", "node"), *((u, "user") for u in USERS), ("gateway", "service"), ("admin", "service")):
+        issue(root, name, kind)
     # A user certificate named like a delegate, as an older `certs issue` (or another CA tool) made one:
     issue(root, "console", "user", delegates=())
     return root
