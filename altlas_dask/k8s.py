@@ -46,6 +46,9 @@ NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?$")
 class RenderOptions:
     """What the command line chooses; everything else follows from the config."""
 
+    # GPU nodes and their GPUs. Worker pods hold one GPU each (nodes x gpus_per_node pods), so a pod's one Dask
+    # worker is named as the operator names the pod: its scale-down deletes the pods of the workers it retired
+    # (dask-cuda names the workers of a pod with several GPUs <pod>-<i>, which match no pod).
     nodes: int = 2
     gpus_per_node: int = 4
     max_nodes: int | None = None  # DaskAutoscaler maximum (default: nodes)
@@ -159,7 +162,7 @@ def dask_cluster(config: AltlasConfig, options: RenderOptions) -> Manifest:
     spec = make_cluster_spec(
         name=options.name,
         image=options.image,
-        n_workers=options.nodes,
+        n_workers=options.nodes * options.gpus_per_node,
         worker_command=f"dask cuda worker --nthreads {threads} --preload altlas_dask.worker",
     )
     spec["metadata"] = _meta(options.name, options, "dask-cluster")
@@ -172,7 +175,7 @@ def dask_cluster(config: AltlasConfig, options: RenderOptions) -> Manifest:
     scheduler["args"] = ["dask", "scheduler", "--host", "0.0.0.0", *protocol, *_tls_flags(options), *preloads]
     scheduler["env"] = _env(
         ALTLAS_ACCOUNTING__DATABASE=f"{DATA_DIR}/altlas.sqlite",
-        DASK_ALTLAS__GPUS_PER_POD=str(options.gpus_per_node),
+        DASK_ALTLAS__GPUS_PER_POD="1",
         **_tls_env(options),
     )
     scheduler["volumeMounts"] = _mounts({"name": "data", "mountPath": DATA_DIR})
@@ -191,7 +194,7 @@ def dask_cluster(config: AltlasConfig, options: RenderOptions) -> Manifest:
     worker["args"] = [*worker["args"], *_tls_flags(options)]
     # each of the pod's workers (one per GPU) registers its /altlas/health URL: the probe checks them all
     worker["env"] = _env(ALTLAS_HEALTH_DIR="/tmp/altlas-health", **address, **_tls_env(options))
-    worker["resources"] = {"limits": {"nvidia.com/gpu": str(options.gpus_per_node)}}  # a quantity: a string
+    worker["resources"] = {"limits": {"nvidia.com/gpu": "1"}}  # one GPU, one worker, named as its pod
     worker["volumeMounts"] = _mounts({"name": "dshm", "mountPath": "/dev/shm"})
     worker["livenessProbe"] = {
         "exec": {"command": ["python", "/usr/local/bin/altlas-healthcheck"]},
@@ -210,12 +213,16 @@ def dask_cluster(config: AltlasConfig, options: RenderOptions) -> Manifest:
 
 
 def autoscaler(options: RenderOptions) -> Manifest:
-    """Scales the default worker group (pods of ``gpus_per_node`` GPUs) between min and max nodes."""
+    """Scales the default worker group (one-GPU pods) between min and max nodes' worth of GPUs."""
     return {
         "apiVersion": "kubernetes.dask.org/v1",
         "kind": "DaskAutoscaler",
         "metadata": _meta(options.name, options, "autoscaler"),
-        "spec": {"cluster": options.name, "minimum": options.min_nodes, "maximum": options.maximum},
+        "spec": {
+            "cluster": options.name,
+            "minimum": options.min_nodes * options.gpus_per_node,
+            "maximum": options.maximum * options.gpus_per_node,
+        },
     }
 
 

@@ -23,9 +23,11 @@ def k8s() -> None:
     default=None,
     help="cluster.yaml shipped as the ConfigMap (default: altlas-dask --config, $ALTLAS_CONFIG, else the project's).",
 )
-@click.option("--nodes", type=click.IntRange(1, 1024), default=2, show_default=True, help="GPU worker pods.")
 @click.option(
-    "--gpus-per-node", type=click.IntRange(1, 64), default=4, show_default=True, help="nvidia.com/gpu per pod."
+    "--nodes", type=click.IntRange(1, 1024), default=2, show_default=True, help="GPU nodes (one worker pod per GPU)."
+)
+@click.option(
+    "--gpus-per-node", type=click.IntRange(1, 64), default=4, show_default=True, help="GPUs per node."
 )
 @click.option("--min-nodes", type=click.IntRange(0, 1024), default=1, show_default=True, help="Autoscaler minimum.")
 @click.option("--max-nodes", type=click.IntRange(1, 1024), default=None, help="Autoscaler maximum [default: --nodes].")

@@ -182,13 +182,13 @@ def test_scheduler_runs_the_router_and_workers_request_gpus():
     preloads = [scheduler["args"][i + 1] for i, arg in enumerate(scheduler["args"]) if arg == "--preload"]
     assert preloads == ["scheduler_plugins.gpu_router", "scheduler_plugins.autoscale"]
     env = {e["name"]: e["value"] for e in scheduler["env"]}
-    assert env["DASK_ALTLAS__GPUS_PER_POD"] == "4", "the autoscaler's target is in pods of 4 GPUs"
+    assert env["DASK_ALTLAS__GPUS_PER_POD"] == "1", "the autoscaler's target is in one-GPU pods"
     assert "nvidia.com/gpu" not in str(scheduler.get("resources")), "the scheduler needs no GPU"
 
     worker_group = cluster["spec"]["worker"]
-    assert worker_group["replicas"] == 2
+    assert worker_group["replicas"] == 8, "2 nodes x 4 GPUs, one pod each"
     [worker] = worker_group["spec"]["containers"]
-    assert worker["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert worker["args"][:3] == ["dask", "cuda", "worker"]
     params = parse(dask_worker_cli, worker["args"][3:])  # dask-cuda shares these options with dask worker
     assert params["preload"] == ("altlas_dask.worker",)
@@ -198,7 +198,7 @@ def test_scheduler_runs_the_router_and_workers_request_gpus():
     ]
 
     [scaler] = of_kind("DaskAutoscaler")
-    assert scaler["spec"] == {"cluster": cluster["metadata"]["name"], "minimum": 1, "maximum": 2}
+    assert scaler["spec"] == {"cluster": cluster["metadata"]["name"], "minimum": 4, "maximum": 8}
 
 
 def test_gateway_and_console_reach_the_operators_scheduler_service():
@@ -284,10 +284,10 @@ def test_promtool_accepts_the_rendered_scrape_config(tmp_path: Path):
 def test_other_sizes_follow_the_options():
     manifests = render(REPO / "cluster.yaml", RenderOptions(nodes=3, gpus_per_node=8, max_nodes=6, min_nodes=0))
     [cluster] = [m for m in manifests.values() if m["kind"] == "DaskCluster"]
-    assert cluster["spec"]["worker"]["replicas"] == 3
-    assert cluster["spec"]["worker"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    assert cluster["spec"]["worker"]["replicas"] == 24
+    assert cluster["spec"]["worker"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     [scaler] = [m for m in manifests.values() if m["kind"] == "DaskAutoscaler"]
-    assert scaler["spec"]["minimum"] == 0 and scaler["spec"]["maximum"] == 6
+    assert scaler["spec"]["minimum"] == 0 and scaler["spec"]["maximum"] == 48
     validate_crd(cluster)
     validate_crd(scaler)
 
@@ -384,3 +384,21 @@ def test_prometheus_rule_is_alerts_yml_and_its_jobs_are_the_scraped_ones():
         for job in re.findall(r'job="([^"]+)"', alert["expr"])
     }
     assert used == relabelled == jobs == {"altlas-dask-scheduler", "dcgm-exporter"}
+
+
+def test_scale_down_deletes_the_pods_of_the_workers_it_retired():
+    """The operator scales down by retiring Dask workers (scheduler /api/v1/retire_workers) and deleting the
+    worker Deployments named like them. A one-GPU pod runs one `dask cuda worker` process named
+    `--name $(DASK_WORKER_NAME)` (dask-cuda 26.10 appends `-<i>` only with several GPUs: `name if nprocs == 1`),
+    and the operator sets DASK_WORKER_NAME to the Deployment's own name."""
+    from dask_kubernetes.operator.controller.controller import build_worker_deployment_spec
+
+    [cluster] = of_kind("DaskCluster")
+    pod = cluster["spec"]["worker"]["spec"]
+    [worker] = pod["containers"]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == "1", "one GPU: dask-cuda starts one worker process"
+    assert worker["args"][worker["args"].index("--name") + 1] == "$(DASK_WORKER_NAME)"
+    deployment = build_worker_deployment_spec("altlas-default", "default", "altlas", "7f3a", pod, {}, {})
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    names = [e["value"] for e in container["env"] if e["name"] == "DASK_WORKER_NAME"]
+    assert names == [deployment["metadata"]["name"]] == ["altlas-default-worker-7f3a"]  # the operator's naming
