@@ -58,7 +58,7 @@ def tls_nodes(tmp_path_factory) -> Iterator[tuple[str, Path, Procs]]:
             "worker-0",
             ["worker", address, "--host", "127.0.0.1", "--nthreads", "2", "--no-dashboard", "--death-timeout",
              "60", *tls("gpu-node"), "--preload", "altlas_dask.worker", "--altlas-gpu", "0",
-             "--altlas-config", str(config)],
+             "--altlas-config", str(config), "--preload-nanny", "scheduler_plugins.gate"],
         )  # fmt: skip
         yield address, certs, procs
     finally:
@@ -80,5 +80,11 @@ def test_multinode_tls_binds_users_and_refuses_impersonation(tls_nodes):
             forged.result(timeout=120)
         with pytest.raises(RouterError, match="'bob' is not an admin"):
             bob.drain_gpu(0)
+        worker = alice.gpus()[0].worker  # the command-line worker's own gate, and its nanny's (docs/security.md)
+        nanny = bob.scheduler_info()["workers"][worker]["nanny"]
+        with pytest.raises(PermissionError, match="'get_data' needs a node certificate: 'bob'"):
+            bob.sync(bob.rpc(worker).get_data, keys=[mine.key])
+        with pytest.raises(PermissionError, match="'kill' needs a node certificate: 'bob'"):
+            bob.sync(bob.rpc(nanny).kill)
     with pytest.raises(IdentityError, match="uses mutual TLS and needs a client certificate"):
         Client(address, timeout=5)  # no certificate configured: one clear error before any connection attempt
