@@ -14,8 +14,8 @@
 #   router-vs-dask  router vs plain Dask on the same GPU: round-trip median and 2,000-task throughput, as ratios
 #
 # Everything lands in OUT: one file per step, steps.tsv, summary.json and summary.md, gpu-check.log.
-# GPU_CHECK_DRY=1 runs the same script on a machine without GPU (make test does): the simulated pool, no
-# install (the venv as it is), `dask worker` with the argv dask-cuda gives its preloads in place of
+# GPU_CHECK_DRY=1 runs the same script on a machine without GPU (make test does): the simulated pool, the venv
+# made as on the GPU machine but no --no-index install, `dask worker` with the argv dask-cuda gives its preloads in place of
 # `dask cuda worker`, the model on the CPU, small benchmark sizes. Each such step says so in its note.
 # Knobs (environment): VENV (default .venv-gpu; dry: .venv), PYTHON, WHEELS (gpu-wheels), PORT (8786; the
 # check uses PORT..PORT+21), BUDGET_S (480). Exit code: non-zero if any step failed.
@@ -97,17 +97,36 @@ trap stop_all EXIT
 step machine 30 "" bash -c "date -u; uname -a; (nvidia-smi && nvidia-smi -L) || echo 'no nvidia-smi'; $PYTHON --version; \
     git log -1 --oneline"
 
+# The venv sees the interpreter's packages (the machine's CUDA torch): --system-site-packages for a system
+# Python, plus a .pth naming the interpreter's own site-packages, for a Python that is itself a venv (the GPU
+# image's python3 is /opt/torch/.venv; a venv made from it would otherwise see only the base Python's). The
+# parent's pip comes through the same .pth.
+make_venv() {
+    set -e
+    rm -rf "$GPU_VENV"
+    "$PYTHON" -m venv --system-site-packages --without-pip "$GPU_VENV"
+    "$PYTHON" -c 'import site; print("\n".join(site.getsitepackages()))' \
+        >"$("$GPU_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/parent-site-packages.pth"
+    "$GPU_VENV/bin/python" -c 'import sys, pip, distributed; print(sys.prefix, "sees pip", pip.__version__, "and the parent packages")'
+}
+install_offline() {
+    make_venv
+    set -e
+    "$GPU_VENV/bin/python" -m pip install --quiet --no-index --find-links "$WHEELS" -e . 'dask-cuda>=26.10'
+    "$GPU_VENV/bin/python" -c 'import torch; assert torch.cuda.is_available(), "torch " + torch.__version__ + " sees no CUDA"; print("torch", torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0))'
+    "$GPU_VENV/bin/python" -c 'import dask_cuda, pynvml; print("dask-cuda", dask_cuda.__version__, "nvidia-ml-py", pynvml.__file__)'
+    "$GPU_VENV/bin/python" -m pip list --format=freeze
+}
+export -f make_venv install_offline
+export PYTHON WHEELS
 if [ "$DRY" = 1 ]; then
-    step install 30 "skipped (dry run): $VENV as it is; the real run installs $WHEELS/ with --no-index" \
-        "$BIN/python" -c "import altlas_dask, distributed; print('venv ready:', distributed.__version__)"
+    # the venv mechanism, from this Python (a venv too); the offline install itself needs gpu-wheels/ and 3.12
+    PYTHON=$BIN/python GPU_VENV=$OUT/venv-probe step install 60 \
+        "dry run: venv + .pth from $VENV checked; the --no-index install of $WHEELS/ skipped; $VENV used" \
+        bash -c make_venv
 else
-    step install 240 "venv --system-site-packages + $WHEELS/ offline" bash -c "
-        set -e
-        test -x $BIN/python || $PYTHON -m venv --system-site-packages $VENV
-        $BIN/python -m pip install --quiet --no-index --find-links $WHEELS -e . 'dask-cuda>=26.10'
-        $BIN/python -c 'import torch; assert torch.cuda.is_available(), \"torch \" + torch.__version__ + \" sees no CUDA\"; print(\"torch\", torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0))'
-        $BIN/python -c 'import dask_cuda, pynvml; print(\"dask-cuda\", dask_cuda.__version__, \"nvidia-ml-py\", pynvml.__file__)'
-        $BIN/python -m pip list --format=freeze" || { echo "install failed: see $OUT/install.txt"; exit 1; }
+    GPU_VENV=$VENV step install 240 "venv (interpreter's packages via .pth) + $WHEELS/ offline" \
+        bash -c install_offline || { echo "install failed: see $OUT/install.txt"; exit 1; }
 fi
 
 note=$([ "$DRY" = 1 ] && echo "simulated pool (no NVML here): --simulate 1" || echo "real NVML")

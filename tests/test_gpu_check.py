@@ -40,7 +40,7 @@ def test_gpu_check_dry_run_passes_every_step_and_says_what_it_faked(tmp_path: Pa
     assert summary["dry_run"] is True and summary["ok"] is True
     steps = {s["step"]: s for s in summary["steps"]}
     assert list(steps) == STEPS and all(s["rc"] == 0 for s in steps.values())
-    assert steps["install"]["note"].startswith("skipped (dry run)")
+    assert steps["install"]["note"].startswith("dry run: venv + .pth")  # the mechanism the GPU machine needs
     assert steps["cuda-worker"]["note"].startswith("faked: dask worker with dask-cuda's preload argv")
     assert "simulated" in steps["gpus"]["note"] and "CPU" in steps["gateway"]["note"]
     assert all(gpu["simulated"] for gpu in summary["gpus"]["gpus"])
