@@ -15,8 +15,8 @@
 #
 # Everything lands in OUT: one file per step, steps.tsv, summary.json and summary.md, gpu-check.log.
 # GPU_CHECK_DRY=1 runs the same script on a machine without GPU (make test does): the simulated pool, the venv
-# made as on the GPU machine but no --no-index install, `dask worker` with the argv dask-cuda gives its preloads in place of
-# `dask cuda worker`, the model on the CPU, small benchmark sizes. Each such step says so in its note.
+# made as on the GPU machine but no --no-index install, `dask worker` with the argv dask-cuda gives its preloads
+# in place of `dask cuda worker`, the model on the CPU, small benchmark sizes. Each such step says so in its note.
 # Knobs (environment): VENV (default .venv-gpu; dry: .venv), PYTHON, WHEELS (gpu-wheels), PORT (8786; the
 # check uses PORT..PORT+21), BUDGET_S (480). Exit code: non-zero if any step failed.
 set -uo pipefail
