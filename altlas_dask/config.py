@@ -158,13 +158,19 @@ class Gpu(_Strict):
     health: Health = Health()
 
 
+#: Virtual GPUs the replay simulator models (issue 24: the core decides in bounded time at this size).
+MAX_SIMULATED_GPUS = 4096
+#: Virtual GPUs ``up`` starts on one machine: each is a Dask worker process.
+MAX_LOCAL_WORKERS = 256
+
+
 class Cluster(_Strict):
     """Where the Dask scheduler and dashboard listen; ``simulate`` forces the virtual pool; ``protocol``: Dask's
     comms (``ucx``: dask-cuda's UCX, NVLink between the GPUs of a node; real GPUs only)."""
 
     scheduler_address: str = "127.0.0.1:8786"
     dashboard_address: str = "127.0.0.1:8787"
-    simulate: int | None = Field(None, ge=1, le=256)
+    simulate: int | None = Field(None, ge=1, le=MAX_LOCAL_WORKERS)
     work_stealing: bool = False
     protocol: Literal["tcp", "ucx"] = "tcp"
     enable_nvlink: bool | None = None  # with ucx: force NVLink on or off; null: UCX picks its transports
@@ -184,7 +190,7 @@ class SimulatedGpuSpec(_Strict):
     idle_power_w: float = Field(50.0, ge=0)
     idle_temperature_c: float = Field(35.0, ge=0, le=120)
     max_load_temperature_c: float = Field(75.0, ge=0, le=120)
-    count: int = Field(1, ge=1, le=256)
+    count: int = Field(1, ge=1, le=MAX_SIMULATED_GPUS)
 
     @field_validator("compute_capability")
     @classmethod
@@ -218,10 +224,21 @@ class SimLatency(_Strict):
 
 
 class Simulation(_Strict):
+    """The virtual pool: modelled in the replay simulator (up to MAX_SIMULATED_GPUS GPUs in all), or started as
+    one Dask worker process per GPU by ``up`` / ``start_cluster`` (up to MAX_LOCAL_WORKERS of them)."""
+
     gpus: tuple[SimulatedGpuSpec, ...] = (SimulatedGpuSpec(count=4),)
     faults: tuple[FaultSpec, ...] = ()
     seed: int = 0
     latency: SimLatency = SimLatency()
+
+    @field_validator("gpus")
+    @classmethod
+    def _pool_size(cls, gpus: tuple[SimulatedGpuSpec, ...]) -> tuple[SimulatedGpuSpec, ...]:
+        total = sum(g.count for g in gpus)
+        if total > MAX_SIMULATED_GPUS:
+            raise ValueError(f"the pool has {total} GPUs in all (sum of count); at most {MAX_SIMULATED_GPUS}")
+        return gpus
 
     def expanded(self) -> list[SimulatedGpuSpec]:
         """One spec per virtual GPU (``count`` unrolled), in index order."""

@@ -15,7 +15,14 @@ from distributed.deploy.spec import SpecCluster
 
 from altlas_dask.certs import dask_security
 from altlas_dask.client import Client
-from altlas_dask.config import AltlasConfig, ConfigError, config_source, load_config
+from altlas_dask.config import (
+    MAX_LOCAL_WORKERS,
+    MAX_SIMULATED_GPUS,
+    AltlasConfig,
+    ConfigError,
+    config_source,
+    load_config,
+)
 from altlas_dask.gpus.errors import GpuUnavailableError
 from altlas_dask.gpus.nvml import NvmlInventory
 from altlas_dask.gpus.simulated import SimulatedInventory
@@ -119,6 +126,12 @@ def start_cluster(
 
         plugins.insert(0, GpuRouter(config))
     gpus, simulated = detect_gpus(config, simulate)
+    if simulated and len(gpus) > MAX_LOCAL_WORKERS:
+        raise ConfigError(
+            f"simulation.gpus describes {len(gpus)} virtual GPUs; `up` starts one Dask worker process per virtual GPU"
+            f" and at most {MAX_LOCAL_WORKERS} on one machine (a pool of up to {MAX_SIMULATED_GPUS} is for"
+            " `altlas-dask replay`); lower the counts or pass --simulate N"
+        )
     if simulated and config.cluster.protocol != "tcp":
         raise ConfigError(
             f"cluster.protocol={config.cluster.protocol!r} needs real GPUs and dask-cuda, but NVML sees none here "

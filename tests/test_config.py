@@ -19,6 +19,7 @@ from altlas_dask.config import (
     parse_compute_capability,
     parse_gpu_ref,
 )
+from altlas_dask.launcher import start_cluster
 
 
 def write_yaml(tmp_path: Path, data: object, name: str = "cluster.yaml") -> Path:
@@ -175,11 +176,20 @@ def test_bad_task_specific_mapping_reference_is_rejected():
         ("simulation.faults", [{"gpu": 0, "kind": "melted"}]),
         ("simulation.faults", [{"gpu": 0, "kind": "error_rate", "error_rate": 1.5}]),
         ("simulation.latency", {"dispatch_s": -0.001}),
+        ("simulation.gpus", [{"name": "A", "count": 4096}, {"name": "B", "count": 1}]),
     ],
 )
 def test_simulation_section_is_validated(key, value):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         build_config(with_key(key, value))
+
+
+def test_a_1024_gpu_pool_is_one_entry_and_up_refuses_to_start_it_as_processes():
+    config = build_config(with_key("simulation.gpus", [{"name": "Simulated A100 80GB", "memory_mb": 81920,
+                                                       "count": 1024}]))  # fmt: skip
+    assert len(config.simulation.expanded()) == 1024
+    with pytest.raises(ConfigError, match="1024 virtual GPUs.*at most 256.*altlas-dask replay"):
+        start_cluster(config, router=False)  # refused before any process starts
 
 
 def test_invalid_yaml_is_a_config_error(tmp_path):
