@@ -43,6 +43,7 @@ RECENT_SUBMISSIONS = 200  # the window of submissions whose memory needs strateg
 BACKFILL_SCAN = 256  # wait shapes found waiting, at most, per dispatch pass
 OWN_LOAD_WINDOW_S = 2.0  # NVML utilization window (1 s) + one heartbeat
 HEALTH_CHECK_EVERY_S = 1.0
+MAX_SHAPES = 4096  # distinct wait shapes kept for sharing (then forgotten and kept again as they come)
 ON_GPU = (TaskStatus.PLACED, TaskStatus.RUNNING)
 HELD = (TaskStatus.QUEUED, TaskStatus.RETRYING)
 Out = list[Action]
@@ -92,6 +93,7 @@ class SchedulingCore:
         self._rng = random.Random(seed)
         self._queue_seq: dict[str, int] = {}  # key -> the fair-queue entry that is current
         self.held: dict[str, tuple] = {}  # ready tasks in the queue -> their wait shape
+        self._shapes: dict[tuple, tuple] = {}  # the wait shapes seen, each kept once
         self.held_memory: Counter[int] = Counter()  # memory_mb -> ready tasks in the queue that need it
         self.recent_memory: Counter[int] = Counter()  # memory_mb -> tasks among the last RECENT_SUBMISSIONS
         self._recent_window: deque[int] = deque()
@@ -195,6 +197,9 @@ class SchedulingCore:
     def _enqueue(self, task: TaskRecord) -> None:
         task.ready = True
         shape = _wait_shape(task)
+        if len(self._shapes) > MAX_SHAPES:
+            self._shapes.clear()
+        shape = self._shapes.setdefault(shape, shape)  # one object per shape, not one per queued task
         self.held[task.key] = shape
         self.held_memory[task.request.memory_mb] += 1
         weight = self.book.limits(task.user).weight
