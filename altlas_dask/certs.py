@@ -184,6 +184,10 @@ def subject_of(path: str | os.PathLike[str]) -> tuple[str, str | None]:
 
 # -- Dask Security objects ---------------------------------------------------------------------------------
 
+#: The nanny preload that refuses every non-node certificate in tls mode (docs/security.md): start_cluster adds
+#: it, Kubernetes workers get it as DASK_DISTRIBUTED__NANNY__PRELOAD, ``dask worker`` as ``--preload-nanny``.
+NANNY_GATE = "scheduler_plugins.gate"
+
 
 def _existing(value: str | None, key: str, hint: str) -> str:
     if not value:

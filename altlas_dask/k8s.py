@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from altlas_dask.certs import NANNY_GATE
 from altlas_dask.config import AltlasConfig, ConfigError, load_config
 
 Manifest = dict[str, Any]
@@ -119,6 +120,7 @@ def _tls_env(options: RenderOptions, service: str | None = None) -> dict[str, st
     if service is None:
         env["ALTLAS_SECURITY__NODE_CERT"] = f"{CERTS_DIR}/{TLS_FILES['node']}"
         env["ALTLAS_SECURITY__NODE_KEY"] = f"{CERTS_DIR}/{TLS_FILES['node_key']}"
+        env["DASK_DISTRIBUTED__NANNY__PRELOAD"] = NANNY_GATE  # a worker's nanny answers only nodes
     else:
         env["ALTLAS_SECURITY__CLIENT_CERT"] = f"{CERTS_DIR}/{service}.pem"
         env["ALTLAS_SECURITY__CLIENT_KEY"] = f"{CERTS_DIR}/{service}-key.pem"

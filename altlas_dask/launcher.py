@@ -13,7 +13,7 @@ import dask.config
 from distributed import LocalCluster, SchedulerPlugin
 from distributed.deploy.spec import SpecCluster
 
-from altlas_dask.certs import dask_security
+from altlas_dask.certs import NANNY_GATE, dask_security
 from altlas_dask.client import Client
 from altlas_dask.config import (
     MAX_LOCAL_WORKERS,
@@ -209,9 +209,6 @@ def _simulated_cluster(
 ) -> LocalCluster:
     return SimulatedGpuCluster(config, gpus, pool_size, **common)
 
-
-#: The nanny preload that refuses every non-node certificate (security.identity: tls).
-NANNY_GATE = "scheduler_plugins.gate"
 
 #: The UCX comms for Dask (distributed's own ``ucx`` comm was removed; ``distributed-ucxx`` provides it).
 UCX_PACKAGES = (

@@ -347,6 +347,8 @@ def test_tls_gives_scheduler_and_workers_dasks_tls_flags_and_the_services_their_
         env = {e["name"]: e["value"] for e in spec["containers"][0]["env"]}
         config = load_config(REPO / "cluster.yaml", environ={k: v for k, v in env.items() if k != "ALTLAS_CONFIG"})
         assert config.security.identity == "tls", where
+        if where == "worker":
+            assert env["DASK_DISTRIBUTED__NANNY__PRELOAD"] == "scheduler_plugins.gate"  # the nanny's gate
         if spec["containers"][0]["args"][0] == "altlas-dask":  # gateway, console: clients with their certificate
             service = spec["containers"][0]["args"][1].replace("api", "gateway")
             assert config.security.client_cert == f"/certs/{service}.pem"
