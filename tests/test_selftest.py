@@ -152,7 +152,7 @@ def test_selftest_cannot_reach_a_scheduler_says_so():
 
 
 def test_gpu_check_script_and_its_config_are_valid():
-    """``make gpu-check`` cannot run here (no GPU); its shell syntax and its config are checked instead."""
+    """``make gpu-check``'s config and shell syntax (tests/test_gpu_check.py runs the script's dry run)."""
     import subprocess
 
     config = build_config(yaml.safe_load((REPO / "scripts" / "gpu-check.yaml").read_text()))
