@@ -527,7 +527,8 @@ def test_a_queued_route_carries_the_routers_start_and_completion_estimates(api: 
         running = [start_long(c, gpu=1) for _ in range(slots)]
         try:
             before = time.time()
-            body = {"model_id": "modelled", "payload": {"work_gflop": 1}, "gpu_options": {"specific_gpu_id": 1}}
+            # 50 GFLOP: 25 ms at the learned speed, so its completion is after its start also in ms-rounded times
+            body = {"model_id": "modelled", "payload": {"work_gflop": 50}, "gpu_options": {"specific_gpu_id": 1}}
             r = c.post("/route", json=body)
             assert r.status_code == 200, r.text
             answer = r.json()
