@@ -126,6 +126,9 @@ class MultiGpu(_Strict):
     task_specific_mappings: dict[str, str] = Field(default_factory=dict)
     custom_strategies: dict[StrategyName, ImportPath] = Field(default_factory=dict)
     data_locality: bool = True  # earliest_finish weighs where a task's inputs are (Dask's who_has / nbytes)
+    # a task a strategy holds back for a better GPU (late binding, its inputs' GPU) waits at most this x its
+    # expected seconds; then it takes the best GPU with room (0: never held)
+    max_hold_factor: float = Field(2.0, ge=0, le=1000)
     # what moving inputs between workers costs (GB/s); 0.1: Dask's own estimate (distributed.scheduler.bandwidth)
     transfer_gb_per_s: float = Field(0.1, gt=0, le=10_000)
 
@@ -538,6 +541,7 @@ class AltlasConfig(_Strict):
             unresponsive_after=g.detection.health_check_interval,
             data_locality=g.multi_gpu.data_locality,
             transfer_bytes_per_s=g.multi_gpu.transfer_gb_per_s * 1e9,
+            max_hold_factor=g.multi_gpu.max_hold_factor,
         )
 
 
@@ -562,6 +566,7 @@ class RoutingPolicy(_Strict):
     unresponsive_after: float = 10.0
     data_locality: bool = True  # strategies weigh where a task's inputs are
     transfer_bytes_per_s: float = 1e8  # the cost of moving inputs between workers
+    max_hold_factor: float = 2.0  # a held task waits at most this x its expected seconds
 
 
 @functools.lru_cache(maxsize=256)

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from altlas_dask.config import ConfigError, load_config
 from altlas_dask.simulation.engine import replay
+from altlas_dask.simulation.importers import FORMATS, import_trace
 from altlas_dask.simulation.metrics import summarize
 from altlas_dask.simulation.records import gpu_speeds, trace_from_database
 from altlas_dask.simulation.trace import TraceError, TraceLine, read_trace
@@ -38,6 +39,16 @@ def find_trace(name: str) -> Path:
         return shipped
     known = ", ".join(sorted(p.stem for p in TRACES_DIR.glob("*.jsonl")))
     raise click.BadParameter(f"no trace file {name!r} (shipped traces: {known})", param_hint="TRACE")
+
+
+def parse_window(window: str | None) -> tuple[int, int | None]:
+    """``START:COUNT`` -> (start, count); None -> the whole file."""
+    if window is None:
+        return 0, None
+    start, sep, count = window.partition(":")
+    if not (sep and start.isdigit() and count.isdigit() and int(count) > 0):
+        raise click.BadParameter(f"{window!r} is not START:COUNT (whole numbers, COUNT > 0)", param_hint="--window")
+    return int(start), int(count)
 
 
 def strategy_table(s: dict[str, Any]) -> Table:
@@ -127,10 +138,24 @@ def run_replay(lines: list[TraceLine], config: Any, strategies: list[str], seed:
 @click.option("--since", type=float, default=None, help="With an accounting database: tasks submitted from (Unix s).")
 @click.option("--until", type=float, default=None, help="With an accounting database: tasks submitted before (Unix s).")
 @click.option("--write-trace", type=click.Path(dir_okay=False), default=None, help="Also save the trace as JSONL.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(sorted(FORMATS)),
+    default=None,
+    help="TRACE is a public trace in this format (docs/replay.md: azure-llm, mooncake), converted on reading.",
+)
+@click.option(
+    "--window",
+    default=None,
+    metavar="START:COUNT",
+    help="With --format: requests START .. START+COUNT of the file (times from the window's first).",
+)
 @click.pass_obj
 def replay_command(
     obj: Any, trace: str, config_path: str | None, strategies: tuple[str, ...], all_strategies: bool,
     as_json: bool, seed: int, out_dir: str | None, since: float | None, until: float | None, write_trace: str | None,
+    fmt: str | None, window: str | None,
 ) -> None:  # fmt: skip
     """Replay TRACE in virtual time, per strategy. TRACE: a JSONL file, a shipped trace's name, or the router's
     accounting database (``*.sqlite``/``*.db``: what the cluster ran, ``--since``/``--until``)."""
@@ -141,7 +166,11 @@ def replay_command(
             config = load_config(config_path, overrides=getattr(obj, "overrides", ()))
         else:
             config = obj.config()
-        if Path(trace).suffix in (".sqlite", ".db"):
+        if fmt is not None:
+            lines = list(import_trace(fmt, trace, *parse_window(window)))
+        elif window is not None:
+            raise click.UsageError("--window needs --format (it picks requests of a public trace)")
+        elif Path(trace).suffix in (".sqlite", ".db"):
             if not Path(trace).is_file():
                 raise TraceError(f"no accounting database {trace}")
             lines = list(trace_from_database(trace, gpu_speeds(config), since, until))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from core_helpers import gpu, make_core
+from core_helpers import Driver, gpu, make_core, placed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -28,6 +28,8 @@ LIMITS = {"cap": {"concurrent_requests": 2}, "rate": {"requests_per_minute": 5},
 MEMORY = (0, 1000, 6000, 15000, 40000)
 GPU_MEMORY = (16384, 16384, 81920, 81920)
 OOM = "GpuOutOfMemoryError('out of memory')"
+INPUT_BYTES = 10**10  # a task's inputs held by one GPU's worker: 100 s to move at the default 0.1 GB/s
+MAX_HOLD_FACTOR = 2.0  # gpu.multi_gpu.max_hold_factor: a hold lasts at most this x the task's expected seconds
 
 # Written from the issue's lifecycle, not read from the code under test.
 ALLOWED = {
@@ -40,6 +42,11 @@ ALLOWED = {
 FINAL = {"completed", "failed", "timed_out", "cancelled", "rejected"}
 
 
+def reserved(reason: str) -> bool:
+    """The explanation states a reservation and its maximum wait."""
+    return "reserved" in reason and "at most" in reason
+
+
 class CoreMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
@@ -49,6 +56,7 @@ class CoreMachine(RuleBasedStateMachine):
                     "max_concurrent_tasks_per_gpu": MAX_CONCURRENT,
                     "prefetch_depth": DEPTH,
                     "memory_threshold": MEMORY_THRESHOLD,
+                    "max_hold_factor": MAX_HOLD_FACTOR,
                 },
                 "health": {"min_samples": 3, "recovery_seconds": 30},
                 "detection": {"health_check_interval": 20},
@@ -70,6 +78,8 @@ class CoreMachine(RuleBasedStateMachine):
         self.admitted: list[tuple[str, float]] = []
         self.count = 0
         self.placements = 0
+        self.longest_run = 1.0  # the longest run time reported (the core's default estimate before any: 1 s)
+        self.idle_since: dict[str, float] = {}  # key -> since when it waits while an idle GPU could take it
         for _ in range(2):
             self.join()
 
@@ -129,6 +139,8 @@ class CoreMachine(RuleBasedStateMachine):
         assert action.key not in self.on_gpu, f"{action.key} placed on GPU {action.gpu} while on {self.on_gpu}"
         mine = self.submitted[action.key]
         for key, info in self.waiting_ready().items():
+            if reserved(self.core.tasks[key].waiting_reason):
+                continue  # it holds out for a better GPU, for a stated time at most (checked by tick)
             if info["priority"] > mine["priority"] and self.could_take(key, info, action.gpu, snapshot):
                 raise AssertionError(f"{action.key} (p{mine['priority']}) passed {key} (p{info['priority']})")
         self.on_gpu[action.key] = action.gpu
@@ -190,13 +202,15 @@ class CoreMachine(RuleBasedStateMachine):
         memory=st.sampled_from(MEMORY),
         ready=st.booleans(),
         timeout=st.sampled_from([3.0, 30.0, 300.0]),
+        inputs_on=st.sampled_from([None, None, 0, 1, 2, 3]),
     )
-    def submit(self, user, priority, memory, ready, timeout) -> None:
+    def submit(self, user, priority, memory, ready, timeout, inputs_on=None) -> None:
         key = f"t{self.count}"
         self.count += 1
         self.submitted[key] = {"user": user, "priority": priority, "memory": memory, "deadline": self.now + timeout}
         options = {"user": user, "priority": priority, "memory_mb": memory, "timeout": timeout, "retries": 1}
-        actions = self.send(ev.Submitted(key, options, self.now, ready=ready))
+        inputs = {self.joined[inputs_on]: INPUT_BYTES} if inputs_on in self.joined else None
+        actions = self.send(ev.Submitted(key, options, self.now, ready=ready, inputs=inputs))
         if not any(isinstance(a, Record) and a.row["status"] == "rejected" for a in actions):
             self.admitted.append((user, self.now))
 
@@ -234,7 +248,9 @@ class CoreMachine(RuleBasedStateMachine):
             self.sent.add(key)
             self.send(ev.Started(key, self.now))
         elif what == "finish":
-            self.send(ev.Finished(key, self.now, worker, data.draw(st.floats(0.01, 20))))
+            seconds = data.draw(st.floats(0.01, 20))
+            self.longest_run = max(self.longest_run, seconds)
+            self.send(ev.Finished(key, self.now, worker, seconds))
         else:
             self.send(ev.Erred(key, self.now, OOM if what == "gpu_error" else "ValueError('bad')", worker, 0.1))
 
@@ -264,8 +280,37 @@ class CoreMachine(RuleBasedStateMachine):
     def tick(self, seconds) -> None:
         self.now += seconds
         self.send(ev.Tick(self.now))
+        for _ in range(3):  # the adapter ticks again at once while the core wants a dispatch pass
+            if self.core.wants_dispatch:
+                self.send(ev.Tick(self.now))
         overdue = [k for k in self.core.tasks if self.submitted[k]["deadline"] <= self.now]
         assert not overdue, f"deadlines passed at {self.now} without firing: {overdue}"
+        self.check_no_idle_gpu_while_work_waits()
+
+    def check_no_idle_gpu_while_work_waits(self) -> None:
+        """After a dispatch pass: no GPU with nothing on it while a ready task it can take waits in the queue,
+        except a task under a reservation that states its maximum wait; and no task waits so (starves) longer
+        than MAX_HOLD_FACTOR x its expected seconds (at most the longest run time seen, 1 s before any)."""
+        snapshot = {g.id: g for g in self.core.gpus.snapshot()}
+        busy = set(self.on_gpu.values())
+        idle = [g for g in snapshot if g not in busy and snapshot[g].status == "active"]
+        waiting = self.waiting_ready()
+        for key in list(self.idle_since):
+            if key not in waiting:
+                del self.idle_since[key]
+        for key, info in waiting.items():
+            could = [g for g in idle if self.could_take(key, info, g, snapshot)]
+            if not could:
+                self.idle_since.pop(key, None)
+                continue
+            since = self.idle_since.setdefault(key, self.now)
+            task = self.core.tasks[key]
+            reason = task.waiting_reason
+            assert reserved(reason), (
+                f"{key} waits ({reason!r}; {task.decision}) while GPU {could} is idle and could take it"
+            )
+            bound = MAX_HOLD_FACTOR * self.longest_run
+            assert self.now - since <= bound, f"{key} starved {self.now - since:g}s > {bound:g}s beside idle {could}"
 
     # -- invariants --------------------------------------------------------------------------------------
     @invariant()
@@ -375,3 +420,23 @@ def test_a_lone_users_wait_is_bounded_whatever_the_flood(flood, flood_priority, 
     higher = sum(1 for e in waiting if e.priority > lone_priority)
     users_same_level = len({e.user for e in waiting if e.priority == lone_priority})
     assert ahead <= higher + users_same_level, (ahead, higher, users_same_level)
+
+
+# -- the starvation bound, on one case that today's main got wrong ---------------------------------------------
+
+
+def test_a_task_held_for_the_gpu_with_its_inputs_takes_an_idle_gpu_once_its_hold_runs_out():
+    """GPU 0 holds b's inputs (10 GB: 100 s to move) and runs a task that overruns its estimate: b waits for
+    GPU 0 under a stated reservation, and takes the idle GPU 1 once it has waited MAX_HOLD_FACTOR x its
+    expected seconds (1 s: nothing learned yet), not for as long as GPU 0 stays busy."""
+    core = make_core(
+        {"gpu": {"multi_gpu": {"max_concurrent_tasks_per_gpu": 1, "prefetch_depth": 0, "max_hold_factor": 2.0}}}
+    )
+    d = Driver(core, gpus=2)
+    assert placed(d.submit("a", specific_gpu_id=0)) == {"a": 0}
+    d.start("a")
+    actions = core.handle(ev.Submitted("b", {}, d.now, ready=True, inputs={d.worker(0): INPUT_BYTES}))
+    assert not placed(actions)
+    assert reserved(core.tasks["b"].waiting_reason) and "GPU 0" in core.tasks["b"].waiting_reason
+    assert not placed(d.tick(1.0))  # within its bound: it still holds out for GPU 0
+    assert placed(d.tick(1.5)) == {"b": 1}  # 2.5 s > 2 x 1 s: the idle GPU takes it

@@ -179,7 +179,7 @@ class SchedulingCore:
             if decision.outcome in ("impossible", "unhealthy"):
                 self._finish(task, TaskStatus.FAILED, out, fail=self._no_gpu_error(task, decision))
                 return
-            task.waiting_reason = decision.reason
+            task.waiting_reason = self._wait_reason(task, decision)
         out.append(Hold(e.key))
         if e.ready:
             self._enqueue(task)
@@ -364,6 +364,7 @@ class SchedulingCore:
                 self.recent_memory,
                 self._input_bytes(task) if task.inputs else {},
                 kept or {},
+                self.policy.max_hold_factor > 0 and (task.hold_until is None or self.now < task.hold_until),
             )
             decision = decide(self.gpus, request, ctx)
         elapsed = self._timer() - start
@@ -373,6 +374,23 @@ class SchedulingCore:
             self._on_decision(decision, elapsed)
         task.decision = decision
         return decision
+
+    def _wait_reason(self, task: TaskRecord, decision: Decision) -> str:
+        """Why the task waits. A hold (its strategy waits for a better GPU although one has room, or for the
+        GPU holding its inputs) is a reservation bounded by ``max_hold_factor`` x its expected seconds there;
+        once that has passed, its strategy places it on the best GPU with room."""
+        if not decision.waits_for:
+            return decision.reason
+        factor = self.policy.max_hold_factor
+        if task.hold_until is None:
+            r = task.request
+            own = self.estimates.own_seconds(r.task_type, r.cost)
+            expected = min(
+                (own[g] for g in decision.waits_for if g in own), default=self.estimates.cost(r.task_type, r.cost)
+            )
+            task.hold_until = self.now + factor * expected
+        left = max(task.hold_until - self.now, 0.0)
+        return f"{decision.reason}; reserved: it waits at most {left:.3f}s more (max_hold_factor {factor:g})"
 
     def _input_bytes(self, task: TaskRecord) -> dict[int, int]:
         """GPU id -> bytes of the task's inputs held by that GPU's worker (-1: workers that are no GPU)."""
@@ -527,7 +545,7 @@ class SchedulingCore:
             elif decision.outcome in ("impossible", "unhealthy"):
                 self._finish(task, TaskStatus.FAILED, out, fail=self._no_gpu_error(task, decision))
             else:
-                task.waiting_reason = decision.reason
+                task.waiting_reason = self._wait_reason(task, decision)
                 for g in decision.waits_for:  # the pass goes best priority first: the first to wait keeps it
                     kept.setdefault(g, task.request.priority)
                 skipped.append(entry)

@@ -66,6 +66,7 @@ class RoutingContext:
     inputs: Mapping[int, int] = field(default_factory=dict)  # GPU id -> bytes of the task's inputs on its worker
     # GPU id -> the priority of a task waiting for it to drain (Wait.gpus): lower-priority tasks keep off it
     kept: Mapping[int, int] = field(default_factory=dict)
+    may_hold: bool = True  # False once the task was held as long as the policy allows: no more Wait
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,7 +299,7 @@ def fit_sets(gpus: Sequence[GpuState], sizes: Iterable[int], policy: RoutingPoli
 
 
 def late_binding(
-    c: Candidates, expected: Mapping[int, float], backlog: Callable[[int], float]
+    c: Candidates, expected: Mapping[int, float], backlog: Callable[[int], float], may_hold: bool = True
 ) -> tuple[list[GpuState], str]:
     """The eligible GPUs whose queue is short enough for a task that only some of the pool can take, and why
     the others are not (``''`` when the task fits every GPU, or nothing has been learned to judge by).
@@ -306,7 +307,7 @@ def late_binding(
     Queue = ``backlog`` (expected seconds of the work placed there); short = at most ``LATE_BINDING_SHARE`` of
     the task's learned seconds there. A GPU it has not run yet counts as short (it must be tried to be learned).
     """
-    if c.fitting == c.size:
+    if c.fitting == c.size or not may_hold:
         return list(c.eligible), ""
     short, long = [], []
     for g in c.eligible:
@@ -377,7 +378,7 @@ class EarliestFinish:
             fetch = (total_in - inputs.get(gpu, 0)) / rate if total_in else 0.0
             return backlog(gpu) + own * (1.0 + reserved.get(gpu, 0.0)), fetch
 
-        ready, queued = late_binding(c, expected, backlog)
+        ready, queued = late_binding(c, expected, backlog, ctx.may_hold)
         if not ready:
             return Wait(
                 f"late binding: it fits {c.fitting} of the {c.size} GPUs and each of them"
@@ -391,17 +392,18 @@ class EarliestFinish:
             unmoved[g.id], fetch[g.id] = unmoved_and_fetch(g.id)
             scores[g.id] = unmoved[g.id] + fetch[g.id]
         chosen = min(ready, key=lambda g: (scores[g.id], g.id))
-        if total_in:  # a GPU holding inputs may be full for now: waiting for its next slot can beat moving them
+        if total_in and ctx.may_hold:  # a GPU holding inputs may be full: waiting for it can beat moving them
             eligible = {g.id for g in c.eligible}
             for g in c.gpus:
                 if g.id in eligible or not inputs.get(g.id) or not frees_up(g, request, ctx.policy):
                     continue
                 there = sum(unmoved_and_fetch(g.id))
                 if there < scores[chosen.id]:
-                    return (
+                    return Wait(
                         f"data locality: waits for a slot on GPU {g.id}, which holds {inputs[g.id] / 1e6:.0f} of its"
                         f" {total_in / 1e6:.0f} MB of inputs (expected finish there {there:.3f}s; on GPU {chosen.id},"
-                        f" moving them, {scores[chosen.id]:.3f}s)"
+                        f" moving them, {scores[chosen.id]:.3f}s)",
+                        frozenset({g.id}),
                     )
         own = expected.get(chosen.id, fastest)
         why = f"expected finish in {scores[chosen.id]:.3f}s ({backlog(chosen.id):.3f}s queued + {own:.3f}s to run"

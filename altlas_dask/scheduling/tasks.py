@@ -48,6 +48,7 @@ class TaskRecord:
     inputs: Mapping[str, int] = field(default_factory=dict)  # worker -> bytes of its inputs held there
     batch_size: int | None = None  # the size of the worker-side batch it ran in (dynamic batching)
     share_mark: float | None = None  # its GPU's ShareClock when it started running there (see sharing.py)
+    hold_until: float | None = None  # held for a better GPU (Decision.waits_for): until then at most
 
     @property
     def user(self) -> str:

@@ -1,0 +1,142 @@
+"""The strategy suite: every strategy on every trace at 60, 75 and 90% load, replayed in virtual time.
+
+Traces (altlas_dask/simulation/traces, docs/replay.md): three windows of public traces of real LLM inference
+traffic, ``azure_chat`` and ``azure_code`` (Azure LLM inference trace 2023) and ``mooncake_conversation``
+(Mooncake FAST'25 conversation trace, shared prompt prefixes), beside the generated ``heterogeneous`` and
+``bursts``. Load: each trace's arrival times are scaled (the recorded pattern kept) so that its work offers
+that share of the pool's GFLOP/s. Pool: cluster.yaml's, 2 x A100 80GB model + 2 x T4 16GB model. The
+replay is simulated time: the figures are deterministic, machine load does not touch them.
+
+Verdict per (trace, load), issue 23: the default's p95 at most 1.05 x the best of round_robin, least_loaded
+and hybrid; at least 25% below round_robin's; no task class's p95 above 2 x its p95 under least_loaded (class:
+its task type, and whether it only fits an A100); GPU utilization at most 2 points below least_loaded's.
+
+Run: ``.venv/bin/python bench/strategies.py --suite [--traces NAME ...] [--loads 0.6 0.75 0.9]``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from common import pct, table, verdict
+
+from altlas_dask.config import load_config
+from altlas_dask.replay_cli import find_trace
+from altlas_dask.simulation.engine import replay
+from altlas_dask.simulation.trace import TraceTask, read_trace
+
+TRACES = ("azure_chat", "azure_code", "mooncake_conversation", "heterogeneous", "bursts")
+LOADS = (0.6, 0.75, 0.9)
+STRATEGIES = ("round_robin", "least_loaded", "memory_optimized", "random", "hybrid", "earliest_finish")
+BASELINES = ("round_robin", "least_loaded", "hybrid")
+VS_BEST, VS_ROUND_ROBIN, CLASS_FACTOR, UTIL_POINTS = 1.05, 0.25, 2.0, 0.02
+
+
+@dataclass
+class Run:
+    p50: float
+    p95: float
+    p99: float
+    util: float
+    failed: int
+    by_class: dict[str, float]
+    hit_rate: float | None
+
+
+def config(*overrides: str):
+    return load_config(overrides=["accounting.database=:memory:", *overrides], environ={})
+
+
+def scaled(tasks: list[TraceTask], load: float, pool_gflops: float) -> list[TraceTask]:
+    """The trace with its times scaled so that its work offers ``load`` of the pool (its pattern kept)."""
+    span = max(t.t for t in tasks) - min(t.t for t in tasks)
+    offered = sum(t.work_gflop for t in tasks) / span
+    factor = offered / (load * pool_gflops)
+    return [t.model_copy(update={"t": round(t.t * factor, 6)}) for t in tasks]
+
+
+def run_one(tasks: list[TraceTask], strategy: str, cfg, fits_small: float) -> Run:
+    result = replay(cfg, tasks, strategy)
+    done = [o for o in result.outcomes if o.status == "completed"]
+    lat = [o.done - o.task.t for o in done]
+    classes: dict[str, list[float]] = defaultdict(list)
+    for o, v in zip(done, lat, strict=True):
+        size = "A100 only" if o.task.memory_mb > fits_small else "any GPU"
+        classes[f"{o.task.task_type}, {size}"].append(v)
+    span = max(result.end - min(o.task.t for o in result.outcomes), 1e-9)
+    busy = sum(g.busy_s for g in result.gpus)
+    hits = result.counters.get("affinity_hits")
+    keyed = sum(1 for t in tasks if t.affinity)
+    return Run(
+        *(float(np.percentile(lat, q)) for q in (50, 95, 99)),
+        busy / (span * len(result.gpus)),
+        len(result.outcomes) - len(done),
+        {c: float(np.percentile(v, 95)) for c, v in classes.items()},
+        hits / keyed if hits is not None and keyed else None,
+    )
+
+
+def suite(traces: Sequence[str], loads: Sequence[float], strategies: Sequence[str], *overrides: str) -> dict:
+    cfg = config(*overrides)
+    specs = cfg.simulation.expanded()
+    pool = sum(g.speed_gflops for g in specs)
+    fits_small = min(g.memory_mb for g in specs) * cfg.gpu.multi_gpu.memory_threshold
+    default = cfg.routing().default_strategy
+    names = list(dict.fromkeys([*strategies, default]))
+    out: dict = {}
+    for name in traces:
+        tasks = [t for t in read_trace(find_trace(name)) if isinstance(t, TraceTask)]
+        for load in loads:
+            trace = scaled(tasks, load, pool)
+            out[(name, load)] = {s: run_one(trace, s, cfg, fits_small) for s in names}
+    return {"default": default, "strategies": names, "runs": out}
+
+
+def goals(runs: dict[str, Run], default: str) -> tuple[bool, list[str]]:
+    """Issue 23's four conditions for ``default`` on one (trace, load); the ones missed, in words."""
+    me, ll, rr = runs[default], runs["least_loaded"], runs["round_robin"]
+    best = min(runs[b].p95 for b in BASELINES)
+    missed = []
+    if me.p95 > VS_BEST * best:
+        missed.append(f"p95 {me.p95 / best:.2f} x the best baseline")
+    if me.p95 > (1 - VS_ROUND_ROBIN) * rr.p95:
+        missed.append(f"p95 {pct(me.p95 / rr.p95 - 1)} vs round_robin")
+    for c, v in me.by_class.items():
+        if c in ll.by_class and v > CLASS_FACTOR * ll.by_class[c]:
+            missed.append(f"class {c!r} p95 {v / ll.by_class[c]:.1f} x least_loaded's")
+    if me.util < ll.util - UTIL_POINTS:
+        missed.append(f"utilization {me.util:.0%} vs least_loaded {ll.util:.0%}")
+    return not missed, missed
+
+
+def report(result: dict) -> str:
+    default, names = result["default"], result["strategies"]
+    headers = ["trace", "load", *(f"{s} p95 s" for s in names), "default's rank", "goals (issue 23)"]
+    rows, util_rows, met = [], [], 0
+    for (trace, load), runs in result["runs"].items():
+        ranked = sorted(names, key=lambda s: runs[s].p95)
+        ok, missed = goals(runs, default)
+        met += ok
+        rows.append([
+            trace, f"{load:.0%}", *(f"{runs[s].p95:.2f}" for s in names),
+            f"{ranked.index(default) + 1} of {len(names)}", verdict(ok) + ("" if ok else ": " + "; ".join(missed)),
+        ])  # fmt: skip
+        util_rows.append([trace, f"{load:.0%}", *(f"{runs[s].util:.0%} / {runs[s].p50:.2f}" for s in names)])
+    total = len(result["runs"])
+    return "\n\n".join([
+        table(headers, rows),
+        f"The default ({default}) meets all four goals on {met} of {total} trace x load cells.",
+        "GPU utilization / p50 s:",
+        table(["trace", "load", *names], util_rows),
+    ])  # fmt: skip
+
+
+def as_json(result: dict) -> str:
+    return json.dumps(
+        {f"{t}@{load}": {s: vars(r) for s, r in runs.items()} for (t, load), runs in result["runs"].items()},
+        indent=1,
+    )
