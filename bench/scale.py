@@ -207,10 +207,10 @@ def main() -> None:
     if args.save:
         args.save.write_text(json.dumps(rows, indent=1))
     if args.section:
-        write_section("scale", section(json.loads(args.section.read_text()), rows))
+        write_section("scale", section(json.loads(args.section.read_text()), rows, command("scale.py")))
 
 
-def section(before: dict[str, Any], after: dict[str, Any]) -> str:
+def section(before: dict[str, Any], after: dict[str, Any], how: str) -> str:
     def find(run: dict[str, Any], kind: str, **key: int) -> dict[str, Any]:
         return next((r for r in run[kind] if all(r.get(k) == v for k, v in key.items())), {})
 
@@ -236,7 +236,7 @@ def section(before: dict[str, Any], after: dict[str, Any]) -> str:
     return "\n".join([
         "## Scale (issue 24)",
         "",
-        f"Command: `{command('scale.py')}` (after), the same with `--save` on main before the change.",
+        f"Command: {how}",
         f"Machine (after): {after['machine']}; 1-minute load {after['load_start']} -> {after['load_end']};"
         f" before: {before['machine']}, load {before['load_start']} -> {before['load_end']}."
         " The machine is shared with other sessions: every figure is CPU time (thread/process), not wall time.",

@@ -45,6 +45,7 @@ class StandInGpu(WorkerPlugin):
 
 
 def start(n_gpus: int):
+    import dask
     from distributed import Scheduler, SpecCluster, Worker
 
     from altlas_dask.client import Client
@@ -53,12 +54,13 @@ def start(n_gpus: int):
     config = bench_config("gpu.multi_gpu.max_concurrent_tasks_per_gpu=1")
     router = GpuRouter(config)
     workers = {
-        f"gpu-{i}": {"cls": Worker, "options": {"nthreads": 1, "resources": gpu_resources(81920),
+        f"gpu-{i}": {"cls": Worker, "options": {"nthreads": 1, "resources": gpu_resources(81920), "host": "127.0.0.1",
                                                 "plugins": {StandInGpu(i)}}}
         for i in range(n_gpus)
     }  # fmt: skip
-    scheduler = {"cls": Scheduler, "options": {"plugins": [router], "dashboard_address": ":0"}}
-    cluster = SpecCluster(workers=workers, scheduler=scheduler)
+    scheduler = {"cls": Scheduler, "options": {"plugins": [router], "dashboard_address": ":0", "host": "127.0.0.1"}}
+    with dask.config.set({"distributed.comm.timeouts.connect": "600s"}):  # 256 workers start on a loaded loop
+        cluster = SpecCluster(workers=workers, scheduler=scheduler)
     client = Client(cluster, coalesce_ms=None, timeout=600)
     deadline = time.monotonic() + 600
     while len(router.view.known_gpus()) < n_gpus and time.monotonic() < deadline:
