@@ -129,6 +129,9 @@ class MultiGpu(_Strict):
     # a task a strategy holds back for a better GPU (late binding, its inputs' GPU) waits at most this x its
     # expected seconds; then it takes the best GPU with room (0: never held)
     max_hold_factor: float = Field(2.0, ge=0, le=1000)
+    # gpu_options.affinity: a task goes to a GPU that served its key lately while that GPU's tasks stay within
+    # this x the mean over the GPUs with room (consistent hashing with bounded loads); 0: affinity ignored
+    affinity_load_factor: float = Field(1.25, ge=0, le=100)
     # what moving inputs between workers costs (GB/s); 0.1: Dask's own estimate (distributed.scheduler.bandwidth)
     transfer_gb_per_s: float = Field(0.1, gt=0, le=10_000)
 
@@ -234,6 +237,8 @@ class Simulation(_Strict):
     faults: tuple[FaultSpec, ...] = ()
     seed: int = 0
     latency: SimLatency = SimLatency()
+    # affinity keys a modelled GPU keeps warm (LRU): prefixes kept in host memory too, as Mooncake does
+    affinity_cache_keys: int = Field(1000, ge=0, le=1_000_000)
 
     @field_validator("gpus")
     @classmethod
@@ -542,6 +547,7 @@ class AltlasConfig(_Strict):
             data_locality=g.multi_gpu.data_locality,
             transfer_bytes_per_s=g.multi_gpu.transfer_gb_per_s * 1e9,
             max_hold_factor=g.multi_gpu.max_hold_factor,
+            affinity_load_factor=g.multi_gpu.affinity_load_factor,
         )
 
 
@@ -567,6 +573,7 @@ class RoutingPolicy(_Strict):
     data_locality: bool = True  # strategies weigh where a task's inputs are
     transfer_bytes_per_s: float = 1e8  # the cost of moving inputs between workers
     max_hold_factor: float = 2.0  # a held task waits at most this x its expected seconds
+    affinity_load_factor: float = 1.25  # an affinity GPU is preferred up to this x the mean load (0: never)
 
 
 @functools.lru_cache(maxsize=256)

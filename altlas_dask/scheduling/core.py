@@ -27,6 +27,7 @@ from altlas_dask.options import GpuOptions, GpuOptionsError
 from altlas_dask.quotas import HIGH_PRIORITY, QuotaBook, utc_day
 from altlas_dask.scheduling import events as ev
 from altlas_dask.scheduling.actions import Action, Fail, Hold, KeepError, Place, Record, Release, Retry, Usage
+from altlas_dask.scheduling.affinity import AffinityBook
 from altlas_dask.scheduling.candidates import decide
 from altlas_dask.scheduling.estimates import Estimates, LazyPerformance
 from altlas_dask.scheduling.fairqueue import FairQueue
@@ -79,6 +80,7 @@ class SchedulingCore:
         self.recent_size = recent_size
         self.deadlines: list[tuple[float, str]] = []
         self.estimates = Estimates()
+        self.affinity = AffinityBook()
         self.counters = dict.fromkeys(
             ("placed", "held", "retried", "released", "failed", "timed_out", "rejected", "cancelled", "completed"), 0
         )
@@ -365,6 +367,7 @@ class SchedulingCore:
                 self._input_bytes(task) if task.inputs else {},
                 kept or {},
                 self.policy.max_hold_factor > 0 and (task.hold_until is None or self.now < task.hold_until),
+                self.affinity.gpus(request.affinity),
             )
             decision = decide(self.gpus, request, ctx)
         elapsed = self._timer() - start
@@ -412,6 +415,7 @@ class SchedulingCore:
         self._unhold(task)
         slot = self.gpus.slots[decision.gpu]
         slot.assigned[task.key] = task.request.memory_mb
+        self.affinity.served(task.request.affinity, slot.gpu_id)
         task_type, cost = task.request.task_type, task.request.cost
         slot.expected_s[task.key] = self.estimates.own_seconds(task_type, cost).get(slot.gpu_id) or self.estimates.cost(
             task_type, cost

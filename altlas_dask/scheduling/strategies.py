@@ -13,9 +13,10 @@ from __future__ import annotations
 import fnmatch
 import functools
 import importlib
+import math
 import random
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
 from altlas_dask.config import RoutingPolicy, meets_compute_capability
@@ -67,6 +68,7 @@ class RoutingContext:
     # GPU id -> the priority of a task waiting for it to drain (Wait.gpus): lower-priority tasks keep off it
     kept: Mapping[int, int] = field(default_factory=dict)
     may_hold: bool = True  # False once the task was held as long as the policy allows: no more Wait
+    affinity: frozenset[int] = frozenset()  # GPUs that served the task's gpu_options.affinity lately
 
 
 @dataclass(frozen=True, slots=True)
@@ -622,7 +624,14 @@ def evaluate(
 
 
 def finish(name: str, strategy: Strategy, c: Candidates, request: TaskRequest, ctx: RoutingContext) -> Decision:
-    """The strategy's pick among the candidates, as a decision."""
+    """The strategy's pick among the candidates, as a decision: among the GPUs that served the task's affinity
+    key lately, if one of them is within the load bound and the strategy places it there, else among all."""
+    warm, why = affine(c, request, ctx)
+    if warm is not None:
+        picked = strategy.pick(warm, request, ctx)
+        if not isinstance(picked, str | Wait):
+            chosen, reason, scores = picked
+            return Decision(name, "placed", chosen.id, f"{why}; {reason}", scores, c.rejected)
     picked = strategy.pick(c, request, ctx)
     if isinstance(picked, str | Wait):
         if not c.eligible:
@@ -632,6 +641,22 @@ def finish(name: str, strategy: Strategy, c: Candidates, request: TaskRequest, c
         return Decision(name, "wait", None, picked, rejected=c.rejected)
     chosen, reason, scores = picked
     return Decision(name, "placed", chosen.id, reason, scores, c.rejected)
+
+
+def affine(c: Candidates, request: TaskRequest, ctx: RoutingContext) -> tuple[Candidates | None, str]:
+    """The candidates narrowed to the GPUs with room that served ``request.affinity`` lately and would hold at
+    most ``affinity_load_factor`` x the mean tasks per GPU with room (this one counted: Mirrokni et al.'s
+    consistent hashing with bounded loads), and why; (None, '') when none is, or all of them are."""
+    factor = ctx.policy.affinity_load_factor
+    if not request.affinity or not ctx.affinity or not factor or not c.eligible:
+        return None, ""
+    bound = math.ceil(factor * (sum(g.active_requests for g in c.eligible) + 1) / len(c.eligible))
+    warm = [g for g in c.eligible if g.id in ctx.affinity and g.active_requests + 1 <= bound]
+    if not warm or len(warm) == len(c.eligible):
+        return None, ""
+    ids = ", ".join(str(g.id) for g in warm)
+    why = f"affinity: GPU {ids} served {request.affinity!r} lately, within the load bound ({bound} tasks a GPU)"
+    return replace(c, eligible=warm), why
 
 
 @functools.cache

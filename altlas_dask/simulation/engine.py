@@ -122,6 +122,8 @@ class Replay:
             for i, spec in enumerate(sim.expanded())
         ]
         self.by_worker = {g.worker: g for g in self.gpus}
+        self.affinity_keys = sim.affinity_cache_keys
+        self.affinity_hits = 0  # tasks that found their affinity state on their GPU
         self.threads = policy.max_concurrent_tasks_per_gpu  # per worker, as the launcher sets them
         self.next_up: list[list[tuple[tuple[int, int], str, int]]] = [[] for _ in self.gpus]  # waiting for a thread
         self.tick_s = config.gpu.workload.queue_processing_interval
@@ -174,7 +176,7 @@ class Replay:
             self.gpus,
             max(ended, default=0.0),
             self.events,
-            dict(self.core.counters),
+            {**self.core.counters, "affinity_hits": self.affinity_hits},
             self.bytes_moved,
         )
 
@@ -240,7 +242,13 @@ class Replay:
         """A worker thread runs the task: it takes memory and waits for the device."""
         o = self.outcomes[key]
         o.started = self.now
-        error = gpu.arrive(Kernel(key, o.task.work_gflop, o.task.memory_mb, self.now), self.now)
+        task = o.task
+        work = task.work_gflop
+        # the state it reuses (a prompt prefix's KV cache) may be there already
+        if task.affinity is not None and gpu.warm(task.affinity, self.affinity_keys):
+            self.affinity_hits += 1
+            work = max(work - task.affinity_gflop, 0.0)
+        error = gpu.arrive(Kernel(key, work, task.memory_mb, self.now), self.now)
         if error is not None:
             self._at(self.now + self.timing.report_s, REPORT, (key, attempt, error, 0.0))
             self._next_on_worker(gpu)

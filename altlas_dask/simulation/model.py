@@ -11,7 +11,7 @@ kernel fails with that probability), ``thermal_throttle`` (half speed and too ho
 from __future__ import annotations
 
 import random
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from altlas_dask.config import FaultSpec, SimulatedGpuSpec
@@ -50,6 +50,17 @@ class ModelGpu:
         self.error_rate = max((f.error_rate for f in faults if f.kind == "error_rate"), default=0.0)
         self._rng = random.Random(f"{seed}-{index}")
         self._last_busy = (0.0, 0.0)  # (time, busy seconds) at the last heartbeat
+        self.warm_keys: OrderedDict[str, None] = OrderedDict()  # affinity state held, least recent first
+
+    def warm(self, key: str, capacity: int) -> bool:
+        """Whether the GPU holds ``key``'s state (a hit); it holds it from now on, the least recent of
+        ``capacity`` keys dropped."""
+        hit = key in self.warm_keys
+        self.warm_keys[key] = None
+        self.warm_keys.move_to_end(key)
+        while len(self.warm_keys) > capacity:
+            self.warm_keys.popitem(last=False)
+        return hit
 
     def lost(self, now: float) -> bool:
         return self.lost_at is not None and now >= self.lost_at
