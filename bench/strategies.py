@@ -471,7 +471,21 @@ def main() -> None:
     parser.add_argument("--suite", action="store_true", help="the replay suite on public traces (bench/suite.py)")
     parser.add_argument("--traces", nargs="+", default=None, help="with --suite: trace names (default: all)")
     parser.add_argument("--loads", nargs="+", type=float, default=None, help="with --suite: default 0.6 0.75 0.9")
+    parser.add_argument("--affinity", action="store_true", help="affinity with / without on the shared-prefix trace")
     args = parser.parse_args()
+    if args.affinity:
+        import suite
+
+        body = suite.affinity(args.loads or suite.LOADS)
+        print(body)
+        write_section(
+            "affinity",
+            f"## Affinity on a shared-prefix trace, replayed (issue 23)\n\nCommand: `{command('strategies.py')}`"
+            "\n\ngpu_options.affinity = the conversation (first two 512-token prompt blocks); with: "
+            "affinity_load_factor 1.25, without: 0; the modelled GPUs keep 1,000 prefixes each (LRU). Virtual "
+            f"time: deterministic.\n\n{body}",
+        )
+        return
     if args.suite:
         run_suite(args.traces, args.loads, [s for s in STRATEGIES if s in args.strategies.split(",")])
         return

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from common import pct, table, verdict
+from common import table, verdict
 
 from altlas_dask.config import load_config
 from altlas_dask.replay_cli import find_trace
@@ -104,7 +104,7 @@ def goals(runs: dict[str, Run], default: str) -> tuple[bool, list[str]]:
     if me.p95 > VS_BEST * best:
         missed.append(f"p95 {me.p95 / best:.2f} x the best baseline")
     if me.p95 > (1 - VS_ROUND_ROBIN) * rr.p95:
-        missed.append(f"p95 {pct(me.p95 / rr.p95 - 1)} vs round_robin")
+        missed.append(f"p95 {me.p95 / rr.p95 - 1:+.0%} vs round_robin")
     for c, v in me.by_class.items():
         if c in ll.by_class and v > CLASS_FACTOR * ll.by_class[c]:
             missed.append(f"class {c!r} p95 {v / ll.by_class[c]:.1f} x least_loaded's")
@@ -139,4 +139,32 @@ def as_json(result: dict) -> str:
     return json.dumps(
         {f"{t}@{load}": {s: vars(r) for s, r in runs.items()} for (t, load), runs in result["runs"].items()},
         indent=1,
+    )
+
+
+def affinity(loads: Sequence[float], strategies: Sequence[str] = ("least_loaded", "earliest_finish")) -> str:
+    """Hit rate and latency with and without gpu_options.affinity on the shared-prefix trace."""
+    name = "mooncake_conversation"
+    tasks = [t for t in read_trace(find_trace(name)) if isinstance(t, TraceTask)]
+    rows = []
+    for load in loads:
+        for strategy in strategies:
+            cells = []
+            for factor in ("1.25", "0"):
+                cfg = config(f"gpu.multi_gpu.affinity_load_factor={factor}")
+                pool = sum(g.speed_gflops for g in cfg.simulation.expanded())
+                run = run_one(scaled(tasks, load, pool), strategy, cfg, 0.9 * 16384)
+                cells.append(run)
+            on, off = cells
+            rows.append([
+                f"{load:.0%}", strategy, f"{on.hit_rate:.1%} / {off.hit_rate:.1%}", f"{on.p50:.2f} / {off.p50:.2f}",
+                f"{on.p95:.2f} / {off.p95:.2f}", f"{on.p95 / off.p95 - 1:+.0%}",
+            ])  # fmt: skip
+    keyed = sum(1 for t in tasks if t.affinity_gflop > 0)
+    return (
+        f"Trace `{name}`: {len(tasks)} requests, {keyed} of them continue a conversation seen earlier in the window "
+        f"(the most a router can hit: {keyed / len(tasks):.0%}); a hit skips the prefix's prefill "
+        f"({sum(t.affinity_gflop for t in tasks) / sum(t.work_gflop for t in tasks):.0%} of the window's work).\n\n"
+        + table(["load", "strategy", "hit rate with / without", "p50 s with / without", "p95 s with / without",
+                 "p95 change"], rows)  # fmt: skip
     )
