@@ -172,3 +172,22 @@ def test_a_queued_task_costs_at_most_2_kb_and_a_finished_record_1_kb(monkeypatch
     finished = _bytes_per(n, finish)
     assert len(done.recent) == n and Counter(str(t.status) for t in done.recent.values()) == {"completed": n}
     assert finished <= 1024, f"{finished:.0f} bytes per finished record"
+
+
+def test_the_newest_finished_records_keep_every_gpu_s_score_older_ones_are_compacted():
+    """``explain`` of a task that just finished shows each GPU's score (the notebook and README promise it);
+    only records older than the newest ``EXPLAINED_IN_FULL`` shed them, so memory per record stays flat."""
+    from altlas_dask.scheduling.core import EXPLAINED_IN_FULL
+
+    n = EXPLAINED_IN_FULL + 10
+    core = make_core({"accounting": {"recent_records": n}})
+    for i in range(4):
+        core.handle(ev.GpuJoined(f"tcp://gpu-{i}", gpu(i), NOW))
+    for i in range(n):
+        actions = core.handle(ev.Submitted(f"t{i}", {"strategy": "least_loaded"}, NOW))
+        place = next(a for a in actions if isinstance(a, Place))
+        core.handle(ev.Finished(f"t{i}", NOW, f"tcp://gpu-{place.gpu}", 0.5))
+    scored = [key for key, task in core.recent.items() if task.explain()["scores"]]
+    assert scored == [f"t{i}" for i in range(10, n)]  # the newest EXPLAINED_IN_FULL, each with the 4 GPUs' scores
+    assert all(len(core.recent[k].explain()["scores"]) == 4 for k in scored)
+    assert core.recent["t0"].explain()["reason"]  # a compacted record still says why it went where it went

@@ -44,6 +44,7 @@ RECENT_SUBMISSIONS = 200  # the window of submissions whose memory needs strateg
 BACKFILL_SCAN = 256  # wait shapes found waiting, at most, per dispatch pass
 OWN_LOAD_WINDOW_S = 2.0  # NVML utilization window (1 s) + one heartbeat
 HEALTH_CHECK_EVERY_S = 1.0
+EXPLAINED_IN_FULL = 100  # the newest finished records keep every GPU's score (explain); older ones are compacted
 MAX_SHAPES = 4096  # distinct wait shapes kept for sharing (then forgotten and kept again as they come)
 ON_GPU = (TaskStatus.PLACED, TaskStatus.RUNNING)
 HELD = (TaskStatus.QUEUED, TaskStatus.RETRYING)
@@ -78,6 +79,7 @@ class SchedulingCore:
         self.tasks: dict[str, TaskRecord] = {}
         self.recent: OrderedDict[str, TaskRecord] = OrderedDict()  # finished tasks (explained on demand), newest last
         self.recent_size = recent_size
+        self._explained_in_full: deque[TaskRecord] = deque()
         self.deadlines: list[tuple[float, str]] = []
         self.estimates = Estimates()
         self.affinity = AffinityBook()
@@ -487,8 +489,10 @@ class SchedulingCore:
                 self.queue.charge(task.user, task.request.priority, weight, task.gpu_seconds - task.served_cost)
         self.counters[_COUNTER[status]] += 1
         if self.recent_size:  # 0: keep no explanations (the replay simulator)
-            task.compact()
             self.recent[task.key] = task
+            self._explained_in_full.append(task)  # the newest keep their per-GPU scores; older ones are compacted
+            if len(self._explained_in_full) > EXPLAINED_IN_FULL:
+                self._explained_in_full.popleft().compact()
             while len(self.recent) > self.recent_size:
                 self.recent.popitem(last=False)
         out.append(Record(task.record()))
