@@ -11,11 +11,12 @@ import dask
 import distributed
 from distributed import Future
 
+from altlas_dask.batch_split import speed_weights, split_plan
 from altlas_dask.certs import common_name
 from altlas_dask.coalesce import SubmitCoalescer
+from altlas_dask.dask_client_internals import SubmissionHooks
 from altlas_dask.errors import IdentityError
 from altlas_dask.gpus.state import GpuState
-from altlas_dask.notebook import speed_weights, split_plan
 from altlas_dask.options import ANNOTATION, GpuOptions, GpuOptionsError, check_strategy
 from altlas_dask.ranges import MAX_GPU_ID, MAX_OFFSET, MAX_QUOTA_VALUE, MAX_ROWS, MAX_TIMESTAMP, check_int, check_number
 
@@ -109,7 +110,7 @@ class RouterError(RuntimeError):
         self.code = code
 
 
-class Client(distributed.Client):
+class Client(SubmissionHooks):
     """``distributed.Client`` plus GPU routing.
 
     ``submit``/``map`` accept ``gpu_options`` (strategy, specific_gpu_id, task_type,
@@ -147,27 +148,19 @@ class Client(distributed.Client):
             self._submissions = SubmitCoalescer(self, coalesce_ms / 1000)
 
     # -- submission coalescing (altlas_dask.coalesce) -------------------------------------------
-    def _graph_to_futures(self, expr, keys, span_metadata, **kwargs):  # type: ignore[override]
+    def hold_submission(self, expr: Any, keys: Any, span_metadata: Any, kwargs: dict[str, Any]) -> Any:
         coalescer = self._submissions
         if coalescer is not None and coalescer.holds(expr, keys, kwargs.get("actors")):
             kwargs.pop("internal_priority", None)
             kwargs.pop("actors", None)
             return coalescer.add(expr, keys, span_metadata, **kwargs)
-        self.flush_submissions()
-        return super()._graph_to_futures(expr, keys, span_metadata, **kwargs)
+        return None
 
     def flush_submissions(self) -> None:
         """Send the held submissions now (every other message of this client does it first)."""
         coalescer = self._submissions
         if coalescer is not None and coalescer.pending:
             coalescer.flush()
-
-    def _send_to_scheduler(self, msg: dict[str, Any]) -> None:
-        self.flush_submissions()
-        super()._send_to_scheduler(msg)
-
-    def _send_now(self, msg: dict[str, Any]) -> None:
-        distributed.Client._send_to_scheduler(self, msg)
 
     def cancel(self, *args: Any, **kwargs: Any) -> Any:
         self.flush_submissions()

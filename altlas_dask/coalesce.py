@@ -16,9 +16,9 @@ release, a gather through the scheduler, a router call), in submission order and
 internal priority, so a task may depend on one submitted just before it in the same update. A task
 that cannot be serialised makes its own future fail (the others of its update are sent without it).
 
-The message is built as ``distributed.Client._graph_to_futures`` builds it (distributed 2026.x); the
-one place this module depends on Dask's internals. ``tests/test_coalesce.py`` checks it against the
-installed version.
+The message is built as ``distributed.Client._graph_to_futures`` builds it, by
+``altlas_dask.dask_client_internals`` (the client side's one module of Dask internals);
+``tests/test_coalesce.py`` checks it against the installed version.
 """
 
 from __future__ import annotations
@@ -27,18 +27,16 @@ import math
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
 import dask
 import distributed
-from dask._expr import LLGExpr
 from dask.core import validate_key
 from distributed import Future
-from distributed.protocol import serialize, to_serialize
-from distributed.protocol.serialize import Serialized, ToPickle
+
+from altlas_dask import dask_client_internals as dci
 
 MAX_PENDING = 10_000  # submissions held at most; the next one sends them at once
 
@@ -70,7 +68,7 @@ class SubmitCoalescer:
 
     @staticmethod
     def eligible(expr: Any, keys: Any, actors: Any) -> bool:
-        return type(expr) is LLGExpr and len(keys) == 1 and not actors
+        return dci.is_single_task_graph(expr, keys, actors)
 
     def holds(self, expr: Any, keys: Any, actors: Any) -> bool:
         """Whether this submission is held for the next group: it is eligible (one task, no actors) and the
@@ -88,7 +86,7 @@ class SubmitCoalescer:
 
     def add(
         self,
-        expr: LLGExpr,
+        expr: Any,
         keys: list[Any],
         span_metadata: Any,
         workers: Any = None,
@@ -119,17 +117,13 @@ class SubmitCoalescer:
         submitting = getattr(distributed.worker.thread_state, "key", None)
         envelope = (repr(sorted(annotations.items(), key=lambda kv: kv[0])), repr(fifo_timeout), submitting)
         # lock order: the client's refcount lock, then ours (a release sent under the refcount lock flushes)
-        with client._refcount_lock, self.lock:
+        with dci.refcount_lock(client), self.lock:
             futures = {key: Future(key, client) for key in keys}
             first = not self.pending
             new_group = first or self.pending[-1].envelope != envelope
-            code = (
-                client._get_computation_code(nframes=dask.config.get("distributed.diagnostics.computations.nframes"))
-                if new_group
-                else None
-            )
+            code = dci.computation_code(client) if new_group else None
             options = {"fifo_timeout": fifo_timeout, "span_metadata": span_metadata, "submitting_task": submitting}
-            self.pending.append(_Pending(envelope, expr.operand("dsk"), list(keys), annotations, options, code))
+            self.pending.append(_Pending(envelope, dci.graph_tasks(expr), list(keys), annotations, options, code))
             if len(self.pending) >= MAX_PENDING:
                 self.flush()
             elif first:
@@ -159,7 +153,7 @@ class SubmitCoalescer:
         tasks = {k: v for item in run for k, v in item.tasks.items()}
         keys = [k for item in run for k in item.keys]
         try:
-            expr_ser = _serialize(tasks)
+            expr_ser = dci.serialize_tasks(tasks)
         except Exception:
             if len(run) == 1:
                 self._fail(run[0], *sys.exc_info()[1:])
@@ -170,18 +164,15 @@ class SubmitCoalescer:
         first = run[0]
         code = next((item.code for item in run if item.code is not None), ())
         self.client._send_now(
-            {
-                "op": "update-graph",
-                "expr_ser": expr_ser,
-                "keys": set(keys),
-                "internal_priority": {key: i for i, key in enumerate(keys)},  # first submitted, first run
-                "submitting_task": first.options["submitting_task"],
-                "fifo_timeout": first.options["fifo_timeout"],
-                "actors": None,
-                "code": ToPickle(code),
-                "annotations": ToPickle(first.annotations),
-                "span_metadata": ToPickle(first.options["span_metadata"]),
-            }
+            dci.update_graph_message(
+                expr_ser,
+                keys,
+                submitting_task=first.options["submitting_task"],
+                fifo_timeout=first.options["fifo_timeout"],
+                code=code,
+                annotations=first.annotations,
+                span_metadata=first.options["span_metadata"],
+            )
         )
         self.updates += 1
         self.submissions += len(run)
@@ -192,7 +183,3 @@ class SubmitCoalescer:
             if state is not None:
                 state.set_error(exc, tb)
 
-
-def _serialize(tasks: dict[Any, Any]) -> Serialized:
-    expr = LLGExpr(tasks, _determ_token=uuid.uuid4().hex)
-    return Serialized(*serialize(to_serialize(expr), on_error="raise"))

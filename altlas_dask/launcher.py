@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import logging
 from collections.abc import Sequence
@@ -248,4 +249,4 @@ def _cuda_cluster(config: AltlasConfig, gpus: list[GpuState], common: dict[str, 
             f"NVML sees {len(gpus)} GPU(s) but dask-cuda is not importable ({exc}); "
             "install the GPU extra: pip install 'altlas-dask[gpu]'"
         ) from exc
-    return GpuCUDACluster(config, gpus, **options)
+    return GpuCUDACluster(functools.partial(gpu_worker_options, config), gpus, **options)

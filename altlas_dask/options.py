@@ -10,7 +10,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from altlas_dask.config import STRATEGIES, parse_compute_capability, parse_gpu_selector
-from altlas_dask.scheduling.strategies import TaskRequest
 
 #: The annotation key that carries gpu_options: ``dask.annotate(gpu_options={...})``.
 ANNOTATION = "gpu_options"
@@ -84,22 +83,6 @@ class GpuOptions(BaseModel):
     def wire(self) -> dict[str, Any]:
         """The annotation payload: only the fields that were set."""
         return self.model_dump(exclude_defaults=True)
-
-    def request(self, key: str = "", exclude: frozenset[int] = frozenset()) -> TaskRequest:
-        return TaskRequest(
-            key=key,
-            user=self.user,
-            priority=self.priority,
-            task_type=self.task_type,
-            memory_mb=self.memory_mb,
-            strategy=self.strategy,
-            gpu=self.specific_gpu_id,
-            min_compute_capability=self.min_compute_capability,
-            exclude=exclude,
-            requests=self.requests,
-            cost=self.cost,
-            affinity=self.affinity,
-        )
 
 
 def describe(error: ValidationError, prefix: str) -> str:

@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     from distributed import Client
 
-    from altlas_dask.api.auth import KeyStore
+    from altlas_dask.api_keys import KeyStore
     from altlas_dask.config import load_config
     from altlas_dask.launcher import start_cluster
 

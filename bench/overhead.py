@@ -286,13 +286,13 @@ def synthetic_options(n: int, strategy: str, rng: random.Random) -> list[dict[st
 def bench_choose(gpus, options: list[dict[str, Any]], config) -> tuple[list[float], list[float]]:
     """Wall and thread-CPU seconds per ``choose()`` over a fixed snapshot (round_robin's cursor advances)."""
     from altlas_dask.options import GpuOptions
-    from altlas_dask.scheduling.strategies import RoutingContext, choose
+    from altlas_dask.scheduling.strategies import RoutingContext, TaskRequest, choose
 
     policy = config.routing()
     rng = random.Random(1)
     perf = {g.id: g.performance_index for g in gpus}
     snapshot = tuple(gpus)
-    requests = [GpuOptions.parse(o).request(key=f"t-{i}") for i, o in enumerate(options)]
+    requests = [TaskRequest.from_options(GpuOptions.parse(o), key=f"t-{i}") for i, o in enumerate(options)]
     last = None
     wall, cpu = [], []
     clock, cpu_clock = time.perf_counter, time.thread_time

@@ -145,7 +145,7 @@ def split_text(row: dict[str, Any]) -> str:
 
 
 def gateway_rows(name: str, batching: bool, args: Any) -> list[dict[str, Any]]:
-    from altlas_dask.api.auth import KeyStore
+    from altlas_dask.api_keys import KeyStore
     from altlas_dask.config import load_config
     from altlas_dask.launcher import start_cluster
 

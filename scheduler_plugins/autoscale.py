@@ -28,7 +28,7 @@ from distributed import Scheduler
 
 from altlas_dask.config import load_config
 from altlas_dask.resources import GPU_RESOURCE
-from scheduler_plugins.dask_internals import HELD
+from scheduler_plugins.dask_internals import held_tasks, replace_adaptive_target
 
 logger = logging.getLogger(__name__)
 CONFIG_KEY = "altlas.gpus-per-pod"
@@ -36,7 +36,7 @@ CONFIG_KEY = "altlas.gpus-per-pod"
 
 def held_gpu_tasks(scheduler: Scheduler) -> int:
     """Tasks the router holds on the scheduler waiting for a GPU (restricted to its placeholder address)."""
-    return sum(1 for ts in scheduler.unrunnable if ts.worker_restrictions and HELD in ts.worker_restrictions)
+    return len(held_tasks(scheduler))
 
 
 def gpus_per_pod(scheduler: Scheduler) -> int:
@@ -70,8 +70,7 @@ def install(scheduler: Scheduler, tasks_per_gpu: int) -> Callable[..., int]:
     def adaptive_target(target_duration: object = None) -> int:  # Dask's signature; the duration is not used
         return desired_pods(scheduler, tasks_per_gpu)
 
-    scheduler.adaptive_target = adaptive_target  # what /api/v1/adaptive_target calls
-    scheduler.handlers["adaptive_target"] = adaptive_target  # the RPC, bound at Scheduler.__init__
+    replace_adaptive_target(scheduler, adaptive_target)
     return adaptive_target
 
 

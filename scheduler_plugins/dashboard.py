@@ -59,6 +59,7 @@ from bokeh.plotting import figure
 from distributed.utils import log_errors
 
 from altlas_dask.gpu_condition import condition
+from scheduler_plugins.dask_internals import add_dashboard_pages
 
 if TYPE_CHECKING:
     from distributed.scheduler import Scheduler
@@ -310,11 +311,4 @@ def _menu_doc(scheduler: Scheduler, extra: dict[str, Any], doc: Document) -> Gpu
 
 def register_page() -> bool:
     """Add the page to the scheduler dashboard's applications (for schedulers built after this call)."""
-    try:
-        from distributed.dashboard.scheduler import applications
-    except ImportError as exc:  # bokeh missing or a version Dask refuses: no dashboard at all
-        logger.debug("no Dask dashboard (%s): the GPUs page is not registered", exc)
-        return False
-    applications.setdefault(PAGE, gpus_doc)
-    applications.setdefault(MENU_PAGE, _menu_doc)
-    return True
+    return add_dashboard_pages({PAGE: gpus_doc, MENU_PAGE: _menu_doc})

@@ -260,3 +260,62 @@ def wanted_by(scheduler: Scheduler, key: Any, dependents: bool = False) -> set[s
         for dts in ts.dependents:
             clients.update(cs.client_key for cs in dts.who_wants or ())
     return clients
+
+
+def add_rpc_handlers(server: Any, handlers: dict[str, Callable[..., Any]]) -> None:
+    """Serve ``handlers`` as RPCs of ``server`` (``await client.scheduler.<name>(...)``).
+
+    ``Server.handlers`` is the name -> coroutine table ``Server.handle_comm`` looks ops up in, read per
+    message, so entries added after ``__init__`` are served (distributed 2026.7.1).
+    """
+    server.handlers.update(handlers)
+
+
+def wrap_stream_handler(
+    scheduler: Scheduler, op: str, wrap: Callable[[Callable[..., Any]], Callable[..., Any] | None]
+) -> None:
+    """Replace the scheduler's batched-stream handler ``op`` (e.g. ``cancel-keys``) with ``wrap(original)``.
+
+    ``Scheduler.stream_handlers`` maps the ``op`` of each message on a client's batched stream to its
+    handler, looked up per message in ``Scheduler.handle_stream`` (distributed 2026.7.1). Nothing changes
+    when the op is unknown or ``wrap`` returns None.
+    """
+    original = scheduler.stream_handlers.get(op)
+    if original is None:
+        return
+    replacement = wrap(original)
+    if replacement is not None:
+        scheduler.stream_handlers[op] = replacement
+
+
+def held_tasks(scheduler: Scheduler) -> list[TaskState]:
+    """Tasks held by :func:`hold` (in ``no-worker``, restricted to :data:`HELD`).
+
+    ``Scheduler.unrunnable`` is the scheduler's dict of tasks in ``no-worker`` (distributed 2026.7.1).
+    """
+    return [ts for ts in scheduler.unrunnable if ts.worker_restrictions and HELD in ts.worker_restrictions]
+
+
+def replace_adaptive_target(scheduler: Scheduler, target: Callable[..., int]) -> None:
+    """Make ``target`` the scheduler's ``adaptive_target``: the method ``/api/v1/adaptive_target`` calls and the
+    ``adaptive_target`` RPC, which ``Scheduler.__init__`` bound to the old method (distributed 2026.7.1)."""
+    scheduler.adaptive_target = target  # type: ignore[method-assign]
+    scheduler.handlers["adaptive_target"] = target
+
+
+def add_dashboard_pages(pages: dict[str, Callable[..., Any]]) -> bool:
+    """Add Bokeh pages (URL path -> ``doc(scheduler, extra, doc)``) to the scheduler dashboard.
+
+    ``distributed.dashboard.scheduler.applications`` is the module-level route table that
+    ``Scheduler.__init__`` reads once (in ``distributed.dashboard.scheduler.connect``), so only schedulers
+    built after this call serve the pages (distributed 2026.7.1). False when there is no dashboard (bokeh
+    missing or a version Dask refuses).
+    """
+    try:
+        from distributed.dashboard.scheduler import applications
+    except ImportError as exc:
+        logger.debug("no Dask dashboard (%s): pages %s are not registered", exc, list(pages))
+        return False
+    for path, doc in pages.items():
+        applications.setdefault(path, doc)
+    return True

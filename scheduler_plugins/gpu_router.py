@@ -82,7 +82,7 @@ class GpuRouter(SchedulerPlugin):
         self.scheduler = scheduler
         self._open_store()
         api = handlers(self)
-        scheduler.handlers.update(api)
+        dx.add_rpc_handlers(scheduler, api)
         install_scheduler_gate(scheduler, self.identities, self.view.is_admin, api)
         guard_force_cancel(scheduler, self.identities, self.view.is_admin)
         dx.intercept_task_erred(scheduler, self._before_task_erred)

@@ -24,6 +24,7 @@ from typing import Any
 
 from altlas_dask.config import Security
 from altlas_dask.errors import IdentityError
+from scheduler_plugins.dask_internals import wrap_stream_handler
 
 ACTING_KINDS = frozenset({"user", "service"})
 
@@ -167,16 +168,21 @@ class Identities:
 def guard_force_cancel(scheduler: Any, identities: Identities, is_admin: Callable[[str], bool]) -> None:
     """Dask's ``cancel(..., force=True)`` cancels a key whoever wants it: under TLS only admins (and nodes) may
     force; anyone else's forced cancel only drops their own interest in the keys."""
-    original = scheduler.stream_handlers.get("cancel-keys")
-    if not identities.required or original is None or getattr(original, "altlas_guarded", False):
+    if not identities.required:
         return
 
-    def cancel_keys(*, client: str, force: bool = False, **kwargs: Any) -> Any:
-        if force:
-            who = identities.client(scheduler, client)
-            if identities.level(who, is_admin) not in ("admin", "node"):
-                force = False
-        return original(client=client, force=force, **kwargs)
+    def guard(original: Callable[..., Any]) -> Callable[..., Any] | None:
+        if getattr(original, "altlas_guarded", False):
+            return None
 
-    cancel_keys.altlas_guarded = True  # type: ignore[attr-defined]
-    scheduler.stream_handlers["cancel-keys"] = cancel_keys
+        def cancel_keys(*, client: str, force: bool = False, **kwargs: Any) -> Any:
+            if force:
+                who = identities.client(scheduler, client)
+                if identities.level(who, is_admin) not in ("admin", "node"):
+                    force = False
+            return original(client=client, force=force, **kwargs)
+
+        cancel_keys.altlas_guarded = True  # type: ignore[attr-defined]
+        return cancel_keys
+
+    wrap_stream_handler(scheduler, "cancel-keys", guard)

@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from altlas_dask.api import ApiSettings, create_app
-from altlas_dask.api.auth import KeyStore
+from altlas_dask.api_keys import KeyStore
 from altlas_dask.client import Client
 from altlas_dask.config import build_config
 from altlas_dask.launcher import GpuCluster, start_cluster

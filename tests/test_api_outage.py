@@ -35,7 +35,7 @@ from test_multinode import _signal_group
 
 from altlas_dask import run_on_gpu
 from altlas_dask.api import ApiSettings, create_app
-from altlas_dask.api.auth import KeyStore
+from altlas_dask.api_keys import KeyStore
 from altlas_dask.client import Client
 from altlas_dask.config import build_config
 

@@ -259,7 +259,7 @@ def test_no_design_seed_jargon_in_user_facing_text(tmp_path):
     from click.testing import CliRunner
 
     from altlas_dask.api import create_app
-    from altlas_dask.api.auth import KeyStore
+    from altlas_dask.api_keys import KeyStore
     from altlas_dask.cli import cli
     from altlas_dask.config import build_config
 

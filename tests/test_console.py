@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from conftest import cli_command, cli_env, wait_for
 
-from altlas_dask.api.auth import KeyStore
+from altlas_dask.api_keys import KeyStore
 from altlas_dask.kernels import run_on_gpu
 from altlas_dask.launcher import GpuCluster
 

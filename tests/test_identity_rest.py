@@ -15,7 +15,7 @@ from test_api import assert_error, free_socket
 from test_identity import tls_config
 
 from altlas_dask.api import ApiSettings, create_app
-from altlas_dask.api.auth import KeyStore
+from altlas_dask.api_keys import KeyStore
 from altlas_dask.certs import init_ca, issue
 from altlas_dask.config import build_config
 from altlas_dask.launcher import start_cluster

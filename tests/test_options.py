@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from altlas_dask.options import GpuOptions, GpuOptionsError
+from altlas_dask.scheduling.strategies import TaskRequest
 
 
 @pytest.mark.parametrize(
@@ -57,7 +58,7 @@ def test_valid_options_round_trip_through_the_wire_format():
     )
     assert options.specific_gpu_id == 2 and options.min_compute_capability == pytest.approx(8.6)
     assert GpuOptions.parse(options.wire()) == options
-    request = options.request(key="k")
+    request = TaskRequest.from_options(options, key="k")
     assert (request.gpu, request.priority, request.memory_mb, request.user) == (2, 5, 2048, "ana")
 
 

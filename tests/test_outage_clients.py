@@ -87,7 +87,7 @@ def test_console_says_the_scheduler_is_away_in_one_line_and_serves_again_when_it
 ):
     from streamlit.testing.v1 import AppTest
 
-    from altlas_dask.api.auth import Principal
+    from altlas_dask.api_keys import Principal
     from altlas_dask.console.views import common
 
     monkeypatch.setenv("ALTLAS_SCHEDULER", address(world))

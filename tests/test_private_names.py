@@ -174,13 +174,14 @@ def violations(path: Path, private: set[str], own: set[str], tree_root: Path = R
         elif isinstance(node, ast.ClassDef) and subclasses_dask(node, bases):
             inherited = dask_base_members(node, tree)
             for item in node.body:
-                if isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef) and is_private(item.name) and item.name in inherited:
+                overrides = isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef) and item.name in inherited
+                if overrides and is_private(item.name):
                     yield f"{line}: {node.name} overrides the Dask internal {item.name}"
-        elif isinstance(node, ast.Attribute):
-            if is_private(node.attr) and node.attr in private and node.attr not in own:
-                yield f"{line}: uses the Dask internal .{node.attr}"
-            elif node.attr in INTERNAL_ATTRIBUTES:
-                yield f"{line}: uses the Dask internal .{node.attr}"
+        elif isinstance(node, ast.Attribute) and (
+            (is_private(node.attr) and node.attr in private and node.attr not in own)
+            or node.attr in INTERNAL_ATTRIBUTES
+        ):
+            yield f"{line}: uses the Dask internal .{node.attr}"
 
 
 def find_violations(tree_root: Path = REPO) -> list[str]:

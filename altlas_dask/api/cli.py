@@ -80,8 +80,8 @@ def api(
     import uvicorn
 
     from altlas_dask.api.app import create_app
-    from altlas_dask.api.auth import KeyStore
     from altlas_dask.api.gateway import ApiSettings
+    from altlas_dask.api_keys import KeyStore
 
     if bool(ssl_certfile) != bool(ssl_keyfile):
         raise click.UsageError("--ssl-certfile and --ssl-keyfile go together")
@@ -131,6 +131,7 @@ def _check_scheduler(address: str, timeout: float, config: Any) -> None:
     from distributed import Client
 
     from altlas_dask.certs import common_name, dask_security
+    from altlas_dask.dask_client_internals import scheduler_rpc_names
 
     security = dask_security(config.security, "client")
     if security is not None and (name := common_name(security.tls_client_cert)) not in config.security.delegates:
@@ -141,7 +142,7 @@ def _check_scheduler(address: str, timeout: float, config: Any) -> None:
         )
     try:
         with Client(address, timeout=timeout, set_as_default=False, security=security) as probe:
-            if "altlas_policy" not in probe.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.handlers)):
+            if "altlas_policy" not in scheduler_rpc_names(probe):
                 raise click.ClickException(
                     f"the scheduler at {address} has no GPU router: start the cluster with `altlas-dask up` "
                     "or `dask scheduler --preload scheduler_plugins.gpu_router`"
@@ -157,7 +158,7 @@ def _check_scheduler(address: str, timeout: float, config: Any) -> None:
 
 
 def _store(ctx: Any, database: str | None):
-    from altlas_dask.api.auth import KeyStore, KeyStoreError
+    from altlas_dask.api_keys import KeyStore, KeyStoreError
 
     config = ctx.config()
     if database is None:
@@ -181,7 +182,7 @@ def keys() -> None:
 @click.pass_obj
 def create_key(ctx: Any, user: str, admin: bool, note: str, database: str | None) -> None:
     """Print a new key on stdout (only time it is shown): KEY=$(altlas-dask keys create --user ana)."""
-    from altlas_dask.api.auth import KeyStoreError
+    from altlas_dask.api_keys import KeyStoreError
 
     store = _store(ctx, database)
     try:

@@ -39,6 +39,7 @@ from altlas_dask.api.request_batching import RequestBatcher
 from altlas_dask.certs import dask_security
 from altlas_dask.client import CHUNKS_PER_GPU, Client, RouterError
 from altlas_dask.config import AltlasConfig
+from altlas_dask.dask_client_internals import settled
 from altlas_dask.errors import GpuRoutingError, TaskCancelledError
 from altlas_dask.model import generation_size
 from altlas_dask.options import GpuOptions, GpuOptionsError, check_strategy
@@ -836,9 +837,9 @@ async def _outcome(future: Future) -> Any:
 async def _settled(future: Future) -> None:
     """Until ``future`` is finished, erred or cancelled, without fetching its result: ``await future`` would
     fetch it for every waiter, and a batch task's requests all wait on one future. (Dask's ``wait()`` needs a
-    default client; ``FutureState.wait`` is what it awaits: the gateway's one private Dask access.)"""
+    default client; the wait lies in ``altlas_dask.dask_client_internals.settled``.)"""
     with contextlib.suppress(Exception):
-        await future._state.wait()
+        await settled(future)
 
 
 def item_id(chunk_id: str, index: int) -> str:

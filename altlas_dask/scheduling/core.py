@@ -34,7 +34,7 @@ from altlas_dask.scheduling.fairqueue import FairQueue
 from altlas_dask.scheduling.gpus import GpuBook, GpuSlot
 from altlas_dask.scheduling.lifecycle import TaskStatus
 from altlas_dask.scheduling.sharing import charged_seconds
-from altlas_dask.scheduling.strategies import Decision, RoutingContext, build_registry, capacity
+from altlas_dask.scheduling.strategies import Decision, RoutingContext, TaskRequest, build_registry, capacity
 from altlas_dask.scheduling.tasks import TaskRecord
 
 logger = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ class SchedulingCore:
             options = _parse_options(e.options)
         except GpuOptionsError as exc:
             options, error = GpuOptions(user=_user_of(e.options)), exc
-        request = options.request(key=e.key)
+        request = TaskRequest.from_options(options, key=e.key)
         admission = error is None and e.charge and options.over_limit == "wait"
         admission = admission and self.book.priority_full(request.user, request.priority)
         if error is None and e.charge:

@@ -21,6 +21,7 @@ from typing import Literal, Protocol
 
 from altlas_dask.config import RoutingPolicy, meets_compute_capability
 from altlas_dask.gpus.state import GpuState, health_score
+from altlas_dask.options import GpuOptions
 from altlas_dask.scheduling.estimates import OwnRates, Scaled
 
 #: placed; wait (no GPU can take it now); unhealthy (every GPU that could take it is critical);
@@ -48,6 +49,24 @@ class TaskRequest:
     requests: int = 1  # client requests this task serves (a gateway batch): each counts against the quotas
     cost: float | None = None  # gpu_options.cost: its size in its type's own unit (tokens, images, GFLOP)
     affinity: str | None = None  # gpu_options.affinity: state it reuses where it ran lately (a prefix, a model)
+
+    @classmethod
+    def from_options(cls, options: GpuOptions, key: str = "", exclude: frozenset[int] = frozenset()) -> TaskRequest:
+        """The request of a task annotated with ``options`` (validated ``gpu_options``)."""
+        return cls(
+            key=key,
+            user=options.user,
+            priority=options.priority,
+            task_type=options.task_type,
+            memory_mb=options.memory_mb,
+            strategy=options.strategy,
+            gpu=options.specific_gpu_id,
+            min_compute_capability=options.min_compute_capability,
+            exclude=exclude,
+            requests=options.requests,
+            cost=options.cost,
+            affinity=options.affinity,
+        )
 
 
 @dataclass(frozen=True, slots=True)
