@@ -203,12 +203,15 @@ class CoreMachine(RuleBasedStateMachine):
         ready=st.booleans(),
         timeout=st.sampled_from([3.0, 30.0, 300.0]),
         inputs_on=st.sampled_from([None, None, 0, 1, 2, 3]),
+        affinity=st.sampled_from([None, None, "model-a", "prefix-b"]),
     )
-    def submit(self, user, priority, memory, ready, timeout, inputs_on=None) -> None:
+    def submit(self, user, priority, memory, ready, timeout, inputs_on=None, affinity=None) -> None:
         key = f"t{self.count}"
         self.count += 1
         self.submitted[key] = {"user": user, "priority": priority, "memory": memory, "deadline": self.now + timeout}
         options = {"user": user, "priority": priority, "memory_mb": memory, "timeout": timeout, "retries": 1}
+        if affinity is not None:
+            options["affinity"] = affinity
         inputs = {self.joined[inputs_on]: INPUT_BYTES} if inputs_on in self.joined else None
         actions = self.send(ev.Submitted(key, options, self.now, ready=ready, inputs=inputs))
         if not any(isinstance(a, Record) and a.row["status"] == "rejected" for a in actions):
