@@ -435,7 +435,7 @@ def goal_row(goal: str, mine: float, theirs: float, target: float) -> list[str]:
     return [goal, f"{gain:+.0%} ({mine * 1e3:.0f} vs {theirs * 1e3:.0f} ms)", verdict(gain >= target)]
 
 
-def run_suite(traces: list[str] | None, loads: list[float] | None, strategies: list[str]) -> None:
+def run_suite(traces: list[str] | None, loads: list[float] | None, strategies: list[str], section: str) -> None:
     """Every strategy x trace x load in virtual time (bench/suite.py); writes the ``suite`` section."""
     import suite
 
@@ -445,7 +445,7 @@ def run_suite(traces: list[str] | None, loads: list[float] | None, strategies: l
     print(body)
     seconds = time.perf_counter() - started
     write_section(
-        "suite",
+        section,
         f"## Strategy suite on public inference traces (issue 23)\n\nCommand: `{command('strategies.py')}`\n\n"
         f"{suite.__doc__.split(chr(10) + chr(10), 1)[1].rsplit(chr(10) + chr(10), 1)[0]}\n\n"
         f"p95 latency (s, arrival -> result) per strategy; the default's rank among them by p95.\n\n{body}\n\n"
@@ -471,6 +471,7 @@ def main() -> None:
     parser.add_argument("--suite", action="store_true", help="the replay suite on public traces (bench/suite.py)")
     parser.add_argument("--traces", nargs="+", default=None, help="with --suite: trace names (default: all)")
     parser.add_argument("--loads", nargs="+", type=float, default=None, help="with --suite: default 0.6 0.75 0.9")
+    parser.add_argument("--section", default="suite", help="with --suite: the bench/RESULTS.md section it writes")
     parser.add_argument("--affinity", action="store_true", help="affinity with / without on the shared-prefix trace")
     args = parser.parse_args()
     if args.affinity:
@@ -487,7 +488,7 @@ def main() -> None:
         )
         return
     if args.suite:
-        run_suite(args.traces, args.loads, [s for s in STRATEGIES if s in args.strategies.split(",")])
+        run_suite(args.traces, args.loads, [s for s in STRATEGIES if s in args.strategies.split(",")], args.section)
         return
     quiet()
     info = machine()
