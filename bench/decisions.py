@@ -5,7 +5,7 @@ Each shipped trace (altlas_dask/simulation/traces) is replayed on bench/strategi
 2 x T4 16GB) with every built-in strategy; the digest hashes, per task, its final status, GPU, attempts and
 start/end times (virtual, to the microsecond), so any different placement shows.
 
-Run: ``.venv/bin/python bench/decisions.py [--json FILE]`` (prints ``trace strategy digest``).
+Run: ``.venv/bin/python bench/decisions.py [--trace NAME ...] [--json FILE]`` (prints ``trace strategy digest``).
 """
 
 from __future__ import annotations
@@ -25,11 +25,13 @@ STRATEGIES = ("earliest_finish", "least_loaded", "round_robin", "memory_optimize
               "task_specific", "single_gpu")  # fmt: skip
 
 
-def digests() -> dict[str, str]:
+def digests(names: list[str] | None = None) -> dict[str, str]:
     pool = "simulation.gpus=" + json.dumps(list(scenarios.HETEROGENEOUS_POOL))
     config = load_config(overrides=["accounting.database=:memory:", pool], environ={})
     out = {}
     for path in sorted(TRACES.glob("*.jsonl")):
+        if names and path.stem not in names:
+            continue
         lines = read_trace(path)
         for strategy in STRATEGIES:
             result = replay(config, lines, strategy=strategy)
@@ -47,8 +49,9 @@ def _us(t: float | None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", type=Path, help="also write the digests to this file")
+    parser.add_argument("--trace", action="append", help="only this shipped trace (repeatable; default: all)")
     args = parser.parse_args()
-    found = digests()
+    found = digests(args.trace)
     for name, digest in found.items():
         print(name, digest)
     if args.json:

@@ -194,3 +194,17 @@ def test_the_newest_finished_records_keep_every_gpu_s_score_older_ones_are_compa
     assert scored == [f"t{i}" for i in range(10, n)]  # the newest EXPLAINED_IN_FULL, each with the 4 GPUs' scores
     assert all(len(core.recent[k].explain()["scores"]) == 4 for k in scored)
     assert core.recent["t0"].explain()["reason"]  # a compacted record still says why it went where it went
+
+
+def test_a_named_gpu_on_a_large_pool_by_id_uuid_or_model(monkeypatch):
+    c = Counted(monkeypatch, 128, 0)
+    c.feed(ev.Submitted("by-id", {"specific_gpu_id": 77}, NOW))
+    c.feed(ev.Submitted("by-uuid", {"specific_gpu_id": "GPU-test-90"}, NOW))
+    assert (c.core.tasks["by-id"].gpu, c.core.tasks["by-uuid"].gpu) == (77, 90)
+    c.core.handle(ev.GpuLeft("tcp://gpu-5", NOW))
+    c.feed(ev.Submitted("gone", {"specific_gpu_id": 5}, NOW))
+    assert "GPU 5 is not connected" in c.core.tasks["gone"].decision.reason
+    c.core.handle(ev.GpuJoined("tcp://gpu-200", gpu(200, memory_mb=40960, name="Other 40GB"), NOW))
+    c.feed(ev.Submitted("by-model", {"specific_gpu_id": "other*"}, NOW))
+    c.feed(ev.Tick(NOW))  # (it was held: the task waiting for GPU 5 is queued ahead of it)
+    assert c.core.tasks["by-model"].gpu == 200

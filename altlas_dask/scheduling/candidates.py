@@ -62,7 +62,7 @@ def _from_index(
         ids = named[0]
         fit_count = sum(1 for g in ids if index.class_of(g) in fits and g not in request.exclude)
     else:
-        ids = _look_at(index, fits, order, request, ctx)
+        ids = _look_at(book, fits, order, request, ctx)
     ids += [g for g in ctx.inputs if g >= 0 and g in book and g not in ids]  # where its inputs are
     views = [book.view(g) for g in ids]
     eligible, rejected, permanent = evaluate(views, request, ctx)
@@ -81,7 +81,8 @@ def _from_index(
     return decision
 
 
-def _look_at(index: GpuIndex, fits: list[GpuClass], order: str, request: TaskRequest, ctx: RoutingContext):
+def _look_at(book: GpuBook, fits: list[GpuClass], order: str, request: TaskRequest, ctx: RoutingContext):
+    index = book.index()
     if order == "fullest":
         return index.fullest(fits, LOOK_AT)
     if order == "after":
@@ -93,7 +94,7 @@ def _look_at(index: GpuIndex, fits: list[GpuClass], order: str, request: TaskReq
     ids = index.emptiest(fits, LOOK_AT)
     mapped = ctx.policy.task_specific_mappings.get(request.task_type) if order == "mapped" else None
     if mapped is not None:  # the GPUs its task type maps to come first
-        on, classes = _named_in(index, mapped, {})
+        on, classes = _named(book, index, mapped)
         wanted = on or index.emptiest([c for c in fits if c in classes], LOOK_AT)
         ids = [*wanted, *(g for g in ids if g not in wanted)]
     return ids
@@ -101,15 +102,15 @@ def _look_at(index: GpuIndex, fits: list[GpuClass], order: str, request: TaskReq
 
 def _named(book: GpuBook, index: GpuIndex, ref: int | str) -> tuple[list[int], list[GpuClass]]:
     """The GPUs ``ref`` names: by id or UUID (ids), or by a name pattern (classes)."""
-    uuids = {uuid: g for uuid, g in book.ids.items() if g in book} if isinstance(ref, str) else {}
-    return _named_in(index, ref, uuids)
+    if isinstance(ref, str) and ref in book.ids:
+        gpu = book.ids[ref]
+        return ([gpu] if gpu in book else []), []
+    return _named_in(index, ref)
 
 
-def _named_in(index: GpuIndex, ref: int | str, uuids: dict[str, int]) -> tuple[list[int], list[GpuClass]]:
+def _named_in(index: GpuIndex, ref: int | str) -> tuple[list[int], list[GpuClass]]:
     if isinstance(ref, int):
         return ([ref], []) if index.class_of(ref) is not None else ([], [])
-    if ref in uuids:
-        return [uuids[ref]], []
     pattern = ref.lower()
     return [], [c for c in index.classes.values() if fnmatch.fnmatchcase(c.name.lower(), pattern)]
 
