@@ -73,6 +73,20 @@ def wait_for(predicate: Callable[[], T], *, timeout: float = 30.0, interval: flo
         time.sleep(interval)
 
 
+def scraped_metrics(cluster: GpuCluster, containing: str) -> list[str]:
+    """The ``altlas_*`` lines of the cluster's ``/metrics``, once a scrape contains ``containing``."""
+    import httpx
+
+    url = cluster.dashboard_link.replace("/status", "/metrics")
+
+    def scraped() -> str | None:
+        text = httpx.get(url, timeout=30).text
+        return text if containing in text else None
+
+    text = wait_for(scraped, what=f"{containing} in {url}")
+    return [line for line in text.splitlines() if line.startswith("altlas_")]
+
+
 def cli_command() -> list[str]:
     """The installed ``altlas-dask`` console script next to this interpreter, else ``python -m``."""
     script = Path(sys.executable).with_name("altlas-dask")

@@ -10,7 +10,7 @@ from pathlib import Path
 import cloudpickle
 import distributed
 import pytest
-from conftest import certificate_clients, wait_for
+from conftest import certificate_clients, scraped_metrics, wait_for
 
 from altlas_dask import QuotaExceededError, RouterError, run_on_gpu, start_cluster
 from altlas_dask.certs import client_security, init_ca, issue
@@ -203,21 +203,13 @@ def test_a_client_without_a_certificate_is_refused_clearly(cluster, certs, tmp_p
 
 def test_metric_labels_stay_bounded(cluster, alice, bob):
     """Invented task types and unconfigured users are counted as `other`; configured ones by name."""
-    import httpx
-
     done = [
         alice.submit(run_on_gpu, 1.0, pure=False, gpu_options={"task_type": "made-up-model-123"}),
         alice.submit(run_on_gpu, 1.0, pure=False, gpu_options={"task_type": "text_generation"}),
     ]
     alice.gather(done)
-    url = cluster.dashboard_link.replace("/status", "/metrics")
-
-    def scraped() -> str | None:
-        text = httpx.get(url, timeout=30).text
-        return text if 'model="text_generation"' in text else None
-
-    text = wait_for(scraped, what="the router's task counters")
-    tasks = [line for line in text.splitlines() if line.startswith("altlas_tasks_total{")]
+    lines = scraped_metrics(cluster, 'model="text_generation"')
+    tasks = [line for line in lines if line.startswith("altlas_tasks_total{")]
     assert not any("made-up-model-123" in line or 'user="alice"' in line for line in tasks), tasks
     assert any('model="other"' in line and 'user="other"' in line for line in tasks), tasks
     assert any('user="bob"' in line for line in tasks), tasks  # bob has a configured quota (quotas.users)

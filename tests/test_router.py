@@ -12,7 +12,7 @@ import cloudpickle
 import dask
 import distributed
 import pytest
-from conftest import wait_for
+from conftest import scraped_metrics, wait_for
 
 from altlas_dask import (
     GpuOptionsError,
@@ -280,22 +280,13 @@ def test_a_strategy_the_cluster_does_not_enable_fails_clearly(client):
 
 def test_invented_strategy_names_add_no_metric_series(client, cluster):
     """50 made-up strategy names through plain Dask (the altlas client refuses them): counted as `other`."""
-    import httpx
-
     invented = [f"made_up_{i}" for i in range(50)]
     futures = []
     for name in invented:
         with dask.annotate(gpu_options={"strategy": name}):
             futures.append(distributed.Client.submit(client, run_on_gpu, 1, pure=False))
     distributed.wait(futures, timeout=60)
-    url = cluster.dashboard_link.replace("/status", "/metrics")
-
-    def scraped() -> str | None:
-        text = httpx.get(url, timeout=30).text
-        return text if 'strategy="other"' in text else None
-
-    text = wait_for(scraped, what="the decision counters")
-    series = [line for line in text.splitlines() if line.startswith("altlas_")]
+    series = scraped_metrics(cluster, 'strategy="other"')
     assert not [line for line in series if "made_up_" in line], series
     assert any(line.startswith("altlas_routing_decisions_total{") and 'strategy="other"' in line for line in series)
 
