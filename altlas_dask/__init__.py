@@ -4,10 +4,10 @@ from altlas_dask.lazy import lazy_getattr
 
 _WHERE = {
     "AltlasConfig": "altlas_dask.config",
-    "Batch": "altlas_dask.client",
-    "Client": "altlas_dask.client",
+    "Batch": "altlas_dask.client.gpu_client",
+    "Client": "altlas_dask.client.gpu_client",
     "ConfigError": "altlas_dask.config",
-    "GpuCluster": "altlas_dask.launcher",
+    "GpuCluster": "altlas_dask.ops.launcher",
     "GpuFaultError": "altlas_dask.gpus",
     "GpuOptions": "altlas_dask.options",
     "GpuOptionsError": "altlas_dask.options",
@@ -18,13 +18,13 @@ _WHERE = {
     "GpuTaskTimeoutError": "altlas_dask.errors",
     "GpuUnavailableError": "altlas_dask.gpus",
     "QuotaExceededError": "altlas_dask.errors",
-    "RouterError": "altlas_dask.client",
+    "RouterError": "altlas_dask.client.gpu_client",
     "TaskCancelledError": "altlas_dask.errors",
-    "batched": "altlas_dask.batching",
+    "batched": "altlas_dask.worker.batching",
     "load_config": "altlas_dask.config",
-    "run_on_gpu": "altlas_dask.kernels",
-    "start_cluster": "altlas_dask.launcher",
-    "torch_matmul": "altlas_dask.kernels",
+    "run_on_gpu": "altlas_dask.worker.kernels",
+    "start_cluster": "altlas_dask.ops.launcher",
+    "torch_matmul": "altlas_dask.worker.kernels",
 }
 
 

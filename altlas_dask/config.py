@@ -398,7 +398,7 @@ class SelftestSuite(_Strict):
 
 class ModelBatching(_Strict):
     """Dynamic batching of one model's requests: at the gateway (``POST /predict``, altlas_dask/api/request_batching.py)
-    and on the GPU worker for tasks submitted one by one (altlas_dask/batching.py)."""
+    and on the GPU worker for tasks submitted one by one (altlas_dask/worker/batching.py)."""
 
     enabled: bool = True
     max_batch_size: int = Field(16, ge=1, le=1024)  # requests in one batch at most

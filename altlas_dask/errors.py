@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from altlas_dask.options import GpuOptionsError
-from altlas_dask.quotas import QuotaExceededError
+from altlas_dask.scheduling.quotas import QuotaExceededError
 
 
 class GpuRoutingError(RuntimeError):

@@ -25,8 +25,8 @@ def main() -> None:
     args = parser.parse_args()
     quiet()
     import altlas_dask
-    from altlas_dask.launcher import start_cluster
     from altlas_dask.model import generate
+    from altlas_dask.ops.launcher import start_cluster
 
     info, load_start, start = machine(), load_average(), time.perf_counter()
     modes = {"batching on": "true", "batching off": "false"}

@@ -22,7 +22,7 @@ from pathlib import Path
 from common import command, load_average, machine, machine_line, quiet, table, write_section
 from overhead import ModeCluster
 
-from altlas_dask.accounting import AccountingStore
+from altlas_dask.accounting.store import AccountingStore
 
 MODES = ("journal", "no journal")
 

@@ -58,7 +58,7 @@ LABELS = {"off": "fair_share=false", "on": "fair_share=true", "on_p5": "fair_sha
 
 def timed_kernel(work_gflop: float) -> tuple[float, float, int]:
     """``run_on_gpu`` bracketed by wall-clock timestamps taken on the worker."""
-    from altlas_dask.kernels import run_on_gpu
+    from altlas_dask.worker.kernels import run_on_gpu
 
     start = time.time()
     out = run_on_gpu(work_gflop)
@@ -122,7 +122,7 @@ def _close(cluster, clients) -> None:
 def run_mode(mode: str, work: Workload) -> Run:
     import distributed
 
-    from altlas_dask.launcher import start_cluster
+    from altlas_dask.ops.launcher import start_cluster
 
     config = config_for(mode != "off")
     assert config.quotas.fair_share is (mode != "off")

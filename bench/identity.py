@@ -3,7 +3,7 @@ to its certificate's user) against open mode (plain TCP), same 4 simulated GPUs,
 
 Both clusters stay up for the whole run and the repetitions alternate (open/tls, tls/open, ...) so other
 processes' load hits both. (a) throughput of N single ``submit`` calls, median of the repetitions; (b) one-task
-round trip (submit + result), samples interleaved. Certificates come from ``altlas_dask.certs`` in a temp dir.
+round trip (submit + result), samples interleaved. Certificates come from ``altlas_dask.ops.certs`` in a temp dir.
 
 Run: ``.venv/bin/python bench/identity.py [--reps 3] [--tasks 2000] [--roundtrips 100]``; writes the
 "identity" section of bench/RESULTS.md.
@@ -33,9 +33,9 @@ class Mode:
     """One cluster: open mode (tcp, declared user) or tls (mutual TLS, the certificate's user)."""
 
     def __init__(self, mode: str, certs: Path) -> None:
-        from altlas_dask.certs import client_security
-        from altlas_dask.client import Client
-        from altlas_dask.launcher import start_cluster
+        from altlas_dask.client.gpu_client import Client
+        from altlas_dask.ops.certs import client_security
+        from altlas_dask.ops.launcher import start_cluster
 
         overrides: list[str] = []
         if mode == "tls":
@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--roundtrips", type=int, default=100, help="samples per mode")
     args = parser.parse_args()
     quiet()
-    from altlas_dask.certs import init_ca, issue
+    from altlas_dask.ops.certs import init_ca, issue
 
     info, load_start, t0 = machine(), load_average(), time.perf_counter()
     certs = Path(tempfile.mkdtemp(prefix="altlas-certs-"))

@@ -206,9 +206,9 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     from distributed import Client
 
-    from altlas_dask.api_keys import KeyStore
+    from altlas_dask.accounting.api_keys import KeyStore
     from altlas_dask.config import load_config
-    from altlas_dask.launcher import start_cluster
+    from altlas_dask.ops.launcher import start_cluster
 
     tmp = tempfile.mkdtemp(prefix="altlas-load-")
     overrides = [
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     token = KeyStore(config.accounting.database).create("loadtest")[1]
     port = free_port()
     script = Path(sys.executable).with_name("altlas-dask")
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "altlas_dask.cli"]
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "altlas_dask.cli.main"]
     set_args = [a for o in overrides for a in ("--set", o)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("ALTLAS_")}
     gateway = subprocess.Popen(

@@ -49,7 +49,7 @@ def preprocess(item: int, mb: float, touch: bool = False):
     """GPU preprocessing: modelled device time, then an ``mb`` MB array (the item's tensor)."""
     import numpy as np
 
-    from altlas_dask.kernels import run_on_gpu
+    from altlas_dask.worker.kernels import run_on_gpu
 
     run_on_gpu(PRE_GFLOP, MEMORY_MB)
     # np.zeros maps zeroed pages lazily: making the array costs no CPU here (on a real GPU it is device memory),
@@ -63,7 +63,7 @@ def preprocess(item: int, mb: float, touch: bool = False):
 
 def infer(data) -> dict[str, Any]:
     """GPU inference on the preprocessed array: modelled device time; a small result."""
-    from altlas_dask.kernels import run_on_gpu
+    from altlas_dask.worker.kernels import run_on_gpu
 
     result = run_on_gpu(INFER_GFLOP, MEMORY_MB)
     return {"gpu": result["gpu"], "value": float(data[0]), "nbytes": int(data.nbytes)}
@@ -102,7 +102,7 @@ def pipeline(client, items: int, mb: float, router: bool, touch: bool = False) -
 def run_once(system: str, items: int, mb: float, touch: bool = False, sets: tuple[str, ...] = ()) -> dict[str, Any]:
     import distributed
 
-    from altlas_dask.launcher import start_cluster
+    from altlas_dask.ops.launcher import start_cluster
 
     router = system != "plain"
     overrides = [pool_override(POOL), *sets]

@@ -85,7 +85,7 @@ class ModeCluster:
     def __init__(self, mode: str) -> None:
         import distributed
 
-        from altlas_dask.launcher import start_cluster
+        from altlas_dask.ops.launcher import start_cluster
 
         self.mode = mode
         self.cluster = start_cluster(bench_config(), simulate=N_GPUS, router=mode == "router")

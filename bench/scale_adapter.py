@@ -26,7 +26,7 @@ from overhead import GPU_OPTIONS, noop
 
 from altlas_dask.gpus.state import GpuState
 from altlas_dask.resources import gpu_resources
-from altlas_dask.worker import METRIC_NAME
+from altlas_dask.worker.binding import METRIC_NAME
 
 POLLS = 200
 
@@ -48,7 +48,7 @@ def start(n_gpus: int):
     import dask
     from distributed import Scheduler, SpecCluster, Worker
 
-    from altlas_dask.client import Client
+    from altlas_dask.client.gpu_client import Client
     from scheduler_plugins.gpu_router import GpuRouter
 
     config = bench_config("gpu.multi_gpu.max_concurrent_tasks_per_gpu=1")

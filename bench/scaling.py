@@ -60,7 +60,7 @@ POOL = {
 
 def timed_run(work_gflop: float, memory_mb: int) -> dict[str, Any]:
     """``run_on_gpu`` plus wall-clock start/end on the worker (same host clock as the client)."""
-    from altlas_dask.kernels import run_on_gpu
+    from altlas_dask.worker.kernels import run_on_gpu
 
     start = time.time()
     result = run_on_gpu(work_gflop, memory_mb)
@@ -72,7 +72,7 @@ def run_batch(
 ) -> list[dict[str, Any]]:
     import distributed
 
-    from altlas_dask.launcher import start_cluster
+    from altlas_dask.ops.launcher import start_cluster
 
     config = bench_config(pool_override(POOL), *overrides)
     cluster = start_cluster(config, simulate=n_gpus, router=router)

@@ -145,9 +145,9 @@ def split_text(row: dict[str, Any]) -> str:
 
 
 def gateway_rows(name: str, batching: bool, args: Any) -> list[dict[str, Any]]:
-    from altlas_dask.api_keys import KeyStore
+    from altlas_dask.accounting.api_keys import KeyStore
     from altlas_dask.config import load_config
-    from altlas_dask.launcher import start_cluster
+    from altlas_dask.ops.launcher import start_cluster
 
     tmp = tempfile.mkdtemp(prefix="altlas-serving-")
     overrides = [
@@ -164,7 +164,7 @@ def gateway_rows(name: str, batching: bool, args: Any) -> list[dict[str, Any]]:
     token = KeyStore(config.accounting.database).create("serving")[1]
     port = free_port()
     script = Path(sys.executable).with_name("altlas-dask")
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "altlas_dask.cli"]
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "altlas_dask.cli.main"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("ALTLAS_")}
     gateway = subprocess.Popen(
         [*cmd, *[a for o in overrides for a in ("--set", o)], "api", "--scheduler", cluster.scheduler_address]

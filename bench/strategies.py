@@ -93,7 +93,7 @@ def arrivals(duration: float, load: float, seed: int) -> list[Arrival]:
 
 
 def job(work_gflop: float, memory_mb: int) -> dict[str, Any]:
-    from altlas_dask.kernels import run_on_gpu
+    from altlas_dask.worker.kernels import run_on_gpu
 
     start = time.time()
     result = run_on_gpu(work_gflop, memory_mb)
@@ -133,7 +133,7 @@ class Bench:
     """One cluster for every run; ``run`` replays an arrival sequence with one strategy."""
 
     def __init__(self) -> None:
-        from altlas_dask.launcher import start_cluster
+        from altlas_dask.ops.launcher import start_cluster
 
         self.cluster = start_cluster(bench_config(pool_override(*POOL)), router=True)
         self.client = self.cluster.client()

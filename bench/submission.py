@@ -1,5 +1,5 @@
 """Submission coalescing: 5,000 single ``submit`` calls through the router with and without coalescing
-(``altlas_dask.coalesce``), the same as one ``map``, and plain Dask single submits; plus the one-task round
+(``altlas_dask.client.coalesce``), the same as one ``map``, and plain Dask single submits; plus the one-task round
 trip of each single-submit mode. Same machine, one run, alternating repetitions.
 
 With ``--ray PYTHON`` (an interpreter with Ray, made by ``make bench-peers`` in ``.venv-ray``) Ray's single
@@ -66,10 +66,10 @@ class RayChild:
 PHASE_JITTER_S = 0.012
 
 def submission_benchmark(n_tasks: int, reps: int, roundtrips: int, ray_python: str | None = None) -> str:
-    """5,000 single submits with and without coalescing (altlas_dask.coalesce), one ``map``, and plain Dask."""
+    """5,000 single submits with and without coalescing (altlas_dask.client.coalesce), one ``map``, and plain Dask."""
     import distributed
 
-    from altlas_dask.launcher import start_cluster
+    from altlas_dask.ops.launcher import start_cluster
 
     info, load_start, t_start = machine(), load_average(), time.perf_counter()
     router = start_cluster(bench_config(), simulate=N_GPUS)

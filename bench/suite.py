@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 from common import table, verdict
 
+from altlas_dask.cli.replay import find_trace
 from altlas_dask.config import load_config
-from altlas_dask.replay_cli import find_trace
 from altlas_dask.simulation.engine import replay
 from altlas_dask.simulation.trace import TraceTask, read_trace
 

@@ -58,7 +58,7 @@ from bokeh.models import (
 from bokeh.plotting import figure
 from distributed.utils import log_errors
 
-from altlas_dask.gpu_condition import condition
+from altlas_dask.gpus.condition import condition
 from scheduler_plugins.dask_internals import add_dashboard_pages
 
 if TYPE_CHECKING:

@@ -17,11 +17,11 @@ from distributed.core import error_message
 from distributed.protocol import pickle
 from distributed.scheduler import Scheduler, TaskState
 
-from altlas_dask.batching import BATCH_METADATA
 from altlas_dask.gpus.device import DEVICE_SECONDS_METADATA
 from altlas_dask.options import ANNOTATION
 from altlas_dask.resources import GPU_MEMORY_RESOURCE, GPU_RESOURCE
-from altlas_dask.worker import METRIC_NAME
+from altlas_dask.worker.batching import BATCH_METADATA
+from altlas_dask.worker.binding import METRIC_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ def give_up(ts: TaskState, msg: dict[str, Any], replacement: BaseException | Non
 def measured(transition_kwargs: dict[str, Any]) -> tuple[tuple[int, float] | None, float | None]:
     """What the worker measured of the task, noted in its metadata (which Dask's task-finished message carries
     into the processing -> memory transition as ``metadata``): (batch size, this task's share of the batch
-    call's seconds) when it ran in a worker-side batch (:func:`altlas_dask.batching._report`), and the device
+    call's seconds) when it ran in a worker-side batch (:func:`altlas_dask.worker.batching._report`), and the device
     seconds its GPU measured (:func:`altlas_dask.gpus.device.report_device_seconds`); None where not noted."""
     metadata = transition_kwargs.get("metadata") or {}
     batch, device_s = metadata.get(BATCH_METADATA), metadata.get(DEVICE_SECONDS_METADATA)

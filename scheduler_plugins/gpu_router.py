@@ -24,17 +24,17 @@ from distributed import SchedulerPlugin
 from distributed.scheduler import Scheduler, TaskState
 from tornado.ioloop import PeriodicCallback
 
-from altlas_dask.accounting import AccountingStore
+from altlas_dask.accounting.store import AccountingStore
 from altlas_dask.config import AltlasConfig, load_config
 from altlas_dask.errors import IdentityError
 from altlas_dask.gpus.state import GpuState
-from altlas_dask.quotas import utc_day
 from altlas_dask.scheduling import events as ev
 from altlas_dask.scheduling.actions import Action, Fail, Hold, KeepError, Place, Record, Release, Retry, Usage
 from altlas_dask.scheduling.core import SchedulingCore
+from altlas_dask.scheduling.quotas import utc_day
 from altlas_dask.scheduling.strategies import Decision
 from altlas_dask.scheduling.view import CoreView
-from altlas_dask.worker import fatal_preload
+from altlas_dask.worker.binding import fatal_preload
 from scheduler_plugins import dask_internals as dx
 from scheduler_plugins.dashboard import PLUGIN_NAME, register_page
 from scheduler_plugins.gate import install_scheduler_gate

@@ -2,7 +2,7 @@
 
 With ``security.identity: tls`` every Dask comm is mutual TLS, so the scheduler side of a client's comm
 holds the peer certificate Python's ``ssl`` verified (``comm.extra_info["peercert"]``). The mapping
-(altlas_dask/certs.py issues matching certificates):
+(altlas_dask/ops/certs.py issues matching certificates):
 
 * common name (CN) -> the name; organizational unit (OU) -> the kind (``user``, ``service``, ``node``);
 * a ``user`` or ``service`` certificate acts as its CN; a ``node`` (scheduler, worker) acts as nobody;

@@ -46,7 +46,7 @@ class LabelPolicy:
 
     def __init__(self, config: AltlasConfig, overridden: Collection[str] = ()) -> None:
         """``overridden``: users an admin gave a quota at run time (a live view; bounded by admins' actions)."""
-        from altlas_dask.workloads import WORKLOADS
+        from altlas_dask.client.workloads import WORKLOADS
 
         self.overridden = overridden
 

@@ -21,9 +21,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from altlas_dask.errors import IdentityError
-from altlas_dask.quotas import QuotaValueError
 from altlas_dask.ranges import MAX_GPU_ID, MAX_OFFSET, MAX_ROWS, MAX_TIMESTAMP, check_int, check_number
 from altlas_dask.scheduling.lifecycle import TaskStatus
+from altlas_dask.scheduling.quotas import QuotaValueError
 from scheduler_plugins.identity import Caller, of_comm
 
 if TYPE_CHECKING:

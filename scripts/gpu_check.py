@@ -57,7 +57,7 @@ def fields(args: argparse.Namespace) -> int:
 def workers(args: argparse.Namespace) -> int:
     from distributed import Client
 
-    from altlas_dask.live import live_gpus
+    from altlas_dask.client.live import live_gpus
 
     with Client(args.scheduler, timeout=30, set_as_default=False) as client:
         deadline = time.monotonic() + args.timeout
@@ -116,7 +116,7 @@ def router_vs_dask(args: argparse.Namespace) -> int:
     import distributed
 
     from altlas_dask.config import load_config
-    from altlas_dask.launcher import start_cluster
+    from altlas_dask.ops.launcher import start_cluster
 
     overrides = ["cluster.scheduler_address=127.0.0.1:0", "cluster.dashboard_address=127.0.0.1:0"]
     config = load_config(args.config, overrides=[*overrides, "accounting.database=:memory:"])

@@ -25,7 +25,7 @@ import yaml
 from distributed import Client
 
 from altlas_dask.config import AltlasConfig, build_config
-from altlas_dask.launcher import GpuCluster, start_cluster
+from altlas_dask.ops.launcher import GpuCluster, start_cluster
 
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER_YAML = REPO / "cluster.yaml"
@@ -90,7 +90,7 @@ def scraped_metrics(cluster: GpuCluster, containing: str) -> list[str]:
 def cli_command() -> list[str]:
     """The installed ``altlas-dask`` console script next to this interpreter, else ``python -m``."""
     script = Path(sys.executable).with_name("altlas-dask")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "altlas_dask.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "altlas_dask.cli.main"]
 
 
 def cli_env() -> dict[str, str]:
@@ -158,7 +158,7 @@ def gpu_cluster(repo_config: AltlasConfig) -> Iterator[GpuCluster]:
 @pytest.fixture(scope="session")
 def dask_client(gpu_cluster: GpuCluster) -> Iterator[Client]:
     """A plain ``distributed.Client`` (``workers=`` allowed) on the shared cluster."""
-    from altlas_dask.live import live_gpus
+    from altlas_dask.client.live import live_gpus
 
     with Client(gpu_cluster.scheduler_address, timeout=30) as client:
         # Every worker reports its GPU with its heartbeat; wait until all four have done so.
@@ -170,8 +170,8 @@ def dask_client(gpu_cluster: GpuCluster) -> Iterator[Client]:
 def certificate_clients(address: str, certs: Path) -> Iterator[Callable[..., Client]]:
     """``make(name, cls=altlas_dask.Client)``: a client of ``address`` acting as certificate ``certs/<name>.pem``
     (mutual TLS); every client made is closed on exit."""
-    from altlas_dask.certs import client_security
-    from altlas_dask.client import Client as AltlasClient
+    from altlas_dask.client.gpu_client import Client as AltlasClient
+    from altlas_dask.ops.certs import client_security
 
     clients: list[Client] = []
 

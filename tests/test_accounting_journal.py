@@ -9,11 +9,11 @@ import sys
 import textwrap
 from pathlib import Path
 
-from altlas_dask.accounting import AccountingStore, Journal
+from altlas_dask.accounting.store import AccountingStore, Journal
 
 WRITER = """
 import os, signal, sys
-from altlas_dask.accounting import AccountingStore, Journal
+from altlas_dask.accounting.store import AccountingStore, Journal
 path, n, rotate = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 store = AccountingStore(path, flush_interval=60)  # its writer never runs: every write is only queued
 store.journal.rotate_bytes = rotate

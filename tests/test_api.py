@@ -28,12 +28,12 @@ from conftest import LOCAL_ADDRESSES, cli_command, cli_env, repo_config_data, wa
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from altlas_dask.accounting.api_keys import KeyStore
 from altlas_dask.api import ApiSettings, create_app
-from altlas_dask.api_keys import KeyStore
-from altlas_dask.client import Client
+from altlas_dask.client.gpu_client import Client
 from altlas_dask.config import build_config
-from altlas_dask.launcher import GpuCluster, start_cluster
 from altlas_dask.model import char_gru
+from altlas_dask.ops.launcher import GpuCluster, start_cluster
 
 LONG_GFLOP = 2000 * 120  # two minutes of modelled work on an A100: only ever cancelled
 
@@ -681,7 +681,7 @@ STABLE_GPU_FIELDS = ("id", "gpu_id", "uuid", "name", "compute_capability", "memo
 def test_a_gpu_has_one_json_shape_in_the_cli_rest_and_python(api: Api):
     """CLI ``gpus --json``, REST /gpus, /gpus/{id}, /gpu/status and Python ``GpuState.to_api()``: the same
     keys, the same values for what does not move."""
-    from altlas_dask.client import Client
+    from altlas_dask.client.gpu_client import Client
 
     cli = subprocess.run(
         [*cli_command(), "gpus", "--scheduler", api.cluster.scheduler_address, "--json"],
@@ -745,7 +745,7 @@ def test_quota_read_and_429_with_retry_after(api: Api):
 
 
 def test_numbers_out_of_range_are_400_naming_the_field(api: Api):
-    from altlas_dask.client import Client, RouterError
+    from altlas_dask.client.gpu_client import Client, RouterError
 
     with api.client("admin") as admin:
         r = admin.put("/admin/user/carol/quota", json={"requests_per_day_limit": 10**30})

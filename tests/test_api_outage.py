@@ -34,9 +34,9 @@ from test_api import free_socket
 from test_multinode import _signal_group
 
 from altlas_dask import run_on_gpu
+from altlas_dask.accounting.api_keys import KeyStore
 from altlas_dask.api import ApiSettings, create_app
-from altlas_dask.api_keys import KeyStore
-from altlas_dask.client import Client
+from altlas_dask.client.gpu_client import Client
 from altlas_dask.config import build_config
 
 OUTAGE_S = 35.0  # longer than the client's 30 s reconnection window (ApiSettings.connect_timeout)

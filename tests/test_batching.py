@@ -15,11 +15,11 @@ import pytest
 from conftest import local_config, repo_config_data, wait_for
 
 import altlas_dask
-from altlas_dask.batching import Batched, Batcher
 from altlas_dask.errors import TaskCancelledError
 from altlas_dask.gpus.chunks import KernelCancelledError
-from altlas_dask.launcher import GpuCluster, start_cluster
 from altlas_dask.model import char_gru
+from altlas_dask.ops.launcher import GpuCluster, start_cluster
+from altlas_dask.worker.batching import Batched, Batcher
 
 LONG_WAIT_MS = 10_000  # only bounds a batch that does not fill; a full batch runs at once
 

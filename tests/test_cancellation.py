@@ -15,12 +15,12 @@ from conftest import wait_for
 from distributed import Event, get_worker
 
 from altlas_dask import run_on_gpu
+from altlas_dask.client.live import gpu_workers, live_gpus
 from altlas_dask.gpus.chunks import ChunkGuard, KernelCancelledError
 from altlas_dask.gpus.dask_worker_internals import still_executing
 from altlas_dask.gpus.device import Cancellation
-from altlas_dask.kernels import dense_layer, matmul_chunks
-from altlas_dask.live import gpu_workers, live_gpus
 from altlas_dask.model.char_gru import CANCEL_CHECK_EVERY, get_model, predict
+from altlas_dask.worker.kernels import dense_layer, matmul_chunks
 
 STARTED, DROPPED = "altlas-test-task-started", "altlas-test-task-dropped"
 

@@ -16,9 +16,9 @@ import urllib.request
 import pytest
 from conftest import CLUSTER_YAML, altlas, cli_command, cli_env, nvml_sees_a_gpu, table_rows
 
-from altlas_dask import services
+from altlas_dask.client.live import gpu_workers
 from altlas_dask.gpus.simulated import simulated_uuid
-from altlas_dask.live import gpu_workers
+from altlas_dask.ops import services
 
 SEED_KEYS = {  # GpuState.to_api: the one GPU shape (seed 001 6.3.3 and seed 004 3.5.4 fields)
     "id",
@@ -238,7 +238,7 @@ def test_up_serves_the_dashboard_and_stops_on_ctrl_c(tmp_path):
 
 
 def test_gpus_table_shows_a_drained_gpu_and_why(gpu_cluster):
-    from altlas_dask.client import Client
+    from altlas_dask.client.gpu_client import Client
 
     with Client(gpu_cluster.scheduler_address, gpu_defaults={"user": "admin"}, timeout=30) as admin:
         admin.drain_gpu(1, reason="swap the fan")
@@ -258,9 +258,9 @@ def test_no_design_seed_jargon_in_user_facing_text(tmp_path):
     import click
     from click.testing import CliRunner
 
+    from altlas_dask.accounting.api_keys import KeyStore
     from altlas_dask.api import create_app
-    from altlas_dask.api_keys import KeyStore
-    from altlas_dask.cli import cli
+    from altlas_dask.cli.main import cli
     from altlas_dask.config import build_config
 
     def commands(group: click.Group, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

@@ -14,13 +14,13 @@ import pytest
 from conftest import local_config, wait_for
 from distributed import Client, Event
 
+from altlas_dask.client.live import gpu_workers, live_gpus
 from altlas_dask.gpus import GpuFaultError, GpuOutOfMemoryError
 from altlas_dask.gpus.simulated import simulated_uuid
-from altlas_dask.kernels import run_on_gpu, torch_matmul
-from altlas_dask.launcher import GpuCluster, start_cluster
-from altlas_dask.live import gpu_workers, live_gpus
+from altlas_dask.ops.launcher import GpuCluster, start_cluster
 from altlas_dask.resources import GPU_MEMORY_RESOURCE, GPU_RESOURCE
-from altlas_dask.worker import METRIC_NAME, PLUGIN_NAME
+from altlas_dask.worker.binding import METRIC_NAME, PLUGIN_NAME
+from altlas_dask.worker.kernels import run_on_gpu, torch_matmul
 
 POOL = [  # cluster.yaml's simulation.gpus, GPU by GPU
     {"name": "Simulated A100 80GB", "memory_mb": 81920, "cc": "8.0", "speed": 2000.0},
@@ -103,7 +103,7 @@ def test_tasks_sharing_a_gpu_are_charged_its_device_time_not_their_wall_times(gp
     wall time includes its wait, 0.1 + 0.2 + ... + 0.8 = 3.6 s in all. Charged: each its measured 0.1 s."""
     from distributed import get_task_stream
 
-    from altlas_dask.client import Client as AltlasClient
+    from altlas_dask.client.gpu_client import Client as AltlasClient
 
     gflop = 0.1 * POOL[0]["speed"]
     with AltlasClient(gpu_cluster.scheduler_address, set_as_default=False, timeout=30) as client:
@@ -149,7 +149,7 @@ def test_heartbeat_shows_memory_held_by_a_running_task(dask_client):
     def hold_memory(memory_mb: int) -> int:
         from distributed import Event
 
-        from altlas_dask.worker import current_device
+        from altlas_dask.worker.binding import current_device
 
         device = current_device()
         with device.reserve(memory_mb):
@@ -284,7 +284,7 @@ def test_error_rate_fault_fails_tasks_and_turns_health_critical(small_client):
 
 def test_restarted_workers_report_the_same_gpu_uuid_and_id(small_cluster, small_client):
     """After the fault tests damaged GPUs 1 and 2, restart both workers: each comes back as the same GPU."""
-    from altlas_dask.client import Client as AltlasClient
+    from altlas_dask.client.gpu_client import Client as AltlasClient
 
     before = {s.id: s for s in live_gpus(small_client)}
     old = gpu_workers(small_client)
@@ -323,7 +323,7 @@ def test_a_killed_worker_comes_back_as_the_same_gpu_and_runs_the_task_pinned_to_
     comes back with the same id and uuid, and a task pinned to that GPU while it was gone runs there."""
     import os
 
-    from altlas_dask.client import Client as AltlasClient
+    from altlas_dask.client.gpu_client import Client as AltlasClient
 
     async def die() -> None:
         os._exit(1)

@@ -19,7 +19,7 @@ from altlas_dask.config import (
     parse_compute_capability,
     parse_gpu_ref,
 )
-from altlas_dask.launcher import start_cluster
+from altlas_dask.ops.launcher import start_cluster
 
 
 def write_yaml(tmp_path: Path, data: object, name: str = "cluster.yaml") -> Path:

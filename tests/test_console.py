@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 from conftest import cli_command, cli_env, wait_for
 
-from altlas_dask.api_keys import KeyStore
-from altlas_dask.kernels import run_on_gpu
-from altlas_dask.launcher import GpuCluster
+from altlas_dask.accounting.api_keys import KeyStore
+from altlas_dask.ops.launcher import GpuCluster
+from altlas_dask.worker.kernels import run_on_gpu
 
 sync_api = pytest.importorskip("playwright.sync_api")
 
@@ -360,8 +360,8 @@ def test_console_drained_gpu_true_counts_queue_and_results(
 ) -> None:
     """A drained GPU's badge and reason; a generated text in the run and the task's explanation; a too-big
     task refused before submission; true counts past "Show at most", queue positions and waiting reasons."""
-    from altlas_dask.client import Client
-    from altlas_dask.runs import submit_workload
+    from altlas_dask.client.gpu_client import Client
+    from altlas_dask.client.runs import submit_workload
 
     admin = Client(gpu_cluster.scheduler_address, gpu_defaults={"user": "admin"}, timeout=30, set_as_default=False)
     mine = Client(gpu_cluster.scheduler_address, gpu_defaults={"user": USER}, timeout=30, set_as_default=False)
@@ -535,7 +535,7 @@ def test_tasks_page_totals_match_the_rest_api_while_2000_tasks_run(
     import uvicorn
 
     from altlas_dask.api import ApiSettings, create_app
-    from altlas_dask.client import Client
+    from altlas_dask.client.gpu_client import Client
 
     keys = KeyStore(console_home / "altlas.sqlite")
     user = "counter"

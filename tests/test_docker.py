@@ -137,7 +137,7 @@ def test_role_commands_name_modules_that_exist():
     for module in ("scheduler_plugins.gpu_router", "altlas_dask.worker"):
         assert f"--preload {module}" in text
         assert callable(importlib.import_module(module).dask_setup)
-    from altlas_dask.cli import cli
+    from altlas_dask.cli.main import cli
 
     for command in ("api", "console"):
         assert f"altlas-dask {command} --scheduler" in text

@@ -87,7 +87,7 @@ def test_role_commands_parse_with_the_real_clis():
     routing = load_config(REPO / "cluster.yaml", environ={}).routing()
     assert params["nthreads"] == routing.max_concurrent_tasks_per_gpu, "worker threads = tasks placed per GPU"
 
-    from altlas_dask.cli import cli
+    from altlas_dask.cli.main import cli
 
     for name in ("gateway", "console"):
         command = svc[name]["command"]

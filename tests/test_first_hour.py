@@ -110,7 +110,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> WheelInstall:
 def test_wheel_ships_the_console_and_the_default_config(installed: WheelInstall) -> None:
     files = installed.files()
     shipped = {"altlas_dask/console/app.py", "altlas_dask/console/views/tasks.py", "altlas_dask/cluster.yaml"}
-    assert shipped | {"altlas_dask/selftest-small.yaml"} <= files  # `selftest --small` works from the wheel
+    assert shipped | {"altlas_dask/ops/selftest-small.yaml"} <= files  # `selftest --small` works from the wheel
     assert (installed.target / "altlas_dask" / "cluster.yaml").read_text() == CLUSTER_YAML.read_text()
     probe = "import altlas_dask, altlas_dask.config as c; print(altlas_dask.__file__); print(c.DEFAULT_CONFIG_PATH)"
     done = subprocess.run(
@@ -397,14 +397,14 @@ def test_unreachable_scheduler_is_one_line_exit_2(args: list[str]) -> None:
 
 
 def test_version_and_listed_choices() -> None:
-    from altlas_dask.workloads import WORKLOADS, Workload, register
+    from altlas_dask.client.workloads import WORKLOADS, Workload, register
 
     version = subprocess.run([*cli_command(), "--version"], capture_output=True, text=True, env=cli_env())
     assert version.returncode == 0 and re.fullmatch(r"altlas-dask, version \d+\.\d+\.\d+\S*\n", version.stdout)
     from click.testing import CliRunner
 
-    from altlas_dask.cli import cli
-    from altlas_dask.submit_cli import strategy_names
+    from altlas_dask.cli.main import cli
+    from altlas_dask.cli.submit import strategy_names
 
     custom = register(Workload("custom-echo", print, "a custom workload", "inference"))
     try:
@@ -429,7 +429,7 @@ def test_submit_json_when_the_scheduler_goes_away_is_one_json_error(tmp_path: Pa
             text=True,
             env=cli_env(),
         )
-        from altlas_dask.client import Client
+        from altlas_dask.client.gpu_client import Client
 
         with Client(scheduler, gpu_defaults={"user": "lost"}, timeout=30, set_as_default=False) as watcher:
             wait_for(lambda: len(watcher.tasks(status="running")) == 2, timeout=120, what="the run's tasks running")

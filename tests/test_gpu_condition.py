@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from altlas_dask.gpu_condition import condition, why_nothing_fits
+from altlas_dask.gpus.condition import condition, why_nothing_fits
 from altlas_dask.gpus.state import GpuState
 
 

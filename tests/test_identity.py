@@ -1,5 +1,5 @@
 """Real identity (security.identity: tls): a 2-GPU cluster on loopback with mutual TLS, certificates from
-``altlas_dask.certs``; every bypass of issue 12 tried as bob, through the Python client and raw RPC calls."""
+``altlas_dask.ops.certs``; every bypass of issue 12 tried as bob, through the Python client and raw RPC calls."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import pytest
 from conftest import certificate_clients, scraped_metrics, wait_for
 
 from altlas_dask import QuotaExceededError, RouterError, run_on_gpu, start_cluster
-from altlas_dask.certs import client_security, init_ca, issue
-from altlas_dask.client import Client
+from altlas_dask.client.gpu_client import Client
 from altlas_dask.config import build_config
 from altlas_dask.errors import IdentityError
+from altlas_dask.ops.certs import client_security, init_ca, issue
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

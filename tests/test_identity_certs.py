@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from altlas_dask.certs import CertError, init_ca, issue, subject_of
+from altlas_dask.ops.certs import CertError, init_ca, issue, subject_of
 from tests.conftest import altlas
 
 

@@ -12,9 +12,9 @@ import yaml
 from test_multinode import REPO, Procs, free_port, port_open
 
 from altlas_dask import RouterError, run_on_gpu
-from altlas_dask.certs import client_security, init_ca, issue
-from altlas_dask.client import Client
+from altlas_dask.client.gpu_client import Client
 from altlas_dask.errors import IdentityError
+from altlas_dask.ops.certs import client_security, init_ca, issue
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from conftest import altlas
 
-from altlas_dask.certs import identity_line, is_loopback
 from altlas_dask.config import ConfigError, Security
+from altlas_dask.ops.certs import identity_line, is_loopback
 
 
 @pytest.mark.parametrize(

@@ -14,11 +14,11 @@ from conftest import wait_for
 from test_api import assert_error, free_socket
 from test_identity import tls_config
 
+from altlas_dask.accounting.api_keys import KeyStore
 from altlas_dask.api import ApiSettings, create_app
-from altlas_dask.api_keys import KeyStore
-from altlas_dask.certs import init_ca, issue
 from altlas_dask.config import build_config
-from altlas_dask.launcher import start_cluster
+from altlas_dask.ops.certs import init_ca, issue
+from altlas_dask.ops.launcher import start_cluster
 
 LONG = {"work_gflop": 1000 * 120, "memory_mb": 10}  # two minutes on a simulated GPU: only ever cancelled
 

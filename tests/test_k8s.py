@@ -30,9 +30,9 @@ import yaml
 from conftest import REPO, altlas
 from distributed.cli.dask_worker import main as dask_worker_cli
 
+from altlas_dask.cli.k8s import EXAMPLE_COMMAND
 from altlas_dask.config import load_config
-from altlas_dask.k8s import RenderOptions, render
-from altlas_dask.k8s_cli import EXAMPLE_COMMAND
+from altlas_dask.ops.k8s import RenderOptions, render
 
 EXAMPLE = REPO / "deploy" / "k8s" / "example"
 CRDS = Path(dask_kubernetes.__file__).parent / "operator" / "deployment" / "helm" / "dask-kubernetes-operator" / "crds"
@@ -202,7 +202,7 @@ def test_scheduler_runs_the_router_and_workers_request_gpus():
 
 
 def test_gateway_and_console_reach_the_operators_scheduler_service():
-    from altlas_dask.cli import cli
+    from altlas_dask.cli.main import cli
 
     [cluster] = of_kind("DaskCluster")
     service = cluster["spec"]["scheduler"]["service"]

@@ -25,7 +25,7 @@ import pytest
 from conftest import REPO, local_config, wait_for
 from distributed import Event
 
-from altlas_dask.launcher import GpuCluster, start_cluster
+from altlas_dask.ops.launcher import GpuCluster, start_cluster
 from scheduler_plugins import autoscale
 
 TASKS = 30

@@ -24,14 +24,14 @@ VOCABULARY = frozenset(
         "altlas_dask.options",  # gpu_options: the task's annotation and its validation
         "altlas_dask.errors",
         "altlas_dask.ranges",
-        "altlas_dask.quotas",  # the quota book (pure)
+        "altlas_dask.scheduling.quotas",  # the quota book (pure)
         "altlas_dask.gpus.state",  # a GPU's state (pure value type)
         "altlas_dask.lazy",
     }
 )
 POLICY = "altlas_dask.scheduling"
-ABOVE_THE_POLICY = ("altlas_dask.client", "altlas_dask.api", "altlas_dask.console", "altlas_dask.notebook")
-WORKER_SIDE = ("altlas_dask.worker", "altlas_dask.worker_health", "altlas_dask.kernels", "altlas_dask.batching")
+ABOVE_THE_POLICY = ("altlas_dask.client", "altlas_dask.api", "altlas_dask.console")
+WORKER_SIDE = ("altlas_dask.worker",)
 
 
 def module_name(path: Path) -> str:
@@ -104,13 +104,13 @@ def test_the_gpu_inventory_knows_no_worker():
 
 
 def test_the_client_imports_the_notebook_views_only_lazily():
-    """``client.py`` shows itself in notebooks (``_repr_html_`` imports ``altlas_dask.notebook`` when called);
-    it takes nothing else from there, so the notebook views sit above the client."""
-    tree = ast.parse((PACKAGE / "client.py").read_text())
+    """``client/gpu_client.py`` shows itself in notebooks (``_repr_html_`` imports ``altlas_dask.client.notebook``
+    when called); it takes nothing else from there, so the notebook views sit above the client."""
+    tree = ast.parse((PACKAGE / "client" / "gpu_client.py").read_text())
     top_level = [
         node.module
         for node in tree.body
-        if isinstance(node, ast.ImportFrom) and node.module and within(node.module, "altlas_dask.notebook")
+        if isinstance(node, ast.ImportFrom) and node.module and within(node.module, "altlas_dask.client.notebook")
     ]
     assert not top_level
 
@@ -120,16 +120,18 @@ def test_the_contract_sees_a_backward_import(tmp_path, monkeypatch):
     are reported."""
     package = tmp_path / "altlas_dask"
     (package / "scheduling").mkdir(parents=True)
-    (package / "gpus").mkdir()
-    for path in (package / "__init__.py", package / "client.py", package / "worker.py", package / "gpus" / "state.py"):
+    for folder in ("gpus", "client", "worker"):
+        (package / folder).mkdir()
+    for path in (package / "__init__.py", package / "client" / "gpu_client.py", package / "worker" / "binding.py",
+                 package / "gpus" / "state.py"):
         path.write_text("")
-    (package / "scheduling" / "core.py").write_text("from altlas_dask.client import Client\n")
-    (package / "gpus" / "cuda.py").write_text("def f():\n    from altlas_dask.worker import x\n")
+    (package / "scheduling" / "core.py").write_text("from altlas_dask.client.gpu_client import Client\n")
+    (package / "gpus" / "cuda.py").write_text("def f():\n    from altlas_dask.worker.binding import x\n")
     monkeypatch.setitem(globals(), "REPO", tmp_path)
     monkeypatch.setitem(globals(), "PACKAGE", package)
     assert broken("policy", lambda _s, t: within(t, POLICY) or t in VOCABULARY, lambda s: within(s, POLICY)) == [
-        "policy: altlas_dask.scheduling.core imports altlas_dask.client"
+        "policy: altlas_dask.scheduling.core imports altlas_dask.client.gpu_client"
     ]
     assert broken("inventory", lambda _s, t: not within(t, *WORKER_SIDE), lambda s: within(s, "altlas_dask.gpus")) == [
-        "inventory: altlas_dask.gpus.cuda imports altlas_dask.worker"
+        "inventory: altlas_dask.gpus.cuda imports altlas_dask.worker.binding"
     ]

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
+from altlas_dask.client.workloads import get_workload
 from altlas_dask.model import MAX_LENGTH, char_gru
-from altlas_dask.workloads import get_workload
 
 
 @pytest.fixture(scope="module")

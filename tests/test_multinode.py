@@ -170,7 +170,7 @@ def multinode(tmp_path_factory) -> Iterator[tuple[altlas_dask.Client, Procs]]:
                     "--death-timeout",
                     "60",
                     "--preload",
-                    "altlas_dask.worker",
+                    "altlas_dask.worker.binding",
                     "--altlas-gpu",
                     str(gpu),
                     *config,

@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from altlas_dask.batch_split import speed_weights, split_plan
-from altlas_dask.client import Client
-from altlas_dask.kernels import run_on_gpu
-from altlas_dask.launcher import GpuCluster
+from altlas_dask.client.batch_split import speed_weights, split_plan
+from altlas_dask.client.gpu_client import Client
+from altlas_dask.ops.launcher import GpuCluster
+from altlas_dask.worker.kernels import run_on_gpu
 
 POOL = [  # cluster.yaml's pool as GPU info with the simulated speeds
     {"id": 0, "status": "active", "speed_gflops": 2000.0},

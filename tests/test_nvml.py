@@ -14,8 +14,8 @@ from nvml_library import FakeDevice, real_pynvml_on
 from altlas_dask.gpus import GpuUnavailableError, NvmlInventory
 from altlas_dask.gpus.device import NvmlGpu
 from altlas_dask.gpus.nvml import NvmlStatus, nvml_status, parse_visible_devices
-from altlas_dask.launcher import detect_gpus
-from altlas_dask.worker import GpuWorkerPlugin
+from altlas_dask.ops.launcher import detect_gpus
+from altlas_dask.worker.binding import GpuWorkerPlugin
 
 GIB = 1024**3
 MIB = 1024**2
@@ -336,17 +336,17 @@ def test_real_pynvml_without_a_gpu_is_gpu_unavailable():
 def test_detect_gpus_falls_back_to_the_simulated_pool_with_a_warning(caplog):
     config = local_config()
     assert config.cluster.simulate is None and config.gpu.detection.enabled
-    with caplog.at_level(logging.WARNING, logger="altlas_dask.launcher"):
+    with caplog.at_level(logging.WARNING, logger="altlas_dask.ops.launcher"):
         gpus, simulated = detect_gpus(config)
     assert simulated is True
     assert [g.name for g in gpus] == ["Simulated A100 80GB"] * 2 + ["Simulated T4 16GB"] * 2
-    warnings = [r for r in caplog.records if r.name == "altlas_dask.launcher" and r.levelno == logging.WARNING]
+    warnings = [r for r in caplog.records if r.name == "altlas_dask.ops.launcher" and r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "falling back to the simulated GPU pool" in warnings[0].getMessage()
 
 
 def test_detect_gpus_skips_nvml_when_simulating_or_detection_is_off(caplog):
-    with caplog.at_level(logging.WARNING, logger="altlas_dask.launcher"):
+    with caplog.at_level(logging.WARNING, logger="altlas_dask.ops.launcher"):
         gpus, simulated = detect_gpus(local_config(), simulate=3)
         assert simulated is True and len(gpus) == 3
         gpus, simulated = detect_gpus(local_config(simulate=2))

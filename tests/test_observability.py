@@ -38,7 +38,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from altlas_dask import Client, QuotaExceededError, run_on_gpu
-from altlas_dask.launcher import GpuCluster
+from altlas_dask.ops.launcher import GpuCluster
 from scheduler_plugins.dashboard import PAGE, decision_rows, gpus_doc
 from scheduler_plugins.gpu_info import gpu_info_family
 

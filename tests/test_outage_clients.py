@@ -19,7 +19,7 @@ from conftest import cli_command, cli_env, wait_for
 from outage_helpers import address, bring_back, kill_scheduler, scheduler_and_worker
 from test_api_outage import Outage
 
-from altlas_dask.client import Client
+from altlas_dask.client.gpu_client import Client
 
 LONG_GFLOP = 2000 * 120  # two minutes of modelled work: still running when the scheduler dies
 APP = Path(__file__).resolve().parents[1] / "altlas_dask" / "console" / "app.py"
@@ -87,7 +87,7 @@ def test_console_says_the_scheduler_is_away_in_one_line_and_serves_again_when_it
 ):
     from streamlit.testing.v1 import AppTest
 
-    from altlas_dask.api_keys import Principal
+    from altlas_dask.accounting.api_keys import Principal
     from altlas_dask.console.views import common
 
     monkeypatch.setenv("ALTLAS_SCHEDULER", address(world))

@@ -4,7 +4,7 @@ A Dask upgrade that changes an internal should break exactly one module per side
 
 * ``scheduler_plugins/dask_internals.py``: the scheduler side (the router, identity, autoscale, dashboard);
 * ``altlas_dask/gpus/dask_worker_internals.py``: the worker side;
-* ``altlas_dask/dask_client_internals.py``: the client side (client, coalescer, gateway, CLI).
+* ``altlas_dask/client/dask_internals.py``: the client side (client, coalescer, gateway, CLI).
 
 Every other ``.py`` under ``altlas_dask/`` and ``scheduler_plugins/`` is parsed and must not:
 
@@ -38,7 +38,7 @@ ROOTS = ("altlas_dask", "scheduler_plugins")
 INTERNALS = {
     "scheduler_plugins/dask_internals.py",
     "altlas_dask/gpus/dask_worker_internals.py",
-    "altlas_dask/dask_client_internals.py",
+    "altlas_dask/client/dask_internals.py",
 }
 DASK_PACKAGES = ("dask", "distributed")
 INTERNAL_ATTRIBUTES = frozenset({"handlers", "stream_handlers", "adaptive_target", "unrunnable", "applications"})

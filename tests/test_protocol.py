@@ -7,7 +7,7 @@ from conftest import local_config, nvml_sees_a_gpu, repo_config_data
 
 from altlas_dask.config import ConfigError, build_config
 from altlas_dask.gpus.errors import GpuUnavailableError
-from altlas_dask.launcher import cuda_cluster_options, start_cluster
+from altlas_dask.ops.launcher import cuda_cluster_options, start_cluster
 
 
 def with_cluster(**cluster) -> dict:

@@ -6,10 +6,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from altlas_dask.accounting import AccountingStore
+from altlas_dask.accounting.store import AccountingStore
 from altlas_dask.config import Quotas, build_config
-from altlas_dask.quotas import QuotaBook, QuotaExceededError, QuotaValueError
 from altlas_dask.scheduling.fairqueue import FairQueue
+from altlas_dask.scheduling.quotas import QuotaBook, QuotaExceededError, QuotaValueError
 
 NOON = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC).timestamp()
 

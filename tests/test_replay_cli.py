@@ -43,7 +43,7 @@ def test_replay_errors_name_what_is_wrong(tmp_path):
 
 
 def test_replay_of_what_the_cluster_ran_from_its_accounting_database(tmp_path):
-    from altlas_dask.accounting import AccountingStore
+    from altlas_dask.accounting.store import AccountingStore
     from altlas_dask.simulation.trace import read_trace
 
     store = AccountingStore(tmp_path / "altlas.sqlite", 0.01)

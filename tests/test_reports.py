@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from conftest import cli_command, cli_env
 
-from altlas_dask.accounting import AccountingStore
-from altlas_dask.reports import ReportError, build_report, parse_when
+from altlas_dask.accounting.reports import ReportError, build_report, parse_when
+from altlas_dask.accounting.store import AccountingStore
 
 T0 = 1_796_000_000.0  # a fixed Unix time: 2026-11-30
 STATUSES = ("completed", "completed", "completed", "failed", "timed_out", "rejected", "cancelled")

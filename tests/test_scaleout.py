@@ -17,11 +17,11 @@ import yaml
 from test_api import free_socket
 from test_multinode import REPO, Procs, free_port, port_open
 
+from altlas_dask.accounting.api_keys import KeyStore
 from altlas_dask.api import ApiSettings, create_app
-from altlas_dask.api_keys import KeyStore
-from altlas_dask.certs import client_security, init_ca, issue
-from altlas_dask.client import Client
+from altlas_dask.client.gpu_client import Client
 from altlas_dask.config import load_config
+from altlas_dask.ops.certs import client_security, init_ca, issue
 
 NODES = {"node-a": (0, 1), "node-b": (2, 3)}
 

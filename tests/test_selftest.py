@@ -13,9 +13,9 @@ import pytest
 import yaml
 from conftest import REPO, altlas, cli_command, cli_env, local_config
 
-from altlas_dask.client import Client
+from altlas_dask.client.gpu_client import Client
 from altlas_dask.config import ConfigError, build_config
-from altlas_dask.selftest import Selftest, passed, peak_memory
+from altlas_dask.ops.selftest import Selftest, passed, peak_memory
 
 SEED_003 = REPO / "tests" / "data" / "seed_003_config.yaml"
 

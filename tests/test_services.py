@@ -1,10 +1,10 @@
-"""``altlas-dask up``'s port probe (:func:`altlas_dask.services.port_in_use`) on real sockets."""
+"""``altlas-dask up``'s port probe (:func:`altlas_dask.ops.services.port_in_use`) on real sockets."""
 
 from __future__ import annotations
 
 import socket
 
-from altlas_dask.services import port_in_use
+from altlas_dask.ops.services import port_in_use
 
 
 def listening_socket() -> socket.socket:

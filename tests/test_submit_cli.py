@@ -8,10 +8,10 @@ import re
 import pytest
 from conftest import altlas, table_rows
 
-from altlas_dask.client import Client
-from altlas_dask.launcher import GpuCluster
-from altlas_dask.runs import parse_params, percentile
-from altlas_dask.workloads import WORKLOADS
+from altlas_dask.client.gpu_client import Client
+from altlas_dask.client.runs import parse_params, percentile
+from altlas_dask.client.workloads import WORKLOADS
+from altlas_dask.ops.launcher import GpuCluster
 
 NOWHERE = "tcp://127.0.0.1:9"  # nothing listens: bad input must be refused before any connection
 

@@ -12,7 +12,7 @@ from distributed.preloading import process_preloads
 
 from altlas_dask.gpus.dask_worker_internals import advertise_before_registration, advertised_resources
 from altlas_dask.resources import GPU_MEMORY_RESOURCE, GPU_RESOURCE
-from altlas_dask.worker import PLUGIN_NAME, GpuWorkerPlugin
+from altlas_dask.worker.binding import PLUGIN_NAME, GpuWorkerPlugin
 
 A100 = {GPU_RESOURCE: 1.0, GPU_MEMORY_RESOURCE: 81920.0}
 T4 = {GPU_RESOURCE: 1.0, GPU_MEMORY_RESOURCE: 16384.0}

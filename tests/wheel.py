@@ -32,7 +32,7 @@ class WheelInstall:
         return env
 
     def command(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "altlas_dask.cli", *args]
+        return [sys.executable, "-m", "altlas_dask.cli.main", *args]
 
     def files(self) -> set[str]:
         with zipfile.ZipFile(self.wheel) as archive:

@@ -17,11 +17,11 @@ from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from altlas_dask.accounting.api_keys import KeyStore
 from altlas_dask.api import errors
 from altlas_dask.api.gateway import ApiSettings, Gateway
 from altlas_dask.api.metrics import HttpStats
 from altlas_dask.api.routes import admin, cluster, predict, tasks
-from altlas_dask.api_keys import KeyStore
 from altlas_dask.config import AltlasConfig, load_config
 
 logger = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from altlas_dask.cli_errors import SCHEDULER, CliError
+from altlas_dask.cli.errors import SCHEDULER, CliError
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +79,9 @@ def api(
     """Serve the REST API (/api/v1, docs at /docs) for the cluster at --scheduler."""
     import uvicorn
 
+    from altlas_dask.accounting.api_keys import KeyStore
     from altlas_dask.api.app import create_app
     from altlas_dask.api.gateway import ApiSettings
-    from altlas_dask.api_keys import KeyStore
 
     if bool(ssl_certfile) != bool(ssl_keyfile):
         raise click.UsageError("--ssl-certfile and --ssl-keyfile go together")
@@ -95,7 +95,7 @@ def api(
         )
     cluster = None
     if start_cluster:
-        from altlas_dask.launcher import start_cluster as start
+        from altlas_dask.ops.launcher import start_cluster as start
 
         cluster = start(config, simulate=simulate)
         scheduler = cluster.scheduler_address
@@ -130,8 +130,8 @@ def _check_scheduler(address: str, timeout: float, config: Any) -> None:
     this gateway's certificate (security.identity: tls) is not a delegate the router lets act for users."""
     from distributed import Client
 
-    from altlas_dask.certs import common_name, dask_security
-    from altlas_dask.dask_client_internals import scheduler_rpc_names
+    from altlas_dask.client.dask_internals import scheduler_rpc_names
+    from altlas_dask.ops.certs import common_name, dask_security
 
     security = dask_security(config.security, "client")
     if security is not None and (name := common_name(security.tls_client_cert)) not in config.security.delegates:
@@ -158,7 +158,7 @@ def _check_scheduler(address: str, timeout: float, config: Any) -> None:
 
 
 def _store(ctx: Any, database: str | None):
-    from altlas_dask.api_keys import KeyStore, KeyStoreError
+    from altlas_dask.accounting.api_keys import KeyStore, KeyStoreError
 
     config = ctx.config()
     if database is None:
@@ -182,7 +182,7 @@ def keys() -> None:
 @click.pass_obj
 def create_key(ctx: Any, user: str, admin: bool, note: str, database: str | None) -> None:
     """Print a new key on stdout (only time it is shown): KEY=$(altlas-dask keys create --user ana)."""
-    from altlas_dask.api_keys import KeyStoreError
+    from altlas_dask.accounting.api_keys import KeyStoreError
 
     store = _store(ctx, database)
     try:

@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from altlas_dask.accounting.api_keys import KeyStore, Principal
 from altlas_dask.api.errors import ApiError
 from altlas_dask.api.gateway import Gateway
-from altlas_dask.api_keys import KeyStore, Principal
 
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="altlas-dask"'}
 

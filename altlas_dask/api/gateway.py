@@ -36,15 +36,15 @@ from distributed.client import FutureCancelledError
 from altlas_dask.api.calls import call
 from altlas_dask.api.errors import ApiError, quota_error
 from altlas_dask.api.request_batching import RequestBatcher
-from altlas_dask.certs import dask_security
-from altlas_dask.client import CHUNKS_PER_GPU, Client, RouterError
+from altlas_dask.client.dask_internals import settled
+from altlas_dask.client.gpu_client import CHUNKS_PER_GPU, Client, RouterError
 from altlas_dask.config import AltlasConfig
-from altlas_dask.dask_client_internals import settled
 from altlas_dask.errors import GpuRoutingError, TaskCancelledError
 from altlas_dask.model import generation_size
+from altlas_dask.ops.certs import dask_security
 from altlas_dask.options import GpuOptions, GpuOptionsError, check_strategy
-from altlas_dask.quotas import QuotaExceededError
 from altlas_dask.scheduling.lifecycle import TaskStatus, api_status
+from altlas_dask.scheduling.quotas import QuotaExceededError
 
 logger = logging.getLogger(__name__)
 
@@ -837,7 +837,7 @@ async def _outcome(future: Future) -> Any:
 async def _settled(future: Future) -> None:
     """Until ``future`` is finished, erred or cancelled, without fetching its result: ``await future`` would
     fetch it for every waiter, and a batch task's requests all wait on one future. (Dask's ``wait()`` needs a
-    default client; the wait lies in ``altlas_dask.dask_client_internals.settled``.)"""
+    default client; the wait lies in ``altlas_dask.client.dask_internals.settled``.)"""
     with contextlib.suppress(Exception):
         await settled(future)
 

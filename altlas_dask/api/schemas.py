@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from altlas_dask.client import MAX_QUOTA_VALUE
+from altlas_dask.client.gpu_client import MAX_QUOTA_VALUE
 from altlas_dask.model import MAX_LENGTH, MAX_PROMPT_CHARS, MAX_SEED, MAX_TEMPERATURE
 from altlas_dask.options import MAX_MEMORY_MB, describe
 

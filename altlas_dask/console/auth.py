@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from altlas_dask.api_keys import KeyStore, KeyStoreError, Principal
+from altlas_dask.accounting.api_keys import KeyStore, KeyStoreError, Principal
 from altlas_dask.config import load_config
 
 KEY_HELP = "Your API key (ak_...), from `altlas-dask keys create --user NAME`; kept for this browser session only."

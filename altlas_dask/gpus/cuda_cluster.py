@@ -12,7 +12,7 @@ from dask_cuda import LocalCUDACluster
 
 from altlas_dask.gpus.state import GpuState
 
-#: A GPU's worker options (``plugins``, ``resources``): the launcher passes ``altlas_dask.worker``'s.
+#: A GPU's worker options (``plugins``, ``resources``): the launcher passes ``altlas_dask.worker.binding``'s.
 WorkerOptions = Callable[[GpuState], dict[str, Any]]
 
 

@@ -62,7 +62,7 @@ class Cancellation:
 
 
 class GpuDevice(Protocol):
-    """What a task sees of its GPU (see :mod:`altlas_dask.kernels`)."""
+    """What a task sees of its GPU (see :mod:`altlas_dask.worker.kernels`)."""
 
     index: int
     uuid: str

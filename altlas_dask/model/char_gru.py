@@ -269,7 +269,7 @@ def _on_gpu(busy: bool = True) -> Iterator[tuple[Any, threading.Event | None]]:
     cancelled. A batched request meters the device only around its batch's work (see :func:`generate`)."""
     from distributed import get_worker
 
-    from altlas_dask.worker import current_device
+    from altlas_dask.worker.binding import current_device
 
     device = current_device()
     key = get_worker().get_current_task()
@@ -283,7 +283,7 @@ def generate(text: str, max_length: int = 128, temperature: float = 0.7, seed: i
 
     With ``serving.batching.generate`` enabled, the requests of the same ``max_length`` that this GPU runs at
     the same moment are generated together (:func:`predict_many` through a worker-side
-    :class:`~altlas_dask.batching.Batcher`); each stays its own task, with its own stop flag.
+    :class:`~altlas_dask.worker.batching.Batcher`); each stays its own task, with its own stop flag.
     """
     check_params(text, max_length, temperature, seed)
     settings = _batching("generate")
@@ -293,7 +293,7 @@ def generate(text: str, max_length: int = 128, temperature: float = 0.7, seed: i
         if not batching:
             result = predict(text, max_length, temperature, seed, model=model, stop=stop)
         else:
-            from altlas_dask.batching import batcher
+            from altlas_dask.worker.batching import batcher
 
             def run(rows: list[tuple[dict[str, Any], threading.Event | None]]) -> list[Any]:
                 with device.busy():  # one batch holds the device once, for all its requests
@@ -313,7 +313,7 @@ def generate(text: str, max_length: int = 128, temperature: float = 0.7, seed: i
 
 def _batching(model_name: str) -> Any:
     """``serving.batching.<model_name>`` of this worker's configuration, or None when it is off."""
-    from altlas_dask.worker import PLUGIN_NAME
+    from altlas_dask.worker.binding import PLUGIN_NAME
 
     try:
         from distributed import get_worker
@@ -334,9 +334,9 @@ def generate_batch(items: Sequence[dict[str, Any]]) -> list[dict[str, Any] | Bas
     batch's size is noted in the task's Dask metadata (the router's explanation)."""
     from distributed import get_worker
 
-    from altlas_dask.batching import BATCH_METADATA
     from altlas_dask.gpus.dask_worker_internals import annotate_current_task
     from altlas_dask.model.row_stops import EitherStop, row_stops
+    from altlas_dask.worker.batching import BATCH_METADATA
 
     with _on_gpu() as (device, stop), row_stops(get_worker().get_current_task(), len(items)) as rows:
         start = time.perf_counter()
@@ -348,7 +348,7 @@ def generate_batch(items: Sequence[dict[str, Any]]) -> list[dict[str, Any] | Bas
 
 def warm_up(dask_worker: Any = None) -> str:
     """Load the model on this worker's device now: ``client.run(warm_up)`` passes ``dask_worker``."""
-    from altlas_dask.worker import PLUGIN_NAME, current_device
+    from altlas_dask.worker.binding import PLUGIN_NAME, current_device
 
     plugin = dask_worker.plugins.get(PLUGIN_NAME) if dask_worker is not None else None
     device = plugin.device if plugin is not None and plugin.device is not None else current_device()

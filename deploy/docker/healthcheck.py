@@ -4,7 +4,7 @@ GET $ALTLAS_HEALTH_URL (default the scheduler's /health) and expect HTTP 200. Ea
 ``:8787/health``, gateway ``:8000/api/v1/health``, console ``:8501/_stcore/health``.
 
 A GPU worker container sets $ALTLAS_HEALTH_DIR instead: each of its workers (one per GPU, each on its own port)
-registers its ``/altlas/health`` URL there (altlas_dask/worker_health.py), which answers 200 only while that
+registers its ``/altlas/health`` URL there (altlas_dask/worker/health.py), which answers 200 only while that
 worker's GPU is bound and readable. Every registered worker must answer 200, and there must be as many as
 $ALTLAS_EXPECTED_WORKERS (default: the GPUs ``nvidia-smi -L`` lists, else at least one).
 """

@@ -1,7 +1,7 @@
 """Issue 22's bypasses, each attacked through Dask's own protocol by a holder of a valid user certificate:
 ordinary client calls, raw RPCs (``client.scheduler.<handler>(...)``, ``client.rpc(worker)``) and raw stream
 messages with a forged ``client`` field. Each test fails on the code before the protocol gate (see
-docs/security.md). One TLS cluster (2 simulated GPUs, certificates from ``altlas_dask.certs``) serves every
+docs/security.md). One TLS cluster (2 simulated GPUs, certificates from ``altlas_dask.ops.certs``) serves every
 attack; the attacks that would take it down come last."""
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from distributed.comm import connect as open_comm
 from test_identity import tls_config as identity_tls_config
 
 from altlas_dask import RouterError, run_on_gpu
-from altlas_dask.certs import client_security, init_ca, issue
-from altlas_dask.client import Client
+from altlas_dask.client.gpu_client import Client
 from altlas_dask.config import build_config
 from altlas_dask.errors import IdentityError
-from altlas_dask.launcher import start_cluster
-from altlas_dask.worker import METRIC_NAME
+from altlas_dask.ops.certs import client_security, init_ca, issue
+from altlas_dask.ops.launcher import start_cluster
+from altlas_dask.worker.binding import METRIC_NAME
 from scheduler_plugins.dashboard import PLUGIN_NAME
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

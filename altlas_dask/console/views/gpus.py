@@ -8,9 +8,9 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from altlas_dask.client import Client
+from altlas_dask.client.gpu_client import Client
 from altlas_dask.console.views import common
-from altlas_dask.gpu_condition import condition
+from altlas_dask.gpus.condition import condition
 from altlas_dask.gpus.state import GpuState
 
 REFRESH_S = 2.0

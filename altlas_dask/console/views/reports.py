@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from altlas_dask import reports
+from altlas_dask.accounting import reports
 from altlas_dask.console import auth
 from altlas_dask.console.views import common
 
@@ -49,7 +49,7 @@ def render() -> None:
 
 
 def export(client: Any, records: list[dict[str, Any]], since: float) -> None:
-    """The window's report as ``altlas-dask report`` gives it (altlas_dask.reports), to download."""
+    """The window's report as ``altlas-dask report`` gives it (altlas_dask.accounting.reports), to download."""
     st.subheader("Export")
     until = time.time() + 1e-3
     cells = st.columns([1, 1, 1])

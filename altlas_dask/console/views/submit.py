@@ -11,14 +11,14 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from altlas_dask.client import Client
+from altlas_dask.client.gpu_client import Client
+from altlas_dask.client.runs import RunSummary, WorkloadRun, coerce, submit_workload
+from altlas_dask.client.workloads import WORKLOADS, Workload
 from altlas_dask.config import STRATEGIES
 from altlas_dask.console import auth
 from altlas_dask.console.views import common
-from altlas_dask.gpu_condition import why_nothing_fits
+from altlas_dask.gpus.condition import why_nothing_fits
 from altlas_dask.options import GpuOptions
-from altlas_dask.runs import RunSummary, WorkloadRun, coerce, submit_workload
-from altlas_dask.workloads import WORKLOADS, Workload
 
 DEFAULT_STRATEGY = "(cluster default)"
 KEEP_RUNS = 10

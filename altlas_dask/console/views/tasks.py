@@ -8,10 +8,10 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from altlas_dask.client import Client
+from altlas_dask.client.gpu_client import Client
+from altlas_dask.client.runs import WorkloadRun
 from altlas_dask.console import auth
 from altlas_dask.console.views import common
-from altlas_dask.runs import WorkloadRun
 from altlas_dask.scheduling.lifecycle import FINAL, TaskStatus
 
 STATUSES = ["all", *(s.value for s in TaskStatus)]

@@ -4,7 +4,7 @@ The config's ``test:`` section drives it, scenario by scenario: GPU detection (e
 functionality, concurrent processing, performance (small / medium / large dense layers on every GPU:
 throughput and latency) and error handling (overload beyond GPU memory: the tasks wait or fail with a
 clear error; a task past its timeout: cancelled and its GPU given back). Every task is real torch work
-(:func:`altlas_dask.kernels.dense_layer`) submitted through :class:`altlas_dask.Client`.
+(:func:`altlas_dask.worker.kernels.dense_layer`) submitted through :class:`altlas_dask.Client`.
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from distributed import as_completed, wait
 from rich.console import Console
 from rich.table import Table
 
-from altlas_dask.cli_errors import SCHEDULER
-from altlas_dask.client import Client, RouterError
+from altlas_dask.cli.errors import SCHEDULER
+from altlas_dask.client.gpu_client import Client, RouterError
 from altlas_dask.config import AltlasConfig, SelftestErrorScenario, SelftestScenario
 from altlas_dask.errors import GpuRetriesExhaustedError, GpuRoutingError, GpuTaskTimeoutError, QuotaExceededError
 from altlas_dask.gpus.errors import GpuOutOfMemoryError
 from altlas_dask.gpus.state import GpuState
-from altlas_dask.kernels import dense_inputs, dense_layer, dense_memory_mb
+from altlas_dask.worker.kernels import dense_inputs, dense_layer, dense_memory_mb
 
 BATCH = 256  # rows of every dense layer's input
 USER = "selftest"
@@ -67,7 +67,7 @@ def _warm_up(dask_worker: Any = None) -> str:
     """Import torch and run one tiny product on the worker's device, so no scenario pays for it."""
     import torch
 
-    from altlas_dask.worker import PLUGIN_NAME
+    from altlas_dask.worker.binding import PLUGIN_NAME
 
     plugin = dask_worker.plugins.get(PLUGIN_NAME)
     if plugin is None or plugin.device is None:
@@ -518,7 +518,7 @@ def selftest_command(
     config = load_config(config_path, overrides=ctx.overrides) if config_path else ctx.config()
     cluster = None
     if scheduler is None:
-        from altlas_dask.launcher import start_cluster
+        from altlas_dask.ops.launcher import start_cluster
 
         click.echo("selftest: starting a local cluster", err=True)
         cluster = start_cluster(config, simulate=simulate, scheduler_address="127.0.0.1:0", dashboard_address=":0")

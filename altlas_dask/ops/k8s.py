@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from altlas_dask.certs import NANNY_GATE
 from altlas_dask.config import AltlasConfig, ConfigError, load_config
+from altlas_dask.ops.certs import NANNY_GATE
 
 Manifest = dict[str, Any]
 

@@ -6,9 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from altlas_dask.kernels import run_on_gpu, torch_matmul
 from altlas_dask.model import DEFAULTS as GENERATE_DEFAULTS
 from altlas_dask.model import generate, generation_size
+from altlas_dask.worker.kernels import run_on_gpu, torch_matmul
 
 
 @dataclass(frozen=True)

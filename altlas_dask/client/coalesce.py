@@ -17,7 +17,7 @@ internal priority, so a task may depend on one submitted just before it in the s
 that cannot be serialised makes its own future fail (the others of its update are sent without it).
 
 The message is built as ``distributed.Client._graph_to_futures`` builds it, by
-``altlas_dask.dask_client_internals`` (the client side's one module of Dask internals);
+``altlas_dask.client.dask_internals`` (the client side's one module of Dask internals);
 ``tests/test_coalesce.py`` checks it against the installed version.
 """
 
@@ -36,7 +36,7 @@ import distributed
 from dask.core import validate_key
 from distributed import Future
 
-from altlas_dask import dask_client_internals as dci
+from altlas_dask.client import dask_internals as dci
 
 MAX_PENDING = 10_000  # submissions held at most; the next one sends them at once
 

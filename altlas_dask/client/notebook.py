@@ -9,7 +9,7 @@ import html
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from altlas_dask.gpu_condition import condition, field
+from altlas_dask.gpus.condition import condition, field
 
 MIB_PER_GIB = 1024.0
 TABLE = "border-collapse:collapse;font-size:12px"

@@ -7,8 +7,7 @@ from typing import Any
 
 import click
 
-from altlas_dask.cli_errors import CliError
-from altlas_dask.reports import (
+from altlas_dask.accounting.reports import (
     BY,
     FORMATS,
     ReportError,
@@ -19,6 +18,7 @@ from altlas_dask.reports import (
     to_json,
     to_table,
 )
+from altlas_dask.cli.errors import CliError
 
 
 @click.command("report")
@@ -31,7 +31,7 @@ from altlas_dask.reports import (
 def report_command(ctx: Any, since: str, until: str, by: str, fmt: str, database: str | None) -> None:
     """GPU-hours, tasks, failures, p50/p95 wait and run time and GPU-time quota use of the tasks that finished
     in a period, read from the accounting database (docs/reports.md)."""
-    from altlas_dask.quotas import QuotaBook
+    from altlas_dask.scheduling.quotas import QuotaBook
 
     config = ctx.config()
     now = time.time()

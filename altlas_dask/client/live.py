@@ -5,7 +5,7 @@ from __future__ import annotations
 from distributed import Client
 
 from altlas_dask.gpus.state import GpuState
-from altlas_dask.worker import METRIC_NAME
+from altlas_dask.worker.binding import METRIC_NAME
 
 
 def live_gpus(client: Client) -> list[GpuState]:

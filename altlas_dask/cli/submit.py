@@ -15,10 +15,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from altlas_dask.cli_errors import SCHEDULER, CliError, check_scheduler_address, unreachable
+from altlas_dask.cli.errors import SCHEDULER, CliError, check_scheduler_address, unreachable
+from altlas_dask.client.runs import RunSummary, WorkloadRun, parse_params, submit_workload
+from altlas_dask.client.workloads import WORKLOADS, get_workload
 from altlas_dask.options import check_strategy
-from altlas_dask.runs import RunSummary, WorkloadRun, parse_params, submit_workload
-from altlas_dask.workloads import WORKLOADS, get_workload
 
 CONNECT_TIMEOUT_S = 5
 
@@ -68,7 +68,7 @@ def scheduler_address(obj: Any, scheduler: str | None) -> str:
 
 def connect(address: str, user: str) -> Any:
     """An ``altlas_dask.Client`` acting as ``user``; an unreachable scheduler is one clear error."""
-    from altlas_dask.client import Client
+    from altlas_dask.client.gpu_client import Client
 
     try:
         return Client(address, gpu_defaults={"user": user}, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
@@ -207,7 +207,7 @@ def submit(
     if count < 1 or batch_size < 1:
         raise ValueError(f"--count and --batch-size must be >= 1 (got {count}, {batch_size})")
     address = scheduler_address(obj, scheduler)
-    from altlas_dask.client import RouterError
+    from altlas_dask.client.gpu_client import RouterError
 
     if not logging.getLogger().isEnabledFor(logging.INFO):  # without -v: a lost scheduler is our one line only
         logging.getLogger("distributed.client").setLevel(logging.CRITICAL)

@@ -18,9 +18,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from altlas_dask.cli_errors import SCHEDULER, UNREACHABLE_HINT, CliError, fail, unreachable
+from altlas_dask.cli.errors import SCHEDULER, UNREACHABLE_HINT, CliError, fail, unreachable
 from altlas_dask.config import AltlasConfig, ConfigError, load_config
-from altlas_dask.gpu_condition import condition
+from altlas_dask.gpus.condition import condition
 from altlas_dask.gpus.errors import GpuUnavailableError
 from altlas_dask.gpus.state import GpuState
 
@@ -71,7 +71,7 @@ class _Context:
 
     def command(self, *args: str) -> list[str]:
         """Another altlas-dask command line with the same config and overrides (to run as a child process)."""
-        head = [sys.executable, "-m", "altlas_dask.cli"]
+        head = [sys.executable, "-m", "altlas_dask.cli.main"]
         if self.config_path:
             head += ["--config", self.config_path]
         for item in self.overrides:
@@ -119,7 +119,7 @@ def gpus(ctx: _Context, simulate: int | None, as_json: bool, scheduler: str | No
     if scheduler:
         from distributed import Client
 
-        from altlas_dask.live import live_gpus
+        from altlas_dask.client.live import live_gpus
 
         try:
             with Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False) as client:
@@ -129,7 +129,7 @@ def gpus(ctx: _Context, simulate: int | None, as_json: bool, scheduler: str | No
         except (OSError, TimeoutError) as exc:
             raise unreachable(scheduler, exc) from None
     else:
-        from altlas_dask.launcher import detect_gpus
+        from altlas_dask.ops.launcher import detect_gpus
 
         states, simulated = detect_gpus(ctx.config(), simulate)
         title = "Simulated GPUs" if simulated else "GPUs (NVML)"
@@ -161,9 +161,9 @@ def up(
     insecure: bool,
 ) -> None:
     """Start the cluster (one worker per GPU) and keep it up until Ctrl-C; optionally the console and API."""
-    from altlas_dask import services
-    from altlas_dask.certs import identity_line
-    from altlas_dask.launcher import start_cluster
+    from altlas_dask.ops import services
+    from altlas_dask.ops.certs import identity_line
+    from altlas_dask.ops.launcher import start_cluster
 
     config = ctx.config()
     identity = identity_line(config.security, scheduler_address or config.cluster.scheduler_address, insecure)
@@ -215,8 +215,7 @@ def _services(
     ctx: _Context, home: str, scheduler: str, with_console: bool, console_port: int, with_api: bool, api_port: int
 ) -> list[Any]:
     """Start the asked-for console and API (their output goes to HOME/logs/); a busy port is reported, not fatal."""
-    from altlas_dask import services
-
+    from altlas_dask.ops import services
     wanted = []
     if with_console:
         url = f"http://127.0.0.1:{console_port}"
@@ -283,29 +282,29 @@ from altlas_dask.api.cli import api, keys  # noqa: E402  (the REST API's command
 cli.add_command(api)
 cli.add_command(keys)
 
-from altlas_dask.console_cli import console as console_command  # noqa: E402  (the web console)
-from altlas_dask.submit_cli import submit  # noqa: E402  (submit a named workload)
+from altlas_dask.cli.console import console as console_command  # noqa: E402  (the web console)
+from altlas_dask.cli.submit import submit  # noqa: E402  (submit a named workload)
 
 cli.add_command(console_command)
 cli.add_command(submit)
 
-from altlas_dask.selftest import selftest_command  # noqa: E402  (seed 003's test suite)
+from altlas_dask.ops.selftest import selftest_command  # noqa: E402  (seed 003's test suite)
 
 cli.add_command(selftest_command)
 
-from altlas_dask.k8s_cli import k8s  # noqa: E402  (Kubernetes manifests for the Dask operator)
+from altlas_dask.cli.k8s import k8s  # noqa: E402  (Kubernetes manifests for the Dask operator)
 
 cli.add_command(k8s)
 
-from altlas_dask.certs import certs  # noqa: E402  (the CA for mutual TLS)
+from altlas_dask.ops.certs import certs  # noqa: E402  (the CA for mutual TLS)
 
 cli.add_command(certs)
 
-from altlas_dask.replay_cli import replay_command  # noqa: E402  (trace replay in virtual time)
+from altlas_dask.cli.replay import replay_command  # noqa: E402  (trace replay in virtual time)
 
 cli.add_command(replay_command)
 
-from altlas_dask.report_cli import report_command  # noqa: E402  (usage reports, like sreport)
+from altlas_dask.cli.report import report_command  # noqa: E402  (usage reports, like sreport)
 
 cli.add_command(report_command)
 

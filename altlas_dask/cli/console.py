@@ -8,9 +8,9 @@ from typing import Any
 
 import click
 
-from altlas_dask.cli_errors import SCHEDULER
+from altlas_dask.cli.errors import SCHEDULER
+from altlas_dask.cli.submit import scheduler_address
 from altlas_dask.console import APP
-from altlas_dask.submit_cli import scheduler_address
 
 
 def streamlit_command(port: int, host: str, extra: tuple[str, ...] = ()) -> list[str]:

@@ -16,12 +16,12 @@ from typing import Any
 import click
 from distributed import WorkerPlugin, get_worker
 
-from altlas_dask import worker_health
 from altlas_dask.config import AltlasConfig, load_config
 from altlas_dask.gpus import dask_worker_internals
 from altlas_dask.gpus.device import GpuDevice, NvmlGpu
 from altlas_dask.gpus.state import GpuState
 from altlas_dask.resources import gpu_resources
+from altlas_dask.worker import health as worker_health
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def current_device() -> GpuDevice:
         raise RuntimeError("not running inside a Dask worker: GPU work must be submitted to the cluster") from None
     plugin = worker.plugins.get(PLUGIN_NAME)
     if plugin is None or plugin.device is None:
-        raise RuntimeError(f"worker {worker.address} has no GPU bound (start it with the altlas_dask.worker plugin)")
+        raise RuntimeError(f"worker {worker.address} has no GPU bound (start it with --preload altlas_dask.worker)")
     return plugin.device
 
 

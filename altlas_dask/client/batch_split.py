@@ -9,7 +9,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from altlas_dask.gpu_condition import field
+from altlas_dask.gpus.condition import field
 
 
 def speed_weights(gpus: Sequence[Any], learned: Mapping[int, float] | None = None) -> dict[int, float]:

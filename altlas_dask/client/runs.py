@@ -16,8 +16,8 @@ from typing import Any
 
 from distributed import Future
 
+from altlas_dask.client.workloads import Workload, get_workload
 from altlas_dask.errors import TaskCancelledError
-from altlas_dask.workloads import Workload, get_workload
 
 
 def run_calls(count: int, fn: Callable[..., Any], params: Mapping[str, Any]) -> list[Any]:

@@ -14,8 +14,7 @@ import dask.config
 from distributed import LocalCluster, SchedulerPlugin
 from distributed.deploy.spec import SpecCluster
 
-from altlas_dask.certs import NANNY_GATE, dask_security
-from altlas_dask.client import Client
+from altlas_dask.client.gpu_client import Client
 from altlas_dask.config import (
     MAX_LOCAL_WORKERS,
     MAX_SIMULATED_GPUS,
@@ -28,7 +27,8 @@ from altlas_dask.gpus.errors import GpuUnavailableError
 from altlas_dask.gpus.nvml import NvmlInventory
 from altlas_dask.gpus.simulated import SimulatedInventory
 from altlas_dask.gpus.state import GpuState
-from altlas_dask.worker import gpu_worker_options
+from altlas_dask.ops.certs import NANNY_GATE, dask_security
+from altlas_dask.worker.binding import gpu_worker_options
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class GpuCluster:
         return self.cluster.dashboard_link
 
     def _repr_html_(self) -> str:
-        from altlas_dask.notebook import cluster_html
+        from altlas_dask.client.notebook import cluster_html
 
         return cluster_html(self)
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from distributed import get_worker
 
 from altlas_dask.gpus.chunks import ChunkGuard, free_cached_memory
-from altlas_dask.worker import current_device
+from altlas_dask.worker.binding import current_device
 
 if TYPE_CHECKING:
     import torch

@@ -1,4 +1,4 @@
-"""``altlas-dask k8s render``: write the Kubernetes manifests of altlas_dask.k8s to a directory."""
+"""``altlas-dask k8s render``: write the Kubernetes manifests of altlas_dask.ops.k8s to a directory."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def render(ctx: Any, config_path: str | None, out: Path, **options: Any) -> None
     """Write one YAML file per resource and a kustomization.yaml (kubectl apply -k OUT)."""
     import os
 
-    from altlas_dask.k8s import RenderOptions, render, write
+    from altlas_dask.ops.k8s import RenderOptions, render, write
 
     path = config_path or getattr(ctx, "config_path", None) or os.environ.get("ALTLAS_CONFIG")
     settings = RenderOptions(**options)

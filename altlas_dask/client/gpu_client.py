@@ -11,12 +11,12 @@ import dask
 import distributed
 from distributed import Future
 
-from altlas_dask.batch_split import speed_weights, split_plan
-from altlas_dask.certs import common_name
-from altlas_dask.coalesce import SubmitCoalescer
-from altlas_dask.dask_client_internals import SubmissionHooks
+from altlas_dask.client.batch_split import speed_weights, split_plan
+from altlas_dask.client.coalesce import SubmitCoalescer
+from altlas_dask.client.dask_internals import SubmissionHooks
 from altlas_dask.errors import IdentityError
 from altlas_dask.gpus.state import GpuState
+from altlas_dask.ops.certs import common_name
 from altlas_dask.options import ANNOTATION, GpuOptions, GpuOptionsError, check_strategy
 from altlas_dask.ranges import MAX_GPU_ID, MAX_OFFSET, MAX_QUOTA_VALUE, MAX_ROWS, MAX_TIMESTAMP, check_int, check_number
 
@@ -34,15 +34,15 @@ def check_quota_limits(limits: Mapping[str, Any]) -> dict[str, Any]:
 
 def _configured_security(address: str) -> distributed.Security:
     """The client certificate cluster.yaml names for a ``tls://`` scheduler (IdentityError if it names none)."""
-    from altlas_dask.certs import dask_security
     from altlas_dask.config import ConfigError, load_config
+    from altlas_dask.ops.certs import dask_security
 
     try:
         security = dask_security(load_config().security.model_copy(update={"identity": "tls"}), "client")
     except ConfigError as exc:
         raise IdentityError(
             f"the scheduler at {address} uses mutual TLS and needs a client certificate: pass "
-            f"security=altlas_dask.certs.client_security(DIR, NAME), or set security.client_cert, client_key and "
+            f"security=altlas_dask.ops.certs.client_security(DIR, NAME), or set security.client_cert, client_key and "
             f"ca_file in cluster.yaml (ALTLAS_SECURITY__CLIENT_CERT=...). {exc}",
             401,
         ) from None
@@ -64,12 +64,12 @@ class Batch:
     gpus: list[int | None] = field(default_factory=list)  # the GPU each chunk was given to (None: the router's pick)
 
     def _repr_html_(self) -> str:
-        from altlas_dask.notebook import batch_html
+        from altlas_dask.client.notebook import batch_html
 
         return batch_html([f.status for f in self.futures], self.sizes, self.gpus or [None] * len(self.sizes))
 
     def __repr__(self) -> str:
-        from altlas_dask.notebook import batch_text
+        from altlas_dask.client.notebook import batch_text
 
         return batch_text([f.status for f in self.futures], self.sizes, self.gpus or [None] * len(self.sizes))
 
@@ -88,7 +88,7 @@ class Batch:
 
 def batched_function(func: Callable[..., Any], batched: bool | Mapping[str, Any]) -> Callable[..., Any]:
     """``func`` itself, or, with ``batched``, a per-item task function running ``func(items)`` in batches."""
-    from altlas_dask.batching import Batched
+    from altlas_dask.worker.batching import Batched
 
     if batched is False or batched is None or isinstance(func, Batched):
         return func
@@ -119,7 +119,7 @@ class Client(SubmissionHooks):
     ``gpu_defaults`` apply to every call (e.g. ``{"user": "ana"}``).
 
     Identity (docs/security.md): with ``security.identity: tls`` the client connects with a certificate,
-    ``security=altlas_dask.certs.client_security(DIR, "ana")`` or, for a ``tls://`` address and no
+    ``security=altlas_dask.ops.certs.client_security(DIR, "ana")`` or, for a ``tls://`` address and no
     ``security=``, ``security.client_cert``/``client_key``/``ca_file`` from cluster.yaml; the router then acts
     as the certificate's common name. In open mode ``gpu_defaults["user"]`` is a self-declared name.
     """
@@ -135,7 +135,7 @@ class Client(SubmissionHooks):
         **kwargs: Any,
     ) -> None:
         """``coalesce_ms``: ``submit`` calls reach the scheduler as one graph update per event-loop turn (0, the
-        default), or per that many milliseconds; ``None`` sends each at once (see altlas_dask.coalesce)."""
+        default), or per that many milliseconds; ``None`` sends each at once (see altlas_dask.client.coalesce)."""
         self.gpu_defaults = GpuOptions.parse(gpu_defaults).wire()
         if coalesce_ms is not None and not 0 <= coalesce_ms <= 1000:
             raise ValueError(f"coalesce_ms must be in 0..1000 or None (got {coalesce_ms!r})")
@@ -147,7 +147,7 @@ class Client(SubmissionHooks):
         if coalesce_ms is not None:
             self._submissions = SubmitCoalescer(self, coalesce_ms / 1000)
 
-    # -- submission coalescing (altlas_dask.coalesce) -------------------------------------------
+    # -- submission coalescing (altlas_dask.client.coalesce) -------------------------------------------
     def hold_submission(self, expr: Any, keys: Any, span_metadata: Any, kwargs: dict[str, Any]) -> Any:
         coalescer = self._submissions
         if coalescer is not None and coalescer.holds(expr, keys, kwargs.get("actors")):
@@ -230,7 +230,7 @@ class Client(SubmissionHooks):
     def submit(self, func, *args, gpu_options=None, batched=False, **kwargs) -> Future:  # type: ignore[override]
         """``distributed.Client.submit`` with ``gpu_options``; ``batched=True`` (or ``{"max_batch_size": n,
         "max_wait_ms": ms}``): ``func`` takes a list, and this call's item shares one ``func(items)`` call with
-        the items of other such tasks running on the same GPU worker at the moment (see altlas_dask.batching)."""
+        the items of other such tasks running on the same GPU worker at the moment (see altlas_dask.worker.batching)."""
         func = batched_function(func, batched)
         return self._routed(lambda **kw: super(Client, self).submit(func, *args, **kw), gpu_options, kwargs)
 
@@ -336,7 +336,7 @@ class Client(SubmissionHooks):
         """:meth:`gpus` as a pandas DataFrame (one row per GPU, with its condition and the reason)."""
         import pandas as pd
 
-        from altlas_dask.notebook import gpu_records
+        from altlas_dask.client.notebook import gpu_records
 
         return pd.DataFrame(gpu_records(self._gpu_rows())).set_index("gpu")
 
@@ -346,7 +346,7 @@ class Client(SubmissionHooks):
         """In a notebook: the GPUs (condition, memory, utilization) and links to the GPU page and the console."""
         import os
 
-        from altlas_dask.notebook import gpus_html
+        from altlas_dask.client.notebook import gpus_html
 
         try:
             if self.asynchronous or self.status != "running":

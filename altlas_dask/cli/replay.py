@@ -25,7 +25,7 @@ from altlas_dask.simulation.records import gpu_speeds, trace_from_database
 from altlas_dask.simulation.trace import TraceError, TraceLine, read_trace
 from altlas_dask.simulation.trace import write_trace as write
 
-TRACES_DIR = Path(__file__).resolve().parent / "simulation" / "traces"
+TRACES_DIR = Path(__file__).resolve().parents[1] / "simulation" / "traces"
 console = Console(width=shutil.get_terminal_size((160, 24)).columns)
 
 

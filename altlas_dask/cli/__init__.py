@@ -1,0 +1,1 @@
+"""The ``altlas-dask`` command line: one module per command group."""

@@ -1,0 +1,1 @@
+"""Operations: starting clusters and services, certificates, Kubernetes manifests, the self-test."""
