@@ -19,7 +19,7 @@ from altlas_dask.ops.selftest import Selftest, passed, peak_memory
 
 SEED_003 = REPO / "tests" / "data" / "seed_003_config.yaml"
 
-SMALL = REPO / "altlas_dask" / "selftest-small.yaml"  # seed 003's keys, sized for 2 CPU cores (--small)
+SMALL = REPO / "altlas_dask" / "ops" / "selftest-small.yaml"  # seed 003's keys, sized for 2 CPU cores (--small)
 
 
 def seed_003_config() -> dict:
