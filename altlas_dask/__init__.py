@@ -18,7 +18,7 @@ _WHERE = {
     "GpuTaskTimeoutError": "altlas_dask.errors",
     "GpuUnavailableError": "altlas_dask.gpus",
     "QuotaExceededError": "altlas_dask.errors",
-    "RouterError": "altlas_dask.client.gpu_client",
+    "RouterError": "altlas_dask.errors",
     "TaskCancelledError": "altlas_dask.errors",
     "batched": "altlas_dask.worker.batching",
     "load_config": "altlas_dask.config",

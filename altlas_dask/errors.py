@@ -1,4 +1,5 @@
-"""Errors a GPU task's future can raise (pickled on the scheduler, raised on the client)."""
+"""Errors a GPU task's future can raise (pickled on the scheduler, raised on the client), and the router's
+refusals as the client raises them (altlas_dask.client.router_client decodes the replies)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,36 @@ class IdentityError(PermissionError):
         self.code = code
 
 
+class RouterError(RuntimeError):
+    """The router refused a request; ``code`` is HTTP-like (400 bad value, 403 not allowed, 404 unknown, 409 too
+    late, 503 no router); ``field`` and ``value``: the request field at fault, where the router names one."""
+
+    def __init__(self, message: str, code: int = 400, field: str | None = None, value: object = None) -> None:
+        super().__init__(message)
+        self.code, self.field, self.value = code, field, value
+
+
+class RouterValueError(RouterError, ValueError):
+    """400: a value the router does not accept."""
+
+
+class RouterAccessError(RouterError):
+    """401 (no verified identity) or 403 (this caller may not do that, or not act as that user)."""
+
+
+class RouterLookupError(RouterError, LookupError):
+    """404: an unknown task or GPU (or one this caller may not see)."""
+
+
+#: The router's error code -> what the client raises (any other code: RouterError).
+ROUTER_ERRORS: dict[int, type[RouterError]] = {
+    400: RouterValueError,
+    401: RouterAccessError,
+    403: RouterAccessError,
+    404: RouterLookupError,
+}
+
+
 __all__ = [
     "GpuOptionsError",
     "GpuRetriesExhaustedError",
@@ -37,5 +68,9 @@ __all__ = [
     "GpuTaskTimeoutError",
     "IdentityError",
     "QuotaExceededError",
+    "RouterAccessError",
+    "RouterError",
+    "RouterLookupError",
+    "RouterValueError",
     "TaskCancelledError",
 ]

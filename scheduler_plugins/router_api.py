@@ -1,9 +1,10 @@
 """The router's RPC handlers (``await client.scheduler.altlas_<name>(...)``).
 
-They read the scheduling core through its read-only :class:`~altlas_dask.scheduling.view.CoreView`
-and change it only through the router's commands. Errors come back as
-``{"error": message, "code": http_like_status}`` so the Python client and the REST
-gateway can both report them clearly.
+The names and the request and reply shapes are the protocol's (:mod:`altlas_dask.protocol`): ``handlers``
+registers exactly :class:`~altlas_dask.protocol.Rpc`. They read the scheduling core through its read-only
+:class:`~altlas_dask.scheduling.view.CoreView` and change it only through the router's commands. Errors come
+back as ``{"error": message, "code": http_like_status}`` (with ``field`` and ``value`` where one is at fault)
+so the Python client and the REST gateway can both report them clearly.
 
 Every handler takes the ``comm`` it was called on (Dask passes it to handlers whose first parameter is
 ``comm``), and every call that reads a user's data or changes state acts as a :class:`Caller` from
@@ -21,8 +22,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from altlas_dask.errors import IdentityError
+from altlas_dask.protocol import ErrorReply, Rpc, TaskStatus
 from altlas_dask.ranges import MAX_GPU_ID, MAX_OFFSET, MAX_ROWS, MAX_TIMESTAMP, check_int, check_number
-from altlas_dask.scheduling.lifecycle import TaskStatus
 from altlas_dask.scheduling.quotas import QuotaValueError
 from scheduler_plugins.identity import Caller, of_comm
 
@@ -30,8 +31,11 @@ if TYPE_CHECKING:
     from scheduler_plugins.gpu_router import GpuRouter
 
 
-def error(message: str, code: int) -> dict[str, Any]:
-    return {"error": message, "code": code}
+def error(message: str, code: int, field: str | None = None, value: Any = None) -> ErrorReply:
+    reply = ErrorReply(error=message, code=code)
+    if field is not None:
+        reply.update(field=field, value=str(value)[:80])  # as short text: an out-of-range int may not fit msgpack
+    return reply
 
 
 def out_of_range(*checks: tuple[str, Any, float, float, bool]) -> dict[str, Any] | None:
@@ -44,14 +48,14 @@ def out_of_range(*checks: tuple[str, Any, float, float, bool]) -> dict[str, Any]
             elif value is not None:
                 check_number(name, value, low, high)
     except ValueError as exc:
-        return error(str(exc), 400)
+        return error(str(exc), 400, name, value)
     return None
 
 
 def handlers(router: GpuRouter) -> dict[str, Callable[..., Any]]:
-    """Every public ``RouterApi`` method, as scheduler handler ``altlas_<name>``."""
+    """The protocol's RPCs, each served by its ``RouterApi`` method (tests/test_rpc_names.py: one per name)."""
     api = RouterApi(router)
-    return {f"altlas_{name}": getattr(api, name) for name in dir(api) if not name.startswith("_")}
+    return {rpc.value: getattr(api, rpc.method) for rpc in Rpc}
 
 
 class RouterApi:
@@ -95,7 +99,8 @@ class RouterApi:
         if denied := self._anyone(comm):
             return denied
         if not isinstance(task_type, str) or not 1 <= len(task_type) <= 128:
-            return error(f"task_type must be a name of 1 to 128 characters (got {str(task_type)[:80]!r})", 400)
+            why = f"task_type must be a name of 1 to 128 characters (got {str(task_type)[:80]!r})"
+            return error(why, 400, "task_type", task_type)
         return {"task_type": task_type, "speeds": self._view.speeds(task_type)}
 
     def policy(self, comm: Any = None, **_: Any) -> dict[str, Any]:

@@ -745,7 +745,9 @@ def test_quota_read_and_429_with_retry_after(api: Api):
 
 
 def test_numbers_out_of_range_are_400_naming_the_field(api: Api):
-    from altlas_dask.client.gpu_client import Client, RouterError
+    from altlas_dask.client.gpu_client import Client
+    from altlas_dask.errors import RouterValueError
+    from altlas_dask.protocol import Rpc
 
     with api.client("admin") as admin:
         r = admin.put("/admin/user/carol/quota", json={"requests_per_day_limit": 10**30})
@@ -771,15 +773,15 @@ def test_numbers_out_of_range_are_400_naming_the_field(api: Api):
                 call()
             assert field in str(caught.value) and f"(got {value!r})" in str(caught.value), caught.value
         raw = {  # and the router for callers that bypass it: a 400 naming the field, nothing reaches SQLite
-            "limit": ("altlas_records", {"limit": 2**63}),
-            "since": ("altlas_records", {"since": float("inf")}),
-            "offset": ("altlas_tasks", {"offset": 2**63}),
-            "gpu": ("altlas_drain", {"gpu": 2**63}),
-            "requests_per_day": ("altlas_set_quota", {"user": "carol", "limits": {"requests_per_day": 2**63}}),
+            "limit": (Rpc.RECORDS, {"limit": 2**63}),
+            "since": (Rpc.RECORDS, {"since": float("inf")}),
+            "offset": (Rpc.TASKS, {"offset": 2**63}),
+            "gpu": (Rpc.DRAIN, {"gpu": 2**63}),
+            "requests_per_day": (Rpc.SET_QUOTA, {"user": "carol", "limits": {"requests_per_day": 2**63}}),
         }
-        for name, (handler, kwargs) in raw.items():
-            with pytest.raises(RouterError) as refused:
-                client._call(handler, as_user="admin", **kwargs)
+        for name, (rpc, kwargs) in raw.items():
+            with pytest.raises(RouterValueError) as refused:
+                client.sync(client.router.call, rpc, **kwargs)
             assert refused.value.code == 400 and name in str(refused.value), refused.value
 
 

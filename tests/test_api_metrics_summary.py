@@ -10,7 +10,7 @@ from unittest.mock import create_autospec
 
 from altlas_dask.api import metrics
 from altlas_dask.api.gateway import Gateway
-from altlas_dask.scheduling.lifecycle import API_STATUS, TaskStatus
+from altlas_dask.protocol import API_STATUS, TaskStatus
 
 # one task in every router status; the REST API's "queued" ones are QUEUED and RETRYING by its own table
 TRACKED = {status.value: 1 for status in TaskStatus if not status.final}

@@ -140,6 +140,20 @@ def test_missing_config_file_exits_2(tmp_path):
     assert done.stderr.strip() == f"error: config file {str(missing)!r} does not exist"
 
 
+def test_a_scheduler_without_the_router_is_named_as_such():
+    """``gpus --scheduler`` falls back to what the workers report, and ``api`` stops with one line, when the
+    scheduler answers the router's RPCs with no handler (RouterClient's 503)."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=0, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address=None) as plain:
+        address = plain.scheduler_address
+        listed = altlas("gpus", "--scheduler", address, "--json")
+        refused = altlas("api", "--scheduler", address, "--port", "0", "--connect-timeout", "30")
+    assert listed.returncode == 0 and json.loads(listed.stdout) == {"gpus": []}, listed.stderr
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert f"the scheduler at {address} has no GPU router" in refused.stderr, refused.stderr
+
+
 def test_gpus_scheduler_lists_the_live_gpus_with_their_workers(gpu_cluster, dask_client):
     address = gpu_cluster.scheduler_address
     workers = gpu_workers(dask_client)

@@ -14,8 +14,9 @@ from conftest import certificate_clients, scraped_metrics, wait_for
 
 from altlas_dask import QuotaExceededError, RouterError, run_on_gpu, start_cluster
 from altlas_dask.client.gpu_client import Client
+from altlas_dask.client.router_client import RouterClient
 from altlas_dask.config import build_config
-from altlas_dask.errors import IdentityError
+from altlas_dask.errors import IdentityError, RouterAccessError
 from altlas_dask.ops.certs import client_security, init_ca, issue
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -179,6 +180,18 @@ def test_a_delegate_acts_for_users(connect, alice):
     vouched = gateway.sync(gateway.scheduler.altlas_drain, gpu=0, as_user="carol", admin=True)
     assert vouched["draining"] is True  # an admin the gateway authenticated (e.g. an admin API key)
     assert gateway.sync(gateway.scheduler.altlas_enable, gpu=0, as_user="carol", admin=True)["draining"] is False
+
+
+def test_router_client_acting_as_is_refused_for_a_non_delegate(connect, alice, bob):
+    """RouterClient.acting_as on bob's connection (a user certificate) is refused by the router, with the
+    exception RouterClient decodes; on the gateway's (a delegate's) a call acts for alice."""
+    with pytest.raises(RouterAccessError, match="as_user='alice': your certificate identifies you as 'bob'") as no:
+        bob.sync(bob.router.acting_as("alice").tasks)
+    assert no.value.code == 403
+    with pytest.raises(RouterAccessError, match="'bob' is not an admin"):
+        bob.sync(bob.router.acting_as("bob", admin=True).drain, 0)  # only delegates vouch for admin rights
+    gateway = RouterClient(connect("gateway", distributed.Client))
+    assert gateway.client.sync(gateway.acting_as("alice").usage)["user_id"] == "alice"
 
 
 def test_a_node_certificate_is_not_a_user(cluster):

@@ -23,6 +23,7 @@ VOCABULARY = frozenset(
         "altlas_dask.config",  # the cluster.yaml model (RoutingPolicy, Quotas, Health)
         "altlas_dask.options",  # gpu_options: the task's annotation and its validation
         "altlas_dask.errors",
+        "altlas_dask.protocol",  # the router protocol: RPC names, task statuses, wire shapes
         "altlas_dask.ranges",
         "altlas_dask.scheduling.quotas",  # the quota book (pure)
         "altlas_dask.gpus.state",  # a GPU's state (pure value type)

@@ -9,10 +9,11 @@ import pytest
 from core_helpers import Driver, failed, gpu, make_core, placed
 
 from altlas_dask.errors import GpuRoutingError, GpuTaskTimeoutError
+from altlas_dask.protocol import TaskStatus, api_status
 from altlas_dask.scheduling import events as ev
 from altlas_dask.scheduling.actions import Place, Record, Release, Retry, Usage
 from altlas_dask.scheduling.fairqueue import FairQueue
-from altlas_dask.scheduling.lifecycle import TRANSITIONS, TaskStatus, api_status
+from altlas_dask.scheduling.lifecycle import TRANSITIONS
 from altlas_dask.scheduling.view import CoreView
 
 OOM = "GpuOutOfMemoryError('CUDA out of memory')"

@@ -108,7 +108,7 @@ def test_priority_tasks_over_the_limit_wait_their_turn_and_every_surface_says_qu
         what="tasks waiting for admission",
     )
     assert {t["key"] for t in waiting} <= {f.key for f in futures[1:]}
-    assert client._call("altlas_gpus")["queued"] >= len(waiting)
+    assert client.sync(client.router.gpus)["queued"] >= len(waiting)
     assert [r["gpu"] in (0, 1) for r in client.gather(futures)] == [True] * 3
     assert not {r["key"] for r in client.records(status="rejected")} & {f.key for f in futures}
 

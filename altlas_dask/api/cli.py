@@ -130,7 +130,8 @@ def _check_scheduler(address: str, timeout: float, config: Any) -> None:
     this gateway's certificate (security.identity: tls) is not a delegate the router lets act for users."""
     from distributed import Client
 
-    from altlas_dask.client.dask_internals import scheduler_rpc_names
+    from altlas_dask.client.router_client import RouterClient
+    from altlas_dask.errors import RouterError
     from altlas_dask.ops.certs import common_name, dask_security
 
     security = dask_security(config.security, "client")
@@ -142,11 +143,14 @@ def _check_scheduler(address: str, timeout: float, config: Any) -> None:
         )
     try:
         with Client(address, timeout=timeout, set_as_default=False, security=security) as probe:
-            if "altlas_policy" not in scheduler_rpc_names(probe):
-                raise click.ClickException(
-                    f"the scheduler at {address} has no GPU router: start the cluster with `altlas-dask up` "
-                    "or `dask scheduler --preload scheduler_plugins.gpu_router`"
-                )
+            probe.sync(RouterClient(probe).policy)
+    except RouterError as exc:
+        raise click.ClickException(
+            f"the scheduler at {address} has no GPU router: start the cluster with `altlas-dask up` or `dask "
+            "scheduler --preload scheduler_plugins.gpu_router`"
+            if exc.code == 503
+            else f"the router at {address} refused the gateway: {exc}"
+        ) from None
     except (OSError, TimeoutError) as exc:
         raise CliError(
             f"cannot reach the scheduler at {address} ({exc}); start the cluster first (`altlas-dask up`), pass "

@@ -28,8 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from altlas_dask.client.gpu_client import RouterError
-from altlas_dask.errors import GpuRoutingError
+from altlas_dask.errors import GpuRoutingError, RouterError
 from altlas_dask.options import GpuOptionsError
 from altlas_dask.scheduling.quotas import QuotaExceededError
 

@@ -43,7 +43,7 @@ from altlas_dask.errors import GpuRoutingError, TaskCancelledError
 from altlas_dask.model import generation_size
 from altlas_dask.ops.certs import dask_security
 from altlas_dask.options import GpuOptions, GpuOptionsError, check_strategy
-from altlas_dask.scheduling.lifecycle import TaskStatus, api_status
+from altlas_dask.protocol import TaskStatus, api_status
 from altlas_dask.scheduling.quotas import QuotaExceededError
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ Outcome = tuple[TaskStatus, str | None, Any]
 
 
 def router_api_status(status: str | None) -> str:
-    """The REST spelling (lifecycle.api_status) of a router status; an unknown one is passed through."""
+    """The REST spelling (protocol.api_status) of a router status; an unknown one is passed through."""
     try:
         return api_status(status or "queued")
     except ValueError:
@@ -752,7 +752,7 @@ class Gateway:
     async def state(
         self, entry: TaskEntry | None, info: dict[str, Any] | None, *, with_result: bool = False
     ) -> dict[str, Any]:
-        """``gpu_id``, ``status`` (the API's spelling, from :mod:`altlas_dask.scheduling.lifecycle`) and ``error``;
+        """``gpu_id``, ``status`` (the API's spelling, from :mod:`altlas_dask.protocol`) and ``error``;
         the future's outcome wins over the router's record. The one place a task's API status is computed."""
         out: dict[str, Any] = {"gpu_id": None, "status": "queued"}
         if info is not None:

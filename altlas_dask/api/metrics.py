@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from altlas_dask.api.gateway import Gateway
-from altlas_dask.scheduling.lifecycle import API_STATUS
+from altlas_dask.protocol import API_STATUS
 
 PERCENTILE_SAMPLE = 100_000
 #: the router statuses the REST API reports as "queued" (held on the scheduler or waiting for a retry)

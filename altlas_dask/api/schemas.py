@@ -6,9 +6,9 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from altlas_dask.client.gpu_client import MAX_QUOTA_VALUE
 from altlas_dask.model import MAX_LENGTH, MAX_PROMPT_CHARS, MAX_SEED, MAX_TEMPERATURE
 from altlas_dask.options import MAX_MEMORY_MB, describe
+from altlas_dask.ranges import MAX_QUOTA_VALUE
 
 MAX_BATCH_ITEMS = 1024
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"

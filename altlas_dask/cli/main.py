@@ -120,11 +120,17 @@ def gpus(ctx: _Context, simulate: int | None, as_json: bool, scheduler: str | No
         from distributed import Client
 
         from altlas_dask.client.live import live_gpus
+        from altlas_dask.client.router_client import RouterClient
+        from altlas_dask.errors import RouterError
 
         try:
             with Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False) as client:
-                routed = client.sync(client.scheduler.altlas_gpus)  # the router's view: drains and reasons
-                states = [GpuState.from_dict(g) for g in routed["gpus"]] if routed else live_gpus(client)
+                try:  # the router's view: drains and reasons
+                    states = [GpuState.from_dict(g) for g in client.sync(RouterClient(client).gpus)["gpus"]]
+                except RouterError as exc:
+                    if exc.code != 503:
+                        raise click.ClickException(f"the router at {scheduler} refused: {exc}") from None
+                    states = live_gpus(client)  # no router: what the workers report
                 title = f"GPUs of {scheduler}"
         except (OSError, TimeoutError) as exc:
             raise unreachable(scheduler, exc) from None

@@ -207,7 +207,7 @@ def submit(
     if count < 1 or batch_size < 1:
         raise ValueError(f"--count and --batch-size must be >= 1 (got {count}, {batch_size})")
     address = scheduler_address(obj, scheduler)
-    from altlas_dask.client.gpu_client import RouterError
+    from altlas_dask.errors import RouterError
 
     if not logging.getLogger().isEnabledFor(logging.INFO):  # without -v: a lost scheduler is our one line only
         logging.getLogger("distributed.client").setLevel(logging.CRITICAL)

@@ -116,8 +116,3 @@ async def settled(future: Future) -> None:
     """
     await future._state.wait()
 
-
-def scheduler_rpc_names(client: distributed.Client) -> list[str]:
-    """The RPC names the client's scheduler serves (its ``Server.handlers`` table, read through
-    ``run_on_scheduler``; distributed 2026.7.1)."""
-    return client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.handlers))

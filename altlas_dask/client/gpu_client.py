@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,22 +14,13 @@ from distributed import Future
 from altlas_dask.client.batch_split import speed_weights, split_plan
 from altlas_dask.client.coalesce import SubmitCoalescer
 from altlas_dask.client.dask_internals import SubmissionHooks
-from altlas_dask.errors import IdentityError
+from altlas_dask.client.router_client import RouterClient
+from altlas_dask.errors import IdentityError, RouterError
 from altlas_dask.gpus.state import GpuState
 from altlas_dask.ops.certs import common_name
 from altlas_dask.options import ANNOTATION, GpuOptions, GpuOptionsError, check_strategy
-from altlas_dask.ranges import MAX_GPU_ID, MAX_OFFSET, MAX_QUOTA_VALUE, MAX_ROWS, MAX_TIMESTAMP, check_int, check_number
 
 CHUNKS_PER_GPU = 4  # batch split: several chunks per GPU so faster GPUs take more of the batch
-
-
-def check_quota_limits(limits: Mapping[str, Any]) -> dict[str, Any]:
-    """``limits`` unchanged if every value is a finite number in 0..``MAX_QUOTA_VALUE`` (or None); else
-    ``ValueError`` naming the limit and the value (every value stays inside msgpack's and SQLite's integers)."""
-    for name, value in limits.items():
-        if value is not None:
-            check_number(f"set_quota: {name}", value, 0, MAX_QUOTA_VALUE)
-    return dict(limits)
 
 
 def _configured_security(address: str) -> distributed.Security:
@@ -100,14 +91,6 @@ def batched_function(func: Callable[..., Any], batched: bool | Mapping[str, Any]
             raise ValueError(f"batched: unknown option {sorted(unknown)[0]!r}; use max_batch_size, max_wait_ms")
         return Batched(func, **batched)
     raise ValueError(f"batched must be True, False or a dict of max_batch_size/max_wait_ms (got {batched!r})")
-
-
-class RouterError(RuntimeError):
-    """The router refused a request; ``code`` is HTTP-like (400 bad value, 403 not allowed, 404 unknown)."""
-
-    def __init__(self, message: str, code: int = 400) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class Client(SubmissionHooks):
@@ -283,27 +266,23 @@ class Client(SubmissionHooks):
             start += size
         return Batch(futures, [n for _, n in plan], [g for g, _ in plan])
 
-    # -- the router ----------------------------------------------------------------------
-    def _call(self, handler: str, *, pick: Callable[[Any], Any] | None = None, **kwargs: Any) -> Any:
-        """Call a router RPC; ``pick`` shapes the answer. On an asynchronous client, returns an awaitable."""
+    # -- the router (altlas_dask.client.router_client) ----------------------------------------------
+    @property
+    def router(self) -> RouterClient:
+        """The router's RPCs on this client's connection, acting as :attr:`user` (vouched an admin by a delegate
+        that set :attr:`vouch_admin`). Asynchronous: ``await client.router.tasks()``."""
+        return RouterClient(self, user=self.user, admin=self.vouch_admin)
 
-        if self.vouch_admin and "as_user" in kwargs:
-            kwargs["admin"] = True
-        self.flush_submissions()
+    def _ask(self, call: Callable[[RouterClient], Awaitable[Any]], pick: Callable[[Any], Any] | None = None) -> Any:
+        """``call(self.router)``'s answer, shaped by ``pick``, through ``Client.sync`` (so an awaitable on an
+        asynchronous client, like every ``distributed.Client`` method)."""
+        router = self.router
 
-        async def call():
-            result = await getattr(self.scheduler, handler)(**kwargs)
-            if result is None:
-                raise RouterError(
-                    f"no GPU router on scheduler {self.scheduler.address} (no handler {handler!r}): start the "
-                    "cluster with altlas_dask.start_cluster or `dask scheduler --preload scheduler_plugins.gpu_router`",
-                    503,
-                )
-            if isinstance(result, dict) and "error" in result:
-                raise RouterError(result["error"], result.get("code", 400))
-            return result if pick is None else pick(result)
+        async def ask() -> Any:
+            answer = await call(router)
+            return answer if pick is None else pick(answer)
 
-        return self.sync(call)
+        return self.sync(ask)
 
     def _synchronous_only(self, method: str, instead: str) -> None:
         if self.asynchronous:
@@ -317,20 +296,18 @@ class Client(SubmissionHooks):
         return self.gpu_defaults.get("user") or self.certificate_user or "anonymous"
 
     def _policy(self) -> dict[str, Any]:
-        return self._call("altlas_policy")
+        return self._ask(lambda r: r.policy())
 
     def _gpu_rows(self) -> list[dict[str, Any]]:
         """The router's GPU dicts as they come (every field, including ones GpuState does not know)."""
-        return self._call("altlas_gpus", pick=lambda r: r["gpus"])
+        return self._ask(lambda r: r.gpus(), lambda reply: reply["gpus"])
 
     def _learned_speeds(self, task_type: str) -> dict[int, float]:
         """Relative speed per GPU the router learned for ``task_type`` (empty where it offers none)."""
         try:
-            found = self._call("altlas_speeds", task_type=task_type)
-        except Exception:  # an older router without the handler, or nothing learned: the split uses GPU info
+            return self._ask(lambda r: r.speeds(task_type))
+        except RouterError:  # a router without the handler: the split uses the GPUs' own figures
             return {}
-        speeds = found.get("speeds", found) if isinstance(found, dict) else {}
-        return {int(g): float(v) for g, v in speeds.items()}
 
     def gpus_frame(self) -> Any:
         """:meth:`gpus` as a pandas DataFrame (one row per GPU, with its condition and the reason)."""
@@ -365,7 +342,7 @@ class Client(SubmissionHooks):
 
     def gpus(self) -> list[GpuState]:
         """Live state of every GPU as the router sees it (heartbeat + in-flight work + drain)."""
-        return self._call("altlas_gpus", pick=lambda r: [GpuState.from_dict(g) for g in r["gpus"]])
+        return self._ask(lambda r: r.gpus(), lambda reply: [GpuState.from_dict(g) for g in reply["gpus"]])
 
     def explain(self, future: Future | str, wait: float = 5.0) -> dict[str, Any]:
         """The routing decision for a task: GPU, strategy, reason, per-GPU scores/rejections, attempts."""
@@ -373,7 +350,7 @@ class Client(SubmissionHooks):
         key = future.key if isinstance(future, Future) else future
         deadline = time.monotonic() + wait
         while True:
-            found = self._call("altlas_explain", keys=[key], as_user=self.user)
+            found = self._ask(lambda r: r.explain([key]))
             if found or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
@@ -384,45 +361,36 @@ class Client(SubmissionHooks):
     def explain_many(self, futures: Iterable[Future | str]) -> dict[str, dict[str, Any]]:
         """:meth:`explain` for many tasks in one call: key -> decision (unknown keys are left out)."""
         keys = [f.key if isinstance(f, Future) else f for f in futures]
-        return self._call("altlas_explain", keys=keys, as_user=self.user)
+        return self._ask(lambda r: r.explain(keys))
 
     def drain_gpu(self, gpu: int, reason: str = "") -> dict[str, Any]:
         """No new work on ``gpu``; running work finishes."""
-        return self._call("altlas_drain", gpu=check_int("gpu", gpu, 0, MAX_GPU_ID), reason=reason, as_user=self.user)
+        return self._ask(lambda r: r.drain(gpu, reason))
 
     def enable_gpu(self, gpu: int) -> dict[str, Any]:
         """Undo :meth:`drain_gpu`."""
-        return self._call("altlas_enable", gpu=check_int("gpu", gpu, 0, MAX_GPU_ID), as_user=self.user)
+        return self._ask(lambda r: r.enable(gpu))
 
     def router_status(self) -> dict[str, Any]:
         """Counters (placed, held, retried, failed, timed out) and the last routing decisions (yours; admins: all)."""
-        return self._call("altlas_status", as_user=self.user)
+        return self._ask(lambda r: r.status())
 
     # -- users, quotas, accounting ------------------------------------------------------------
     def tasks(
         self, user: str | None = None, status: str | None = None, limit: int = 100, offset: int = 0
     ) -> list[dict[str, Any]]:
         """Live and recent tasks: your own, or anyone's if this client's user is an admin."""
-        limit, offset = check_int("limit", limit, 0, MAX_ROWS), check_int("offset", offset, 0, MAX_OFFSET)
-        return self._call(
-            "altlas_tasks",
-            pick=lambda r: r["tasks"],
-            as_user=self.user,
-            user=user,
-            status=status,
-            limit=limit,
-            offset=offset,
-        )
+        return self._ask(lambda r: r.tasks(user, status, limit, offset), lambda reply: reply["tasks"])
 
     def cancel_task(self, task: Future | str, reason: str = "") -> dict[str, Any]:
         """Cancel one of your tasks (admins: anyone's); its future raises ``TaskCancelledError``."""
         if not isinstance(task, Future) or self.asynchronous:
             key = task.key if isinstance(task, Future) else task
-            return self._call("altlas_cancel", key=key, as_user=self.user, reason=reason)
+            return self._ask(lambda r: r.cancel(key, reason))
         deadline = time.monotonic() + 5.0
         while True:  # a just-submitted future may not have reached the scheduler yet
             try:
-                return self._call("altlas_cancel", key=task.key, as_user=self.user, reason=reason)
+                return self._ask(lambda r: r.cancel(task.key, reason))
             except RouterError as exc:
                 if exc.code != 404 or time.monotonic() > deadline:
                     raise
@@ -430,31 +398,18 @@ class Client(SubmissionHooks):
 
     def quota(self, user: str | None = None) -> dict[str, Any]:
         """Limits, used, remaining and reset times (seed 001 section 6.3.4 shape)."""
-        return self._call("altlas_quota", user=user or self.user, as_user=self.user)
+        return self._ask(lambda r: r.quota(user or self.user))
 
     def set_quota(self, user: str, **limits: Any) -> dict[str, Any]:
         """Admin only: change ``user``'s limits (concurrent_requests, gpu_time_minutes, ...); kept on restart."""
-        return self._call("altlas_set_quota", user=user, as_user=self.user, limits=check_quota_limits(limits))
+        return self._ask(lambda r: r.set_quota(user, limits))
 
     def usage(self, user: str | None = None, since: str | None = None) -> list[dict[str, Any]]:
         """Per-day usage rows (tasks, gpu_seconds, rejected) from the accounting database."""
-        return self._call(
-            "altlas_usage", pick=lambda r: r["days"], user=user or self.user, as_user=self.user, since=since
-        )
+        return self._ask(lambda r: r.usage(user or self.user, since), lambda reply: reply["days"])
 
     def records(
         self, user: str | None = None, status: str | None = None, since: float | None = None, limit: int = 1000
     ) -> list[dict[str, Any]]:
         """Final task records from the accounting database, newest first."""
-        limit = check_int("limit", limit, 0, MAX_ROWS)
-        if since is not None:
-            since = float(check_number("since", since, 0, MAX_TIMESTAMP))
-        return self._call(
-            "altlas_records",
-            pick=lambda r: r["records"],
-            as_user=self.user,
-            user=user,
-            status=status,
-            since=since,
-            limit=limit,
-        )
+        return self._ask(lambda r: r.records(user, status, since, limit), lambda reply: reply["records"])

@@ -26,9 +26,15 @@ from rich.console import Console
 from rich.table import Table
 
 from altlas_dask.cli.errors import SCHEDULER
-from altlas_dask.client.gpu_client import Client, RouterError
+from altlas_dask.client.gpu_client import Client
 from altlas_dask.config import AltlasConfig, SelftestErrorScenario, SelftestScenario
-from altlas_dask.errors import GpuRetriesExhaustedError, GpuRoutingError, GpuTaskTimeoutError, QuotaExceededError
+from altlas_dask.errors import (
+    GpuRetriesExhaustedError,
+    GpuRoutingError,
+    GpuTaskTimeoutError,
+    QuotaExceededError,
+    RouterError,
+)
 from altlas_dask.gpus.errors import GpuOutOfMemoryError
 from altlas_dask.gpus.state import GpuState
 from altlas_dask.worker.kernels import dense_inputs, dense_layer, dense_memory_mb

@@ -24,6 +24,7 @@ from typing import Any
 from altlas_dask.config import AltlasConfig, Quotas, RoutingPolicy
 from altlas_dask.errors import GpuRetriesExhaustedError, GpuRoutingError, GpuTaskTimeoutError, TaskCancelledError
 from altlas_dask.options import GpuOptions, GpuOptionsError
+from altlas_dask.protocol import TaskStatus
 from altlas_dask.scheduling import events as ev
 from altlas_dask.scheduling.actions import Action, Fail, Hold, KeepError, Place, Record, Release, Retry, Usage
 from altlas_dask.scheduling.affinity import AffinityBook
@@ -31,7 +32,6 @@ from altlas_dask.scheduling.candidates import decide
 from altlas_dask.scheduling.estimates import Estimates, LazyPerformance
 from altlas_dask.scheduling.fairqueue import FairQueue
 from altlas_dask.scheduling.gpus import GpuBook, GpuSlot
-from altlas_dask.scheduling.lifecycle import TaskStatus
 from altlas_dask.scheduling.quotas import HIGH_PRIORITY, QuotaBook, utc_day
 from altlas_dask.scheduling.sharing import charged_seconds
 from altlas_dask.scheduling.strategies import Decision, RoutingContext, TaskRequest, build_registry, capacity

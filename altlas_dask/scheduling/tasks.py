@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from altlas_dask.scheduling.lifecycle import TaskStatus, allowed
+from altlas_dask.protocol import TaskStatus
+from altlas_dask.scheduling.lifecycle import allowed
 from altlas_dask.scheduling.strategies import Decision, TaskRequest
 
 NO_INPUTS: Mapping[str, int] = MappingProxyType({})

@@ -8,8 +8,8 @@ from typing import Any, NamedTuple
 
 from altlas_dask.config import RoutingPolicy
 from altlas_dask.gpus.state import GpuState
+from altlas_dask.protocol import TaskStatus
 from altlas_dask.scheduling.core import HELD, SchedulingCore
-from altlas_dask.scheduling.lifecycle import TaskStatus
 from altlas_dask.scheduling.strategies import matches, rejection
 from altlas_dask.scheduling.tasks import TaskRecord
 

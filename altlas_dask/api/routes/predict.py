@@ -21,8 +21,8 @@ from altlas_dask.api.gateway import (
     new_id,
 )
 from altlas_dask.api.schemas import BatchPredictRequest, CancelRequest, PredictRequest
-from altlas_dask.client.gpu_client import RouterError
 from altlas_dask.client.workloads import get_workload
+from altlas_dask.errors import RouterError
 from altlas_dask.model import MODEL_MEMORY_MB, generate, generate_batch
 
 router = APIRouter(tags=["predict"])

@@ -26,11 +26,11 @@ from altlas_dask.api.gateway import (
     shape_result,
 )
 from altlas_dask.api.schemas import CancelRequest, PayloadError, RouteRequest, check_payload
-from altlas_dask.client.gpu_client import RouterError
 from altlas_dask.client.workloads import WORKLOADS
+from altlas_dask.errors import RouterError
 from altlas_dask.model import MODEL_MEMORY_MB
 from altlas_dask.options import GpuOptionsError
-from altlas_dask.scheduling.lifecycle import API_STATUS, STATUSES_FOR_API
+from altlas_dask.protocol import API_STATUS, STATUSES_FOR_API
 
 router = APIRouter(tags=["tasks"])
 

@@ -12,9 +12,10 @@ from typing import Any
 
 import streamlit as st
 
-from altlas_dask.client.gpu_client import Client, RouterError
+from altlas_dask.client.gpu_client import Client
 from altlas_dask.config import load_config
 from altlas_dask.console import auth
+from altlas_dask.errors import RouterError
 from altlas_dask.ops.certs import dask_security
 from altlas_dask.options import GpuOptionsError
 

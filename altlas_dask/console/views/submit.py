@@ -69,7 +69,7 @@ def never_fits(client: Client, params: dict[str, Any]) -> str | None:
     memory = params.get("memory_mb")
     if not isinstance(memory, int) or memory <= 0:
         return None
-    policy = client._call("altlas_policy")
+    policy = client.sync(client.router.policy)
     return why_nothing_fits(client.gpus(), memory, policy["memory_threshold"])
 
 

@@ -12,7 +12,7 @@ from altlas_dask.client.gpu_client import Client
 from altlas_dask.client.runs import WorkloadRun
 from altlas_dask.console import auth
 from altlas_dask.console.views import common
-from altlas_dask.scheduling.lifecycle import FINAL, TaskStatus
+from altlas_dask.protocol import FINAL, TaskStatus
 
 STATUSES = ["all", *(s.value for s in TaskStatus)]
 CANCELLABLE = {s.value for s in TaskStatus if s not in FINAL}
@@ -43,16 +43,7 @@ def render() -> None:
 
 def fetch(client: Client, user: str | None, status: str | None, order: str, limit: int) -> dict[str, Any]:
     """The router's answer: ``tasks`` (one page, in ``order``), ``total`` and ``counts`` (true totals per status)."""
-    answer = client._call(
-        "altlas_tasks", as_user=client.user, user=user, status=status, limit=limit, offset=0, order=ORDERS[order]
-    )
-    if not answer.get("counts"):  # a router that does not count: ask for each status's total
-        answer["counts"] = {
-            s: n
-            for s in STATUSES[1:]
-            if (n := client._call("altlas_tasks", as_user=client.user, user=user, status=s, limit=0)["total"])
-        }
-    return answer
+    return client.sync(client.router.tasks, user=user, status=status, limit=limit, order=ORDERS[order])
 
 
 @common.guarded
