@@ -522,6 +522,33 @@ def test_a_gpu_a_higher_priority_task_waits_to_drain_is_kept_from_lower_priority
     assert placed(d.tick()) == {"big": 0}
 
 
+@pytest.mark.parametrize("factor", [0.5, 2.0])
+def test_a_task_held_by_late_binding_takes_the_gpu_it_waits_for_once_its_hold_runs_out(factor):
+    """gpu.multi_gpu.max_hold_factor bounds late binding too (the gpu_failure x earliest_finish replay changed
+    by this, bench/RESULTS.md "Scale"): a 24 GB task that only GPU 0 fits waits while 0.2 s of its type is
+    queued there (its own learned 0.2 s, 30% of it at most), for ``factor`` x 0.2 s at most; at the first pass
+    after that it joins GPU 0's queue, although the queue there has not drained."""
+    core = make_core({"gpu": {"multi_gpu": {"max_hold_factor": factor}}})
+    d = Driver(core, gpus=0)
+    d.join(0, memory_mb=81920)
+    d.join(1, memory_mb=16384)
+    large = {"task_type": "text_generation", "memory_mb": 24576}
+    assert placed(d.submit("learn", **large)) == {"learn": 0}
+    d.start("learn")
+    d.finish("learn", seconds=0.2)  # alone on GPU 0: 0.2 s, an exact (solo) sample
+    assert placed(d.submit("running", **large)) == {"running": 0}
+    assert placed(d.submit("big", **large)) == {}
+    bound = factor * 0.2
+    reason = core.tasks["big"].waiting_reason
+    assert reason.startswith("late binding: it fits 1 of the 2 GPUs"), reason
+    assert f"reserved: it waits at most {bound:.3f}s more (max_hold_factor {factor:g})" in reason, reason
+    assert placed(d.tick(bound * 0.99)) == {}  # within its bound: still held
+    assert placed(d.tick(bound * 0.02)) == {"big": 0}  # past it: queued behind "running" on GPU 0
+    assert core.tasks["big"].decision.reason.startswith("expected finish in 0.400s (0.200s queued"), core.tasks[
+        "big"
+    ].decision.reason
+
+
 def test_priority_tasks_over_the_limit_wait_for_admission_in_order_unless_rejection_is_asked():
     """quotas priority_requests=2: the 3rd and 4th priority-5 tasks are held (queued, never failed) and admitted
     oldest first as earlier ones finish; ``over_limit: reject`` keeps the old rejection; a cancelled waiting
