@@ -7,7 +7,8 @@ and places real tasks on them. ``--tasks`` no-op GPU tasks go in as one ``map`` 
 the backlog peaks near the task count), then run to the end. Measured per task: the scheduler thread's CPU
 inside the router's hooks (``update_graph``, ``transition``, the tick), with bench/hookcost.py's ``Meter``
 (``time.thread_time_ns``), so the workers sharing the process do not count. Also: CPU of one adapter poll
-(heartbeats to the core + a tick) with nothing to place, at each pool size.
+(the reports of the workers heard since the last poll to the core + a tick) with nothing to place, at each
+pool size, with no heartbeat since the last poll and with one from every worker.
 
 Run: ``PYTHONPATH=. .venv/bin/python bench/scale_adapter.py [--gpus 4,256] [--tasks 3000] [--reps 3]``.
 """
@@ -70,15 +71,24 @@ def start(n_gpus: int):
     return cluster, client, router
 
 
-def poll_cost(client) -> float:
-    """CPU microseconds of one adapter poll (every worker's last report looked at, then a tick), on the loop."""
+def poll_cost(client) -> tuple[float, float]:
+    """CPU microseconds of one adapter poll (the reports of the workers heard since the last poll, then a tick),
+    on the loop: with no heartbeat since the last poll, and with one from every worker (the work of every poll
+    before the router was told of each heartbeat; the reports are the same objects, so the core gets none).
+    The two alternate, POLLS times each."""
 
-    def measure(dask_scheduler) -> float:
+    def measure(dask_scheduler) -> tuple[float, float]:
         plugin = dask_scheduler.plugins["altlas-router"]
-        t0 = time.thread_time_ns()
+        none = every = 0
         for _ in range(POLLS):
+            t0 = time.thread_time_ns()
             plugin._poll()
-        return (time.thread_time_ns() - t0) / POLLS / 1e3
+            t1 = time.thread_time_ns()
+            plugin._heard.update(dask_scheduler.workers)
+            t2 = time.thread_time_ns()
+            plugin._poll()
+            none, every = none + t1 - t0, every + time.thread_time_ns() - t2
+        return none / POLLS / 1e3, every / POLLS / 1e3
 
     return client.run_on_scheduler(measure)
 
@@ -116,10 +126,11 @@ def main() -> None:
         r = run(n, args.tasks, args.reps)
         values = r["router_us_per_task"]
         rows.append([f"{n:,}", f"{args.tasks:,}", f"{statistics.median(values):.0f}",
-                     f"{min(values):.0f}-{max(values):.0f}", f"{r['poll_us']:.0f}"])  # fmt: skip
+                     f"{min(values):.0f}-{max(values):.0f}", *(f"{us:.1f}" for us in r["poll_us"])])  # fmt: skip
         print(rows[-1], flush=True)
     print(f"\nCommand: `{command('scale_adapter.py')}`; {machine_line(info)}; load {load_start} -> {load_average()}\n")
-    print(table(["GPU workers", "tasks per rep", "router CPU us/task (median)", "range", "one poll, CPU us"], rows))
+    print(table(["GPU workers", "tasks per rep", "router CPU us/task (median)", "range",
+                 "one poll, none heard, CPU us", "one poll, every worker heard, CPU us"], rows))  # fmt: skip
 
 
 if __name__ == "__main__":

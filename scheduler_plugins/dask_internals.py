@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from distributed.comm import normalize_address
 from distributed.core import error_message
 from distributed.protocol import pickle
 from distributed.scheduler import Scheduler, TaskState
@@ -169,6 +170,26 @@ def gpu_report(scheduler: Scheduler, worker: str) -> Any:
     """
     ws = scheduler.workers.get(worker)
     return ws.metrics.get(METRIC_NAME) if ws is not None else None
+
+
+def on_heartbeat(scheduler: Scheduler, heard: Callable[[str], None]) -> None:
+    """Call ``heard(worker)`` after each heartbeat the scheduler takes in (then ``worker.metrics`` is new).
+
+    ``Scheduler.handlers["heartbeat_worker"]`` is the RPC a worker calls with its metrics, looked up per
+    message (distributed 2026.7.1); the address it sends is normalized as the handler does when it is not
+    already a key of ``scheduler.workers``.
+    """
+    original = scheduler.handlers["heartbeat_worker"]
+
+    def heartbeat_worker(*, address: str, resolve_address: bool = True, **kwargs: Any) -> Any:
+        reply = original(address=address, resolve_address=resolve_address, **kwargs)
+        if address not in scheduler.workers:
+            address = normalize_address(scheduler.coerce_address(address, resolve_address))
+        heard(address)
+        return reply
+
+    heartbeat_worker.__wrapped__ = original  # type: ignore[attr-defined]
+    scheduler.handlers["heartbeat_worker"] = heartbeat_worker
 
 
 # -- answering a worker's error report (inside intercept_task_erred's ``before``) --------------------

@@ -66,6 +66,7 @@ class GpuRouter(SchedulerPlugin):
         self.store: AccountingStore | None = None
         self.scheduler: Scheduler | None = None
         self._reports: dict[str, Any] = {}  # worker -> the last heartbeat payload passed to the core
+        self._heard: set[str] = set()  # workers whose heartbeat came since the last poll
         self._pending_fail: dict[str, BaseException] = {}  # Fail actions Dask could not apply yet
         self._in_update_graph = False
         self._tick_pending = False
@@ -86,6 +87,7 @@ class GpuRouter(SchedulerPlugin):
         install_scheduler_gate(scheduler, self.identities, self.view.is_admin, api)
         guard_force_cancel(scheduler, self.identities, self.view.is_admin)
         dx.intercept_task_erred(scheduler, self._before_task_erred)
+        dx.on_heartbeat(scheduler, self._heard.add)
         for address in scheduler.workers:
             self.add_worker(scheduler, address)
         interval_ms = self.config.gpu.workload.queue_processing_interval * 1000
@@ -132,12 +134,14 @@ class GpuRouter(SchedulerPlugin):
             self.handle(ev.GpuLeft(worker, time.time()))
 
     def _poll(self) -> None:
-        """Fresh heartbeats to the core, then a tick (deadlines, health, held work)."""
+        """The heartbeats that came since the last poll to the core, then a tick (deadlines, health, held work)."""
         scheduler = self.scheduler
         if scheduler is None:
             return
         now = time.time()
-        for worker in list(scheduler.workers):  # also workers whose first report came after they registered
+        heard = list(self._heard)  # also workers whose first report came after they registered
+        self._heard.clear()
+        for worker in heard:
             reported = dx.gpu_report(scheduler, worker)
             if reported is not None and reported is not self._reports.get(worker):
                 joined = worker in self._reports

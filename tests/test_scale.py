@@ -4,16 +4,22 @@ never timed."""
 
 from __future__ import annotations
 
+import asyncio
 import tracemalloc
 from collections import Counter, deque
 
 import pytest
+from conftest import local_config
+from distributed import Scheduler, Worker
 
 from altlas_dask.scheduling import events as ev
 from altlas_dask.scheduling import strategies
 from altlas_dask.scheduling.actions import Place
 from altlas_dask.scheduling.candidates import FULL_SCAN_AT_MOST, LOOK_AT
 from altlas_dask.scheduling.fairqueue import FairQueue
+from altlas_dask.worker.binding import METRIC_NAME, GpuWorkerPlugin
+from scheduler_plugins import dask_internals as dx
+from scheduler_plugins.gpu_router import GpuRouter
 from tests.core_helpers import gpu, make_core
 
 NOW = 1_000.0
@@ -208,3 +214,43 @@ def test_a_named_gpu_on_a_large_pool_by_id_uuid_or_model(monkeypatch):
     c.feed(ev.Submitted("by-model", {"specific_gpu_id": "other*"}, NOW))
     c.feed(ev.Tick(NOW))  # (it was held: the task waiting for GPU 5 is queued ahead of it)
     assert c.core.tasks["by-model"].gpu == 200
+
+
+def test_the_router_s_poll_looks_only_at_the_workers_whose_heartbeat_came_since_the_last_poll(monkeypatch):
+    """Through the adapter (a real Scheduler with the GpuRouter, two in-process workers with the simulated GPU
+    plugin): a poll with no heartbeat since the last one reads no worker's report, and one after a single
+    worker's heartbeat reads that worker's only and hands its new report to the core (before: every worker's,
+    every 0.1 s)."""
+    read: list[str] = []
+    real_report = dx.gpu_report
+
+    def gpu_report(scheduler, worker):
+        read.append(worker)
+        return real_report(scheduler, worker)
+
+    async def main() -> None:
+        config = local_config()
+        router = GpuRouter(config)
+        async with Scheduler(host="127.0.0.1", dashboard_address=":0", plugins=[router]) as scheduler:
+            plugins = [GpuWorkerPlugin(config, simulated_index=i, simulate_count=2) for i in range(2)]
+            workers = [Worker(scheduler.address, nthreads=1, plugins={p}) for p in plugins]
+            await asyncio.gather(*workers)
+            try:
+                router._poller.stop()  # the test polls
+                for w in workers:
+                    w.periodic_callbacks["heartbeat"].stop()
+                    await w.heartbeat()  # the GPU reports come with heartbeats
+                router._poll()
+                assert len(router.view.known_gpus()) == 2
+                monkeypatch.setattr(dx, "gpu_report", gpu_report)
+                router._poll()
+                assert read == []
+                await workers[1].heartbeat()
+                router._poll()
+                address = workers[1].address
+                assert read == [address]
+                assert router._reports[address] is scheduler.workers[address].metrics[METRIC_NAME]
+            finally:
+                await asyncio.gather(*(w.close() for w in workers))
+
+    asyncio.run(asyncio.wait_for(main(), 60))
