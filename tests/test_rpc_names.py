@@ -140,14 +140,26 @@ def test_every_router_call_is_in_the_protocol_with_fields_its_request_takes(wher
     assert wrong(where, name, keywords) is None, wrong(where, name, keywords)
 
 
+#: Files that still call the router by name, until the gateway moves onto RouterClient (issue 25 item 2).
+NOT_YET_MOVED = frozenset(
+    {
+        "altlas_dask/api/gateway.py",
+        "altlas_dask/api/metrics.py",
+        "altlas_dask/api/routes/admin.py",
+        "altlas_dask/api/routes/cluster.py",
+        "altlas_dask/api/routes/predict.py",
+        "altlas_dask/api/routes/tasks.py",
+    }
+)
+
+
 def test_only_the_protocol_spells_rpc_names():
-    """RouterClient is the one owner of the names: no module spells one as a string, except the gateway's until it
-    moves onto RouterClient (issue 25 item 2, the gateway helper)."""
+    """RouterClient is the one owner of the names: no other module spells one (as a string or an attribute)."""
     names = {rpc.value for rpc in Rpc}
     spelled = [
-        f"{path.relative_to(REPO)}:{node.lineno}"
+        f"{where}:{node.lineno}"
         for path in sorted((REPO / "altlas_dask").rglob("*.py"))
-        if path.name != "protocol.py" and "api" not in path.relative_to(REPO).parts
+        if (where := str(path.relative_to(REPO))) not in NOT_YET_MOVED | {"altlas_dask/protocol.py"}
         for node in ast.walk(ast.parse(path.read_text()))
         if (isinstance(node, ast.Constant) and node.value in names)
         or (isinstance(node, ast.Attribute) and node.attr in names)
