@@ -13,7 +13,16 @@ from distributed.comm.core import CommClosedError
 
 from altlas_dask.client.router_client import RouterClient, decoded
 from altlas_dask.errors import RouterAccessError, RouterError, RouterLookupError, RouterValueError
-from altlas_dask.protocol import GpusReply, Rpc, StatusReply, TasksReply
+from altlas_dask.protocol import (
+    DrainReply,
+    GpusReply,
+    RecordsReply,
+    Rpc,
+    SetQuotaReply,
+    StatusReply,
+    TasksReply,
+    UsageReply,
+)
 
 
 def run(coro: Any) -> Any:
@@ -36,14 +45,28 @@ def address(gpu_cluster) -> str:
 
 
 def test_replies_come_in_the_protocol_s_shapes(address):
-    async def body(router: RouterClient) -> tuple[Any, ...]:
-        return await router.gpus(), await router.status(), await router.tasks(limit=5), await router.policy()
+    async def body(router: RouterClient) -> dict[type, Any]:
+        admin = router.acting_as("admin")  # quotas.admins in cluster.yaml
+        drained = await admin.drain(3, reason="shape check")
+        enabled = await admin.enable(3)
+        return {
+            GpusReply: await router.gpus(),
+            StatusReply: await router.status(),
+            TasksReply: await router.tasks(limit=5),
+            UsageReply: await router.usage(),
+            RecordsReply: await router.records(limit=1),
+            SetQuotaReply: await admin.set_quota("router-client-shapes", {"weight": 1}),  # a user of its own
+            DrainReply: drained,
+            "enabled": enabled,
+            "policy": await router.policy(),
+        }
 
-    gpus, status, tasks, policy = with_router(address, body)
-    assert set(gpus) == set(GpusReply.__annotations__) and len(gpus["gpus"]) == 4
-    assert set(status) == set(StatusReply.__annotations__)
-    assert set(tasks) == set(TasksReply.__annotations__)
-    assert "allowed_strategies" in policy
+    replies = with_router(address, body)
+    for shape in (GpusReply, StatusReply, TasksReply, UsageReply, RecordsReply, SetQuotaReply, DrainReply):
+        assert set(replies[shape]) == set(shape.__annotations__), shape
+    assert len(replies[GpusReply]["gpus"]) == 4
+    assert replies[DrainReply]["draining"] is True and replies["enabled"]["draining"] is False
+    assert "allowed_strategies" in replies["policy"]
 
 
 def test_refusals_raise_our_exceptions_with_the_field_and_value(address):
