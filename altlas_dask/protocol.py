@@ -118,6 +118,10 @@ class UsageRequest(Acting, total=False):
     since: str | None  # a UTC day, "2026-11-23"
 
 
+class FinishedRequest(Acting, total=False):
+    window_s: float  # seconds back from now
+
+
 class RecordsRequest(Acting, total=False):
     user: str | None
     status: str | None
@@ -187,6 +191,16 @@ class RecordsReply(TypedDict):
     records: list[dict[str, Any]]
 
 
+class FinishedReply(TypedDict):
+    """Aggregates of the task records finished in a window (``GET /metrics``; rows are lists, msgpack's tuples)."""
+
+    status: dict[str, int]  # final status -> tasks
+    durations: list[float]  # sorted response times (submission to completion) of the newest completed tasks
+    gpus: list[list[Any]]  # [gpu, completed, mean response s]
+    models: list[list[Any]]  # [task type, total, completed, mean response s, mean memory MB]
+    users: list[list[Any]]  # [user, total, GPU seconds, mean response s]: other users' for admins only
+
+
 PolicyReply = dict[str, Any]  # RoutingPolicy.model_dump()
 ExplainReply = dict[str, dict[str, Any]]  # task key -> its decision (keys the caller may not see are left out)
 QuotaReply = dict[str, Any]  # the quota report: limits, used, remaining, reset times
@@ -209,6 +223,7 @@ class Rpc(StrEnum):
     SET_QUOTA = "altlas_set_quota"
     USAGE = "altlas_usage"
     RECORDS = "altlas_records"
+    FINISHED = "altlas_finished"
 
     @property
     def method(self) -> str:
@@ -250,4 +265,5 @@ REQUESTS: dict[Rpc, type] = {
     Rpc.SET_QUOTA: SetQuotaRequest,
     Rpc.USAGE: UsageRequest,
     Rpc.RECORDS: RecordsRequest,
+    Rpc.FINISHED: FinishedRequest,
 }

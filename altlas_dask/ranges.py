@@ -15,6 +15,7 @@ MAX_GPU_ID = 65_535  # GPU ids are small: the index, or the next free number
 MAX_ROWS = 10**7  # rows one listing asks for (the gateway asks for offset + limit)
 MAX_OFFSET = 10**9
 MAX_TIMESTAMP = 10**11  # Unix seconds (year 5138)
+MAX_WINDOW_S = 366 * 24 * 3600.0  # the longest window of finished work the router summarises (GET /metrics)
 
 
 def check_int(name: str, value: Any, low: int, high: int) -> int:

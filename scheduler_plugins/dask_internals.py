@@ -309,6 +309,13 @@ def wrap_stream_handler(
         scheduler.stream_handlers[op] = replacement
 
 
+def has_subscribers(scheduler: Scheduler, topic: str) -> bool:
+    """Whether a client subscribed to event ``topic`` (``Client.subscribe_topic``): ``Scheduler._broker`` holds the
+    topics and their subscribers (distributed 2026.7.1); a topic nobody reads is not worth a ``log_event``."""
+    found = scheduler._broker._topics.get(topic)
+    return found is not None and bool(found.subscribers)
+
+
 def held_tasks(scheduler: Scheduler) -> list[TaskState]:
     """Tasks held by :func:`hold` (in ``no-worker``, restricted to :data:`HELD`).
 

@@ -41,6 +41,7 @@ from scheduler_plugins.gate import install_scheduler_gate
 from scheduler_plugins.identity import Identities, guard_force_cancel
 from scheduler_plugins.metrics import LabelPolicy, RouterMetrics, publish, unpublish
 from scheduler_plugins.router_api import handlers
+from scheduler_plugins.task_feed import install as install_task_feed
 
 logger = logging.getLogger(__name__)
 register_page()  # the dashboard's "GPUs" page (/altlas-gpus): before any scheduler here starts its HTTP server
@@ -88,6 +89,7 @@ class GpuRouter(SchedulerPlugin):
         guard_force_cancel(scheduler, self.identities, self.view.is_admin)
         dx.intercept_task_erred(scheduler, self._before_task_erred)
         dx.on_heartbeat(scheduler, self._heard.add)
+        install_task_feed(scheduler, self.view)  # pushes task records to the gateway (Dask's event topics)
         for address in scheduler.workers:
             self.add_worker(scheduler, address)
         interval_ms = self.config.gpu.workload.queue_processing_interval * 1000

@@ -22,8 +22,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from altlas_dask.errors import IdentityError
-from altlas_dask.protocol import ErrorReply, Rpc, TaskStatus
-from altlas_dask.ranges import MAX_GPU_ID, MAX_OFFSET, MAX_ROWS, MAX_TIMESTAMP, check_int, check_number
+from altlas_dask.protocol import ErrorReply, FinishedReply, Rpc, TaskStatus
+from altlas_dask.ranges import MAX_GPU_ID, MAX_OFFSET, MAX_ROWS, MAX_TIMESTAMP, MAX_WINDOW_S, check_int, check_number
 from altlas_dask.scheduling.quotas import QuotaValueError
 from scheduler_plugins.identity import Caller, of_comm
 
@@ -247,6 +247,23 @@ class RouterApi:
         await asyncio.to_thread(store.flush)
         rows = await asyncio.to_thread(store.usage, user, since)
         return {"user_id": user, "since": since, "days": rows}
+
+    async def finished(
+        self, comm: Any, window_s: float = 3600.0, as_user: str | None = None, admin: bool = False
+    ) -> FinishedReply | ErrorReply:
+        """Aggregates of the task records finished in the last ``window_s`` seconds (``GET /metrics``): counts per
+        status, response times, rows per GPU, model and user (other users' rows for admins only)."""
+        if bad := out_of_range(("window_s", window_s, 0, MAX_WINDOW_S, False)):
+            return bad
+        caller = self._caller(comm, as_user, admin)
+        if not isinstance(caller, Caller):
+            return caller
+        store = self._router.store
+        await asyncio.to_thread(store.flush)
+        found = await asyncio.to_thread(store.finished_summary, time.time() - window_s)
+        if not self._is_admin(caller):
+            found["users"] = [row for row in found["users"] if row[0] == caller.user]
+        return found
 
     async def records(
         self,

@@ -13,7 +13,9 @@ from typing import Any
 from conftest import local_config
 from distributed import Client, Scheduler
 
-from altlas_dask.api.gateway import ApiSettings, Gateway, TaskEntry
+from altlas_dask.api.gateway import Gateway
+from altlas_dask.api.registry import TaskEntry
+from altlas_dask.api.settings import ApiSettings
 
 
 def _blocked(event_name: str) -> str:
@@ -32,13 +34,14 @@ def test_a_task_lost_with_the_scheduler_is_failed_with_the_reason_everywhere():
         gateway = Gateway(client, local_config(), ApiSettings())
         try:
             future = client.submit(_blocked, "x", key="generate-lost-1", pure=False)
-            gateway._remember(TaskEntry(future.key, "alice", "predict", "generate", future, time.time()))
+            gateway.registry.remember(TaskEntry(future.key, "alice", "predict", "generate", future, time.time()))
             await scheduler.close()  # the scheduler goes away with the task pending
             while not future.done():
                 await asyncio.sleep(0.01)
-            described = await gateway.describe(future.key, "alice", False)
+            described = await gateway.states.describe(future.key, "alice", False)
             assert described["status"] == "failed", described  # GET /task/{id}
-            listed = await gateway.state(gateway.tasks[future.key], None)  # /predict, /batch_predict, /batches
+            entry = gateway.registry.tasks[future.key]
+            listed = await gateway.states.state(entry, None)  # /predict, /batch_predict, /batches
             return described, listed
         finally:
             await client.close()

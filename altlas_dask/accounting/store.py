@@ -25,6 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from altlas_dask.accounting.summary import finished_summary
+
 logger = logging.getLogger(__name__)
 
 SCHEMA = """
@@ -312,6 +314,11 @@ class AccountingStore:
         query += " ORDER BY finished DESC LIMIT ? OFFSET ?"
         with self._reader() as conn:
             return [dict(r) for r in conn.execute(query, [*args, limit, offset])]
+
+    def finished_summary(self, since: float) -> dict[str, Any]:
+        """Aggregates of the records finished since ``since`` (``GET /metrics``; see accounting.summary)."""
+        with self._reader() as conn:
+            return finished_summary(conn, since)
 
     def tasks_by_key(self, keys: list[str]) -> dict[str, dict[str, Any]]:
         """Final records of these tasks, as explanations (``placed_at``/``finished_at`` named as live ones)."""

@@ -16,7 +16,7 @@ def __getattr__(name: str) -> Any:
 
         return create_app
     if name == "ApiSettings":
-        from altlas_dask.api.gateway import ApiSettings
+        from altlas_dask.api.settings import ApiSettings
 
         return ApiSettings
     raise AttributeError(name)

@@ -19,9 +19,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from altlas_dask.accounting.api_keys import KeyStore
 from altlas_dask.api import errors
-from altlas_dask.api.gateway import ApiSettings, Gateway
+from altlas_dask.api.gateway import Gateway
 from altlas_dask.api.metrics import HttpStats
 from altlas_dask.api.routes import admin, cluster, predict, tasks
+from altlas_dask.api.settings import ApiSettings
 from altlas_dask.config import AltlasConfig, load_config
 
 logger = logging.getLogger(__name__)

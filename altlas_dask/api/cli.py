@@ -81,7 +81,7 @@ def api(
 
     from altlas_dask.accounting.api_keys import KeyStore
     from altlas_dask.api.app import create_app
-    from altlas_dask.api.gateway import ApiSettings
+    from altlas_dask.api.settings import ApiSettings
 
     if bool(ssl_certfile) != bool(ssl_keyfile):
         raise click.UsageError("--ssl-certfile and --ssl-keyfile go together")

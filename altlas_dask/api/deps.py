@@ -24,7 +24,7 @@ async def any_gateway(request: Request) -> Gateway:
 async def get_gateway(request: Request) -> Gateway:
     """The gateway; 503 with ``Retry-After`` at once (no network wait) while the scheduler is away."""
     gateway = await any_gateway(request)
-    gateway.check_available()
+    gateway.link.check_available()
     return gateway
 
 

@@ -1,16 +1,13 @@
 """``GET /metrics``: the JSON summary of seed 001 section 6.3.5.
 
-Finished work comes from the router's durable task records (the ``tasks`` table of the accounting
-database, written by the scheduler) over a time window; live work (running, queued) from the router
-itself; GPU readings from the GPU list; the gateway adds its own HTTP request counts and latencies.
-Response time = router submission to completion (queue wait + run). "models" are task types (the
-label the router's Prometheus metrics use for a model).
+Finished work comes from the router's durable task records over a time window (``altlas_finished``: the router
+reads its accounting database); live work (running, queued) from the router itself; GPU readings from the GPU
+list; the gateway adds its own HTTP request counts and latencies. Response time = router submission to
+completion (queue wait + run). "models" are task types (the label the router's Prometheus metrics use).
 """
 
 from __future__ import annotations
 
-import asyncio
-import sqlite3
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -20,7 +17,6 @@ from typing import Any
 from altlas_dask.api.gateway import Gateway
 from altlas_dask.protocol import API_STATUS
 
-PERCENTILE_SAMPLE = 100_000
 #: the router statuses the REST API reports as "queued" (held on the scheduler or waiting for a retry)
 WAITING = tuple(status.value for status, api in API_STATUS.items() if api == "queued")
 
@@ -58,63 +54,24 @@ class HttpStats:
         }
 
 
-def _finished(db: str, since: float) -> dict[str, Any]:
-    """Aggregates over the task records finished since ``since`` (runs in a thread)."""
-    conn = sqlite3.connect(db, timeout=10)
-    try:
-        q = conn.execute
-        status = q("SELECT status, COUNT(*) FROM tasks WHERE finished >= ? GROUP BY status", (since,)).fetchall()
-        durations = [
-            r[0]
-            for r in q(
-                "SELECT finished - submitted FROM tasks WHERE finished >= ? AND status = 'completed' "
-                "ORDER BY finished DESC LIMIT ?",
-                (since, PERCENTILE_SAMPLE),
-            )
-        ]
-        gpus = q(
-            "SELECT gpu, COUNT(*), AVG(finished - submitted) FROM tasks "
-            "WHERE finished >= ? AND status = 'completed' AND gpu IS NOT NULL GROUP BY gpu",
-            (since,),
-        ).fetchall()
-        models = q(
-            "SELECT task_type, COUNT(*), SUM(status = 'completed'), "
-            "AVG(CASE WHEN status = 'completed' THEN finished - submitted END), AVG(memory_mb) "
-            "FROM tasks WHERE finished >= ? GROUP BY task_type",
-            (since,),
-        ).fetchall()
-        users = q(
-            "SELECT user, COUNT(*), SUM(gpu_seconds), "
-            "AVG(CASE WHEN status = 'completed' THEN finished - submitted END) "
-            "FROM tasks WHERE finished >= ? GROUP BY user",
-            (since,),
-        ).fetchall()
-    except sqlite3.OperationalError:  # no tasks table yet (no router has written to this file)
-        return {"status": {}, "durations": [], "gpus": [], "models": [], "users": []}
-    finally:
-        conn.close()
-    return {"status": dict(status), "durations": sorted(durations), "gpus": gpus, "models": models, "users": users}
-
-
 async def summary(gateway: Gateway, http: HttpStats, *, user: str, is_admin: bool, window_s: float) -> dict[str, Any]:
     now = time.time()
-    finished = await asyncio.to_thread(_finished, gateway.config.accounting.database, now - window_s)
-    gpus = await gateway.gpus(max_age=0)
+    link = gateway.link
+    router, only = link.router(user, is_admin), None if is_admin else user
+    finished = await link.ask(router.finished(window_s))  # from the accounting records
+    gpus = await gateway.gpus.read(max_age=0)
     # live work: rows of running tasks (per user and model); queued ones are only counted (cheaply)
-    as_user, only = (gateway.acting_admin(user), None) if is_admin else (user, user)
     active: list[dict[str, Any]] = []
     for router_status in ("placed", "running"):
-        answer = await gateway.rpc("altlas_tasks", as_user=as_user, user=only, status=router_status, limit=10_000)
+        answer = await link.ask(router.tasks(user=only, status=router_status, limit=10_000))
         active.extend(answer["tasks"])
     if is_admin:
-        tracked = (await gateway.rpc("altlas_status"))["tracked"]
+        tracked = (await link.ask(router.status()))["tracked"]
         queued_count = sum(tracked.get(status, 0) for status in WAITING)
     else:
         queued_count = 0
         for router_status in WAITING:
-            queued_count += (
-                await gateway.rpc("altlas_tasks", as_user=as_user, user=only, status=router_status, limit=0)
-            )["total"]
+            queued_count += (await link.ask(router.tasks(user=only, status=router_status, limit=0)))["total"]
 
     counts = finished["status"]
     done = sum(counts.values())

@@ -48,3 +48,17 @@ def split_plan(count: int, weights: Mapping[int, float], minimum: int, chunks_pe
         base, extra = divmod(share, pieces)
         plan += [(g, base + (1 if i < extra else 0)) for i in range(pieces) if share]
     return plan
+
+
+def plan_chunks(
+    count: int,
+    gpus: Sequence[Any],
+    learned: Mapping[int, float] | None,
+    minimum: int,
+    chunks_per_gpu: int,
+) -> list[tuple[int | None, int]]:
+    """``(gpu or None, chunk size)`` of a split batch: :func:`split_plan` over :func:`speed_weights`; with unequal
+    speeds each chunk is pinned to the GPU whose share it is, with equal ones the router places every chunk."""
+    weights = speed_weights(gpus, learned)
+    pinned = len(set(weights.values())) > 1
+    return [(g if pinned else None, n) for g, n in split_plan(count, weights, minimum, chunks_per_gpu)]

@@ -11,7 +11,7 @@ import dask
 import distributed
 from distributed import Future
 
-from altlas_dask.client.batch_split import speed_weights, split_plan
+from altlas_dask.client.batch_split import plan_chunks
 from altlas_dask.client.coalesce import SubmitCoalescer
 from altlas_dask.client.dask_internals import SubmissionHooks
 from altlas_dask.client.router_client import RouterClient
@@ -252,9 +252,8 @@ class Client(SubmissionHooks):
             return Batch([], [])
         plan: list[tuple[int | None, int]] = [(None, len(items))]
         if split and options.specific_gpu_id is None:
-            weights = speed_weights(self._gpu_rows(), self._learned_speeds(options.task_type))
-            pinned = len(set(weights.values())) > 1  # unequal speeds: each GPU gets its share
-            plan = [(g if pinned else None, n) for g, n in split_plan(len(items), weights, minimum, CHUNKS_PER_GPU)]
+            learned = self._learned_speeds(options.task_type)
+            plan = plan_chunks(len(items), self._gpu_rows(), learned, minimum, CHUNKS_PER_GPU)
         futures, start = [], 0
         for gpu, size in plan:
             chunk = items[start : start + size]

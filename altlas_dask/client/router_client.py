@@ -32,6 +32,7 @@ from altlas_dask.protocol import (
     CancelReply,
     DrainReply,
     ExplainReply,
+    FinishedReply,
     GpusReply,
     PolicyReply,
     QuotaReply,
@@ -42,7 +43,16 @@ from altlas_dask.protocol import (
     TasksReply,
     UsageReply,
 )
-from altlas_dask.ranges import MAX_GPU_ID, MAX_OFFSET, MAX_QUOTA_VALUE, MAX_ROWS, MAX_TIMESTAMP, check_int, check_number
+from altlas_dask.ranges import (
+    MAX_GPU_ID,
+    MAX_OFFSET,
+    MAX_QUOTA_VALUE,
+    MAX_ROWS,
+    MAX_TIMESTAMP,
+    MAX_WINDOW_S,
+    check_int,
+    check_number,
+)
 
 RETRIES = 2  # attempts after the first one, on a lost connection (the first retry goes out at once)
 
@@ -181,3 +191,8 @@ class RouterClient:
         if since is not None:
             since = float(check_number("since", since, 0, MAX_TIMESTAMP))
         return await self.call(Rpc.RECORDS, user=user, status=status, since=since, limit=limit, offset=offset)
+
+    async def finished(self, window_s: float = 3600.0) -> FinishedReply:
+        """Aggregates of the task records finished in the last ``window_s`` seconds (the user's own rows; an
+        admin's: everyone's), read by the router from its accounting database."""
+        return await self.call(Rpc.FINISHED, window_s=float(check_number("window_s", window_s, 0, MAX_WINDOW_S)))

@@ -25,6 +25,7 @@ from altlas_dask.config import build_config
 from altlas_dask.errors import IdentityError
 from altlas_dask.ops.certs import client_security, init_ca, issue
 from altlas_dask.ops.launcher import start_cluster
+from altlas_dask.scheduling.feed import TOPIC as FEED_TOPIC
 from altlas_dask.worker.binding import METRIC_NAME
 from scheduler_plugins.dashboard import PLUGIN_NAME
 
@@ -231,6 +232,33 @@ def test_the_event_log_and_task_stream_are_admin_only(alice):
         alice.get_events("all")  # where a forged client id would come from
     with pytest.raises(PermissionError, match="'get_task_stream' needs an admin certificate"):
         alice.get_task_stream()
+
+
+def test_the_task_feed_reaches_delegates_and_never_a_users_client(connect, alice, bob, caplog):
+    """The router pushes every user's task records to the gateway on a Dask event topic; a user who subscribes to
+    it through Dask's own protocol gets nothing: the gate drops the subscription (admin-level topics only)."""
+    gateway = connect("gateway")  # the REST gateway's certificate: a delegate service
+    pushed: list[dict] = []
+    gateway.subscribe_topic(FEED_TOPIC, lambda event: pushed.append(event[1]))
+    overheard: list[dict] = []
+    with caplog.at_level(logging.WARNING):
+        bob.subscribe_topic(FEED_TOPIC, lambda event: overheard.append(event[1]))
+        wait_for(
+            lambda: any(f"subscribe-topic {FEED_TOPIC!r}" in m for m in refused_calls(caplog)),
+            what="the gate's refusal of bob's subscription",
+        )
+    secret = alice.submit(run_on_gpu, 1.0, pure=False)
+    secret.result(timeout=60)
+
+    def finished_record() -> bool:
+        return any(r.get(secret.key, {}).get("status") == "completed" for r in pushed)
+
+    wait_for(finished_record, what="the gateway's pushed record of alice's finished task")
+    assert any(r[secret.key]["user"] == "alice" and r[secret.key]["gpu"] in (0, 1) for r in pushed if secret.key in r)
+    # bob's stream carries, in order, what the scheduler sends him: his own result comes after alice's record
+    # would have, had his subscription passed
+    bob.submit(run_on_gpu, 1.0, pure=False).result(timeout=60)
+    assert overheard == []
 
 
 def test_a_handler_nobody_classified_is_refused(alice, ops):

@@ -13,7 +13,6 @@ from fastapi import APIRouter
 from altlas_dask.api.deps import AdminDep, GatewayDep
 from altlas_dask.api.errors import ApiError
 from altlas_dask.api.routes.predict import cancel_batch
-from altlas_dask.api.routes.tasks import cancel_task
 from altlas_dask.api.schemas import CancelRequest, MaintenanceRequest, QuotaUpdate, RestartRequest
 from altlas_dask.config import USER_NAME_PATTERN
 from altlas_dask.gpus.state import GpuState
@@ -27,10 +26,11 @@ async def maintenance(
     gpu_id: str, who: AdminDep, gateway: GatewayDep, body: MaintenanceRequest | None = None
 ) -> dict[str, Any]:
     body = body or MaintenanceRequest()
-    g = await gateway.gpu(gpu_id)
+    g = await gateway.gpus.one(gpu_id)
     reason = body.reason or f"maintenance by {who.user}"
-    answer = await gateway.rpc("altlas_drain", gpu=g["id"], reason=reason, as_user=gateway.acting_admin(who.user))
-    gateway.invalidate_gpus()
+    link = gateway.link
+    answer = await link.ask(link.router(who.user, True).drain(g["id"], reason))
+    gateway.gpus.invalidate()
     end = None
     if body.estimated_duration is not None:
         end = datetime.fromtimestamp(time.time() + body.estimated_duration * 60, UTC).isoformat(timespec="seconds")
@@ -45,9 +45,9 @@ async def maintenance(
 
 @router.delete("/gpu/{gpu_id}/maintenance", summary="End maintenance: the GPU takes new work again")
 async def end_maintenance(gpu_id: str, who: AdminDep, gateway: GatewayDep) -> dict[str, Any]:
-    g = await gateway.gpu(gpu_id)
-    await gateway.rpc("altlas_enable", gpu=g["id"], as_user=gateway.acting_admin(who.user))
-    gateway.invalidate_gpus()
+    g = await gateway.gpus.one(gpu_id)
+    await gateway.link.ask(gateway.link.router(who.user, True).enable(g["id"]))
+    gateway.gpus.invalidate()
     return {"gpu_id": g["id"], "status": "active"}
 
 
@@ -58,7 +58,7 @@ async def restart(
     """Without ``force`` a GPU with running tasks answers 409 (drain it first); with ``force`` its tasks
     are placed again on other GPUs (the router's failover) while the worker restarts."""
     body = body or RestartRequest()
-    g = await gateway.gpu(gpu_id)
+    g = await gateway.gpus.one(gpu_id)
     if g["active_requests"] and not body.force:
         raise ApiError(
             409,
@@ -70,7 +70,7 @@ async def restart(
         raise ApiError(409, f"GPU {g['id']} has no worker to restart")
     started = time.monotonic()
     try:
-        await gateway.client.restart_workers([worker], timeout=RESTART_TIMEOUT)
+        await gateway.link.client.restart_workers([worker], timeout=RESTART_TIMEOUT)
     except Exception as exc:  # the GPU keeps its id and maintenance state: it is back when its worker reports
         code = 504 if isinstance(exc, TimeoutError) else 502
         raise ApiError(
@@ -80,8 +80,8 @@ async def restart(
         ) from None
     deadline = started + RESTART_TIMEOUT
     while True:  # until the router sees the GPU again, on its new worker (its first heartbeat)
-        gateway.invalidate_gpus()
-        back = next((x for x in await gateway.gpus(max_age=0) if x["id"] == g["id"]), None)
+        gateway.gpus.invalidate()
+        back = next((x for x in await gateway.gpus.read(max_age=0) if x["id"] == g["id"]), None)
         if back is not None and (back.get("worker") != worker or time.monotonic() - started > 5):
             break
         if time.monotonic() > deadline:
@@ -102,11 +102,10 @@ async def cancel_request(
     request_id: str, who: AdminDep, gateway: GatewayDep, body: CancelRequest | None = None
 ) -> dict[str, Any]:
     reason = body.reason if body else ""
-    as_user = gateway.acting_admin(who.user)
-    batch = gateway.batches.get(request_id)
+    batch = gateway.registry.batches.get(request_id)
     if batch is not None:
-        return {**await cancel_batch(gateway, batch, as_user, reason), "status": "cancelled"}
-    return {**await cancel_task(gateway, request_id, as_user, reason), "reason": reason}
+        return {**await cancel_batch(gateway, batch, who.user, True, reason), "status": "cancelled"}
+    return {**await gateway.submission.cancel(request_id, who.user, True, reason), "reason": reason}
 
 
 @router.put("/user/{user_id}/quota", summary="Change a user's limits (kept across restarts)")
@@ -116,5 +115,7 @@ async def set_quota(user_id: str, body: QuotaUpdate, who: AdminDep, gateway: Gat
     limits = body.limits()
     if not limits:
         raise ApiError(400, "body: give at least one limit (e.g. concurrent_requests_limit, gpu_time_limit)")
-    answer = await gateway.rpc("altlas_set_quota", user=user_id, as_user=gateway.acting_admin(who.user), limits=limits)
-    return {**answer, "quota": await gateway.rpc("altlas_quota", user=user_id)}
+    link = gateway.link
+    router = link.router(who.user, True)
+    answer = await link.ask(router.set_quota(user_id, limits))
+    return {**answer, "quota": await link.ask(router.quota(user_id))}

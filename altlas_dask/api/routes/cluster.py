@@ -24,17 +24,17 @@ def gpu_json(g: dict[str, Any]) -> dict[str, Any]:
 
 @router.get("/gpus", summary="Every GPU, each in the one GPU shape")
 async def gpus(who: PrincipalDep, gateway: GatewayDep) -> dict[str, Any]:
-    return {"gpus": [gpu_json(g) for g in await gateway.gpus(max_age=0)]}
+    return {"gpus": [gpu_json(g) for g in await gateway.gpus.read(max_age=0)]}
 
 
 @router.get("/gpus/{gpu_id}", summary="One GPU, in the one GPU shape")
 async def gpu(gpu_id: str, who: PrincipalDep, gateway: GatewayDep) -> dict[str, Any]:
-    return gpu_json(await gateway.gpu(gpu_id))
+    return gpu_json(await gateway.gpus.one(gpu_id))
 
 
 @router.get("/gpu/status", summary="Detailed GPU state")
 async def gpu_status(who: PrincipalDep, gateway: GatewayDep) -> dict[str, Any]:
-    states = [gpu_json(g) for g in await gateway.gpus(max_age=0)]
+    states = [gpu_json(g) for g in await gateway.gpus.read(max_age=0)]
     return {"timestamp": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"), "gpus": states}
 
 
@@ -60,19 +60,20 @@ async def quota(user_id: str, who: PrincipalDep, gateway: GatewayDep) -> dict[st
         raise ApiError(400, f"user_id: {user_id[:40]!r} is not a valid user name (letters, digits, _ . @ -)")
     if user_id != who.user and not who.is_admin:
         raise ApiError(403, f"user {who.user!r} may not read the quota of {user_id!r}")
-    as_user = gateway.acting_admin(who.user) if who.is_admin else who.user
-    return await gateway.rpc("altlas_quota", user=user_id, as_user=as_user)
+    link = gateway.link
+    return await link.ask(link.router(who.user, who.is_admin).quota(user_id))
 
 
 @router.get(
     "/health", summary="Liveness: no key needed; 503 with the reason while the scheduler is away", tags=["meta"]
 )
 async def health(gateway: AnyGatewayDep) -> dict[str, Any]:
-    if not gateway.connected:
-        gateway.check_available()  # raises the 503 with the reason and Retry-After
+    link = gateway.link
+    if not link.connected:
+        link.check_available()  # raises the 503 with the reason and Retry-After
     return {
         "status": "ok",
-        "scheduler": gateway.address,
-        "uptime_s": round(time.time() - gateway.started, 1),
-        "reconnects": gateway.reconnects,
+        "scheduler": link.address,
+        "uptime_s": round(time.time() - link.started, 1),
+        "reconnects": link.reconnects,
     }

@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
 from fastapi import APIRouter, Query
 
 from altlas_dask.api.deps import GatewayDep, PrincipalDep
-from altlas_dask.api.errors import ApiError
-from altlas_dask.api.gateway import (
-    BatchEntry,
-    Gateway,
-    TaskEntry,
-    generation_cost,
-    item_id,
-    item_state,
-    item_value,
-    new_id,
-)
+from altlas_dask.api.gateway import Gateway
+from altlas_dask.api.registry import BatchEntry, TaskEntry, item_id, new_id
 from altlas_dask.api.schemas import BatchPredictRequest, CancelRequest, PredictRequest
+from altlas_dask.api.submission import generation_cost
+from altlas_dask.api.task_state import item_state, item_value
 from altlas_dask.client.workloads import get_workload
 from altlas_dask.errors import RouterError
 from altlas_dask.model import MODEL_MEMORY_MB, generate, generate_batch
@@ -32,7 +24,7 @@ WORKLOAD = "generate"
 async def _brief(
     gateway: Gateway, entry: TaskEntry, info: dict[str, Any] | None, task_id: str | None = None
 ) -> dict[str, Any]:
-    state = await gateway.state(entry, info)
+    state = await gateway.states.state(entry, info)
     return {"task_id": task_id or entry.task_id, "gpu_id": state["gpu_id"], "status": state["status"]}
 
 
@@ -43,7 +35,8 @@ async def predict(body: PredictRequest, who: PrincipalDep, gateway: GatewayDep) 
     ``<batch task>.<index>``); answers ``{task_id, gpu_id, status}`` once the router has placed (or queued) it.
     With ``wait`` > 0 it waits up to that many seconds for the result and includes it."""
     task_type = get_workload(WORKLOAD).task_type
-    options = await gateway.options(body.gpu_options, who.user, who.is_admin, task_type, MODEL_MEMORY_MB)
+    submission = gateway.submission
+    options = await submission.options(body.gpu_options, who.user, who.is_admin, task_type, MODEL_MEMORY_MB)
     kwargs = body.model_dump(include={"text", "max_length", "temperature", "seed"})
     if gateway.request_batcher is not None:
         group = (who.user, options, body.max_length)  # the key's user owns the batch task: never mixed
@@ -51,50 +44,54 @@ async def predict(body: PredictRequest, who: PrincipalDep, gateway: GatewayDep) 
         task_id = item_id(entry.task_id, index)
     else:
         options = options.model_copy(update={"cost": generation_cost(options, [kwargs])})
-        entry = await gateway.submit(generate, kwargs, options, user=who.user, kind="predict", workload=WORKLOAD)
+        entry = submission.submit(generate, kwargs, options, user=who.user, kind="predict", workload=WORKLOAD)
         task_id = entry.task_id
     if body.wait > 0 and entry.future is not None:  # the outcome tells everything: no placement look-up
-        await gateway.settle([entry], body.wait)
+        await gateway.registry.settle([entry], body.wait)
         if entry.future.done():
-            await gateway.refuse_rejected(entry, task_id, [entry.task_id])
-            return await gateway.describe(task_id, who.user, who.is_admin)
-    found = await gateway.placed([entry])
+            await submission.refuse_rejected(entry, task_id, [entry.task_id])
+            return await gateway.states.describe(task_id, who.user, who.is_admin)
+    found = await submission.placed([entry])
     return await _brief(gateway, entry, found.get(entry.task_id), task_id)
 
 
 async def _submit_batch(body: BatchPredictRequest, who: PrincipalDep, gateway: Gateway) -> dict[str, Any]:
     task_type = get_workload(WORKLOAD).task_type
-    options = await gateway.options(body.gpu_options, who.user, who.is_admin, task_type, MODEL_MEMORY_MB)
+    submission, registry = gateway.submission, gateway.registry
+    options = await submission.options(body.gpu_options, who.user, who.is_admin, task_type, MODEL_MEMORY_MB)
     items = [item.model_dump() for item in body.batch]
-    sizes = gateway.chunk_sizes(len(items), options.batch_split)
+    plan = await submission.chunk_plan(len(items), options)
     batch_id = new_id("batch")
-    starts = [sum(sizes[:i]) for i in range(len(sizes))]
-    entries = await asyncio.gather(
-        *(
-            gateway.submit(
+    entries, start = [], 0
+    for gpu, size in plan:
+        chunk = items[start : start + size]
+        update: dict[str, Any] = {"cost": generation_cost(options, chunk)}
+        if gpu is not None:
+            update["specific_gpu_id"] = gpu
+        entries.append(
+            submission.submit(
                 generate_batch,
-                {"items": items[start : start + size]},
-                options.model_copy(update={"cost": generation_cost(options, items[start : start + size])}),
+                {"items": chunk},
+                options.model_copy(update=update),
                 user=who.user,
                 kind="batch",
                 workload=WORKLOAD,
                 batch_id=batch_id,
                 items=(start, size),
             )
-            for start, size in zip(starts, sizes, strict=True)
         )
-    )
-    batch = BatchEntry(batch_id, who.user, [e.task_id for e in entries], sizes, time.time())
-    gateway.remember_batch(batch)
-    found = await gateway.placed(entries)
+        start += size
+    batch = BatchEntry(batch_id, who.user, [e.task_id for e in entries], [n for _, n in plan], time.time())
+    registry.remember_batch(batch)
+    found = await submission.placed(entries)
     if body.wait > 0:
-        await gateway.settle(entries, body.wait)
+        await registry.settle(entries, body.wait)
     chunks = [
         {**await _brief(gateway, e, found.get(e.task_id)), "items": {"start": e.items[0], "count": e.items[1]}}
         for e in entries
     ]
     done = all(e.future is not None and e.future.done() for e in entries)
-    values = await gateway.results(entries) if done else {}
+    values = await gateway.states.results(entries) if done else {}
     tasks = item_tasks(entries, chunks, values)
     status = batch_status(chunks) if done else submission_status(tasks)
     out = {"batch_id": batch_id, "status": status, "size": len(items), "tasks": tasks, "chunks": chunks}
@@ -153,13 +150,6 @@ async def predict_batch(body: BatchPredictRequest, who: PrincipalDep, gateway: G
     return await _submit_batch(body, who, gateway)
 
 
-def _batch(gateway: Gateway, batch_id: str, user: str, is_admin: bool) -> BatchEntry:
-    batch = gateway.batches.get(batch_id)
-    if batch is None or not (is_admin or batch.user == user):
-        raise ApiError(404, f"unknown batch {batch_id!r}")
-    return batch
-
-
 def batch_status(chunks: list[dict[str, Any]]) -> str:
     """completed (every chunk), running or queued (some unfinished), else failed or cancelled."""
     statuses = {t["status"] for t in chunks}
@@ -171,7 +161,7 @@ def batch_status(chunks: list[dict[str, Any]]) -> str:
 
 
 async def batch_state(gateway: Gateway, batch: BatchEntry, user: str, is_admin: bool) -> dict[str, Any]:
-    tasks = [await gateway.describe(t, user, is_admin, result=False) for t in batch.task_ids]
+    tasks = [await gateway.states.describe(t, user, is_admin, result=False) for t in batch.task_ids]
     counts: dict[str, int] = {}
     for t in tasks:
         counts[t["status"]] = counts.get(t["status"], 0) + 1
@@ -193,7 +183,7 @@ async def list_batches(
     limit: int = Query(100, ge=1, le=1000),
     offset: int = Query(0, ge=0, le=1_000_000),
 ) -> dict[str, Any]:
-    mine = [b for b in reversed(gateway.batches.values()) if who.is_admin or b.user == who.user]
+    mine = [b for b in reversed(gateway.registry.batches.values()) if who.is_admin or b.user == who.user]
     page = mine[offset : offset + limit]
     return {"batches": [await batch_state(gateway, b, who.user, who.is_admin) for b in page], "total": len(mine)}
 
@@ -205,11 +195,12 @@ async def get_batch(
     gateway: GatewayDep,
     wait: float = Query(0.0, ge=0.0, le=60.0, description="long poll: seconds to wait for the batch to finish"),
 ) -> dict[str, Any]:
-    batch = _batch(gateway, batch_id, who.user, who.is_admin)
-    entries = [gateway.tasks[t] for t in batch.task_ids if t in gateway.tasks]
-    await gateway.settle(entries, wait)
+    registry = gateway.registry
+    batch = registry.batch(batch_id, who.user, who.is_admin)
+    entries = [registry.tasks[t] for t in batch.task_ids if t in registry.tasks]
+    await registry.settle(entries, wait)
     state = await batch_state(gateway, batch, who.user, who.is_admin)
-    state["results"] = batch_results(state["tasks"], batch.sizes, await gateway.results(entries))
+    state["results"] = batch_results(state["tasks"], batch.sizes, await gateway.states.results(entries))
     return state
 
 
@@ -228,11 +219,12 @@ def batch_results(chunks: list[dict[str, Any]], sizes: list[int], values: dict[s
     return results
 
 
-async def cancel_batch(gateway: Gateway, batch: BatchEntry, as_user: str, reason: str) -> dict[str, Any]:
+async def cancel_batch(gateway: Gateway, batch: BatchEntry, user: str, is_admin: bool, reason: str) -> dict[str, Any]:
     outcome = {}
+    link = gateway.link
     for task_id in batch.task_ids:
         try:
-            await gateway.rpc("altlas_cancel", key=task_id, as_user=as_user, reason=reason)
+            await link.ask(link.router(user, is_admin).cancel(task_id, reason))
             outcome[task_id] = "cancelled"
         except RouterError as exc:
             outcome[task_id] = "already finished" if exc.code == 409 else str(exc)
@@ -243,7 +235,6 @@ async def cancel_batch(gateway: Gateway, batch: BatchEntry, as_user: str, reason
 async def delete_batch(
     batch_id: str, who: PrincipalDep, gateway: GatewayDep, body: CancelRequest | None = None
 ) -> dict[str, Any]:
-    batch = _batch(gateway, batch_id, who.user, who.is_admin)
-    as_user = gateway.acting_admin(who.user) if who.is_admin else who.user
+    batch = gateway.registry.batch(batch_id, who.user, who.is_admin)
     reason = body.reason if body else ""
-    return {**await cancel_batch(gateway, batch, as_user, reason), "status": "cancelled"}
+    return {**await cancel_batch(gateway, batch, who.user, who.is_admin, reason), "status": "cancelled"}

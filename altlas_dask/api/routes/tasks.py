@@ -16,18 +16,11 @@ from fastapi import APIRouter, Query, Request
 from altlas_dask.api import callbacks
 from altlas_dask.api.deps import GatewayDep, PrincipalDep
 from altlas_dask.api.errors import ApiError
-from altlas_dask.api.gateway import (
-    Gateway,
-    TaskEntry,
-    item_id,
-    item_state,
-    route_key,
-    router_api_status,
-    shape_result,
-)
+from altlas_dask.api.gateway import Gateway
+from altlas_dask.api.registry import TaskEntry, item_id, route_key
 from altlas_dask.api.schemas import CancelRequest, PayloadError, RouteRequest, check_payload
+from altlas_dask.api.task_state import item_state, router_api_status, shape_result
 from altlas_dask.client.workloads import WORKLOADS
-from altlas_dask.errors import RouterError
 from altlas_dask.model import MODEL_MEMORY_MB
 from altlas_dask.options import GpuOptionsError
 from altlas_dask.protocol import API_STATUS, STATUSES_FOR_API
@@ -50,19 +43,20 @@ async def settle_task(gateway: Gateway, task_id: str, user: str, is_admin: bool,
     """Long poll on a task this gateway submitted (a batch item waits on its chunk); others answer at once."""
     if wait <= 0:
         return
-    item = gateway.item(task_id)
+    registry = gateway.registry
+    item = registry.item(task_id)
     if item is not None and item[1] in item[0].meta.get("cancelled", {}):
         return  # a request cancelled alone is final at once
-    entry = item[0] if item is not None else gateway.entry(await gateway.resolve(task_id, user), user, is_admin)
+    entry = item[0] if item is not None else registry.tasks.get(task_id) or registry.tasks.get(route_key(task_id, user))
     if entry is not None and (is_admin or entry.user == user):
-        await gateway.settle([entry], wait)
+        await registry.settle([entry], wait)
 
 
 @router.get("/task/{task_id}", summary="A task's status and, when completed, its result")
 async def get_task(task_id: str, who: PrincipalDep, gateway: GatewayDep, wait: float = WaitQuery) -> dict[str, Any]:
     """With ``wait`` > 0: returns as soon as the task finishes (or after ``wait`` seconds, as it stands then)."""
     await settle_task(gateway, task_id, who.user, who.is_admin, wait)
-    return await gateway.describe(task_id, who.user, who.is_admin)
+    return await gateway.states.describe(task_id, who.user, who.is_admin)
 
 
 @router.get("/tasks/{task_id}", summary="Alias of GET /task/{task_id}")
@@ -70,7 +64,7 @@ async def get_task_alias(
     task_id: str, who: PrincipalDep, gateway: GatewayDep, wait: float = WaitQuery
 ) -> dict[str, Any]:
     await settle_task(gateway, task_id, who.user, who.is_admin, wait)
-    return await gateway.describe(task_id, who.user, who.is_admin)
+    return await gateway.states.describe(task_id, who.user, who.is_admin)
 
 
 @router.get("/tasks", summary="Your tasks, newest first; admins: everyone's")
@@ -87,19 +81,14 @@ async def list_tasks(
         raise ApiError(400, f"status: must be one of {', '.join(STATUSES_FOR_API)} (got {status!r})")
     if user is not None and user != who.user and not who.is_admin:
         raise ApiError(403, f"user {who.user!r} may not list the tasks of {user!r}")
-    as_user = gateway.acting_admin(who.user) if who.is_admin else who.user
+    link = gateway.link
+    router = link.router(who.user, who.is_admin)
     user = user if who.is_admin else who.user
     rows: list[dict[str, Any]] = []
     total = 0
     for router_status in STATUSES_FOR_API[status] if status else (None,):
-        answer = await gateway.rpc(
-            "altlas_tasks",
-            as_user=as_user,
-            user=user,
-            status=router_status and str(router_status),
-            limit=offset + limit,
-            offset=0,
-        )
+        status_name = router_status and str(router_status)
+        answer = await link.ask(router.tasks(user=user, status=status_name, limit=offset + limit, offset=0))
         rows.extend(answer["tasks"])
         total += answer["total"]
     rows.sort(key=lambda r: r["submitted"], reverse=True)
@@ -118,7 +107,7 @@ async def list_tasks(
         }
         if r.get("error"):
             item["error"] = r["error"]
-        entry = gateway.tasks.get(r["key"])
+        entry = gateway.registry.tasks.get(r["key"])
         if entry is not None and entry.kind == "predict" and entry.items:  # a batch of requests: one row each
             requests = request_rows(item, entry)
             total += len(requests) - 1
@@ -130,9 +119,10 @@ async def list_tasks(
         listed = [t for t in listed if t["status"] in wanted]
     page = listed[offset : offset + limit]
     keys = {t["key"] for t in page}
-    batches = {t["chunk_id"]: gateway.tasks[t["chunk_id"]] for t in page if "index" in t}  # before any await
+    tasks = gateway.registry.tasks
+    batches = {t["chunk_id"]: tasks[t["chunk_id"]] for t in page if "index" in t}  # before any await
     needed = results or bool(batches)  # a request's status may hang on its own outcome
-    values = await gateway.results([gateway.tasks[k] for k in keys if k in gateway.tasks]) if needed else {}
+    values = await gateway.states.results([tasks[k] for k in keys if k in tasks]) if needed else {}
     for t in page:
         value = values.get(t.pop("key"))
         if "index" in t:  # one request of a batch: its own result, or the error it failed with alone
@@ -158,33 +148,17 @@ def request_rows(row: dict[str, Any], entry: TaskEntry) -> list[dict[str, Any]]:
     return out
 
 
-async def cancel_task(gateway: Gateway, task_id: str, as_user: str, reason: str) -> dict[str, Any]:
-    try:
-        await gateway.rpc("altlas_cancel", key=task_id, as_user=as_user, reason=reason)
-    except RouterError as exc:
-        if exc.code == 403:  # another user's task: as unknown (ids do not leak)
-            raise ApiError(404, f"unknown task {task_id!r}") from None
-        raise
-    return {"task_id": task_id, "status": "cancelled"}
-
-
 @router.delete("/tasks/{task_id}", summary="Cancel one of your tasks (queued or running)")
 async def delete_task(
     task_id: str, who: PrincipalDep, gateway: GatewayDep, body: CancelRequest | None = None
 ) -> dict[str, Any]:
     """409 if the task already finished, 404 if it is unknown or another user's."""
-    item = gateway.item(task_id)
+    reason = body.reason if body else ""
+    item = gateway.registry.item(task_id)
     if item is not None and (who.is_admin or item[0].user == who.user):
-        return await gateway.cancel_item(task_id, *item, who.user, body.reason if body else "")
-    task_id = await gateway.resolve(task_id, who.user)
-    if who.is_admin:
-        return await cancel_task(gateway, task_id, gateway.acting_admin(who.user), body.reason if body else "")
-    entry = gateway.entry(task_id, who.user, False)
-    if entry is None:
-        info = (await gateway.explain([task_id])).get(task_id)
-        if info is None or info.get("user") != who.user:
-            raise ApiError(404, f"unknown task {task_id!r}")
-    return await cancel_task(gateway, task_id, who.user, body.reason if body else "")
+        return await gateway.submission.cancel_item(task_id, *item, who.user, reason)
+    key, _, _ = await gateway.states.lookup(task_id, who.user, who.is_admin)
+    return await gateway.submission.cancel(key, who.user, who.is_admin, reason)
 
 
 # -- generic routed jobs (seed 001 section 6.3.1 / 6.3.2) -------------------------------------------------
@@ -229,13 +203,13 @@ async def route(body: RouteRequest, who: PrincipalDep, gateway: GatewayDep, requ
     size = requirements.compute_units if requirements and requirements.compute_units else workload.cost_of(kwargs)
     if size is not None:
         raw.setdefault("cost", size)  # its size: compute_units as given, else from the workload's arguments
-    options = await gateway.options(raw, who.user, who.is_admin, workload.task_type)
+    options = await gateway.submission.options(raw, who.user, who.is_admin, workload.task_type)
     key = None
     if body.request_id is not None:  # the task's key is the id in its user's namespace: no clash, no leak
         key = route_key(body.request_id, options.user)
-        if key in gateway.tasks or await gateway.explain([key]):
+        if key in gateway.registry.tasks or await gateway.states.explain([key]):
             raise ApiError(409, f"request_id: {options.user!r} already has a request {body.request_id!r}")
-    entry = await gateway.submit(
+    entry = gateway.submission.submit(
         workload.fn,
         kwargs,
         options,
@@ -245,12 +219,12 @@ async def route(body: RouteRequest, who: PrincipalDep, gateway: GatewayDep, requ
         key=key,
         meta={"model_id": workload.name},
     )
-    info = (await gateway.placed([entry])).get(entry.task_id)
+    info = (await gateway.submission.placed([entry])).get(entry.task_id)
     if callback_url is not None:
         token = request.headers.get("authorization", "").partition(" ")[2].strip()
         _start_callback(gateway, entry, body.request_id or entry.task_id, who.user, who.is_admin, callback_url, token)
     if body.wait > 0:
-        await gateway.settle([entry], body.wait)
+        await gateway.registry.settle([entry], body.wait)
         if entry.future is not None and entry.future.done():
             return await route_record(gateway, body.request_id or entry.task_id, who.user, who.is_admin)
     now = time.time()
@@ -270,7 +244,7 @@ async def route(body: RouteRequest, who: PrincipalDep, gateway: GatewayDep, requ
         "estimated_start_time": iso(start),
         "estimated_completion_time": iso(end),
         # the router's own 1-based position in its queue when it gives one, else the gateway's estimate
-        "queue_position": None if placed else (info or {}).get("queue_position") or gateway.queued + 1,
+        "queue_position": None if placed else (info or {}).get("queue_position") or gateway.gpus.queued + 1,
         "message": (info or {}).get("waiting_reason")
         or (info or {}).get("reason")
         or "submitted; the router has not placed it yet",
@@ -289,7 +263,7 @@ def _start_callback(
     settings = gateway.config.serving.callbacks
 
     async def run() -> None:
-        await gateway.settle([entry], 7 * 24 * 3600)
+        await gateway.registry.settle([entry], 7 * 24 * 3600)
         await callbacks.deliver(url, lambda: route_record(gateway, request_id, user, is_admin), secret, settings, state)
 
     task = asyncio.create_task(run(), name=f"altlas-callback-{entry.task_id}")
@@ -307,10 +281,10 @@ async def route_status(
 
 async def route_record(gateway: Gateway, request_id: str, user: str, is_admin: bool) -> dict[str, Any]:
     """Seed 001 section 6.3.2: a routed job's record."""
-    key = await gateway.resolve(request_id, user)
-    task = await gateway.describe(key, user, is_admin, result=True)
-    info = (await gateway.explain([key])).get(key) or {}
-    entry = gateway.tasks.get(key)
+    states = gateway.states
+    key, entry, info = await states.lookup(request_id, user, is_admin, final=True)  # with its start and end times
+    task = await states.describe_found(key, entry, info, result=True)
+    info = info or {}
     start, end = info.get("placed_at"), info.get("finished_at")
     status = {"running": "processing"}.get(task["status"], task["status"])
     out = {
