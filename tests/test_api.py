@@ -45,6 +45,7 @@ class Api:
     keys: KeyStore
     database: str
     tokens: dict[str, str]
+    app: Any = None
 
     def client(self, who: str | None = "alice", **kwargs: Any) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.tokens[who]}"} if who else {}
@@ -80,7 +81,7 @@ def api(tmp_path_factory) -> Iterator[Api]:
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     try:
         wait_for(lambda: server.started, timeout=60, what="the API server")
-        yield Api(url, cluster, keys, database, tokens)
+        yield Api(url, cluster, keys, database, tokens, app)
     finally:
         server.should_exit = True
         thread.join(timeout=30)
@@ -373,6 +374,48 @@ def test_a_failed_chunk_keeps_the_other_results_in_place(api: Api):
             assert results[i]["status"] == "cancelled" and results[i]["error"], results
         else:
             assert results[i]["text"] == char_gru.predict(item["text"], item["max_length"], 0.0, 0, model=model)["text"]
+
+
+def test_the_router_pushes_task_records_and_a_get_makes_at_most_one_router_call(api: Api):
+    """The router pushes placements and state changes (its task feed, a Dask event topic): a submission learns its
+    GPU without a look-up (before: an ``altlas_explain`` poll every 5 ms), and ``GET /task`` or ``GET /route`` asks
+    the router at most once (before: up to two calls, three for ``GET /route``)."""
+    gateway = api.app.state.gateway
+    calls: list[str] = []
+    real = gateway.link.rpc
+
+    async def counted(handler: str, **kwargs: Any) -> Any:
+        calls.append(handler)
+        return await real(handler, **kwargs)
+
+    gateway.link.rpc = counted
+    try:
+        with api.client() as c, api.client("bob") as bob:
+            calls.clear()
+            routed = c.post(
+                "/route", json={"model_id": "modelled", "payload": {"work_gflop": 5}, "request_id": "push-1"}
+            )
+            assert routed.status_code == 200, routed.text
+            assert calls.count("altlas_explain") == 1, calls  # only "is request_id free?": no placement look-up
+            key = "push-1@alice"
+            entry = wait_for(lambda: gateway.registry.tasks[key].router and gateway.registry.tasks[key], what="a push")
+            assert entry.router["user"] == "alice" and entry.router["key"] == key, entry.router
+            for path, owner in (
+                ("/task/push-1", c),
+                ("/route/push-1", c),
+                ("/task/unknown-id", c),
+                ("/task/push-1", bob),
+            ):
+                calls.clear()
+                owner.get(path, params={"wait": 30} if owner is c else None)
+                assert len(calls) <= 1, (path, calls)
+            wait_for(lambda: entry.router.get("finished_at"), what="the pushed final record")
+            calls.clear()
+            assert c.get("/route/push-1").json()["duration"] is not None  # from the pushed record: start and end
+            assert calls == [], calls
+    finally:
+        gateway.link.rpc = real
+    assert gateway.registry.pushed > 0
 
 
 def test_waiting_without_polling(api: Api):
