@@ -376,45 +376,42 @@ def test_a_failed_chunk_keeps_the_other_results_in_place(api: Api):
             assert results[i]["text"] == char_gru.predict(item["text"], item["max_length"], 0.0, 0, model=model)["text"]
 
 
-def test_the_router_pushes_task_records_and_a_get_makes_at_most_one_router_call(api: Api):
+def test_the_router_pushes_task_records_and_a_get_makes_at_most_one_router_call(api: Api, monkeypatch):
     """The router pushes placements and state changes (its task feed, a Dask event topic): a submission learns its
     GPU without a look-up (before: an ``altlas_explain`` poll every 5 ms), and ``GET /task`` or ``GET /route`` asks
     the router at most once (before: up to two calls, three for ``GET /route``)."""
+    from altlas_dask.client.router_client import RouterClient
+
     gateway = api.app.state.gateway
     calls: list[str] = []
-    real = gateway.link.rpc
+    real = RouterClient.call
 
-    async def counted(handler: str, **kwargs: Any) -> Any:
-        calls.append(handler)
-        return await real(handler, **kwargs)
+    async def counted(self: RouterClient, rpc: Any, **request: Any) -> Any:
+        calls.append(rpc.value)
+        return await real(self, rpc, **request)
 
-    gateway.link.rpc = counted
-    try:
-        with api.client() as c, api.client("bob") as bob:
+    monkeypatch.setattr(RouterClient, "call", counted)  # every router call of the gateway goes through it
+    with api.client() as c, api.client("bob") as bob:
+        calls.clear()
+        routed = c.post("/route", json={"model_id": "modelled", "payload": {"work_gflop": 5}, "request_id": "push-1"})
+        assert routed.status_code == 200, routed.text
+        assert calls.count("altlas_explain") == 1, calls  # only "is request_id free?": no placement look-up
+        key = "push-1@alice"
+        entry = wait_for(lambda: gateway.registry.tasks[key].router and gateway.registry.tasks[key], what="a push")
+        assert entry.router["user"] == "alice" and entry.router["key"] == key, entry.router
+        for path, owner in (
+            ("/task/push-1", c),
+            ("/route/push-1", c),
+            ("/task/unknown-id", c),
+            ("/task/push-1", bob),
+        ):
             calls.clear()
-            routed = c.post(
-                "/route", json={"model_id": "modelled", "payload": {"work_gflop": 5}, "request_id": "push-1"}
-            )
-            assert routed.status_code == 200, routed.text
-            assert calls.count("altlas_explain") == 1, calls  # only "is request_id free?": no placement look-up
-            key = "push-1@alice"
-            entry = wait_for(lambda: gateway.registry.tasks[key].router and gateway.registry.tasks[key], what="a push")
-            assert entry.router["user"] == "alice" and entry.router["key"] == key, entry.router
-            for path, owner in (
-                ("/task/push-1", c),
-                ("/route/push-1", c),
-                ("/task/unknown-id", c),
-                ("/task/push-1", bob),
-            ):
-                calls.clear()
-                owner.get(path, params={"wait": 30} if owner is c else None)
-                assert len(calls) <= 1, (path, calls)
-            wait_for(lambda: entry.router.get("finished_at"), what="the pushed final record")
-            calls.clear()
-            assert c.get("/route/push-1").json()["duration"] is not None  # from the pushed record: start and end
-            assert calls == [], calls
-    finally:
-        gateway.link.rpc = real
+            owner.get(path, params={"wait": 30} if owner is c else None)
+            assert len(calls) <= 1, (path, calls)
+        wait_for(lambda: entry.router.get("finished_at"), what="the pushed final record")
+        calls.clear()
+        assert c.get("/route/push-1").json()["duration"] is not None  # from the pushed record: start and end
+        assert calls == [], calls
     assert gateway.registry.pushed > 0
 
 
