@@ -20,7 +20,7 @@ from altlas_dask.protocol import REQUESTS, Rpc
 from scheduler_plugins.router_api import RouterApi, handlers
 
 REPO = Path(__file__).resolve().parent.parent
-CALLERS = ("_call", "rpc")  # Gateway._call / Gateway.rpc: the first argument is the RPC's name
+CALLERS = ("_call", "rpc")  # hand-written calls (as the gateway had): the first argument is the RPC's name
 ACTING = {"as_user", "admin"}  # RouterClient fills them; the gateway's own calls still pass them
 
 
@@ -140,26 +140,13 @@ def test_every_router_call_is_in_the_protocol_with_fields_its_request_takes(wher
     assert wrong(where, name, keywords) is None, wrong(where, name, keywords)
 
 
-#: Files that still call the router by name, until the gateway moves onto RouterClient (issue 25 item 2).
-NOT_YET_MOVED = frozenset(
-    {
-        "altlas_dask/api/gateway.py",
-        "altlas_dask/api/metrics.py",
-        "altlas_dask/api/routes/admin.py",
-        "altlas_dask/api/routes/cluster.py",
-        "altlas_dask/api/routes/predict.py",
-        "altlas_dask/api/routes/tasks.py",
-    }
-)
-
-
 def test_only_the_protocol_spells_rpc_names():
     """RouterClient is the one owner of the names: no other module spells one (as a string or an attribute)."""
     names = {rpc.value for rpc in Rpc}
     spelled = [
         f"{where}:{node.lineno}"
         for path in sorted((REPO / "altlas_dask").rglob("*.py"))
-        if (where := str(path.relative_to(REPO))) not in NOT_YET_MOVED | {"altlas_dask/protocol.py"}
+        if (where := str(path.relative_to(REPO))) != "altlas_dask/protocol.py"
         for node in ast.walk(ast.parse(path.read_text()))
         if (isinstance(node, ast.Constant) and node.value in names)
         or (isinstance(node, ast.Attribute) and node.attr in names)
