@@ -24,7 +24,9 @@ run, the order rotated every repetition), and writes the ``prefetch`` section of
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import time
 from collections import Counter, deque
 from typing import Any
@@ -68,7 +70,13 @@ def timed_run(work_gflop: float, memory_mb: int) -> dict[str, Any]:
 
 
 def run_batch(
-    n_gpus: int, n_tasks: int, work: float, reps: int, overrides: tuple[str, ...] = (), router: bool = True
+    n_gpus: int,
+    n_tasks: int,
+    work: float,
+    reps: int,
+    overrides: tuple[str, ...] = (),
+    router: bool = True,
+    strategy: str = "least_loaded",
 ) -> list[dict[str, Any]]:
     import distributed
 
@@ -81,7 +89,7 @@ def run_batch(
         if router:
             client = cluster.client()
             plugin = cluster.cluster.scheduler.plugins["altlas-router"].core  # the scheduling core
-            options = {"strategy": "least_loaded", "task_type": "scaling"}
+            options = {"strategy": strategy, "task_type": "scaling"}
 
             def submit(w, m):
                 return client.map(timed_run, w, m, pure=False, gpu_options=options)
@@ -112,6 +120,15 @@ def run_batch(
     finally:
         cluster.close()
     return out
+
+
+def ray_batch(python: str, n_gpus: int, slots: int, n_tasks: int, work: float) -> list[dict[str, Any]]:
+    """The same batch on Ray (bench/scaling_ray.py in ``python``'s environment): one fresh Ray per run."""
+    argv = [python, str(BENCH_DIR / "scaling_ray.py"), str(n_gpus), str(slots), str(n_tasks), str(work / SPEED_GFLOPS)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=True)
+    line = next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))
+    data = json.loads(line.removeprefix("RESULT "))
+    return [_summarise(n_gpus, data["results"], data["makespan"], data["wall0"], data["wall1"], 0.0, None, 0)]
 
 
 def _summarise(n_gpus, results, makespan, wall0, wall1, cpu, plugin, held0) -> dict[str, Any]:
@@ -218,6 +235,9 @@ def prefetch_comparison(n_gpus: int, depths: list[int], slot_counts: list[int], 
                 f"gpu.multi_gpu.max_concurrent_tasks_per_gpu={slots}",
                 f"gpu.multi_gpu.prefetch_depth={depth}",
             )
+    ray_name = f"Ray, num_gpus=1/{max(slot_counts)}"
+    if args.ray:
+        configs[ray_name] = ()
     names = list(configs)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     loads: list[float] = []
@@ -225,7 +245,12 @@ def prefetch_comparison(n_gpus: int, depths: list[int], slot_counts: list[int], 
         for name in names[rep % len(names) :] + names[: rep % len(names)]:
             print(f"rep {rep + 1}/{args.reps}: {name}", flush=True)
             overrides = configs[name]
-            runs[name] += run_batch(n_gpus, args.tasks, args.work, 1, overrides or (), router=overrides is not None)
+            if name == ray_name:
+                runs[name] += ray_batch(args.ray, n_gpus, max(slot_counts), args.tasks, args.work)
+            else:
+                runs[name] += run_batch(
+                    n_gpus, args.tasks, args.work, 1, overrides or (), overrides is not None, args.strategy
+                )
             loads.append(float(load_average()))
     elapsed = time.perf_counter() - t_start
     plain = med(runs[plain_name], "makespan")
@@ -240,14 +265,14 @@ def prefetch_comparison(n_gpus: int, depths: list[int], slot_counts: list[int], 
             f"{med(rs, 'idle'):.2f}",
             f"{med(rs, 'first_start') * 1e3:.0f}",
             f"{med(rs, 'tail') * 1e3:.0f}",
-            f"{med(rs, 'scheduler_cpu'):.2f}",
-            verdict(med(rs, "makespan") <= plain) if name != plain_name else "-",
+            f"{med(rs, 'scheduler_cpu'):.2f}" if name != ray_name else "-",
+            verdict(med(rs, "makespan") <= plain) if name not in (plain_name, ray_name) else "-",
         ]
         for name, rs in runs.items()
     ]
     report = "\n".join(
         [
-            "## Pre-placement on the cluster (`bench/scaling.py --prefetch`, issue 11 item 6)",
+            f"## {args.title}",
             "",
             f"Command: `{command('scaling.py')}`  ",
             f"Machine: {machine_line(info)}  ",
@@ -257,8 +282,10 @@ def prefetch_comparison(n_gpus: int, depths: list[int], slot_counts: list[int], 
             f"{args.tasks} tasks x `run_on_gpu({args.work:g} GFLOP, {MEMORY_MB} MB)` = {args.work / SPEED_GFLOPS:g} s "
             f"of device time each on {n_gpus} identical virtual GPUs (kernels take the device in turn), one "
             "`client.map`. Plain Dask: `router=False`, `resources={'GPU': 1}` (one task at a time per worker, all "
-            "assigned up front). Router: `least_loaded`, *slots* = `max_concurrent_tasks_per_gpu` = threads per "
-            "worker running at once, plus `prefetch_depth` more placed on each GPU's worker. One fresh cluster per "
+            f"assigned up front). Router: `{args.strategy}`, *slots* = `max_concurrent_tasks_per_gpu` = threads per "
+            "worker running at once, plus `prefetch_depth` more placed on each GPU's worker. Ray (if run): "
+            "bench/scaling_ray.py, `num_gpus=1/slots`, a lock file per GPU so its kernels take the device in turn, "
+            "workers started before timing, one fresh Ray per run. One fresh cluster per "
             f"run, configurations interleaved (order rotated every repetition), {args.reps} repetitions each. "
             "Efficiency = ideal (device time / GPUs) / makespan; device idle = each GPU's busy span minus its "
             "device time (mean over GPUs).",
@@ -283,7 +310,7 @@ def prefetch_comparison(n_gpus: int, depths: list[int], slot_counts: list[int], 
         ]
     )
     print("\n" + report)
-    write_section("prefetch", report)
+    write_section(args.section, report)
 
 
 def main() -> None:
@@ -295,6 +322,14 @@ def main() -> None:
     parser.add_argument("--prefetch", type=int, metavar="GPUS", help="only the pre-placement comparison on GPUS GPUs")
     parser.add_argument("--depths", default="0,1,2", help="prefetch_depth values for --prefetch")
     parser.add_argument("--slots", default="8", help="max_concurrent_tasks_per_gpu values for --prefetch")
+    parser.add_argument("--strategy", default="least_loaded", help="the router's strategy for --prefetch")
+    parser.add_argument("--ray", metavar="PYTHON", help="with --prefetch: also Ray, run by this interpreter")
+    parser.add_argument("--section", default="prefetch", help="with --prefetch: the bench/RESULTS.md section")
+    parser.add_argument(
+        "--title",
+        default="Pre-placement on the cluster (`bench/scaling.py --prefetch`, issue 11 item 6)",
+        help="with --prefetch: the section's title",
+    )
     args = parser.parse_args()
     quiet()
     if args.prefetch:
