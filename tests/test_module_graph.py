@@ -60,4 +60,5 @@ def test_only_the_adapter_modules_import_distributed_in_the_router():
         "scheduler_plugins.dask_internals",  # every internal access
         "scheduler_plugins.dashboard",  # the dashboard page is a Dask dashboard page
         "scheduler_plugins.autoscale",  # a scheduler preload of its own: Dask's adaptive target
+        "scheduler_plugins.task_feed",  # a SchedulerPlugin beside the router: its hooks, Scheduler.log_event
     }, users
