@@ -297,9 +297,11 @@ class Quotas(_Strict):
 
 
 class Accounting(_Strict):
-    """The embedded SQLite database of usage, quota overrides and task records."""
+    """The embedded SQLite database of usage, quota overrides and task records (the scheduler's), and the API
+    keys' own file (the gateway's, the console's and ``altlas-dask keys``)."""
 
     database: str = "altlas.sqlite"  # resolved against the state directory (``home``); ":memory:" keeps nothing
+    api_keys: str = ""  # resolved against ``home``; empty: ``api_keys.sqlite`` beside ``database``
     flush_interval: float = Field(0.2, gt=0, le=60)  # seconds between batched writes (off the event loop)
     recent_records: int = Field(1000, ge=0, le=1_000_000)  # final records kept in memory; older: from the database
 
@@ -445,6 +447,14 @@ def _database_in(home: Path, database: str) -> str:
     return str(path if path.is_absolute() else home / path)
 
 
+def _keys_beside(database: str) -> str:
+    """The API key file's default: ``api_keys.sqlite`` in the accounting database's folder (``:memory:`` for a
+    database in memory, which the key store refuses with a message naming ``accounting.api_keys``)."""
+    if database == ":memory:" or database.startswith("file:"):
+        return database
+    return str(Path(database).with_name("api_keys.sqlite"))
+
+
 class AltlasConfig(_Strict):
     home: str | None = None  # the state directory; resolved by state_home() (always absolute once validated)
     gpu: Gpu = Gpu()
@@ -471,7 +481,9 @@ class AltlasConfig(_Strict):
             return {**data, "home": str(home)}  # a bad database value: its own validation error names it
         accounting = dict(accounting or {}) if isinstance(accounting, Mapping | None) else accounting
         if isinstance(accounting, dict):
-            accounting["database"] = _database_in(home, accounting.get("database") or Accounting().database)
+            database = accounting["database"] = _database_in(home, accounting.get("database") or Accounting().database)
+            if isinstance(accounting.get("api_keys", ""), str):
+                accounting["api_keys"] = _database_in(home, accounting.get("api_keys") or _keys_beside(database))
         return {**data, "home": str(home), "accounting": accounting}
 
     @model_validator(mode="after")

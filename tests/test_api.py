@@ -1,7 +1,7 @@
 """The REST API over real HTTP on loopback, against a real (simulated-GPU) cluster.
 
-One module-scoped cluster of 2 virtual GPUs whose accounting database (and so the API key table)
-is a file in a temporary directory; the gateway runs under uvicorn in a thread on a free port and
+One module-scoped cluster of 2 virtual GPUs whose accounting database and API key file are files in a
+temporary directory; the gateway runs under uvicorn in a thread on a free port and
 every test talks to it with httpx.
 """
 
@@ -70,7 +70,7 @@ def api(tmp_path_factory) -> Iterator[Api]:
     data.setdefault("serving", {})["callbacks"] = {"allowed_hosts": ["127.0.0.1"], "backoff_s": 0.05}
     config = build_config(data)
     cluster = start_cluster(config, simulate=2, timeout=60)
-    keys = KeyStore(database)
+    keys = KeyStore.of(config)  # accounting.api_keys: api_keys.sqlite beside the accounting database
     tokens = {user: keys.create(user)[1] for user in ("alice", "bob", "carol", "dave")}
     tokens["admin"] = keys.create("admin", "admin")[1]
     app = create_app(cluster.scheduler_address, config, ApiSettings(), keys=keys)
@@ -188,7 +188,8 @@ def test_missing_bad_and_revoked_keys_are_401(api: Api):
 def test_keys_are_stored_hashed(api: Api):
     import sqlite3
 
-    conn = sqlite3.connect(api.database)
+    assert api.keys.path != api.database  # their own file, not the scheduler's accounting database
+    conn = sqlite3.connect(api.keys.path)
     rows = conn.execute("SELECT key_id, salt, hash, user, role FROM api_keys").fetchall()
     conn.close()
     dump = json.dumps(rows)

@@ -108,8 +108,8 @@ def console_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def tokens(console_home: Path) -> dict[str, str]:
-    """API keys in the console's key store (the repo config's accounting.database inside its home)."""
-    keys = KeyStore(console_home / "altlas.sqlite")
+    """API keys in the console's key store (the repo config's accounting.api_keys: api_keys.sqlite in its home)."""
+    keys = KeyStore(console_home / "api_keys.sqlite")
     return {USER: keys.create(USER)[1], "boss": keys.create("boss", "admin")[1]}
 
 
@@ -537,7 +537,7 @@ def test_tasks_page_totals_match_the_rest_api_while_2000_tasks_run(
     from altlas_dask.api import ApiSettings, create_app
     from altlas_dask.client.gpu_client import Client
 
-    keys = KeyStore(console_home / "altlas.sqlite")
+    keys = KeyStore(console_home / "api_keys.sqlite")
     user = "counter"
     token = keys.create(user)[1]
     app = create_app(gpu_cluster.scheduler_address, repo_config, ApiSettings(warm_up=False), keys=keys)

@@ -1,7 +1,7 @@
-"""API keys: created by ``altlas-dask keys create``, stored hashed in the accounting SQLite database.
+"""API keys: created by ``altlas-dask keys create``, stored hashed in their own SQLite file.
 
-A key reads ``ak_<key_id>_<secret>``. The table ``api_keys`` (in the file named by
-``accounting.database``, beside the router's usage and task records) keeps the public ``key_id``,
+A key reads ``ak_<key_id>_<secret>``. The table ``api_keys`` (in the file named by ``accounting.api_keys``,
+by default ``api_keys.sqlite`` beside the scheduler's accounting database, never inside it) keeps the public ``key_id``,
 the key's user and role (``user`` or ``admin``), a random per-key salt and
 ``sha256(salt + secret)``; the secret itself is never stored. Keys are 256-bit random
 values, so a fast salted hash is enough (a slow password KDF protects low-entropy secrets);
@@ -22,9 +22,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-from altlas_dask.config import USER_NAME_PATTERN
+from altlas_dask.config import USER_NAME_PATTERN, AltlasConfig
 
 Role = Literal["user", "admin"]
 ROLES: tuple[Role, ...] = ("user", "admin")
@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS api_keys (
 );
 CREATE INDEX IF NOT EXISTS api_keys_user ON api_keys (user);
 """
+COLUMNS = "key_id, salt, hash, user, role, created, revoked, note"
 
 
 class KeyStoreError(ValueError):
@@ -62,19 +63,26 @@ class Principal:
         return self.role == "admin"
 
 
+class KeyVerifier(Protocol):
+    """What the gateway and the console need of a key store: whom a key proves (None: invalid or revoked)."""
+
+    def verify(self, key: str) -> Principal | None: ...
+
+
 def _digest(salt: str, secret: str) -> str:
     return hashlib.sha256(bytes.fromhex(salt) + secret.encode()).hexdigest()
 
 
 class KeyStore:
-    """The ``api_keys`` table of one SQLite file (the accounting database)."""
+    """The ``api_keys`` table of one SQLite file (``accounting.api_keys``): a :class:`KeyVerifier` that the CLI also
+    manages keys in."""
 
     def __init__(self, path: str | Path, cache_ttl: float = 10.0) -> None:
         path = str(path)
         if path == ":memory:" or path.startswith("file:"):
             raise KeyStoreError(
-                "API keys need a database file shared by the CLI and the gateway, but accounting.database is "
-                f"{path!r}: set accounting.database to a file path (e.g. var/altlas.sqlite)"
+                "API keys need a database file shared by the CLI and the gateway, but accounting.api_keys is "
+                f"{path!r}: set accounting.api_keys (or accounting.database) to a file path (e.g. var/api_keys.sqlite)"
             )
         self.path = path
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -83,6 +91,33 @@ class KeyStore:
         self._lock = threading.Lock()
         with self._connect() as conn:
             conn.executescript(SCHEMA)
+
+    @classmethod
+    def of(cls, config: AltlasConfig, cache_ttl: float = 10.0) -> KeyStore:
+        """The cluster's key store (``accounting.api_keys``), with the keys of the accounting database adopted once
+        (where keys lived before they had their own file: none is lost in the move)."""
+        store = cls(config.accounting.api_keys, cache_ttl)
+        store.adopt(config.accounting.database)
+        return store
+
+    def adopt(self, legacy: str | Path) -> int:
+        """Copy the ``api_keys`` rows of ``legacy`` (an accounting database of the older layout) into this store if
+        it holds no key yet; how many were copied."""
+        legacy_path = Path(legacy)
+        if str(legacy) == self.path or not legacy_path.is_file():
+            return 0
+        with self._connect() as conn:
+            if conn.execute("SELECT 1 FROM api_keys LIMIT 1").fetchone() is not None:
+                return 0
+            source = sqlite3.connect(f"{legacy_path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+            try:
+                rows = source.execute(f"SELECT {COLUMNS} FROM api_keys").fetchall()
+            except sqlite3.OperationalError:  # no api_keys table there
+                rows = []
+            finally:
+                source.close()
+            conn.executemany(f"INSERT OR IGNORE INTO api_keys ({COLUMNS}) VALUES ({', '.join('?' * 8)})", rows)
+        return len(rows)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:

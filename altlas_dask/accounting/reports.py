@@ -160,6 +160,26 @@ def read_database(
     return [dict(r) for r in rows], {r["user"]: json.loads(r["limits"]) for r in overrides}
 
 
+def submitted_records(database: str | Path, since: float | None, until: float | None) -> list[dict[str, Any]]:
+    """The task records submitted in ``[since, until)`` (None: unbounded), oldest first, read-only from an
+    accounting database file (``altlas-dask replay`` turns them into a trace)."""
+    query, args = "SELECT * FROM tasks WHERE 1=1", []
+    if since is not None:
+        query += " AND submitted >= ?"
+        args.append(since)
+    if until is not None:
+        query += " AND submitted < ?"
+        args.append(until)
+    conn = sqlite3.connect(f"{Path(database).resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in conn.execute(query + " ORDER BY submitted", args)]
+    except sqlite3.DatabaseError as exc:
+        raise ReportError(f"{str(database)!r} is not an altlas-dask accounting database ({exc})") from None
+    finally:
+        conn.close()
+
+
 def to_csv(rows: list[dict[str, Any]], by: str) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=[by, *COLUMNS], lineterminator="\n")

@@ -17,7 +17,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from altlas_dask.accounting.api_keys import KeyStore
+from altlas_dask.accounting.api_keys import KeyStore, KeyVerifier
 from altlas_dask.api import errors
 from altlas_dask.api.gateway import Gateway
 from altlas_dask.api.metrics import HttpStats
@@ -101,16 +101,16 @@ def create_app(
     config: AltlasConfig | None = None,
     settings: ApiSettings | None = None,
     *,
-    keys: KeyStore | None = None,
+    keys: KeyVerifier | None = None,
 ) -> FastAPI:
     """The gateway app for the cluster at ``scheduler_address`` (default: ``cluster.scheduler_address``).
 
-    API keys live in the accounting database (``config.accounting.database``) unless ``keys`` is given.
+    API keys live in their own file (``config.accounting.api_keys``) unless ``keys`` is given.
     """
     config = config or load_config()
     settings = settings or ApiSettings()
     address = scheduler_address or config.cluster.scheduler_address
-    keys = keys or KeyStore(config.accounting.database, cache_ttl=settings.key_cache_ttl)
+    keys = keys or KeyStore.of(config, cache_ttl=settings.key_cache_ttl)
     stats = HttpStats()
 
     @asynccontextmanager

@@ -86,7 +86,7 @@ def api(
     if bool(ssl_certfile) != bool(ssl_keyfile):
         raise click.UsageError("--ssl-certfile and --ssl-keyfile go together")
     config = ctx.config()
-    KeyStore(config.accounting.database)  # fail now, clearly, if the key database cannot be used
+    KeyStore.of(config)  # fail now, clearly, if the key database cannot be used
     if not _is_loopback(host) and not ssl_certfile:
         click.echo(
             f"warning: serving plain HTTP on {host}: API keys cross the network in clear; use --ssl-certfile/"
@@ -168,21 +168,21 @@ def _store(ctx: Any, database: str | None):
     if database is None:
         click.echo(f"state directory: {config.home}", err=True)
     try:
-        return KeyStore(database or config.accounting.database)
+        return KeyStore(database) if database else KeyStore.of(config)
     except KeyStoreError as exc:
         raise click.ClickException(str(exc)) from None
 
 
 @click.group()
 def keys() -> None:
-    """Create, list and revoke REST API keys (stored hashed in the accounting database)."""
+    """Create, list and revoke REST API keys (stored hashed in their own SQLite file, accounting.api_keys)."""
 
 
 @keys.command("create")
 @click.option("--user", required=True, help="The user the key acts as.")
 @click.option("--admin", is_flag=True, help="An admin key (admin endpoints; sees every user's work).")
 @click.option("--note", default="", help="A note stored with the key.")
-@click.option("--database", default=None, help="SQLite file (default: accounting.database).")
+@click.option("--database", default=None, help="SQLite file (default: accounting.api_keys).")
 @click.pass_obj
 def create_key(ctx: Any, user: str, admin: bool, note: str, database: str | None) -> None:
     """Print a new key on stdout (only time it is shown): KEY=$(altlas-dask keys create --user ana)."""
@@ -199,7 +199,7 @@ def create_key(ctx: Any, user: str, admin: bool, note: str, database: str | None
 
 
 @keys.command("list")
-@click.option("--database", default=None, help="SQLite file (default: accounting.database).")
+@click.option("--database", default=None, help="SQLite file (default: accounting.api_keys).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 def list_keys(ctx: Any, database: str | None, as_json: bool) -> None:
@@ -222,7 +222,7 @@ def list_keys(ctx: Any, database: str | None, as_json: bool) -> None:
 
 @keys.command("revoke")
 @click.argument("key_id")
-@click.option("--database", default=None, help="SQLite file (default: accounting.database).")
+@click.option("--database", default=None, help="SQLite file (default: accounting.api_keys).")
 @click.pass_obj
 def revoke_key(ctx: Any, key_id: str, database: str | None) -> None:
     """Revoke a key by its id (gateways stop accepting it within their cache time, 10 s)."""

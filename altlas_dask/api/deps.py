@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from altlas_dask.accounting.api_keys import KeyStore, Principal
+from altlas_dask.accounting.api_keys import KeyVerifier, Principal
 from altlas_dask.api.errors import ApiError
 from altlas_dask.api.gateway import Gateway
 
@@ -36,7 +36,7 @@ async def get_principal(request: Request) -> Principal:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "the Authorization header must read 'Bearer <api_key>'", CHALLENGE)
-    keys: KeyStore = request.app.state.keys
+    keys: KeyVerifier = request.app.state.keys
     principal = keys.verify(token.strip())
     if principal is None:
         raise ApiError(401, "invalid or revoked API key", CHALLENGE)

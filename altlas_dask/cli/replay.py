@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from altlas_dask.accounting.reports import ReportError
 from altlas_dask.config import ConfigError, load_config
 from altlas_dask.simulation.engine import replay
 from altlas_dask.simulation.importers import FORMATS, import_trace
@@ -176,7 +176,7 @@ def replay_command(
             lines = list(trace_from_database(trace, gpu_speeds(config), since, until))
         else:
             lines = read_trace(find_trace(trace))
-    except (ConfigError, TraceError, sqlite3.Error) as exc:
+    except (ConfigError, TraceError, ReportError) as exc:
         raise click.ClickException(str(exc)) from None
     if write_trace:
         write(write_trace, lines)

@@ -1,5 +1,5 @@
 """Who the console acts as: an API key entered once per browser session, checked against the REST API's key
-store (``altlas-dask keys create``, the same ``accounting.database``).
+store (``altlas-dask keys create``, the same ``accounting.api_keys`` file; never the scheduler's accounting database).
 
 The console is a delegate (``security.delegates``): towards the router it acts as the key's user, and vouches
 that an admin key's user is an admin. Nobody picks a user name any more; admin views are offered to admin keys.
@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import streamlit as st
 
-from altlas_dask.accounting.api_keys import KeyStore, KeyStoreError, Principal
+from altlas_dask.accounting.api_keys import KeyStore, KeyStoreError, KeyVerifier, Principal
 from altlas_dask.config import load_config
 
 KEY_HELP = "Your API key (ak_...), from `altlas-dask keys create --user NAME`; kept for this browser session only."
 
 
 @st.cache_resource(show_spinner=False)
-def key_store() -> KeyStore:
-    return KeyStore(load_config().accounting.database)
+def key_store() -> KeyVerifier:
+    return KeyStore.of(load_config())
 
 
 def principal() -> Principal | None:

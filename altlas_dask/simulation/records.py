@@ -7,11 +7,11 @@ ran (rejected, cancelled while waiting) have no measured work and are left out.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from altlas_dask.accounting.reports import submitted_records
 from altlas_dask.config import AltlasConfig
 from altlas_dask.simulation.trace import TraceTask
 
@@ -47,17 +47,4 @@ def trace_from_database(
     path: str | Path, speeds: Mapping[int, float], since: float | None = None, until: float | None = None
 ) -> list[TraceTask]:
     """The trace of the tasks submitted in ``[since, until)`` (Unix seconds), read from the accounting database."""
-    query, args = "SELECT * FROM tasks WHERE 1=1", []
-    if since is not None:
-        query += " AND submitted >= ?"
-        args.append(since)
-    if until is not None:
-        query += " AND submitted < ?"
-        args.append(until)
-    conn = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    try:
-        rows = [dict(r) for r in conn.execute(query + " ORDER BY submitted", args)]
-    finally:
-        conn.close()
-    return records_to_trace(rows, speeds)
+    return records_to_trace(submitted_records(path, since, until), speeds)
