@@ -163,17 +163,13 @@ def read_database(
 def submitted_records(database: str | Path, since: float | None, until: float | None) -> list[dict[str, Any]]:
     """The task records submitted in ``[since, until)`` (None: unbounded), oldest first, read-only from an
     accounting database file (``altlas-dask replay`` turns them into a trace)."""
-    query, args = "SELECT * FROM tasks WHERE 1=1", []
-    if since is not None:
-        query += " AND submitted >= ?"
-        args.append(since)
-    if until is not None:
-        query += " AND submitted < ?"
-        args.append(until)
+    bounds = [(f"submitted {op} ?", value) for op, value in ((">=", since), ("<", until)) if value is not None]
+    where = " AND ".join(["1=1", *(clause for clause, _ in bounds)])
     conn = sqlite3.connect(f"{Path(database).resolve().as_uri()}?mode=ro", uri=True, timeout=30)
     conn.row_factory = sqlite3.Row
     try:
-        return [dict(r) for r in conn.execute(query + " ORDER BY submitted", args)]
+        rows = conn.execute(f"SELECT * FROM tasks WHERE {where} ORDER BY submitted", [v for _, v in bounds])
+        return [dict(r) for r in rows]
     except sqlite3.DatabaseError as exc:
         raise ReportError(f"{str(database)!r} is not an altlas-dask accounting database ({exc})") from None
     finally:
