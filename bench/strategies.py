@@ -78,6 +78,7 @@ class Arrival:
     work: float
     memory_mb: int
     task_type: str
+    cost: float | None = None  # gpu_options.cost (a trace's stated size), sent when set
 
 
 def arrivals(duration: float, load: float, seed: int) -> list[Arrival]:
@@ -197,6 +198,8 @@ class Bench:
             submitted[i] = time.time()
             lag.append(submitted[i] - due)
             options = {"strategy": strategy, "task_type": a.task_type, "memory_mb": a.memory_mb}
+            if a.cost is not None:
+                options["cost"] = a.cost
             future = client.submit(job, a.work, a.memory_mb, pure=False, gpu_options=options)
             future.add_done_callback(lambda f, i=i: on_done(f, i))
             futures.append(future)
@@ -250,13 +253,13 @@ class Bench:
         return out
 
 
-def replayed(seq: list[Arrival], name: str) -> tuple[list[Any], dict[str, str]]:
-    """The arrivals replayed by the simulator with ``name`` after the bench's warm-up: the completed tasks'
-    outcomes and each task's class by id."""
+def replayed(seq: list[Arrival], name: str, *overrides: str) -> tuple[list[Any], dict[str, str]]:
+    """The arrivals replayed by the simulator with ``name`` after the bench's warm-up (config ``overrides``
+    added): the completed tasks' outcomes and each task's class by id."""
     from altlas_dask.simulation.engine import replay
     from altlas_dask.simulation.trace import TraceTask
 
-    config = bench_config(pool_override(*POOL))
+    config = bench_config(pool_override(*POOL), *overrides)
     offset = 1.5  # the warm-up, then its 1.2 s pause, come first
     warm = [
         TraceTask(t=0.0, id=f"warm-{c[0]}-{i}", task_type=c[3], work_gflop=1.0, strategy=name)
@@ -265,7 +268,7 @@ def replayed(seq: list[Arrival], name: str) -> tuple[list[Any], dict[str, str]]:
     ]
     tasks = [
         TraceTask(t=offset + a.at, id=f"t{i}", task_type=a.task_type, memory_mb=a.memory_mb, work_gflop=a.work,
-                  strategy=name)
+                  cost=a.cost, strategy=name)
         for i, a in enumerate(seq)
     ]  # fmt: skip
     result = replay(config, warm + tasks, name)
