@@ -72,29 +72,26 @@ def instrument(plugin: Any, detail: bool) -> Meter:
         return meter
     import scheduler_plugins.gpu_router as gr
     from altlas_dask.gpus.state import GpuState
-    from altlas_dask.scheduling import core as core_module
+    from altlas_dask.scheduling import dispatch as dispatch_module
     from altlas_dask.scheduling.gpus import GpuSlot
     from altlas_dask.scheduling.tasks import TaskRecord
 
     core = plugin.core
-    core._handlers = {t: meter.wrap(f"core.{t.__name__}", fn) for t, fn in core._handlers.items()}
-    for attr in ("_decide", "_assign", "_finish", "_dispatch", "_enqueue", "_unassign"):
-        meter.wrap_attr(core, attr, f"core.{attr}")
+    core.event_handlers = {t: meter.wrap(f"core.{t.__name__}", fn) for t, fn in core.event_handlers.items()}
+    for part, attrs in (
+        (core.dispatch, ("decide", "assign", "run_pass", "unassign", "recently_used")),
+        (core.admission, ("finish", "enqueue")),
+    ):
+        for attr in attrs:
+            meter.wrap_attr(part, attr, f"core.{type(part).__name__}.{attr}")
     meter.wrap_attr(core.gpus, "snapshot", "core.gpus.snapshot")
     meter.wrap_attr(core.estimates, "performance", "core.estimates.performance")
-    core._recently_used = meter.wrap("core._recently_used", core._recently_used)
-    if core._on_decision is not None:
-        core._on_decision = meter.wrap("router metrics: decision", core._on_decision)
-    core_module.choose = meter.wrap("strategies.choose", core_module.choose)
+    dispatch_module.decide = meter.wrap("candidates.decide", dispatch_module.decide)
     TaskRecord.record = meter.wrap("TaskRecord.record", TaskRecord.record)
     GpuState.with_ = meter.wrap("GpuState.with_ (a GPU view built)", GpuState.with_)
     GpuSlot.view = meter.wrap("GpuSlot.view", GpuSlot.view)
-    for attr, name in (
-        ("_apply", "router._apply"),
-        ("_observe_placement", "router metrics: queue wait"),
-        ("_record", "router._record (metrics + store)"),
-    ):
-        meter.wrap_attr(plugin, attr, name)
+    meter.wrap_attr(plugin, "_apply", "router._apply")
+    meter.wrap_attr(plugin.metrics, "observe", "router metrics (decisions, queue wait, records)")
     meter.wrap_attr(plugin.store, "record_task", "store.record_task")
     meter.wrap_attr(plugin.store, "add_usage", "store.add_usage")
     meter.wrap_attr(plugin.identities, "task_options", "identities.task_options")

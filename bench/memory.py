@@ -82,7 +82,7 @@ def router_state_mb(mc: ModeCluster) -> float | None:
     if mc.plugin is None:
         return None
     core = mc.plugin.core
-    shared = (core.policy, core.registry, core.book.quotas, core._handlers, core._timer, core._on_decision)
+    shared = (core.policy, core.registry, core.book.quotas, core.event_handlers, core.state.timer)
     return retained_mb(core, shared)  # LocalCluster: the scheduler is in this process (and idle after settle)
 
 

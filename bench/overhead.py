@@ -370,10 +370,10 @@ def bench_router(gpus, options: list[dict[str, Any]], config, seed: int) -> dict
     from altlas_dask.scheduling.core import SchedulingCore
 
     rng = random.Random(seed)
-    core = SchedulingCore.from_config(config)
-    core.decision_seconds = deque()  # the core's own timer, unbounded for the bench
+    core = SchedulingCore.from_config(config, timer=time.perf_counter)
+    core.state.decision_seconds = deque()  # the core's own timer, unbounded for the bench
     cpu_decide: list[float] = []
-    decide = core._decide
+    decide = core.dispatch.decide
 
     def cpu_timed_decide(task, *args):
         c0 = time.thread_time()
@@ -381,7 +381,7 @@ def bench_router(gpus, options: list[dict[str, Any]], config, seed: int) -> dict
         cpu_decide.append(time.thread_time() - c0)
         return decision
 
-    core._decide = cpu_timed_decide
+    core.dispatch.decide = cpu_timed_decide
     max_concurrent = config.routing().max_concurrent_tasks_per_gpu
     now = time.time()  # one instant: no GPU goes silent, no deadline passes
     workers = {}

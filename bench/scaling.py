@@ -105,7 +105,7 @@ def run_batch(
         for _ in range(reps):
             time.sleep(1.2)  # let the 1 s utilization window of the warm-up (or previous run) pass
             if plugin is not None:
-                plugin.decision_seconds = deque()  # unbounded for this run (the router's own timer)
+                plugin.state.decision_seconds = deque()  # unbounded for this run (the router's own timer)
                 held0 = plugin.counters.get("held", 0)
             cpu0 = sched_cpu()
             start, wall0 = time.perf_counter(), time.time()

@@ -64,7 +64,7 @@ from scheduler_plugins.dask_internals import add_dashboard_pages
 if TYPE_CHECKING:
     from distributed.scheduler import Scheduler
 
-    from scheduler_plugins.gpu_router import GpuRouter
+    from altlas_dask.scheduling.view import CoreView
 
 logger = logging.getLogger(__name__)
 
@@ -129,15 +129,16 @@ def html_table(columns: dict[str, str], data: dict[str, list[Any]]) -> str:
     return f'<table style="{TABLE_STYLE}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def find_router(scheduler: Scheduler) -> GpuRouter | None:
-    """The scheduler's GPU router, or ``None`` where it has none."""
-    return scheduler.plugins.get(PLUGIN_NAME)
+def find_view(scheduler: Scheduler) -> CoreView | None:
+    """The view of the scheduler's GPU router, or ``None`` where it has none."""
+    router = scheduler.plugins.get(PLUGIN_NAME)
+    return router.view if router is not None else None
 
 
-def gpu_rows(router: GpuRouter | None) -> dict[str, list[Any]]:
+def gpu_rows(view: CoreView | None) -> dict[str, list[Any]]:
     """One row per GPU, in GPU order, from the router's snapshot (heartbeat + in-flight work + drain)."""
     data: dict[str, list[Any]] = {c: [] for c in GPU_COLUMNS}
-    for g in router.view.gpus() if router is not None else ():
+    for g in view.gpus() if view is not None else ():
         ratio = g.memory_used_ratio if g.memory_total_mb else 0.0
         values = {
             "gpu": str(g.id),
@@ -160,10 +161,10 @@ def gpu_rows(router: GpuRouter | None) -> dict[str, list[Any]]:
     return data
 
 
-def decision_rows(router: GpuRouter | None, limit: int = DECISION_ROWS) -> dict[str, list[Any]]:
+def decision_rows(view: CoreView | None, limit: int = DECISION_ROWS) -> dict[str, list[Any]]:
     """The router's last placements, newest first, with the strategy's reason."""
     data: dict[str, list[Any]] = {c: [] for c in DECISION_COLUMNS}
-    recent = router.view.placements(limit) if router is not None else []
+    recent = view.placements(limit) if view is not None else []
     for d in reversed(recent):
         millis = int(d["time"] * 1000) % 1000
         data["time"].append(f"{time.strftime('%H:%M:%S', time.localtime(d['time']))}.{millis:03d}")
@@ -176,16 +177,16 @@ def decision_rows(router: GpuRouter | None, limit: int = DECISION_ROWS) -> dict[
     return data
 
 
-def summary_html(router: GpuRouter | None) -> str:
-    if router is None:
+def summary_html(view: CoreView | None) -> str:
+    if view is None:
         return (
             "<h3>GPUs</h3><p>No GPU router on this scheduler (start it with <code>altlas_dask.start_cluster</code> "
             "or <code>dask scheduler --preload scheduler_plugins.gpu_router</code>).</p>"
         )
-    gpus = router.view.gpus()
-    queued = router.view.queued_by_user()
+    gpus = view.gpus()
+    queued = view.queued_by_user()
     by_user = ", ".join(f"{html.escape(u)}: {n}" for u, n in sorted(queued.items(), key=lambda kv: -kv[1])[:8])
-    c = router.view.counters()
+    c = view.counters()
     return (
         f"<h3>GPUs</h3><p><b>{len(gpus)}</b> GPUs ({sum(g.status == 'active' for g in gpus)} active) &middot; "
         f"<b>{sum(g.active_requests for g in gpus)}</b> tasks placed on GPUs &middot; "
@@ -200,8 +201,8 @@ class GpuPage:
 
     def __init__(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
-        router = find_router(scheduler)
-        policy = router.view.policy if router is not None else None
+        view = find_view(scheduler)
+        policy = view.policy if view is not None else None
         self.gpus = ColumnDataSource({c: [] for c in GPU_COLUMNS}, name="altlas-gpus")
         self.summary = Div(text="", sizing_mode="stretch_width", name="altlas-summary")
         # Plain HTML tables: a Bokeh DataTable does not redraw when new data has as many rows as the old
@@ -267,8 +268,8 @@ class GpuPage:
         return fig
 
     def update(self) -> None:
-        router = find_router(self.scheduler)
-        data = gpu_rows(router)
+        view = find_view(self.scheduler)
+        data = gpu_rows(view)
         if data != self.gpus.data:
             factors = list(reversed(data["label"]))  # GPU 0 on top
             if list(self.y_range.factors) != factors:
@@ -278,10 +279,10 @@ class GpuPage:
             top = max([*data["running"], 1])
             if top > self.running.x_range.end:
                 self.running.x_range.end = top
-        decisions = html_table(DECISION_TABLE, decision_rows(router))
+        decisions = html_table(DECISION_TABLE, decision_rows(view))
         if decisions != self.decisions.text:
             self.decisions.text = decisions
-        text = summary_html(router)
+        text = summary_html(view)
         if text != self.summary.text:
             self.summary.text = text
 

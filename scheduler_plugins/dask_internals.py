@@ -209,6 +209,11 @@ def give_up(ts: TaskState, msg: dict[str, Any], replacement: BaseException | Non
         msg["exception_text"] = repr(replacement)
 
 
+def compute_seconds(startstops: Any) -> float:
+    """Seconds of compute in a transition's or an error message's ``startstops``."""
+    return sum(s["stop"] - s["start"] for s in startstops or () if s.get("action") == "compute")
+
+
 def measured(transition_kwargs: dict[str, Any]) -> tuple[tuple[int, float] | None, float | None]:
     """What the worker measured of the task, noted in its metadata (which Dask's task-finished message carries
     into the processing -> memory transition as ``metadata``): (batch size, this task's share of the batch

@@ -1,26 +1,25 @@
 """The GPU router: a Dask ``SchedulerPlugin`` that turns scheduler hooks into events for the scheduling core
 (:mod:`altlas_dask.scheduling`) and the core's actions into Dask calls (:mod:`scheduler_plugins.dask_internals`).
 
-A task is a GPU task when it carries a ``gpu_options`` annotation (what
-:class:`altlas_dask.Client` sends; ``dask.annotate(gpu_options={...})`` works
-too) or a ``GPU`` resource restriction. Every policy (placement, holding,
-priorities, quotas, fair share, retries, timeouts, health, drain) is the core's;
-this module only translates.
+A task is a GPU task when it carries a ``gpu_options`` annotation (what :class:`altlas_dask.Client` sends;
+``dask.annotate(gpu_options={...})`` works too) or a ``GPU`` resource restriction. Every policy (placement, holding,
+priorities, quotas, fair share, retries, timeouts, health, drain) is the core's; this module only translates: it
+reads the core through its :class:`CoreView` and changes it only with events.
 
-Load it the Dask way: ``Scheduler(plugins=[GpuRouter(config)])`` (what
-:func:`altlas_dask.start_cluster` does), ``client.register_plugin(GpuRouter())``,
-or ``dask scheduler --preload scheduler_plugins.gpu_router``.
+Load it the Dask way: ``Scheduler(plugins=[GpuRouter(config)])`` (what :func:`altlas_dask.start_cluster` does),
+``client.register_plugin(GpuRouter())``, or ``dask scheduler --preload scheduler_plugins.gpu_router``.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable
 from typing import Any
 
 import click
 from distributed import SchedulerPlugin
+from distributed.metrics import monotonic
+from distributed.metrics import time as clock
 from distributed.scheduler import Scheduler, TaskState
 from tornado.ioloop import PeriodicCallback
 
@@ -28,28 +27,22 @@ from altlas_dask.accounting.store import AccountingStore
 from altlas_dask.config import AltlasConfig, load_config
 from altlas_dask.errors import IdentityError
 from altlas_dask.gpus.state import GpuState
+from altlas_dask.scheduling import actions as act
 from altlas_dask.scheduling import events as ev
-from altlas_dask.scheduling.actions import Action, Fail, Hold, KeepError, Place, Record, Release, Retry, Usage
 from altlas_dask.scheduling.core import SchedulingCore
 from altlas_dask.scheduling.quotas import utc_day
-from altlas_dask.scheduling.strategies import Decision
 from altlas_dask.scheduling.view import CoreView
 from altlas_dask.worker.binding import fatal_preload
 from scheduler_plugins import dask_internals as dx
 from scheduler_plugins.dashboard import PLUGIN_NAME, register_page
 from scheduler_plugins.gate import install_scheduler_gate
 from scheduler_plugins.identity import Identities, guard_force_cancel
-from scheduler_plugins.metrics import LabelPolicy, RouterMetrics, publish, unpublish
+from scheduler_plugins.metrics import OBSERVED, LabelPolicy, RouterMetrics, publish, unpublish
 from scheduler_plugins.router_api import handlers
 from scheduler_plugins.task_feed import install as install_task_feed
 
 logger = logging.getLogger(__name__)
 register_page()  # the dashboard's "GPUs" page (/altlas-gpus): before any scheduler here starts its HTTP server
-
-
-def compute_seconds(startstops: Any) -> float:
-    """Seconds of compute in a transition's ``startstops``."""
-    return sum(s["stop"] - s["start"] for s in startstops or () if s.get("action") == "compute")
 
 
 class GpuRouter(SchedulerPlugin):
@@ -59,10 +52,9 @@ class GpuRouter(SchedulerPlugin):
 
     def __init__(self, config: AltlasConfig | None = None) -> None:
         self.config = config or load_config()
-        self.metrics = RouterMetrics()
-        self.core = SchedulingCore.from_config(self.config, on_decision=self._observe_decision)
-        self.labels = LabelPolicy(self.config, self.core.book.overrides)  # bounded Prometheus label values
+        self.core = SchedulingCore.from_config(self.config, timer=monotonic)  # the scheduler's own clocks
         self.view = CoreView(self.core)
+        self.metrics = RouterMetrics(LabelPolicy(self.config, self.view.overridden_users()))
         self.identities = Identities(self.config.security)  # who each client is (security.identity)
         self.store: AccountingStore | None = None
         self.scheduler: Scheduler | None = None
@@ -98,16 +90,13 @@ class GpuRouter(SchedulerPlugin):
         publish(self)
 
     def _open_store(self) -> None:
+        """The accounting database; its quota overrides and today's usage go to the core."""
         acc = self.config.accounting
         self.store = AccountingStore(acc.database, acc.flush_interval)
-        book = self.core.book
-        for user, limits in self.store.overrides().items():
-            book.overrides[user] = {**book.overrides.get(user, {}), **limits}
-        self.core.now = time.time()
-        today = utc_day(self.core.now)
-        for user, (tasks, gpu_seconds) in self.store.usage_on(today).items():
-            book.restore(user, today, tasks, gpu_seconds)
-        logger.info("accounting database %s: restored usage of %d user(s)", acc.database, len(book.usage))
+        now = clock()
+        usage = self.store.usage_on(utc_day(now))
+        self.handle(ev.Restored(now, utc_day(now), self.store.overrides(), usage))
+        logger.info("accounting database %s: restored usage of %d user(s)", acc.database, len(usage))
 
     async def close(self) -> None:
         unpublish(self)
@@ -117,7 +106,7 @@ class GpuRouter(SchedulerPlugin):
             self.store.close()
 
     def restart(self, scheduler: Scheduler) -> None:
-        self._apply(self.core.reset(time.time()))
+        self._apply(self.core.reset(clock()))
 
     # -- events in -------------------------------------------------------------------------------------
     def handle(self, event: ev.Event) -> None:
@@ -129,18 +118,18 @@ class GpuRouter(SchedulerPlugin):
         reported = dx.gpu_report(scheduler, worker)
         if reported is not None:  # a GPU worker
             self._reports[worker] = reported
-            self.handle(ev.GpuJoined(worker, GpuState.from_dict(reported), time.time()))
+            self.handle(ev.GpuJoined(worker, GpuState.from_dict(reported), clock()))
 
     def remove_worker(self, scheduler: Scheduler, worker: str, **kwargs: Any) -> None:
         if self._reports.pop(worker, None) is not None:
-            self.handle(ev.GpuLeft(worker, time.time()))
+            self.handle(ev.GpuLeft(worker, clock()))
 
     def _poll(self) -> None:
         """The heartbeats that came since the last poll to the core, then a tick (deadlines, health, held work)."""
         scheduler = self.scheduler
         if scheduler is None:
             return
-        now = time.time()
+        now = clock()
         heard = list(self._heard)  # also workers whose first report came after they registered
         self._heard.clear()
         for worker in heard:
@@ -155,19 +144,22 @@ class GpuRouter(SchedulerPlugin):
     def remove_client(self, scheduler: Scheduler, client: str) -> None:
         self.identities.forget(client)
 
+    def _routed(self, key: Any) -> TaskState | None:
+        """The task if routed: every task with identity on (GPU workers run only what it placed), else GPU tasks."""
+        ts = self.scheduler.tasks.get(key) if self.scheduler is not None else None
+        return ts if ts is not None and (self.identities.required or dx.is_gpu_task(ts)) else None
+
     def update_graph(
         self, scheduler: Scheduler, *, tasks: Iterable = (), client: str | None = None, **kwargs: Any
     ) -> None:
         self._attach(scheduler)
-        now = time.time()
+        now = clock()
         identities = self.identities
         verified = identities.client(scheduler, client) if identities.required else None
         self._in_update_graph = True  # placements pin (Dask's own transitions follow this hook)
         try:
             for key in tasks:
-                ts = scheduler.tasks.get(key)
-                # With identity on every task is routed: GPU workers run only work the router placed.
-                if ts is None or not (identities.required or dx.is_gpu_task(ts)):
+                if (ts := self._routed(key)) is None:
                     continue
                 try:
                     options = identities.task_options(dx.gpu_options(ts), verified, client)
@@ -177,11 +169,8 @@ class GpuRouter(SchedulerPlugin):
                 if identities.required:
                     dx.set_gpu_options(ts, options)
                 ready = dx.dependencies_done(ts)
-                inputs = dx.input_locations(ts) if ready and ts.dependencies else None
+                inputs = self._inputs(ts) if ready else None
                 self.handle(ev.Submitted(str(key), options, now, ready=ready, inputs=inputs))
-                task = self.core.tasks.get(key)
-                if task is not None and task.placed_at is None:  # a placed one has its rank as priority
-                    dx.set_priority(ts, task.request.priority)
         finally:
             self._in_update_graph = False
         if self._pending_fail:
@@ -194,145 +183,96 @@ class GpuRouter(SchedulerPlugin):
         self._pending_fail[ts.key] = error
 
     def transition(self, key, start, finish, *args, **kwargs) -> None:
-        core = self.core
-        if key not in core.tasks:
-            if finish != "no-worker" or key in self._pending_fail or self.scheduler is None:
-                return
-            ts = self.scheduler.tasks.get(key)
-            if ts is None or not (self.identities.required or dx.is_gpu_task(ts)):
-                return
-            # A finished GPU task being recomputed (its result was on a worker that died), or one
-            # submitted before the router started: track it again, without charging its user twice.
-            self.handle(ev.Submitted(str(key), dx.gpu_options(ts), time.time(), ready=True, charge=False))
+        if not self.view.tracks(key):  # only one may concern the core: a routed task it does not know is ready
+            if finish == "no-worker" and key not in self._pending_fail and (ts := self._routed(key)) is not None:
+                self.handle(ev.Ready(str(key), clock(), self._inputs(ts), dx.gpu_options(ts)))
             return
         # (most frequent first; released -> waiting, the first transition of every task, is none of these)
         if finish == "processing":
-            self.handle(ev.Started(key, time.time()))
+            self.handle(ev.Started(key, clock()))
         elif start == "processing" and finish == "memory":
-            worker, seconds = kwargs.get("worker"), compute_seconds(kwargs.get("startstops"))
-            self.handle(ev.Finished(key, time.time(), worker, seconds, *dx.measured(kwargs)))
+            worker, seconds = kwargs.get("worker"), dx.compute_seconds(kwargs.get("startstops"))
+            self.handle(ev.Finished(key, clock(), worker, seconds, *dx.measured(kwargs)))
         elif finish == "no-worker":
             ts = self.scheduler.tasks.get(key) if self.scheduler is not None else None
-            inputs = dx.input_locations(ts) if ts is not None and ts.dependencies else None
-            self.handle(ev.Ready(key, time.time(), inputs=inputs))
+            self.handle(ev.Ready(key, clock(), self._inputs(ts)))
         elif start == "processing" and finish == "released":
-            self.handle(ev.Released(key, time.time()))
+            self.handle(ev.Released(key, clock()))
         elif finish == "forgotten":
-            self.handle(ev.Forgotten(key, time.time()))
+            self.handle(ev.Forgotten(key, clock()))
         elif finish == "erred":  # not from a worker (those come through _before_task_erred): a dependency failed
-            self.handle(ev.Erred(key, time.time(), str(kwargs.get("exception_text") or "a dependency failed")))
+            self.handle(ev.Erred(key, clock(), str(kwargs.get("exception_text") or "a dependency failed")))
+
+    @staticmethod
+    def _inputs(ts: TaskState | None) -> dict[str, int] | None:
+        return dx.input_locations(ts) if ts is not None and ts.dependencies else None
 
     def _before_task_erred(self, ts: TaskState, msg: dict[str, Any]) -> None:
         """A worker reported an error: the core decides between a retry on another GPU and failing."""
-        if ts.key not in self.core.tasks:
+        if not self.view.tracks(ts.key):
             return
-        event = ev.Erred(
-            ts.key,
-            time.time(),
-            str(msg.get("exception_text") or ""),
-            msg.get("worker"),
-            compute_seconds(msg.get("startstops")),
-        )
-        actions = self.core.handle(event)
+        text, seconds = str(msg.get("exception_text") or ""), dx.compute_seconds(msg.get("startstops"))
+        actions = self.core.handle(ev.Erred(ts.key, clock(), text, msg.get("worker"), seconds))
         for action in actions:
-            if isinstance(action, Retry):
+            if isinstance(action, act.Retry):
                 dx.retry_elsewhere(ts)
-                self.metrics.retries.labels(str(self.core.tasks[ts.key].attempts[-1]["gpu"])).inc()
-            elif isinstance(action, KeepError):
+            elif isinstance(action, act.KeepError):
                 dx.give_up(ts, msg, action.replacement)
         self._apply(actions)
 
-    def cancel(self, key: str, by: str, reason: str = "") -> None:
-        self.handle(ev.Cancel(key, time.time(), by, reason))
-
-    def set_draining(self, gpu: int, draining: bool, reason: str) -> dict[str, Any]:
-        known = self.view.known_gpus()
-        if gpu not in known:
-            return {"error": f"unknown GPU {gpu}; known GPUs: {sorted(known)}", "code": 404}
-        self.handle(ev.Drain(gpu, time.time(), reason) if draining else ev.Enable(gpu, time.time()))
-        running = next((g.active_requests for g in self.view.gpus() if g.id == gpu), 0)
-        return {"gpu": gpu, "draining": draining, "running": running}
-
     # -- actions out -----------------------------------------------------------------------------------
-    def _apply(self, actions: list[Action]) -> None:
-        if not actions:
-            if self.core.wants_dispatch:
-                self._schedule_tick()
-            return
+    def _apply(self, actions: list[act.Action]) -> None:
         scheduler = self.scheduler
         tasks = scheduler.tasks if scheduler is not None else {}
         placements: list[tuple[TaskState, str, int, tuple[int, int]]] = []
         releases: list[str] = []
+        fails: list[str] = []
         for action in actions:
             kind = type(action)  # (the action classes are final: no subclass of them exists)
-            if kind is Record:
-                self._record(action.row)
-            elif kind is Usage:
-                if action.limit:
-                    self.metrics.quota_rejections.labels(self.labels.user(action.user), action.limit).inc()
-                self.store.add_usage(
-                    action.user,
-                    action.day,
-                    tasks=action.tasks,
-                    gpu_seconds=action.gpu_seconds,
-                    rejected=action.rejected,
-                )
-            elif kind is Place:
-                ts = tasks.get(action.key)
-                if ts is None:
-                    continue
+            if kind in OBSERVED:
+                self.metrics.observe(action)
+            if kind is act.Record:
+                self.store.record_task(action.row)
+            elif kind is act.Usage:
+                a = action
+                self.store.add_usage(a.user, a.day, tasks=a.tasks, gpu_seconds=a.gpu_seconds, rejected=a.rejected)
+            elif kind is act.Place and (ts := tasks.get(action.key)) is not None:
                 if self._in_update_graph:
                     dx.pin(ts, action.worker, action.memory_mb, action.rank)
                 else:
                     placements.append((ts, action.worker, action.memory_mb, action.rank))
-                self._observe_placement(action.key)
-            elif kind is Hold:
-                if (ts := tasks.get(action.key)) is not None:
-                    dx.hold(ts)
-            elif kind is Fail:
+            elif kind is act.Hold and (ts := tasks.get(action.key)) is not None:
+                dx.hold(ts)
+                if self._in_update_graph:  # Dask orders its waiting tasks by priority (a placed one: by rank)
+                    dx.set_priority(ts, action.priority)
+            elif kind is act.Fail:
                 if self._in_update_graph and (ts := tasks.get(action.key)) is not None:
                     dx.hold(ts)  # it must not start; it errs right after this graph update
                 self._pending_fail[action.key] = action.error
-            elif kind is Release:
+                fails.append(action.key)
+            elif kind is act.Release:
                 releases.append(action.key)
-        if placements or releases or (self._pending_fail and not self._in_update_graph):
-            stimulus = f"altlas-{time.time()}"  # (only built when it is used: most actions need no transition)
+            elif kind is act.QuotaChanged:
+                self.store.set_override(action.user, action.limits)
+            elif kind is act.DispatchSoon:
+                self._schedule_tick()
+        if self._in_update_graph:
+            fails.clear()  # they err right after this graph update (the tick)
+        if placements or releases or fails:
+            stimulus = f"altlas-{clock()}"  # (only built when it is used: most actions need no transition)
             if placements:
                 dx.place(scheduler, placements, stimulus)
             if releases:
                 dx.release_from(scheduler, releases, stimulus)
-            if self._pending_fail and not self._in_update_graph:
-                self._fail_pending(stimulus)
-        if self.core.wants_dispatch:
-            self._schedule_tick()
+            if fails:  # only this event's: a graph's refused tasks may not have reached no-worker yet
+                self._fail_pending(stimulus, fails)
 
-    def _fail_pending(self, stimulus: str) -> None:
+    def _fail_pending(self, stimulus: str, keys: list[str] | None = None) -> None:
         scheduler = self.scheduler
-        for key, error in list(self._pending_fail.items()):
+        for key in list(self._pending_fail) if keys is None else keys:
             ts = scheduler.tasks.get(key) if scheduler is not None else None
-            if ts is None or dx.fail(scheduler, ts, error, stimulus):
+            if ts is None or dx.fail(scheduler, ts, self._pending_fail[key], stimulus):
                 self._pending_fail.pop(key, None)
-
-    def _record(self, row: dict[str, Any]) -> None:
-        self.store.record_task(row)
-        gpu = "none" if row["gpu"] is None else str(row["gpu"])
-        strategy = self.labels.strategy(row["strategy"] or "none")
-        user, model = self.labels.user(row["user"]), self.labels.model(row["task_type"])
-        metrics = self.metrics
-        metrics.child(metrics.tasks, row["status"], user, model, strategy, gpu).inc()
-        if row["status"] == "completed":
-            metrics.child(metrics.duration, gpu, model).observe(row["gpu_seconds"])
-
-    def _observe_decision(self, decision: Decision, seconds: float) -> None:
-        metrics = self.metrics
-        metrics.decision_seconds.observe(seconds)
-        metrics.child(metrics.decisions, self.labels.strategy(decision.strategy), decision.outcome).inc()
-
-    def _observe_placement(self, key: str) -> None:
-        task = self.core.tasks.get(key)
-        if task is not None and task.decision is not None and task.placed_at is not None:
-            labels = self.labels.user(task.user), self.labels.model(task.request.task_type)
-            self.metrics.child(self.metrics.queue_wait, *labels).observe(task.placed_at - task.submitted)
 
     def _schedule_tick(self) -> None:
         if not self._tick_pending and self.scheduler is not None:
@@ -341,9 +281,9 @@ class GpuRouter(SchedulerPlugin):
 
     def _tick(self) -> None:
         self._tick_pending = False
-        self.handle(ev.Tick(time.time()))
+        self.handle(ev.Tick(clock()))
         if self._pending_fail:
-            self._fail_pending(f"altlas-fail-{time.time()}")
+            self._fail_pending(f"altlas-fail-{clock()}")
 
 
 @click.command()

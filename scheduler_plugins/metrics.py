@@ -19,18 +19,19 @@ import threading
 import time
 import weakref
 from collections.abc import Collection, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import REGISTRY
 from prometheus_client import metrics as prometheus_metrics
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
+from altlas_dask.scheduling.actions import Action, Decided, Place, Record, Retry, Usage
 from scheduler_plugins.gpu_info import gpu_info_family
 
 if TYPE_CHECKING:
     from altlas_dask.config import AltlasConfig
-    from scheduler_plugins.gpu_router import GpuRouter
+    from altlas_dask.scheduling.view import CoreView
 
 OTHER = "other"
 DEFAULT_TASK_TYPE = "inference"  # GpuOptions.task_type's default
@@ -143,10 +144,16 @@ class _Family:
         yield metric
 
 
-class RouterMetrics:
-    """The counters and histograms one router updates as tasks move."""
+#: The core's actions :meth:`RouterMetrics.observe` counts.
+OBSERVED = frozenset({Record, Usage, Place, Decided, Retry})
 
-    def __init__(self) -> None:
+
+class RouterMetrics:
+    """The counters and histograms of one router, counted from the core's actions as the adapter carries them
+    out (:meth:`observe`); label values bounded by ``labels``."""
+
+    def __init__(self, labels: LabelPolicy) -> None:
+        self.labels = labels
         self.tasks = _Family(
             "counter",
             "altlas_tasks",
@@ -178,10 +185,25 @@ class RouterMetrics:
         )
         self.retries = _Family("counter", "altlas_task_retries", "GPU errors retried on another GPU", ("gpu",))
 
-    @staticmethod
-    def child(metric: _Family, *values: str) -> Any:
-        """``metric.labels(*values)`` (the values are bounded: LabelPolicy)."""
-        return metric.labels(*values)
+    def observe(self, action: Action) -> None:
+        """Count one of the core's actions (those in :data:`OBSERVED`; others are ignored)."""
+        kind, labels = type(action), self.labels
+        if kind is Decided:
+            self.decision_seconds.observe(action.seconds)
+            self.decisions.labels(labels.strategy(action.strategy), action.outcome).inc()
+        elif kind is Place:
+            self.queue_wait.labels(labels.user(action.user), labels.model(action.task_type)).observe(action.waited)
+        elif kind is Record:
+            row = action.row
+            gpu = "none" if row["gpu"] is None else str(row["gpu"])
+            strategy, model = labels.strategy(row["strategy"] or "none"), labels.model(row["task_type"])
+            self.tasks.labels(row["status"], labels.user(row["user"]), model, strategy, gpu).inc()
+            if row["status"] == "completed":
+                self.duration.labels(gpu, model).observe(row["gpu_seconds"])
+        elif kind is Usage and action.limit:
+            self.quota_rejections.labels(labels.user(action.user), action.limit).inc()
+        elif kind is Retry:
+            self.retries.labels(str(action.gpu)).inc()
 
     def collect(self) -> Iterator[Metric]:
         for metric in (
@@ -196,7 +218,7 @@ class RouterMetrics:
             yield from metric.collect()
 
 
-def gpu_gauges(router: GpuRouter) -> Iterator[Metric]:
+def gpu_gauges(view: CoreView, label_policy: LabelPolicy) -> Iterator[Metric]:
     """Per-GPU state from the router's snapshot (heartbeat + in-flight work)."""
     labels = ["gpu", "name"]
     families = {
@@ -213,7 +235,7 @@ def gpu_gauges(router: GpuRouter) -> Iterator[Metric]:
             "altlas_gpu_health", "1 for the GPU's current health state", labels=[*labels, "state"]
         ),
     }
-    snapshot = router.view.gpus()
+    snapshot = view.gpus()
     yield gpu_info_family(snapshot)  # gpu -> UUID, for joining DCGM's series
     for g in snapshot:
         key = [str(g.id), g.name]
@@ -233,23 +255,30 @@ def gpu_gauges(router: GpuRouter) -> Iterator[Metric]:
         "altlas_queued_tasks", "GPU tasks held on the scheduler waiting for a GPU", labels=["user"]
     )
     by_label: dict[str, int] = {}
-    for user, count in router.view.queued_by_user().items():
-        label = router.labels.user(user)
+    for user, count in view.queued_by_user().items():
+        label = label_policy.user(user)
         by_label[label] = by_label.get(label, 0) + count
     for label, count in sorted(by_label.items()):
         queued.add_metric([label], count)
     yield queued
 
 
+class Published(Protocol):
+    """What a router shows on ``/metrics``: its view of the core and its metrics."""
+
+    view: CoreView
+    metrics: RouterMetrics
+
+
 class _Collector:
     """Registered once in the default registry; reports every live router in this process."""
 
     def __init__(self) -> None:
-        self.routers: weakref.WeakSet[GpuRouter] = weakref.WeakSet()
+        self.routers: weakref.WeakSet[Published] = weakref.WeakSet()
 
     def collect(self) -> Iterator[Metric]:
         for router in list(self.routers):
-            yield from gpu_gauges(router)
+            yield from gpu_gauges(router.view, router.metrics.labels)
             yield from router.metrics.collect()
 
 
@@ -257,7 +286,7 @@ _collector: _Collector | None = None
 _lock = threading.Lock()
 
 
-def publish(router: GpuRouter) -> None:
+def publish(router: Published) -> None:
     """Make ``router``'s metrics part of the scheduler's ``/metrics``."""
     global _collector
     with _lock:
@@ -267,6 +296,6 @@ def publish(router: GpuRouter) -> None:
         _collector.routers.add(router)
 
 
-def unpublish(router: GpuRouter) -> None:
+def unpublish(router: Published) -> None:
     if _collector is not None:
         _collector.routers.discard(router)

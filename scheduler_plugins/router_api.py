@@ -2,9 +2,9 @@
 
 The names and the request and reply shapes are the protocol's (:mod:`altlas_dask.protocol`): ``handlers``
 registers exactly :class:`~altlas_dask.protocol.Rpc`. They read the scheduling core through its read-only
-:class:`~altlas_dask.scheduling.view.CoreView` and change it only through the router's commands. Errors come
-back as ``{"error": message, "code": http_like_status}`` (with ``field`` and ``value`` where one is at fault)
-so the Python client and the REST gateway can both report them clearly.
+:class:`~altlas_dask.scheduling.view.CoreView` and change it only with events (:mod:`altlas_dask.scheduling.events`)
+the router hands to the core. Errors come back as ``{"error": message, "code": http_like_status}`` (with ``field``
+and ``value`` where one is at fault) so the Python client and the REST gateway can both report them clearly.
 
 Every handler takes the ``comm`` it was called on (Dask passes it to handlers whose first parameter is
 ``comm``), and every call that reads a user's data or changes state acts as a :class:`Caller` from
@@ -19,16 +19,27 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from altlas_dask.accounting.store import AccountingStore
 from altlas_dask.errors import IdentityError
 from altlas_dask.protocol import ErrorReply, FinishedReply, Rpc, TaskStatus
 from altlas_dask.ranges import MAX_GPU_ID, MAX_OFFSET, MAX_ROWS, MAX_TIMESTAMP, MAX_WINDOW_S, check_int, check_number
-from altlas_dask.scheduling.quotas import QuotaValueError
-from scheduler_plugins.identity import Caller, of_comm
+from altlas_dask.scheduling import events as ev
+from altlas_dask.scheduling.quotas import QuotaValueError, validate_override
+from altlas_dask.scheduling.view import CoreView
+from scheduler_plugins.identity import Caller, Identities, of_comm
 
-if TYPE_CHECKING:
-    from scheduler_plugins.gpu_router import GpuRouter
+
+class Router(Protocol):
+    """What the handlers use of the router: its view of the core, who callers are, the accounting store, and
+    ``handle`` (an event to the core, its actions carried out)."""
+
+    view: CoreView
+    identities: Identities
+    store: AccountingStore | None
+
+    def handle(self, event: ev.Event) -> None: ...
 
 
 def error(message: str, code: int, field: str | None = None, value: Any = None) -> ErrorReply:
@@ -52,14 +63,14 @@ def out_of_range(*checks: tuple[str, Any, float, float, bool]) -> dict[str, Any]
     return None
 
 
-def handlers(router: GpuRouter) -> dict[str, Callable[..., Any]]:
+def handlers(router: Router) -> dict[str, Callable[..., Any]]:
     """The protocol's RPCs, each served by its ``RouterApi`` method (tests/test_rpc_names.py: one per name)."""
     api = RouterApi(router)
     return {rpc.value: getattr(api, rpc.method) for rpc in Rpc}
 
 
 class RouterApi:
-    def __init__(self, router: GpuRouter) -> None:
+    def __init__(self, router: Router) -> None:
         self._router = router
         self._view = router.view
         self._identities = router.identities
@@ -116,7 +127,7 @@ class RouterApi:
         caller = self._admin(comm, as_user, admin, f"drain GPU {gpu}")
         if not isinstance(caller, Caller):
             return caller
-        return self._router.set_draining(gpu, True, reason or f"drained by {caller.user}")
+        return self._set_draining(gpu, True, reason or f"drained by {caller.user}")
 
     def enable(self, comm: Any, gpu: int, as_user: str | None = None, admin: bool = False) -> dict[str, Any]:
         if bad := out_of_range(("gpu", gpu, 0, MAX_GPU_ID, True)):
@@ -124,7 +135,15 @@ class RouterApi:
         caller = self._admin(comm, as_user, admin, f"enable GPU {gpu}")
         if not isinstance(caller, Caller):
             return caller
-        return self._router.set_draining(gpu, False, "")
+        return self._set_draining(gpu, False, "")
+
+    def _set_draining(self, gpu: int, draining: bool, reason: str) -> dict[str, Any]:
+        known = self._view.known_gpus()
+        if gpu not in known:
+            return error(f"unknown GPU {gpu}; known GPUs: {sorted(known)}", 404, "gpu", gpu)
+        self._router.handle(ev.Drain(gpu, time.time(), reason) if draining else ev.Enable(gpu, time.time()))
+        running = next((g.active_requests for g in self._view.gpus() if g.id == gpu), 0)
+        return {"gpu": gpu, "draining": draining, "running": running}
 
     def status(self, comm: Any, as_user: str | None = None, admin: bool = False) -> dict[str, Any]:
         """Counters and the latest placements: every user's for admins, otherwise only the caller's own."""
@@ -202,7 +221,7 @@ class RouterApi:
             return error(f"unknown task {key}", 404)
         if status.final:
             return error(f"task {key} already {status}", 409)
-        self._router.cancel(key, caller.user, reason)
+        self._router.handle(ev.Cancel(key, time.time(), caller.user, reason))
         return {"key": key, "status": str(TaskStatus.CANCELLED)}
 
     # -- quotas and usage -------------------------------------------------------------------------------
@@ -222,12 +241,11 @@ class RouterApi:
         if not isinstance(caller, Caller):
             return caller
         try:
-            new = self._router.core.set_quota(user, limits)
+            valid = validate_override(limits)
         except QuotaValueError as exc:
             return error(str(exc), 400)
-        self._router.store.set_override(user, self._router.core.book.overrides[user])
-        self._router._schedule_tick()  # a raised concurrency limit may let waiting work start
-        return {"user_id": user, "limits": new.model_dump(), "by": caller.user}
+        self._router.handle(ev.QuotaSet(user, valid, time.time()))  # kept in the store; may start waiting work
+        return {"user_id": user, "limits": self._view.limits(user), "by": caller.user}
 
     async def usage(
         self,

@@ -92,3 +92,38 @@ class HighestId:
             return "nothing eligible"
         chosen = max(candidates.eligible, key=lambda g: g.id)
         return chosen, f"highest id {chosen.id}", {}
+
+
+
+class _AnyScope:
+    def scope(self, gpus, request):
+        return gpus
+
+
+class PickRaises(_AnyScope):
+    """A misbehaving custom strategy: its pick raises."""
+
+    def pick(self, candidates, request, ctx):
+        raise ZeroDivisionError("a bug in the strategy")
+
+
+class PicksAGpuThatDoesNotFit(_AnyScope):
+    """A misbehaving custom strategy: the highest id, eligible or not."""
+
+    def pick(self, candidates, request, ctx):
+        chosen = max(candidates.gpus, key=lambda g: g.id)
+        return chosen, "the highest id, eligible or not", {}
+
+
+class ReturnsNonsense(_AnyScope):
+    """A misbehaving custom strategy: not a pick at all."""
+
+    def pick(self, candidates, request, ctx):
+        return 42
+
+
+class ScopeRaises(HighestId):
+    """A misbehaving custom strategy: its scope raises."""
+
+    def scope(self, gpus, request):
+        raise KeyError("scope")

@@ -120,7 +120,7 @@ def test_a_task_alone_on_its_gpu_is_charged_its_compute_time():
 
 
 def test_the_gpu_time_quota_and_the_usage_table_count_the_charged_time():
-    """(Fair share is corrected by the same ``task.gpu_seconds``, in ``SchedulingCore._finish``.)"""
+    """(Fair share is corrected by the same ``task.gpu_seconds``, in ``Admission.finish``.)"""
     d = Driver(make_core(), gpus=1, now=0.0)
     for key in ("a", "b"):
         d.submit(key, user="ana")

@@ -540,7 +540,7 @@ def test_gpus_document_has_a_bar_per_gpu_and_the_last_decisions(gpu_cluster: Gpu
     for fig in (page.memory, page.utilization, page.running):
         bars = [r for r in fig.renderers if isinstance(r.glyph, HBar)]
         assert len(bars) == 1 and bars[0].data_source is source, fig.title.text
-    decisions = decision_rows(scheduler.plugins["altlas-router"])
+    decisions = decision_rows(scheduler.plugins["altlas-router"].view)
     assert decisions["key"] and all(decisions["reason"]), "the last routing decisions, with their reasons"
     assert set(decisions["gpu"]) <= set(GPU_IDS)
     table = doc.get_model_by_name("altlas-decisions").text

@@ -23,6 +23,7 @@ from altlas_dask import (
     start_cluster,
 )
 from altlas_dask.config import build_config
+from altlas_dask.scheduling.quotas import QuotaExceededError
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers can't import test modules
 
@@ -405,3 +406,24 @@ def test_a_stopped_gpu_worker_is_unresponsive_its_work_moves_and_it_comes_back(t
         assert [r["value"] for r in client.gather(futures)] == [0, 2, 4, 6]
         infos = client.explain_many(futures)
         assert all(i["status"] == "completed" for i in infos.values())
+
+
+def test_tasks_refused_by_a_quota_in_a_graph_with_placed_ones_err_and_never_run(cluster, client):
+    """One graph: the first task is admitted and placed, the others are over ``requests_per_day``. Dask moves the
+    placed one to processing before it has moved the refused ones to no-worker; failing those then (the router
+    did, on that processing transition) left Dask to bring them back, untracked, and they ran uncharged."""
+    client.set_quota("rationed", requests_per_day=1)
+    rationed = cluster.client(gpu_defaults={"user": "rationed"})
+    try:
+        futures = rationed.map(run_on_gpu, [1.0, 1.0, 1.0], pure=False)
+        outcomes = []
+        for future in futures:
+            try:
+                future.result(timeout=60)
+                outcomes.append("ok")
+            except QuotaExceededError:
+                outcomes.append("refused")
+        assert sorted(outcomes) == ["ok", "refused", "refused"]  # (which one is admitted is the graph's order)
+        assert client.quota("rationed")["rate_limits"]["requests_per_day"]["used"] == 1
+    finally:
+        rationed.close()

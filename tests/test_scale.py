@@ -72,7 +72,7 @@ class Counted:
     def steady(self, rounds: int) -> tuple[list[int], list[tuple[int, int]]]:
         """Per decision: GPUs checked; per pass: (entries taken, tasks placed). The backlog is kept level."""
         per_decision, per_pass = [], []
-        real_decide = self.core._decide
+        real_decide = self.core.dispatch.decide
 
         def decide(task, kept=None):
             before = self.checked
@@ -80,7 +80,7 @@ class Counted:
             per_decision.append(self.checked - before)
             return decision
 
-        self.core._decide = decide
+        self.core.dispatch.decide = decide
         backlog = len(self.core.queue)
         for _ in range(rounds):
             key = self.running.popleft()
@@ -186,7 +186,7 @@ def test_a_queued_task_costs_at_most_2_kb_and_a_finished_record_1_kb(monkeypatch
 def test_the_newest_finished_records_keep_every_gpu_s_score_older_ones_are_compacted():
     """``explain`` of a task that just finished shows each GPU's score (the notebook and README promise it);
     only records older than the newest ``EXPLAINED_IN_FULL`` shed them, so memory per record stays flat."""
-    from altlas_dask.scheduling.core import EXPLAINED_IN_FULL
+    from altlas_dask.scheduling.admission import EXPLAINED_IN_FULL
 
     n = EXPLAINED_IN_FULL + 10
     core = make_core({"accounting": {"recent_records": n}})

@@ -11,9 +11,20 @@ from core_helpers import Driver, failed, gpu, make_core, placed
 from altlas_dask.errors import GpuRoutingError, GpuTaskTimeoutError
 from altlas_dask.protocol import TaskStatus, api_status
 from altlas_dask.scheduling import events as ev
-from altlas_dask.scheduling.actions import Place, Record, Release, Retry, Usage
+from altlas_dask.scheduling.actions import (
+    DISPATCH_SOON,
+    Decided,
+    Hold,
+    Place,
+    QuotaChanged,
+    Record,
+    Release,
+    Retry,
+    Usage,
+)
 from altlas_dask.scheduling.fairqueue import FairQueue
 from altlas_dask.scheduling.lifecycle import TRANSITIONS
+from altlas_dask.scheduling.quotas import utc_day
 from altlas_dask.scheduling.view import CoreView
 
 OOM = "GpuOutOfMemoryError('CUDA out of memory')"
@@ -260,6 +271,33 @@ def test_a_cluster_names_its_own_strategy_by_import_path():
         make_core({"gpu": {"multi_gpu": {**multi, "custom_strategies": {"highest": "core_helpers:Nope"}}}})
 
 
+@pytest.mark.parametrize(
+    ("strategy", "problem"),
+    [
+        ("PickRaises", "raised ZeroDivisionError: a bug in the strategy"),
+        ("PicksAGpuThatDoesNotFit", "picked GPU 2, not an eligible candidate (0, 1)"),
+        ("ReturnsNonsense", "returned 42, not (GpuState, reason, scores)"),
+    ],
+)
+def test_a_custom_strategys_bad_pick_is_logged_and_least_loaded_places_the_task(strategy, problem, caplog):
+    """As distributed's active memory manager checks its policies' suggestions: the task is placed on a GPU that
+    fits (GPU 2 has 1 GB; the task needs 4 GB), by least_loaded (idle identical GPUs: the lowest id)."""
+    multi = {"custom_strategies": {"mine": f"core_helpers:{strategy}"}, "strategies": ["mine"]}
+    d = Driver(make_core({"gpu": {"multi_gpu": {**multi, "default_strategy": "mine"}}}), gpus=2)
+    d.join(2, memory_mb=1024)
+    assert placed(d.submit("k", memory_mb=4096)) == {"k": 0}
+    reason = d.core.tasks["k"].decision.reason
+    assert reason.startswith(f"custom strategy 'mine' {problem}; least_loaded instead: lowest load"), reason
+    assert f"custom strategy 'mine' {problem}" in caplog.text
+
+
+def test_a_custom_strategys_scope_that_raises_is_logged_and_the_whole_pool_looked_at(caplog):
+    multi = {"custom_strategies": {"mine": "core_helpers:ScopeRaises"}, "strategies": ["mine"]}
+    d = Driver(make_core({"gpu": {"multi_gpu": {**multi, "default_strategy": "mine"}}}), gpus=3)
+    assert placed(d.submit("k")) == {"k": 2}
+    assert "scope() raised" in caplog.text
+
+
 def test_finished_tasks_leave_no_deadline_behind():
     """Deadlines of finished tasks are dropped, not kept until they would have fired (memory in a soak)."""
     d = Driver(make_core(), gpus=1)
@@ -297,7 +335,7 @@ def test_a_freed_slot_asks_for_a_dispatch_pass_only_when_work_is_held():
     d.submit("b")
     d.submit("c")  # the only slot is taken: held
     d.start("b")
-    d.finish("b")
+    assert DISPATCH_SOON in d.finish("b")  # what the adapter reads: an action, not the core's field
     assert d.core.wants_dispatch
     assert placed(d.tick()) == {"c": 0}
 
@@ -575,3 +613,61 @@ def test_priority_tasks_over_the_limit_wait_for_admission_in_order_unless_reject
     d.start("b")
     assert list(placed([*d.finish("b"), *d.tick()])) == ["e"]
     assert d.core.book.report("vip")["quotas"]["priority_requests"]["used"] == 2
+
+
+# -- what the adapter did by hand before issue 25: events and actions now --------------------------------------
+
+
+def test_restored_overrides_and_todays_usage_count_as_if_the_scheduler_never_stopped():
+    core = make_core({"quotas": {"defaults": {"requests_per_day": 3}, "users": {"ana": {"weight": 2}}}})
+    d = Driver(core, gpus=1)
+    today = utc_day(d.now)
+    overrides = {"ana": {"requests_per_day": 5}}
+    core.handle(ev.Restored(d.now, today, overrides, {"ana": (4, 10.0), "bob": (3, 0.0)}))
+    core.handle(ev.Restored(d.now, "2000-01-01", {}, {"carl": (3, 0.0)}))  # another day's usage counts for nothing
+    assert core.book.limits("ana").requests_per_day == 5 and core.book.limits("ana").weight == 2
+    assert placed(d.submit("a1", user="ana")) == {"a1": 0}
+    assert failed(d.submit("a2", user="ana"))["a2"].limit_name == "requests_per_day"  # 4 restored + 1 = 5
+    assert failed(d.submit("b1", user="bob"))["b1"].limit_name == "requests_per_day"
+    assert not failed(d.submit("c1", user="carl"))
+
+
+def test_an_admins_quota_change_is_kept_merged_and_asks_for_a_dispatch_pass():
+    d = Driver(make_core({"quotas": {"users": {"ana": {"weight": 2}}}}), gpus=1)
+    actions = d.core.handle(ev.QuotaSet("ana", {"concurrent_requests": 3}, d.now))
+    assert QuotaChanged("ana", {"weight": 2, "concurrent_requests": 3}) in actions
+    assert actions[-1] is DISPATCH_SOON
+    assert CoreView(d.core).limits("ana")["concurrent_requests"] == 3
+
+
+def test_a_held_task_carries_its_priority_for_the_scheduler():
+    d = Driver(make_core({"gpu": {"multi_gpu": {"max_concurrent_tasks_per_gpu": 1}}}), gpus=1)
+    d.submit("running")
+    assert Hold("waiting", 5) in d.submit("waiting", priority=5)
+    assert Hold("not-ready", 2) in d.submit("not-ready", ready=False, priority=2)
+
+
+def test_an_unknown_task_that_becomes_ready_with_its_options_is_tracked_without_charging_again():
+    """A finished task recomputed because its result was lost with a worker: the core places it again and its
+    user's quota does not count it twice."""
+    d = Driver(make_core({"quotas": {"defaults": {"requests_per_day": 1}}}), gpus=1)
+    d.submit("t", user="ana")
+    d.start("t")
+    d.finish("t")
+    d.core.handle(ev.Ready("unknown", d.now))  # no options: not the core's task
+    assert not CoreView(d.core).tracks("unknown")
+    assert placed(d.core.handle(ev.Ready("t", d.now, options={"user": "ana"}))) == {"t": 0}
+    assert not d.core.tasks["t"].charged
+    assert failed(d.submit("u", user="ana"))["u"].limit_name == "requests_per_day"
+
+
+def test_every_decision_and_placement_carries_what_the_metrics_need():
+    d = Driver(make_core(), gpus=1)
+    d.now += 1.5
+    d.submit("a", ready=False, user="ana", task_type="embedding")
+    d.now += 2.0
+    actions = d.core.handle(ev.Ready("a", d.now))
+    actions += d.tick()
+    [place] = [a for a in actions if isinstance(a, Place)]
+    assert (place.user, place.task_type, place.waited) == ("ana", "embedding", 2.0)
+    assert [(a.strategy, a.outcome) for a in actions if isinstance(a, Decided)] == [("earliest_finish", "placed")]

@@ -16,13 +16,18 @@ class Place:
     worker: str
     memory_mb: int
     rank: tuple[int, int] = (0, 0)
+    user: str = ""
+    task_type: str = ""
+    waited: float = 0.0  # seconds from submission to this placement
 
 
 @dataclass(frozen=True, slots=True)
 class Hold:
-    """Keep the task on the scheduler until a later :class:`Place`."""
+    """Keep the task on the scheduler until a later :class:`Place`; while it waits there, Dask orders it by
+    ``priority`` (1-5, higher first)."""
 
     key: str
+    priority: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,9 +47,11 @@ class Release:
 
 @dataclass(frozen=True, slots=True)
 class Retry:
-    """Answer to an error report: let Dask run the task again (it comes back held, then ready)."""
+    """Answer to an error report: let Dask run the task again (it comes back held, then ready). ``gpu``: the GPU
+    that failed it."""
 
     key: str
+    gpu: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,4 +81,28 @@ class Usage:
     limit: str | None = None  # the quota limit that rejected it
 
 
-Action = Place | Hold | Fail | Release | Retry | KeepError | Record | Usage
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """The core took one placement decision (for metrics): its strategy, outcome and ``seconds`` on the timer."""
+
+    strategy: str
+    outcome: str
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaChanged:
+    """``user``'s quota overrides are now ``limits``: keep them (they outlive a scheduler restart)."""
+
+    user: str
+    limits: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchSoon:
+    """Held work may be placeable: send a :class:`~altlas_dask.scheduling.events.Tick` soon (once is enough)."""
+
+
+DISPATCH_SOON = DispatchSoon()
+
+Action = Place | Hold | Fail | Release | Retry | KeepError | Record | Usage | Decided | QuotaChanged | DispatchSoon

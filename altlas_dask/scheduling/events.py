@@ -24,11 +24,14 @@ class Submitted:
 
 @dataclass(frozen=True, slots=True)
 class Ready:
-    """A held task can run: its dependencies are done, or a failed attempt came back for another GPU."""
+    """A held task can run: its dependencies are done, or a failed attempt came back for another GPU.
+    ``options``: the task's ``gpu_options``, for a task the core may not know (a finished task recomputed
+    because its result was lost with a worker, or one submitted before the router started)."""
 
     key: str
     now: float
     inputs: Mapping[str, int] | None = None  # worker address -> bytes of the task's inputs held there
+    options: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +127,26 @@ class Enable:
 
 
 @dataclass(frozen=True, slots=True)
+class Restored:
+    """The accounting store's state at start-up: admins' quota overrides (user -> limits, validated when they
+    were set) and the usage of UTC day ``day`` (user -> (tasks, GPU seconds))."""
+
+    now: float
+    day: str
+    overrides: Mapping[str, Mapping[str, Any]]
+    usage: Mapping[str, tuple[int, float]]
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaSet:
+    """An admin changed ``user``'s limits (``limits``: validated by ``quotas.validate_override``)."""
+
+    user: str
+    limits: Mapping[str, Any]
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Time passes: deadlines, health, and placing held work."""
 
@@ -144,5 +167,7 @@ Event = (
     | GpuReported
     | Drain
     | Enable
+    | Restored
+    | QuotaSet
     | Tick
 )

@@ -77,6 +77,17 @@ class UserUsage:
     priority_outstanding: int = 0
 
 
+def validate_override(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """An admin's change to a user's limits, validated (raises :class:`QuotaValueError` naming the field)."""
+    try:
+        valid = QuotaOverride.model_validate(dict(changes)).model_dump(exclude_none=True)
+    except ValidationError as exc:
+        raise QuotaValueError(describe(exc, "quota")) from None
+    if not valid:
+        raise QuotaValueError(f"no quota value given; settable: {', '.join(QuotaOverride.model_fields)}")
+    return valid
+
+
 class QuotaBook:
     """Limits and live usage of every user."""
 
@@ -95,14 +106,13 @@ class QuotaBook:
 
     def set_override(self, user: str, changes: Mapping[str, Any]) -> QuotaLimits:
         """Validate and apply an admin's change; returns the user's new limits."""
-        try:
-            valid = QuotaOverride.model_validate(dict(changes)).model_dump(exclude_none=True)
-        except ValidationError as exc:
-            raise QuotaValueError(describe(exc, "quota")) from None
-        if not valid:
-            raise QuotaValueError(f"no quota value given; settable: {', '.join(QuotaOverride.model_fields)}")
-        self.overrides[user] = {**self.overrides.get(user, {}), **valid}
+        self.override(user, validate_override(changes))
         return self.limits(user)
+
+    def override(self, user: str, valid: Mapping[str, Any]) -> dict[str, Any]:
+        """Apply already validated limits over ``user``'s overrides; returns all of them."""
+        merged = self.overrides[user] = {**self.overrides.get(user, {}), **valid}
+        return merged
 
     def is_admin(self, user: str | None) -> bool:
         return user is not None and user in self.quotas.admins

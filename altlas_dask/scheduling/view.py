@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any, NamedTuple
 
 from altlas_dask.config import RoutingPolicy
@@ -29,7 +29,7 @@ class CoreView:
     """What the core knows, as plain data; nothing here changes it."""
 
     def __init__(self, core: SchedulingCore) -> None:
-        self._core = core
+        self._core = core.state  # (every read below is of the core's state)
 
     @property
     def policy(self) -> RoutingPolicy:
@@ -62,8 +62,19 @@ class CoreView:
     def queued(self) -> int:
         return sum(1 for t in self._core.tasks.values() if t.status in HELD)
 
+    def tracks(self, key: str) -> bool:
+        """The task is live in the core (submitted, not yet final)."""
+        return key in self._core.tasks
+
     def is_admin(self, user: str | None) -> bool:
         return self._core.book.is_admin(user)
+
+    def overridden_users(self) -> Collection[str]:
+        """Users with quota overrides (config or an admin's), as a live collection: it grows as admins set them."""
+        return self._core.book.overrides.keys()
+
+    def limits(self, user: str) -> dict[str, Any]:
+        return self._core.book.limits(user).model_dump()
 
     def quota_report(self, user: str) -> dict[str, Any]:
         return self._core.book.report(user)

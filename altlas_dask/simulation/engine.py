@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from altlas_dask.config import AltlasConfig, SimLatency
 from altlas_dask.scheduling import events as ev
-from altlas_dask.scheduling.actions import Action, Fail, Place, Record, Release, Retry
+from altlas_dask.scheduling.actions import Action, DispatchSoon, Fail, Place, Record, Release, Retry
 from altlas_dask.scheduling.core import SchedulingCore
 from altlas_dask.simulation.model import Kernel, ModelGpu
 from altlas_dask.simulation.trace import TraceEvent, TraceLine, TraceTask
@@ -325,9 +325,12 @@ class Replay:
     def _apply(self, actions: list[Action]) -> None:
         follow: list[ev.Event] = []
         now = EPOCH + self.now
+        dispatch = False
         for action in actions:
             kind = type(action)
-            if kind is Place:
+            if kind is DispatchSoon:
+                dispatch = True
+            elif kind is Place:
                 o = self.outcomes[action.key]
                 o.attempt += 1
                 o.attempts += 1
@@ -347,7 +350,7 @@ class Replay:
                 o.error = o.error or repr(action.error)
         for event in follow:
             self._feed(event)
-        if self.core.wants_dispatch and not self._dispatch_pending:
+        if dispatch and not self._dispatch_pending:
             self._dispatch_pending = True
             self._at(self.now, DISPATCH, None)
 
