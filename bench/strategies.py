@@ -447,9 +447,12 @@ def run_suite(traces: list[str] | None, loads: list[float] | None, strategies: l
     body = suite.report(result)
     print(body)
     seconds = time.perf_counter() - started
+    title = "Strategy suite on public inference traces (issue 23)"
+    if section != "suite":
+        title = f"Strategy suite: {', '.join(traces or suite.TRACES)} (issue 23)"
     write_section(
         section,
-        f"## Strategy suite on public inference traces (issue 23)\n\nCommand: `{command('strategies.py')}`\n\n"
+        f"## {title}\n\nCommand: `{command('strategies.py')}`\n\n"
         f"{suite.__doc__.split(chr(10) + chr(10), 1)[1].rsplit(chr(10) + chr(10), 1)[0]}\n\n"
         f"p95 latency (s, arrival -> result) per strategy; the default's rank among them by p95.\n\n{body}\n\n"
         f"Replayed in {seconds:.0f} s of wall time (virtual time: the figures do not depend on the machine).",
