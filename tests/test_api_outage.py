@@ -138,6 +138,12 @@ def test_gateway_survives_a_long_scheduler_outage_under_load(outage: Outage):
         again = c.get(f"/task/{first['task_id']}").json()  # answered completed before the outage: it stays so
         assert again["status"] == "completed" and again["result"] == first["result"], again
         assert c.get("/gpus").status_code == 200
+
+        def accepted() -> bool:  # placed as the restarted router's task feed tells it: subscribed again
+            routed = c.post("/route", json={"model_id": "modelled", "payload": {"work_gflop": 1}}).json()
+            return routed["status"] == "accepted" and routed["assigned_gpu"] == "gpu_0"
+
+        wait_for(accepted, timeout=60, interval=0.5, what="a placement pushed by the restarted router")
     with sqlite3.connect(outage.config["accounting"]["database"]) as db:  # as the restarted scheduler replayed it
         marks = ",".join("?" * len(received))
         query = f"SELECT COUNT(*) FROM tasks WHERE key IN ({marks}) AND status = 'completed'"

@@ -21,7 +21,7 @@ from altlas_dask.accounting.api_keys import KeyStore, KeyVerifier
 from altlas_dask.api import errors
 from altlas_dask.api.gateway import Gateway
 from altlas_dask.api.metrics import HttpStats
-from altlas_dask.api.routes import admin, cluster, predict, tasks
+from altlas_dask.api.routes import admin, cluster, predict, route, tasks
 from altlas_dask.api.settings import ApiSettings
 from altlas_dask.config import AltlasConfig, load_config
 
@@ -139,7 +139,7 @@ def create_app(
     app.state.settings = settings
     app.state.gateway = None
     errors.install(app)
-    for module in (predict, tasks, cluster, admin):
+    for module in (predict, tasks, route, cluster, admin):
         app.include_router(module.router, prefix=PREFIX)
     app.add_middleware(GatewayMiddleware, stats=stats, max_body_bytes=settings.max_body_bytes)
 
