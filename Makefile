@@ -6,6 +6,11 @@ BIN := $(VENV)/bin
 # The CPU build of torch that lies on these machines; on a GPU server use e.g. TORCH_SPEC=torch
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+# make test runs pytest on this many xdist workers, whole files per worker (--dist loadfile: a module-scoped
+# cluster starts once) in collection order (tests/conftest.py puts the long files first). 4 on 2 cores: most
+# of the suite waits on other processes (clusters, browsers, CLIs). PYTEST_WORKERS=0 runs it in one process.
+PYTEST_WORKERS ?= 4
+PYTEST_XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 # Debian packages the tests drive for real: headless Chromium (console browser test) and Prometheus.
 SYSTEM_PACKAGES ?= chromium prometheus
@@ -37,7 +42,7 @@ lint: venv
 	$(BIN)/hadolint deploy/docker/Dockerfile
 
 test: venv system-deps lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 # The README's console pictures: the browser walk-through, saving into docs/screenshots (tests alone never do).
 screenshots: venv system-deps

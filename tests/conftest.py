@@ -33,12 +33,38 @@ LOCAL_ADDRESSES = {"scheduler_address": "127.0.0.1:0", "dashboard_address": "127
 
 T = TypeVar("T")
 
+pytest_plugins = ["console_helpers"]  # the console's browser fixtures, for the test_console*.py files
+
 # Tests never touch the real state directory: one throw-away home for the whole session (inherited by every
 # subprocess; XDG_DATA_HOME covers the ones started with the ALTLAS_* variables removed).
 TEST_STATE = Path(tempfile.mkdtemp(prefix="altlas-tests-"))
 os.environ["ALTLAS_HOME"] = str(TEST_STATE / "home")
 os.environ["XDG_DATA_HOME"] = str(TEST_STATE / "xdg")
 atexit.register(shutil.rmtree, TEST_STATE, ignore_errors=True)
+
+
+# `make test` runs the suite on parallel workers (pytest-xdist, whole files per worker: module-scoped clusters
+# start once). The files holding a test of half a minute or more start first, so the run does not end waiting
+# for one long file that started last. Measured on the 2-core machine (docs/design.md, "Test suite speed").
+LONG_FILES = (
+    "test_api_outage.py",
+    "test_console_outage.py",
+    "test_console.py",
+    "test_console_totals.py",
+    "test_core_invariants.py",
+    "test_gpu_check.py",
+    "test_first_hour.py",
+    "test_observability.py",
+    "test_scaleout.py",
+    "test_outage_clients.py",
+    "test_cli.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Long files first (a stable sort: each file's own order stays)."""
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))
 
 
 def repo_config_data() -> dict[str, Any]:

@@ -137,7 +137,7 @@ def test_health_docs_and_openapi(api: Api):
 def test_docs_page_renders_every_operation_in_a_browser(api: Api):
     """/docs in headless Chromium, offline (every request to another host is refused): Swagger UI reads the
     OpenAPI 3.1 that FastAPI serves and lists each of its operations."""
-    from test_console import CHROMIUM, CHROMIUM_ARGS
+    from console_helpers import CHROMIUM, CHROMIUM_ARGS
 
     if CHROMIUM is None:
         pytest.skip("needs Debian chromium (make system-deps)")

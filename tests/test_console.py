@@ -11,202 +11,29 @@ import csv
 import io
 import os
 import re
-import shutil
-import socket
-import subprocess
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import cli_command, cli_env, wait_for
+from conftest import wait_for
+from console_helpers import (
+    USER,
+    busy_card,
+    choose,
+    go,
+    gpu_cards,
+    grid_rows,
+    main,
+    metric,
+    needs_chromium,
+    no_errors,
+    sign_in,
+)
 
-from altlas_dask.accounting.api_keys import KeyStore
 from altlas_dask.ops.launcher import GpuCluster
-from altlas_dask.worker.kernels import run_on_gpu
 
-sync_api = pytest.importorskip("playwright.sync_api")
-
-CHROMIUM = Path("/usr/bin/chromium") if Path("/usr/bin/chromium").exists() else shutil.which("chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-USER = "console-ui"  # a user of its own: as a non-admin it sees only the tasks this test submits
-VIEWPORT = {"width": 1400, "height": 1500}
-TIMEOUT_MS = 120_000  # generous: CI machines with 2 busy cores render slowly
-
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian chromium (make system-deps)")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def start_console(scheduler: str, log: Path, home: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """``altlas-dask console`` on a free loopback port, its state (API keys) in ``home``; returns once
-    /_stcore/health answers."""
-    port = free_port()
-    env = cli_env()
-    env["ALTLAS_HOME"] = str(home)
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [*cli_command(), "console", "--scheduler", scheduler, "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        if proc.poll() is not None:
-            pytest.fail(f"the console exited with {proc.returncode}:\n{log.read_text()}")
-        return healthy(url)
-
-    try:
-        wait_for(up, timeout=90, interval=0.25, what=f"the console's health endpoint on {url}")
-    except BaseException:
-        stop(proc)
-        raise
-    return proc, url
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
-
-
-@pytest.fixture(scope="module")
-def console_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("console-home")
-
-
-@pytest.fixture(scope="module")
-def tokens(console_home: Path) -> dict[str, str]:
-    """API keys in the console's key store (the repo config's accounting.api_keys: api_keys.sqlite in its home)."""
-    keys = KeyStore(console_home / "api_keys.sqlite")
-    return {USER: keys.create(USER)[1], "boss": keys.create("boss", "admin")[1]}
-
-
-@pytest.fixture(scope="module")
-def console_url(
-    gpu_cluster: GpuCluster, tmp_path_factory: pytest.TempPathFactory, console_home: Path, tokens: dict[str, str]
-) -> Iterator[str]:
-    log = tmp_path_factory.mktemp("console") / "console.log"
-    proc, url = start_console(gpu_cluster.scheduler_address, log, console_home)
-    try:
-        yield url
-    finally:
-        stop(proc)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    playwright = sync_api.sync_playwright().start()
-    try:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-    finally:
-        playwright.stop()
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport=VIEWPORT)
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    try:
-        yield page
-    finally:
-        context.close()
-
-
-# -- helpers ------------------------------------------------------------------------------------------
-
-
-def sign_in(page: Any, token: str, user: str = USER) -> None:
-    """Enter an API key in the sidebar, once per browser session."""
-    sidebar = page.get_by_test_id("stSidebar")
-    sidebar.get_by_label("API key", exact=True).fill(token)
-    sidebar.get_by_label("API key", exact=True).press("Enter")
-    sidebar.get_by_text(f"Signed in as {user}").wait_for()
-
-
-def go(page: Any, title: str) -> None:
-    """Open a page through its sidebar link (client-side: the session and its runs stay)."""
-    page.get_by_test_id("stSidebarNav").get_by_role("link", name=title).click()
-    page.get_by_role("heading", name=title, exact=True).wait_for()
-
-
-def main(page: Any) -> Any:
-    return page.get_by_test_id("stMain")
-
-
-def no_errors(page: Any) -> None:
-    body = page.inner_text("body")
-    assert "Traceback" not in body
-    assert page.get_by_test_id("stException").count() == 0
-    errors = page.locator('[data-testid="stAlertContentError"]').all_inner_texts()
-    assert not errors, errors
-
-
-def grid_rows(dataframe: Any) -> list[list[str]]:
-    """The visible rows of an st.dataframe, read from its accessibility cells (glide-cell-COL-ROW)."""
-    cells = dataframe.evaluate(
-        """el => Array.from(el.querySelectorAll('[data-testid^="glide-cell-"]')).map(
-               c => [c.dataset.testid.split('-').slice(2).map(Number), c.textContent])"""
-    )
-    rows: dict[int, dict[int, str]] = {}
-    for (col, row), text in cells:
-        rows.setdefault(row, {})[col] = text
-    return [[cols[c] for c in sorted(cols)] for _, cols in sorted(rows.items())]
-
-
-def metric(page: Any, label: str) -> str:
-    named = page.get_by_test_id("stMetricLabel").get_by_text(label, exact=True)
-    return main(page).get_by_test_id("stMetric").filter(has=named).first.get_by_test_id("stMetricValue").inner_text()
-
-
-def choose(page: Any, label: str, option: str) -> None:
-    """Pick ``option`` in the selectbox labelled ``label`` on the main page."""
-    main(page).get_by_label(label, exact=True).click()
-    page.get_by_role("option", name=option, exact=True).click()
-
-
-def gpu_cards(page: Any) -> Any:
-    return page.locator('[class*="st-key-gpu-card-"]')
-
-
-def busy_card(text: str) -> bool:
-    return "Utilization" in text and re.search(r"Utilization\s+0 %", text) is None
+pytestmark = needs_chromium
 
 
 def submit_run(page: Any, *, count: int, work_gflop: float) -> str:
@@ -334,27 +161,6 @@ def test_console_submit_tasks_reports_gpus(
     print(f"console walk-through took {time.monotonic() - started:.1f}s")
 
 
-def test_console_wrong_scheduler_is_a_clear_error(
-    page: Any, tmp_path: Path, console_home: Path, tokens: dict[str, str]
-) -> None:
-    nowhere = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
-    proc, url = start_console(nowhere, tmp_path / "console.log", console_home)
-    try:
-        page.goto(url)
-        sign_in(page, tokens[USER])
-        for title in ("GPUs", "Submit", "Tasks", "Reports"):
-            if title != "GPUs":
-                page.get_by_test_id("stSidebarNav").get_by_role("link", name=title).click()
-            page.get_by_role("heading", name=title, exact=True).wait_for()
-            alert = page.locator('[data-testid="stAlertContentError"]').filter(has_text="Cannot reach the scheduler")
-            alert.wait_for()
-            assert nowhere in alert.inner_text()
-            assert "Traceback" not in page.inner_text("body")
-            assert page.get_by_test_id("stException").count() == 0
-    finally:
-        stop(proc)
-
-
 def test_console_drained_gpu_true_counts_queue_and_results(
     page: Any, console_url: str, gpu_cluster: GpuCluster, screenshots: Path, tokens: dict[str, str]
 ) -> None:
@@ -466,125 +272,3 @@ def test_console_runs_as_a_signed_in_key_and_offers_admin_views_only_to_admins(
     assert "(admin)" in sidebar.inner_text()
     go(page, "Tasks")
     assert main(page).get_by_label("User", exact=True).is_enabled()  # the admin view: anyone's tasks
-
-
-def test_console_pages_come_back_by_themselves_after_a_scheduler_outage(
-    browser: Any, tmp_path: Path, console_home: Path, tokens: dict[str, str]
-) -> None:
-    """Two open pages while the scheduler dies and comes back, with no click: the GPUs page (its live view
-    refreshes itself) and a page opened during the outage (it waits for the scheduler and reloads itself)."""
-    from outage_helpers import address, bring_back, kill_scheduler, scheduler_and_worker
-
-    def page_of() -> Any:
-        page = browser.new_context(viewport=VIEWPORT).new_page()
-        page.set_default_timeout(TIMEOUT_MS)
-        return page
-
-    def away(page: Any) -> Any:
-        return page.locator('[data-testid="stAlertContentError"]').filter(has_text="Cannot reach the scheduler")
-
-    with scheduler_and_worker(tmp_path) as world:
-        proc, url = start_console(address(world), tmp_path / "console.log", console_home)
-        gpus, tasks = page_of(), page_of()
-        try:
-            gpus.goto(url)
-            sign_in(gpus, tokens[USER])
-            wait_for(lambda: metric(gpus, "Active GPUs") == "1 / 1", timeout=120, what="the GPU on the GPUs page")
-            kill_scheduler(world)
-            away(gpus).wait_for()  # the live view says it, in one line
-            tasks.goto(url)
-            sign_in(tasks, tokens[USER])
-            go(tasks, "Tasks")
-            away(tasks).wait_for()
-            assert "retries every" in away(tasks).inner_text()
-            bring_back(world, "worker-b")
-            for page in (gpus, tasks):
-                away(page).wait_for(state="detached")  # no click: each page came back by itself
-            wait_for(lambda: metric(gpus, "Active GPUs") == "1 / 1", timeout=120, what="the GPU again")
-            main(tasks).get_by_test_id("stMetricLabel").get_by_text("Tasks", exact=True).wait_for()
-            for page in (gpus, tasks):
-                no_errors(page)
-        finally:
-            for page in (gpus, tasks):
-                page.context.close()
-            stop(proc)
-
-
-def metrics_shown(page: Any) -> dict[str, int]:
-    """Every metric on the main page: label -> its number."""
-    values = (
-        main(page)
-        .get_by_test_id("stMetric")
-        .evaluate_all(
-            """els => els.map(e => [e.querySelector('[data-testid="stMetricLabel"]').innerText,
-                               e.querySelector('[data-testid="stMetricValue"]').innerText])"""
-        )
-    )
-    return {label.strip(): int(value.replace(",", "")) for label, value in values}
-
-
-def test_tasks_page_totals_match_the_rest_api_while_2000_tasks_run(
-    page: Any, console_url: str, gpu_cluster: GpuCluster, console_home: Path, repo_config: Any
-) -> None:
-    """2,000 tasks of one user run; each time the Tasks page is read between two REST reads, its completed
-    count lies between theirs and its queued count too (both pages ask the router the same question), and
-    the page names the window its counts cover."""
-    import threading
-
-    import httpx
-    import uvicorn
-
-    from altlas_dask.api import ApiSettings, create_app
-    from altlas_dask.client.gpu_client import Client
-
-    keys = KeyStore(console_home / "api_keys.sqlite")
-    user = "counter"
-    token = keys.create(user)[1]
-    app = create_app(gpu_cluster.scheduler_address, repo_config, ApiSettings(warm_up=False), keys=keys)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    rest = httpx.Client(
-        base_url=f"http://127.0.0.1:{sock.getsockname()[1]}/api/v1",
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=60,
-    )
-    submitter = Client(gpu_cluster.scheduler_address, gpu_defaults={"user": user}, timeout=30, set_as_default=False)
-
-    def rest_counts() -> dict[str, int]:
-        return {
-            s: rest.get("/tasks", params={"status": s, "limit": 1}).json()["total"] for s in ("completed", "queued")
-        }
-
-    try:
-        wait_for(lambda: server.started, timeout=60, what="the REST API")
-        futures = submitter.map(run_on_gpu, [100.0] * 2000, pure=False)  # 2,000 tasks of 0.05-0.2 s alone
-        page.goto(console_url)
-        sign_in(page, token, user)
-        for _ in range(3):
-            before = rest_counts()
-            go(page, "GPUs")
-            go(page, "Tasks")
-            page.get_by_text("Counted: the tasks still live").wait_for()
-            shown = metrics_shown(page)
-            after = rest_counts()
-            assert before["completed"] <= shown.get("completed", 0) <= after["completed"], (before, shown, after)
-            queued = shown.get("queued", 0) + shown.get("retrying", 0)  # REST's "queued" holds both
-            assert before["queued"] >= queued >= after["queued"], (before, shown, after)
-        submitter.gather(futures)
-        window = repo_config.accounting.recent_records
-        page.get_by_text(f"the cluster's last {window:,} finished").wait_for()
-        final = rest_counts()
-        go(page, "GPUs")
-        go(page, "Tasks")
-        page.get_by_text("Counted: the tasks still live").wait_for()
-        assert metrics_shown(page).get("completed") == final["completed"] and 0 < final["completed"] <= window
-        no_errors(page)
-    finally:
-        submitter.close()
-        rest.close()
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()

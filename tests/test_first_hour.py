@@ -221,7 +221,7 @@ def docs_offline(base: str) -> None:
 
 def console_in_a_browser(url: str, gpus: int, key: str) -> None:
     """The console served from the wheel, in headless Chromium, signed in with ``key``: a card per GPU, no error."""
-    from test_console import CHROMIUM, CHROMIUM_ARGS, gpu_cards, no_errors, sign_in
+    from console_helpers import CHROMIUM, CHROMIUM_ARGS, gpu_cards, no_errors, sign_in
 
     if CHROMIUM is None:
         return  # test_console covers the browser where Chromium is installed (make system-deps)
