@@ -12,6 +12,7 @@ import contextlib
 import copy
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -85,6 +86,13 @@ def local_config(data: dict[str, Any] | None = None, **cluster: Any) -> AltlasCo
         data = copy.deepcopy(data)
     data["cluster"] = {**data.get("cluster", {}), **LOCAL_ADDRESSES, **cluster}
     return build_config(data)
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now (for a process that must be told its port)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def wait_for(predicate: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.1, what: str = "") -> T:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import cli_command, cli_env, wait_for
+from conftest import cli_command, cli_env, free_port, wait_for
 
 from altlas_dask.accounting.api_keys import KeyStore
 from altlas_dask.ops.launcher import GpuCluster
@@ -40,12 +39,6 @@ VIEWPORT = {"width": 1400, "height": 1500}
 TIMEOUT_MS = 120_000  # generous: CI machines with 2 busy cores render slowly
 
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian chromium (make system-deps)")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def healthy(url: str) -> bool:

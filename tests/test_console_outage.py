@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from conftest import wait_for
+from conftest import free_port, wait_for
 from console_helpers import (
     TIMEOUT_MS,
     USER,
     VIEWPORT,
-    free_port,
     go,
     main,
     metric,
