@@ -7,9 +7,9 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 # make test runs pytest on this many xdist workers, whole files per worker (--dist loadfile: a module-scoped
-# cluster starts once) in collection order (tests/conftest.py puts the long files first). 4 on 2 cores: most
+# cluster starts once) in collection order (tests/conftest.py puts the long files first). 3 on 2 cores: much
 # of the suite waits on other processes (clusters, browsers, CLIs). PYTEST_WORKERS=0 runs it in one process.
-PYTEST_WORKERS ?= 4
+PYTEST_WORKERS ?= 3
 PYTEST_XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 # Debian packages the tests drive for real: headless Chromium (console browser test) and Prometheus.
