@@ -19,6 +19,8 @@ This module is the facade: the work is done by three parts sharing one
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import fields
+from operator import attrgetter
 from typing import Any
 
 from altlas_dask.config import AltlasConfig, Quotas, RoutingPolicy
@@ -34,8 +36,8 @@ HELD = (TaskStatus.QUEUED, TaskStatus.RETRYING)
 
 
 class SchedulingCore:
-    """One event in, actions out. The state's fields read through it (``core.tasks``, ``core.gpus``, ...); they
-    are written only by the parts (no attribute can be set on the facade: ``core.state.x = ...``)."""
+    """One event in, actions out. The state's fields read through it (``core.tasks``, ``core.gpus``, ...: one
+    read-only property each); only the parts write them (a bench that must, writes ``core.state.x``)."""
 
     __slots__ = ("admission", "dispatch", "event_handlers", "health", "state")
 
@@ -80,11 +82,6 @@ class SchedulingCore:
         kwargs.setdefault("recent_size", config.accounting.recent_records)
         return cls(config.routing(), config.quotas, timer=timer, **kwargs)
 
-    def __getattr__(self, name: str) -> Any:
-        if name == "state":  # (not set yet)
-            raise AttributeError(name)
-        return getattr(self.state, name)
-
     def handle(self, event: ev.Event) -> list[Action]:
         """Apply one event; return what the adapter must do, in order (then the decisions taken, for metrics,
         and :data:`DISPATCH_SOON` while held work may be placeable)."""
@@ -117,3 +114,7 @@ class SchedulingCore:
             self.admission.finish(task, TaskStatus.CANCELLED, out)
         state.clear_live()
         return out
+
+
+for _field in fields(CoreState):  # each state field reads through the facade (``core.tasks``), read-only
+    setattr(SchedulingCore, _field.name, property(attrgetter(f"state.{_field.name}"), doc=f"``state.{_field.name}``"))
