@@ -9,7 +9,7 @@ Each request is ``POST /api/v1/route`` for the ``modelled`` workload (a ``work_g
 default 1 GFLOP = 0.5 ms on a virtual A100). The gateway answers once the router has placed the
 task (or queued it), so a response's latency is the gateway + routing overhead: HTTP parsing,
 auth, validation, ``Client.submit``, the scheduler's ``update_graph`` and the router's decision,
-and the placement look-up. It does not include running the task. Latency is measured from each
+and the router's pushed record of the placement. It does not include running the task. Latency is measured from each
 request's *scheduled* send time, so time spent waiting for a free connection counts too (no
 coordinated omission). Tasks keep running after their response; between steps the script waits
 until the router has finished them all.
@@ -378,8 +378,9 @@ def analysis(summary: list[tuple[float, ...]]) -> str:
         f"{ceiling:.0f} req/s. Holding {TARGET_RATE:,} req/s on 2 cores leaves 2 ms of CPU per request for the "
         f"gateway, the scheduler and the workers together. At {low[0]:g} req/s the figure is {low[3]:.1f} ms, but "
         "it includes the cluster's fixed background work (heartbeats, the router's 100 ms poll) spread over fewer "
-        "requests; at higher rates it falls because the gateway coalesces submissions into one `Client.map` and "
-        "looks placements up in batches, and Dask batches its messages. Where that time goes (cProfile of the "
+        "requests; at higher rates it falls because the client's coalescer sends the submissions of one turn as "
+        "one graph update, the router pushes placements once per turn, and Dask batches its messages. Where that "
+        "time goes (cProfile of the "
         "gateway and of the "
         "scheduler's event loop at 100-200 req/s): the gateway spends about half of its share in "
         "FastAPI/Starlette/uvicorn (h11) and about a third in `Client.submit` and handling the scheduler's "
