@@ -5,7 +5,9 @@ Each shipped trace (altlas_dask/simulation/traces) is replayed on bench/strategi
 2 x T4 16GB) with every built-in strategy; the digest hashes, per task, its final status, GPU, attempts and
 start/end times (virtual, to the microsecond), so any different placement shows.
 
-Run: ``.venv/bin/python bench/decisions.py [--trace NAME ...] [--json FILE]`` (prints ``trace strategy digest``).
+Run: ``.venv/bin/python bench/decisions.py [--trace NAME ...] [--json FILE] [--check FILE]`` (prints ``trace
+strategy digest``). ``--check bench/decisions.json`` compares with the digests pinned there (main's, with each
+change since explained in bench/RESULTS.md "Scale") and exits 1 naming every pair that differs.
 """
 
 from __future__ import annotations
@@ -50,12 +52,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", type=Path, help="also write the digests to this file")
     parser.add_argument("--trace", action="append", help="only this shipped trace (repeatable; default: all)")
+    parser.add_argument("--check", type=Path, help="compare with the digests in this file; exit 1 if any differ")
     args = parser.parse_args()
     found = digests(args.trace)
     for name, digest in found.items():
         print(name, digest)
     if args.json:
-        args.json.write_text(json.dumps(found, indent=1))
+        args.json.write_text(json.dumps(found, indent=1) + "\n")
+    if args.check:
+        pinned = json.loads(args.check.read_text())
+        differ = [f"{name}: {pinned.get(name, 'not pinned')} -> {digest}" for name, digest in found.items()
+                  if pinned.get(name) != digest]  # fmt: skip
+        print("\n".join(differ) if differ else f"all {len(found)} digests as pinned in {args.check}")
+        raise SystemExit(1 if differ else 0)
 
 
 if __name__ == "__main__":
