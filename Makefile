@@ -28,11 +28,12 @@ system-deps:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
+# One resolution for torch and the project; no bytecode at install (17,000 files, most never imported):
+# Python writes it for what is imported, on first import.
 venv:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet --no-compile "$(TORCH_SPEC)" -e ".[test]"
 
 run: venv
 	$(BIN)/altlas-dask up --with-console --with-api
