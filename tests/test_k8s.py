@@ -238,8 +238,10 @@ def test_secrets_and_volumes():
     pod = gateway["spec"]["template"]["spec"]
     assert {v["name"]: v for v in pod["volumes"]}["api-keys"]["secret"]["secretName"] == "altlas-api-keys"
     [container] = pod["containers"]
-    database = {e["name"]: e["value"] for e in container["env"]}["ALTLAS_ACCOUNTING__DATABASE"]
-    assert database in pod["initContainers"][0]["command"][-1], "the key database is copied where the gateway reads"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    keys = env["ALTLAS_ACCOUNTING__API_KEYS"]
+    assert keys in pod["initContainers"][0]["command"][-1], "the key file is copied where the gateway reads it"
+    assert "ALTLAS_ACCOUNTING__DATABASE" not in env  # the gateway never opens the scheduler's accounting database
 
 
 def test_config_map_is_the_config_file():

@@ -29,7 +29,7 @@ CONFIG_DIR = "/etc/altlas"
 DATA_DIR = "/var/lib/altlas"
 CERTS_DIR = "/certs"
 KEYS_DIR = "/secrets/api-keys"
-API_KEYS_SECRET = "altlas-api-keys"  # kubectl create secret generic altlas-api-keys --from-file=altlas.sqlite=...
+API_KEYS_SECRET = "altlas-api-keys"  # kubectl create secret generic altlas-api-keys --from-file=api_keys.sqlite=...
 TLS_SECRET = "altlas-tls"  # issue 12 (mutual TLS): required with --tls, else mounted when it exists
 # its files (altlas-dask certs init/issue, then kubectl create secret generic altlas-tls --from-file=DIR)
 TLS_FILES = {"ca": "ca.pem", "node": "node.pem", "node_key": "node-key.pem"}  # + gateway.pem, console.pem, keys
@@ -297,13 +297,14 @@ def _service_deployment(
 
 
 def gateway(options: RenderOptions) -> list[Manifest]:
-    """The REST gateway; its key database is copied from the Secret into a writable volume at start."""
+    """The REST gateway; its key file (accounting.api_keys) is copied from the Secret into a writable volume at
+    start. It never opens the scheduler's accounting database."""
     scheduler = _scheduler_url(options)
-    database = f"{DATA_DIR}/altlas.sqlite"
+    keys = f"{DATA_DIR}/api_keys.sqlite"
     copy_keys = {
         "name": "api-keys",
         "image": options.image,
-        "command": ["python", "-c", f"import shutil; shutil.copy('{KEYS_DIR}/altlas.sqlite', '{database}')"],
+        "command": ["python", "-c", f"import shutil; shutil.copy('{KEYS_DIR}/api_keys.sqlite', '{keys}')"],
         "volumeMounts": [
             {"name": "api-keys", "mountPath": KEYS_DIR, "readOnly": True},
             {"name": "data", "mountPath": DATA_DIR},
@@ -318,7 +319,7 @@ def gateway(options: RenderOptions) -> list[Manifest]:
         "/api/v1/health",
         {
             "initContainers": [copy_keys],
-            "env": {"ALTLAS_ACCOUNTING__DATABASE": database},
+            "env": {"ALTLAS_ACCOUNTING__API_KEYS": keys},
             "mounts": [{"name": "data", "mountPath": DATA_DIR}],
             "volumes": [
                 {"name": "api-keys", "secret": {"secretName": API_KEYS_SECRET, "defaultMode": 0o440}},
