@@ -405,7 +405,7 @@ def test_a_stopped_gpu_worker_is_unresponsive_its_work_moves_and_it_comes_back(t
         wait_for(lambda: next(g for g in client.gpus() if g.id == 0).status == "active", what="GPU 0 re-admitted")
         assert [r["value"] for r in client.gather(futures)] == [0, 2, 4, 6]
         infos = client.explain_many(futures)
-        assert all(i["status"] == "completed" for i in infos.values())
+        assert all(i["status"] == "completed" for i in infos.values()), infos
 
 
 def test_tasks_refused_by_a_quota_in_a_graph_with_placed_ones_err_and_never_run(cluster, client):
