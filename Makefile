@@ -59,7 +59,7 @@ bench: venv
 # single submits: router vs plain Dask vs Ray tasks -> "submission".
 # Ray lives only in $(RAY_VENV); torch and the model come from $(VENV) through a .pth file.
 RAY_VENV ?= .venv-ray
-RAY_SPEC ?= ray[serve]==2.60.0
+RAY_SPEC ?= ray[serve]==2.58.0
 bench-peers: venv
 	test -x $(RAY_VENV)/bin/python || $(PYTHON) -m venv $(RAY_VENV)
 	$(BIN)/python -c "import site; print(site.getsitepackages()[0])" > \
