@@ -6,10 +6,11 @@ BIN := $(VENV)/bin
 # The CPU build of torch that lies on these machines; on a GPU server use e.g. TORCH_SPEC=torch
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
-# make test runs pytest on this many xdist workers, whole files per worker (--dist loadfile: a module-scoped
-# cluster starts once) in collection order (tests/conftest.py puts the long files first). 3 on 2 cores: much
-# of the suite waits on other processes (clusters, browsers, CLIs). PYTEST_WORKERS=0 runs it in one process.
-PYTEST_WORKERS ?= 3
+# PYTEST_WORKERS=N runs pytest on N xdist workers, whole files per worker (--dist loadfile: a module-scoped
+# cluster starts once), long files first (tests/conftest.py). Default 0, one process: on the 2-core CI machine
+# the suite is CPU-bound (about 2,400 CPU s), so 3 workers took longer (25.7 min vs 21) and timed tests out
+# (docs/design.md, "Test suite speed"). Use N > 0 on a machine with more cores.
+PYTEST_WORKERS ?= 0
 PYTEST_XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 # Debian packages the tests drive for real: headless Chromium (console browser test) and Prometheus.

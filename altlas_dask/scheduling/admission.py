@@ -20,7 +20,7 @@ from altlas_dask.scheduling.strategies import TaskRequest
 from altlas_dask.scheduling.tasks import TaskRecord
 
 RECENT_SUBMISSIONS = 200  # the window of submissions whose memory needs strategies see as expected demand
-EXPLAINED_IN_FULL = 32  # the newest finished records keep every GPU's score (explain); older ones are compacted
+EXPLAINED_IN_FULL = 16  # the newest finished records keep every GPU's score (explain); older ones are compacted
 MAX_SHAPES = 4096  # distinct wait shapes kept for sharing (then forgotten and kept again as they come)
 Out = list[Action]
 
