@@ -107,6 +107,18 @@ def wait_for(predicate: Callable[[], T], *, timeout: float = 30.0, interval: flo
         time.sleep(interval)
 
 
+def outcomes(futures: list[Any], refusal: type[BaseException], refused: str = "refused") -> list[str]:
+    """Each future's outcome in order: "ok", or ``refused`` when its result raised ``refusal``."""
+    found = []
+    for future in futures:
+        try:
+            future.result(timeout=60)
+            found.append("ok")
+        except refusal:
+            found.append(refused)
+    return found
+
+
 def scraped_metrics(cluster: GpuCluster, containing: str) -> list[str]:
     """The ``altlas_*`` lines of the cluster's ``/metrics``, once a scrape contains ``containing``."""
     import httpx

@@ -10,7 +10,7 @@ from pathlib import Path
 import cloudpickle
 import distributed
 import pytest
-from conftest import certificate_clients, scraped_metrics, wait_for
+from conftest import certificate_clients, outcomes, scraped_metrics, wait_for
 
 from altlas_dask import QuotaExceededError, RouterError, run_on_gpu, start_cluster
 from altlas_dask.client.gpu_client import Client
@@ -150,14 +150,8 @@ def test_inventing_names_gains_bob_nothing_against_his_quota(bob):
             future.result(timeout=60)
     used_before = bob.quota()["rate_limits"]["requests_per_minute"]["used"]
     futures = [bob.submit(run_on_gpu, 1.0, pure=False) for _ in range(5)]
-    outcomes = []
-    for future in futures:
-        try:
-            future.result(timeout=60)
-            outcomes.append("ok")
-        except QuotaExceededError:
-            outcomes.append("rejected")
-    assert outcomes.count("ok") == 3 - used_before and outcomes.count("rejected") == 2 + used_before
+    found = outcomes(futures, QuotaExceededError, refused="rejected")
+    assert found.count("ok") == 3 - used_before and found.count("rejected") == 2 + used_before
     assert bob.tasks(user="bob") and {t["user"] for t in bob.tasks()} == {"bob"}
 
 

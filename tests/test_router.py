@@ -12,7 +12,7 @@ import cloudpickle
 import dask
 import distributed
 import pytest
-from conftest import scraped_metrics, wait_for
+from conftest import outcomes, scraped_metrics, wait_for
 
 from altlas_dask import (
     GpuOptionsError,
@@ -416,14 +416,8 @@ def test_tasks_refused_by_a_quota_in_a_graph_with_placed_ones_err_and_never_run(
     rationed = cluster.client(gpu_defaults={"user": "rationed"})
     try:
         futures = rationed.map(run_on_gpu, [1.0, 1.0, 1.0], pure=False)
-        outcomes = []
-        for future in futures:
-            try:
-                future.result(timeout=60)
-                outcomes.append("ok")
-            except QuotaExceededError:
-                outcomes.append("refused")
-        assert sorted(outcomes) == ["ok", "refused", "refused"]  # (which one is admitted is the graph's order)
+        # which one is admitted is the graph's order
+        assert sorted(outcomes(futures, QuotaExceededError)) == ["ok", "refused", "refused"]
         assert client.quota("rationed")["rate_limits"]["requests_per_day"]["used"] == 1
     finally:
         rationed.close()

@@ -532,20 +532,28 @@ def test_a_task_serving_several_requests_is_charged_each_against_the_quotas_and_
     assert [(u.user, u.tasks) for u in usage] == [("u", 3)]
 
 
+LARGE = {"task_type": "text_generation", "memory_mb": 24576}  # fits only the 80 GB GPU 0 of two
+
+
+def running_a_large_task_on_gpu_0(core) -> tuple[Driver, dict]:
+    """GPU 0 (80 GB) and GPU 1 (16 GB); GPU 0 learned 0.2 s for a large task (a solo sample) and runs another."""
+    d = Driver(core, gpus=0)
+    d.join(0, memory_mb=81920)
+    d.join(1, memory_mb=16384)
+    assert placed(d.submit("learn", **LARGE)) == {"learn": 0}
+    d.start("learn")
+    d.finish("learn", seconds=0.2)
+    assert placed(d.submit("running", **LARGE)) == {"running": 0}
+    return d, LARGE
+
+
 def test_a_gpu_a_higher_priority_task_waits_to_drain_is_kept_from_lower_priority_work():
     """earliest_finish's late binding: a priority-5 24 GB task that only GPU 0 (80 GB) fits waits while GPU 0
     runs a 0.2 s task of its type (more than 30% of its own 0.2 s queued). In the same dispatch pass, a
     priority-1 task that would take GPU 0 (least_loaded: 1 task there, 3 on GPU 1) is kept off it; a priority-5
     one may take it. The waiting task gets GPU 0 once the work there drains."""
     core = make_core()
-    d = Driver(core, gpus=0)
-    d.join(0, memory_mb=81920)
-    d.join(1, memory_mb=16384)
-    large = {"task_type": "text_generation", "memory_mb": 24576}
-    assert placed(d.submit("learn", **large)) == {"learn": 0}
-    d.start("learn")
-    d.finish("learn", seconds=0.2)  # alone on GPU 0: 0.2 s, an exact (solo) sample
-    assert placed(d.submit("running", **large)) == {"running": 0}
+    d, large = running_a_large_task_on_gpu_0(core)
     for i in range(3):
         assert placed(d.submit(f"busy{i}", specific_gpu_id=1)) == {f"busy{i}": 1}
     assert placed(d.submit("big", priority=5, **large)) == {}
@@ -567,14 +575,7 @@ def test_a_task_held_by_late_binding_takes_the_gpu_it_waits_for_once_its_hold_ru
     queued there (its own learned 0.2 s, 30% of it at most), for ``factor`` x 0.2 s at most; at the first pass
     after that it joins GPU 0's queue, although the queue there has not drained."""
     core = make_core({"gpu": {"multi_gpu": {"max_hold_factor": factor}}})
-    d = Driver(core, gpus=0)
-    d.join(0, memory_mb=81920)
-    d.join(1, memory_mb=16384)
-    large = {"task_type": "text_generation", "memory_mb": 24576}
-    assert placed(d.submit("learn", **large)) == {"learn": 0}
-    d.start("learn")
-    d.finish("learn", seconds=0.2)  # alone on GPU 0: 0.2 s, an exact (solo) sample
-    assert placed(d.submit("running", **large)) == {"running": 0}
+    d, large = running_a_large_task_on_gpu_0(core)
     assert placed(d.submit("big", **large)) == {}
     bound = factor * 0.2
     reason = core.tasks["big"].waiting_reason
