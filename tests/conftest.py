@@ -68,6 +68,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))
 
 
+@pytest.fixture(autouse=True)
+def main_module_left_alone() -> Iterator[None]:
+    """A test must leave ``sys.modules["__main__"]`` as it found it: multiprocessing's spawn re-imports it in
+    every child, so a Streamlit script left there (AppTest installs its page as ``__main__``) would run inside
+    each worker process started afterwards, and a Nanny's restarted worker would not come back."""
+    main = sys.modules["__main__"]
+    yield
+    assert sys.modules["__main__"] is main, f"the test left {sys.modules['__main__']!r} as __main__"
+
+
 def repo_config_data() -> dict[str, Any]:
     """The parsed repo cluster.yaml (a fresh copy each call)."""
     return copy.deepcopy(yaml.safe_load(CLUSTER_YAML.read_text()))

@@ -10,6 +10,7 @@ no click.
 from __future__ import annotations
 
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,7 @@ def test_console_says_the_scheduler_is_away_in_one_line_and_serves_again_when_it
 
     monkeypatch.setenv("ALTLAS_SCHEDULER", address(world))
     monkeypatch.setenv("ALTLAS_CONFIG", str(world.config_path))
+    monkeypatch.setitem(sys.modules, "__main__", sys.modules["__main__"])  # AppTest installs its page there
     app = AppTest.from_file(str(APP), default_timeout=60)
     app.session_state["principal"] = Principal("console-outage", "user", "key-1")
 
