@@ -237,8 +237,12 @@ class Simulation(_Strict):
     faults: tuple[FaultSpec, ...] = ()
     seed: int = 0
     latency: SimLatency = SimLatency()
-    # affinity keys a modelled GPU keeps warm (LRU): prefixes kept in host memory too, as Mooncake does
+    # affinity keys a GPU keeps warm (LRU), in the replay and on GPU workers: prefixes kept in host memory too,
+    # as Mooncake does
     affinity_cache_keys: int = Field(1000, ge=0, le=1_000_000)
+    # a simulated GPU worker's cold load: seconds the device is held to load the state of an affinity key it
+    # does not hold (the shipped model's weights for the key), before the task runs; a warm task pays nothing
+    affinity_load_s: float = Field(0.05, ge=0, le=600)
 
     @field_validator("gpus")
     @classmethod

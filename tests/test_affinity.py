@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
+import threading
 
+import pytest
 from core_helpers import Driver, make_core, placed
 
+from altlas_dask.gpus.chunks import KernelCancelledError
+from altlas_dask.model.warm import hold, warm_keys
 from altlas_dask.scheduling.affinity import AffinityBook
 
 FACTOR = 1.25
@@ -49,3 +54,29 @@ def test_the_book_keeps_the_latest_keys_and_gpus() -> None:
     book.served("b", 1)
     book.served("b", 2)
     assert book.gpus("b") == {1, 2} and book.gpus(None) == frozenset()
+
+
+def a_gpu():
+    from altlas_dask.config import SimulatedGpuSpec
+    from altlas_dask.gpus.simulated import SimulatedGpu
+
+    return SimulatedGpu(0, SimulatedGpuSpec(), seed=int.from_bytes(os.urandom(4)))  # its own UUID and warm keys
+
+
+def test_a_worker_holds_the_latest_keys_it_loaded_and_counts_hits_and_misses() -> None:
+    """The GPU worker's side (altlas_dask.model.warm): a key is cold until a task loads it, then warm; the
+    least recently used key beyond the capacity is dropped; no key is neither."""
+    gpu, stop = a_gpu(), threading.Event()
+    seen = [hold(gpu, key, stop, capacity=2, load_s=0.0) for key in ("a", "b", "a", "c", "b", "a", None)]
+    # a: cold; b: cold; a: warm (now the latest); c: cold, drops b (least recent); b: cold, drops a; a: cold
+    assert seen == [False, False, True, False, False, False, None]
+    assert warm_keys(gpu.uuid, 2).stats() == {"hits": 1, "misses": 5, "keys": 2, "capacity": 2}
+
+
+def test_a_cancelled_load_leaves_the_key_cold() -> None:
+    gpu, stop = a_gpu(), threading.Event()
+    stop.set()  # the task was cancelled before its load ended
+    with pytest.raises(KernelCancelledError, match="affinity 'k'"):
+        hold(gpu, "k", stop, capacity=4, load_s=60.0)
+    assert not warm_keys(gpu.uuid, 4).holds("k")
+    assert hold(gpu, "k", threading.Event(), capacity=4, load_s=0.0) is False

@@ -256,6 +256,52 @@ def test_predict_and_batch_predict_state_each_tasks_size_as_its_cost(api: Api):
             assert client.explain(chunk_id)["cost"] == expected
 
 
+def test_predict_with_affinity_finds_its_state_warm_where_it_was_loaded_within_the_load_bound(api: Api):
+    """gpu_options.affinity end to end: the first request with a key loads the key's state on its GPU (cold),
+    the next ones go to that GPU and find it warm while its load stays within the bound; once that GPU holds
+    more than the bound allows (two long jobs on it), the key's request goes to the other GPU and misses there.
+    The workers' own counters (``warm_stats``) agree with what the results say."""
+    from altlas_dask.model.warm import warm_stats
+
+    key = f"conversation-{os.urandom(4).hex()}"  # a key no other test of the module's cluster used
+    api.tokens.setdefault("ines", api.keys.create("ines")[1])
+    with Client(api.cluster.scheduler_address, timeout=30) as client:
+        before = client.run(warm_stats)
+    with api.client("ines") as c:
+
+        def ask() -> tuple[int, bool]:
+            body = {"text": "Hello", "max_length": 4, "seed": 3, "gpu_options": {"affinity": key}, "wait": 30}
+            r = c.post("/predict", json=body)
+            assert r.status_code == 200 and r.json()["status"] == "completed", r.text
+            return r.json()["result"]["gpu"], r.json()["result"]["warm"]
+
+        gpu, warm = ask()
+        assert warm is False  # its first use: loaded there
+        assert [ask() for _ in range(3)] == [(gpu, True)] * 3
+        # 2 tasks on its GPU, none on the other: a GPU may hold ceil(1.25 x (2 + 1) / 2) = 2, so not it
+        running = [start_long(c, gpu=gpu) for _ in range(2)]
+        try:
+            assert ask() == (1 - gpu, False)
+        finally:
+            for task_id in running:
+                c.delete(f"/tasks/{task_id}")
+        for task_id in running:
+            poll_task(c, task_id)
+        assert ask()[1] is True  # warm on both GPUs now, wherever it goes
+    with Client(api.cluster.scheduler_address, timeout=30) as client:
+        after = client.run(warm_stats)
+    counted = {n: sum(after[w][n] - before[w][n] for w in after) for n in ("hits", "misses")}
+    assert counted == {"hits": 4, "misses": 2}
+
+
+def test_predict_bad_affinity_is_400_naming_the_field(api: Api):
+    with api.client() as c:
+        for bad in ("", "x" * 257, 7, ["a"]):
+            assert_error(c.post("/predict", json={"text": "a", "gpu_options": {"affinity": bad}}), 400, "affinity")
+        body = {"batch": [{"text": "a"}], "gpu_options": {"affinity": ""}}
+        assert_error(c.post("/batch_predict", json=body), 400, "affinity")
+
+
 def test_predict_bad_input_is_400_naming_the_field(api: Api):
     with api.client() as c:
         assert_error(c.post("/predict", json={"max_length": 5}), 400, "text")

@@ -29,7 +29,9 @@ class GenerateParams(_Body):
 
 class PredictRequest(GenerateParams):
     gpu_options: dict[str, Any] | None = Field(
-        None, description="strategy, specific_gpu_id, priority (1-5), memory_mb, timeout, retries, ..."
+        None,
+        description="strategy, specific_gpu_id, priority (1-5), memory_mb, timeout, retries, cost, affinity (a key: "
+        "the request goes to a GPU that holds its state while that GPU's load stays within the bound), ...",
     )
     wait: float = Field(
         0.0, ge=0.0, le=60.0, description="seconds to wait for the result before answering (0 = answer at once)"

@@ -1,8 +1,9 @@
 """Every use of distributed's internal *worker* API in one place (the scheduler's is in scheduler_plugins).
 
-Three paths need it. A batched call notes its batch on the task it ran for (:func:`annotate_current_task`:
+Four paths need it. A batched call notes its batch on the task it ran for (:func:`annotate_current_task`:
 the task's ``metadata``, which Dask's own task-finished message carries to the scheduler). A kernel asks
 whether its task is still wanted when it starts (a cancel may have come first: :func:`still_executing`).
+A generation reads the ``gpu_options.affinity`` its task was annotated with (:func:`current_task_annotation`).
 A worker started from the command line with ``--preload altlas_dask.worker`` learns its GPU's memory inside
 the preload, after ``Worker.__init__`` took its ``resources`` and before
 it registers with the scheduler. ``Worker.set_resources`` (public) tells a scheduler the worker is
@@ -40,15 +41,27 @@ def still_executing(worker: Worker, key: object) -> bool:
     return ts is not None and ts.state in ("executing", "long-running")
 
 
-def _current_metadata() -> dict[str, Any] | None:
-    """``metadata`` of the task this thread executes on a worker; None outside a worker's task thread."""
+def _current_task() -> Any:
+    """The worker's state of the task this thread executes; None outside a worker's task thread."""
     try:
         worker = get_worker()
         key = worker.get_current_task()
     except (ValueError, KeyError):
         return None
-    ts = worker.state.tasks.get(key)
+    return worker.state.tasks.get(key)
+
+
+def _current_metadata() -> dict[str, Any] | None:
+    """``metadata`` of the task this thread executes on a worker; None outside a worker's task thread."""
+    ts = _current_task()
     return None if ts is None else ts.metadata
+
+
+def current_task_annotation(name: str) -> Any:
+    """``annotations[name]`` of the task this thread executes on a worker (what the client annotated it with,
+    e.g. ``gpu_options``); None outside a worker's task thread or when the task has no such annotation."""
+    ts = _current_task()
+    return None if ts is None else (ts.annotations or {}).get(name)
 
 
 def annotate_current_task(name: str, value: Any) -> bool:

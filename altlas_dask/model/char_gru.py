@@ -264,18 +264,20 @@ def predict_many(
 
 
 @contextmanager
-def _on_gpu(busy: bool = True) -> Iterator[tuple[Any, threading.Event | None]]:
+def _on_gpu(busy: bool = True) -> Iterator[tuple[Any, threading.Event, bool | None]]:
     """The worker's GPU, its memory reserved and (``busy``) its time metered; a stop flag set if the task is
-    cancelled. A batched request meters the device only around its batch's work (see :func:`generate`)."""
+    cancelled; whether the task's affinity state was warm there (loaded first if not, None: no key). A batched
+    request meters the device only around its batch's work (see :func:`generate`)."""
     from distributed import get_worker
 
     from altlas_dask.worker.binding import current_device
 
     device = current_device()
     key = get_worker().get_current_task()
-    metered = device.busy() if busy else nullcontext()
-    with device.reserve(MODEL_MEMORY_MB), device.cancellation.watch(key) as stop, metered:
-        yield device, stop
+    with device.reserve(MODEL_MEMORY_MB), device.cancellation.watch(key) as stop:
+        warm = _hold_affinity(device, stop)  # a cold key's load first: it holds the device itself
+        with device.busy() if busy else nullcontext():
+            yield device, stop, warm
 
 
 def generate(text: str, max_length: int = 128, temperature: float = 0.7, seed: int | None = None) -> dict[str, Any]:
@@ -288,7 +290,7 @@ def generate(text: str, max_length: int = 128, temperature: float = 0.7, seed: i
     check_params(text, max_length, temperature, seed)
     settings = _batching("generate")
     batching = settings is not None and settings.max_batch_size > 1
-    with _on_gpu(busy=not batching) as (device, stop):
+    with _on_gpu(busy=not batching) as (device, stop, warm):
         model = get_model(device.torch_device)
         if not batching:
             result = predict(text, max_length, temperature, seed, model=model, stop=stop)
@@ -308,11 +310,16 @@ def generate(text: str, max_length: int = 128, temperature: float = 0.7, seed: i
             key = ("generate", device.torch_device, max_length)
             item = {"text": text, "max_length": max_length, "temperature": temperature, "seed": seed}
             result = batcher(key, run, settings.max_batch_size, settings.max_wait_ms / 1000)((item, stop))
-    return {**result, "gpu": device.index, "uuid": device.uuid}
+    return {**result, **_placed_on(device, warm)}
 
 
-def _batching(model_name: str) -> Any:
-    """``serving.batching.<model_name>`` of this worker's configuration, or None when it is off."""
+def _placed_on(device: Any, warm: bool | None) -> dict[str, Any]:
+    """What a result tells of where it ran: the GPU, and whether it found its affinity's state there."""
+    return {"gpu": device.index, "uuid": device.uuid, **({} if warm is None else {"warm": warm})}
+
+
+def _worker_config() -> Any:
+    """This GPU worker's configuration (its plugin's), or None when not on one."""
     from altlas_dask.worker.binding import PLUGIN_NAME
 
     try:
@@ -321,9 +328,29 @@ def _batching(model_name: str) -> Any:
         plugin = get_worker().plugins.get(PLUGIN_NAME)
     except ValueError:  # not on a worker
         return None
-    config = getattr(plugin, "config", None)
+    return getattr(plugin, "config", None)
+
+
+def _batching(model_name: str) -> Any:
+    """``serving.batching.<model_name>`` of this worker's configuration, or None when it is off."""
+    config = _worker_config()
     settings = config.serving.batching.get(model_name) if config is not None else None
     return settings if settings is not None and settings.enabled else None
+
+
+def _hold_affinity(device: Any, stop: threading.Event) -> bool | None:
+    """The task's ``gpu_options.affinity`` state on ``device``, loaded first if cold (see
+    :mod:`altlas_dask.model.warm`): whether it was warm, None when the task names no key."""
+    from altlas_dask.gpus.dask_worker_internals import current_task_annotation
+    from altlas_dask.model.warm import hold
+    from altlas_dask.options import ANNOTATION
+
+    key = (current_task_annotation(ANNOTATION) or {}).get("affinity")
+    config = _worker_config()
+    if key is None or config is None:
+        return None
+    sim = config.simulation
+    return hold(device, key, stop, sim.affinity_cache_keys, sim.affinity_load_s)
 
 
 def generate_batch(items: Sequence[dict[str, Any]]) -> list[dict[str, Any] | BaseException]:
@@ -338,12 +365,12 @@ def generate_batch(items: Sequence[dict[str, Any]]) -> list[dict[str, Any] | Bas
     from altlas_dask.model.row_stops import EitherStop, row_stops
     from altlas_dask.worker.batching import BATCH_METADATA
 
-    with _on_gpu() as (device, stop), row_stops(get_worker().get_current_task(), len(items)) as rows:
+    with _on_gpu() as (device, stop, warm), row_stops(get_worker().get_current_task(), len(items)) as rows:
         start = time.perf_counter()
         stops = [EitherStop(stop, row) for row in rows]  # a request cancelled alone stops its own row
         results = predict_many(items, model=get_model(device.torch_device), stops=stops)
         annotate_current_task(BATCH_METADATA, {"size": len(items), "share_s": time.perf_counter() - start})
-    return [r if isinstance(r, BaseException) else {**r, "gpu": device.index, "uuid": device.uuid} for r in results]
+    return [r if isinstance(r, BaseException) else {**r, **_placed_on(device, warm)} for r in results]
 
 
 def warm_up(dask_worker: Any = None) -> str:
