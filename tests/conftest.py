@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import dask
 import pytest
 import yaml
 from distributed import Client
@@ -42,6 +43,13 @@ TEST_STATE = Path(tempfile.mkdtemp(prefix="altlas-tests-"))
 os.environ["ALTLAS_HOME"] = str(TEST_STATE / "home")
 os.environ["XDG_DATA_HOME"] = str(TEST_STATE / "xdg")
 atexit.register(shutil.rmtree, TEST_STATE, ignore_errors=True)
+
+# Worker processes fork from one server that imported distributed once (Dask's `forkserver` method, what
+# distributed's own test suite uses), instead of each spawning a fresh interpreter that imports it again: the
+# same Nanny-managed worker processes, about half the suite's CPU (docs/design.md "Test suite speed"). Set in
+# the environment too, so the clusters of CLI subprocesses (`altlas-dask up`, `dask worker`) fork the same way.
+os.environ["DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD"] = "forkserver"
+dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
 
 
 # `make test` runs the suite on parallel workers (pytest-xdist, whole files per worker: module-scoped clusters

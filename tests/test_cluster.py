@@ -36,7 +36,8 @@ def live_state(client, gpu: int):
 
 def on(client, gpu: int) -> dict:
     """Submit options pinning a task to the worker that owns ``gpu``."""
-    return {"workers": [gpu_workers(client)[gpu]], "allow_other_workers": False, "pure": False}
+    worker = wait_for(lambda: gpu_workers(client).get(gpu), what=f"GPU {gpu}'s worker in the heartbeats")
+    return {"workers": [worker], "allow_other_workers": False, "pure": False}
 
 
 # -- the shared 4-GPU cluster ------------------------------------------------------------------
