@@ -385,10 +385,12 @@ NOWHERE = "tcp://127.0.0.1:9"
     ],
 )
 def test_unreachable_scheduler_is_one_line_exit_2(args: list[str]) -> None:
-    done = subprocess.run([*cli_command(), *args], capture_output=True, text=True, env=cli_env(), timeout=120)
+    env = {**cli_env(), "ALTLAS_CONNECT_TIMEOUT": "0.5"}  # the wait before "cannot reach" (5 s by default)
+    done = subprocess.run([*cli_command(), *args], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cannot reach the scheduler at"), done.stderr
+    assert "after 0.5 s" in lines[0], "$ALTLAS_CONNECT_TIMEOUT is the wait"
     assert "altlas-dask up" in lines[0] and "Traceback" not in done.stderr
     if "--json" in args:
         assert json.loads(done.stdout)["error"] == lines[0].removeprefix("error: ")

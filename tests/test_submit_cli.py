@@ -104,10 +104,11 @@ def test_submit_bad_input_is_one_line_exit_2(args: list[str], message: str) -> N
 
 
 def test_submit_unreachable_scheduler_is_one_line() -> None:
-    done = altlas("submit", "--workload", "modelled", "--scheduler", NOWHERE, timeout=60)
+    done = altlas("--connect-timeout", "0.5", "submit", "--workload", "modelled", "--scheduler", NOWHERE, timeout=60)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and f"cannot reach the scheduler at {NOWHERE}" in lines[0], done.stderr
+    assert "after 0.5 s" in lines[0], "--connect-timeout is the wait"
 
 
 def test_params_are_typed_like_the_workload_defaults() -> None:

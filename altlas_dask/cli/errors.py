@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import click
 
+#: seconds a command waits to reach the scheduler (``--connect-timeout`` / ``$ALTLAS_CONNECT_TIMEOUT``)
+CONNECT_TIMEOUT_S = 5.0
 UNREACHABLE_HINT = "is the cluster up (`altlas-dask up`) and the address right (--scheduler HOST:PORT)?"
 
 

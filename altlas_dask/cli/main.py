@@ -18,14 +18,13 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from altlas_dask.cli.errors import SCHEDULER, UNREACHABLE_HINT, CliError, fail, unreachable
+from altlas_dask.cli.errors import CONNECT_TIMEOUT_S, SCHEDULER, UNREACHABLE_HINT, CliError, fail, unreachable
 from altlas_dask.config import AltlasConfig, ConfigError, load_config
 from altlas_dask.gpus.condition import condition
 from altlas_dask.gpus.errors import GpuUnavailableError
 from altlas_dask.gpus.state import GpuState
 
 console = Console(width=shutil.get_terminal_size((160, 24)).columns)
-CONNECT_TIMEOUT_S = 5
 
 
 def gpu_table(gpus: Sequence[GpuState], title: str) -> Table:
@@ -63,8 +62,8 @@ def gpu_table(gpus: Sequence[GpuState], title: str) -> Table:
 
 
 class _Context:
-    def __init__(self, config_path: str | None, overrides: tuple[str, ...]) -> None:
-        self.config_path, self.overrides = config_path, overrides
+    def __init__(self, config_path: str | None, overrides: tuple[str, ...], connect_timeout: float) -> None:
+        self.config_path, self.overrides, self.connect_timeout = config_path, overrides, connect_timeout
 
     def config(self) -> AltlasConfig:
         return load_config(self.config_path, overrides=self.overrides)
@@ -95,14 +94,24 @@ class _Context:
     metavar="KEY=VALUE",
     help="Override a config key, e.g. --set gpu.multi_gpu.default_strategy=hybrid (repeatable).",
 )
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=CONNECT_TIMEOUT_S,
+    show_default=True,
+    envvar="ALTLAS_CONNECT_TIMEOUT",
+    help="Seconds a command waits to reach the scheduler before it says it cannot ($ALTLAS_CONNECT_TIMEOUT).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
 @click.pass_context
-def cli(ctx: click.Context, config_path: str | None, overrides: tuple[str, ...], verbose: bool) -> None:
+def cli(
+    ctx: click.Context, config_path: str | None, overrides: tuple[str, ...], connect_timeout: float, verbose: bool
+) -> None:
     """GPU-aware scheduling for AI inference and batch jobs, built on Dask."""
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    ctx.obj = _Context(config_path, overrides)
+    ctx.obj = _Context(config_path, overrides, connect_timeout)
 
 
 @cli.command()
@@ -124,7 +133,7 @@ def gpus(ctx: _Context, simulate: int | None, as_json: bool, scheduler: str | No
         from altlas_dask.errors import RouterError
 
         try:
-            with Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False) as client:
+            with Client(scheduler, timeout=ctx.connect_timeout, set_as_default=False) as client:
                 try:  # the router's view: drains and reasons
                     states = [GpuState.from_dict(g) for g in client.sync(RouterClient(client).gpus)["gpus"]]
                 except RouterError as exc:

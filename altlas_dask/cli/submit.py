@@ -15,12 +15,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from altlas_dask.cli.errors import SCHEDULER, CliError, check_scheduler_address, unreachable
+from altlas_dask.cli.errors import CONNECT_TIMEOUT_S, SCHEDULER, CliError, check_scheduler_address, unreachable
 from altlas_dask.client.runs import RunSummary, WorkloadRun, parse_params, submit_workload
 from altlas_dask.client.workloads import WORKLOADS, get_workload
 from altlas_dask.options import check_strategy
-
-CONNECT_TIMEOUT_S = 5
 
 
 def strategy_names(ctx: click.Context | None = None) -> list[str]:
@@ -66,12 +64,14 @@ def scheduler_address(obj: Any, scheduler: str | None) -> str:
     return load_config().cluster.connect_address()
 
 
-def connect(address: str, user: str) -> Any:
-    """An ``altlas_dask.Client`` acting as ``user``; an unreachable scheduler is one clear error."""
+def connect(address: str, user: str, obj: Any = None) -> Any:
+    """An ``altlas_dask.Client`` acting as ``user``, waiting the group's ``--connect-timeout``; an unreachable
+    scheduler is one clear error."""
     from altlas_dask.client.gpu_client import Client
 
+    timeout = getattr(obj, "connect_timeout", CONNECT_TIMEOUT_S)
     try:
-        return Client(address, gpu_defaults={"user": user}, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+        return Client(address, gpu_defaults={"user": user}, timeout=timeout, set_as_default=False)
     except (OSError, TimeoutError) as exc:
         raise unreachable(address, exc) from None
 
@@ -212,7 +212,7 @@ def submit(
     if not logging.getLogger().isEnabledFor(logging.INFO):  # without -v: a lost scheduler is our one line only
         logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
 
-    with connect(address, user) as client:
+    with connect(address, user, obj) as client:
         try:
             run = submit_workload(
                 client, workload.name, count, batch_size=batch_size, params=values, gpu_options=gpu_options
