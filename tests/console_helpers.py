@@ -55,6 +55,7 @@ def start_console(scheduler: str, log: Path, home: Path) -> tuple[subprocess.Pop
     port = free_port()
     env = cli_env()
     env["ALTLAS_HOME"] = str(home)
+    env["ALTLAS_CONNECT_TIMEOUT"] = "1"  # the wait before "Cannot reach the scheduler" (5 s by default)
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [*cli_command(), "console", "--scheduler", scheduler, "--port", str(port)],

@@ -291,3 +291,19 @@ def test_no_design_seed_jargon_in_user_facing_text(tmp_path):
     texts["openapi"] = json.dumps(spec)
     assert all(len(text) > 100 for text in texts.values()), texts
     assert not {where for where, text in texts.items() if re.search(r"seed[ _]?00\d", text, re.I)}
+
+
+@pytest.mark.parametrize(("raw", "seconds"), [(None, 5.0), ("0.5", 0.5), ("abc", None), ("0", None), ("-1", None)])
+def test_console_pages_wait_the_connect_timeout_they_are_given(monkeypatch, raw, seconds):
+    """`altlas-dask --connect-timeout S console` hands S to the pages as $ALTLAS_CONNECT_TIMEOUT."""
+    from altlas_dask.console.views.common import ConsoleError, connect_timeout
+
+    if raw is None:
+        monkeypatch.delenv("ALTLAS_CONNECT_TIMEOUT", raising=False)
+    else:
+        monkeypatch.setenv("ALTLAS_CONNECT_TIMEOUT", raw)
+    if seconds is None:
+        with pytest.raises(ConsoleError, match=f"ALTLAS_CONNECT_TIMEOUT: '{raw}' is not a number of seconds"):
+            connect_timeout()
+    else:
+        assert connect_timeout() == seconds

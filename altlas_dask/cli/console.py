@@ -51,6 +51,8 @@ def console(obj: Any, scheduler: str | None, port: int, host: str, streamlit_arg
     env = {**os.environ, "ALTLAS_SCHEDULER": scheduler_address(obj, scheduler)}
     if getattr(obj, "config_path", None):  # the console checks API keys in this config's key store
         env["ALTLAS_CONFIG"] = os.path.abspath(obj.config_path)
+    if getattr(obj, "connect_timeout", None):  # the group's --connect-timeout, for each page's connection
+        env["ALTLAS_CONNECT_TIMEOUT"] = f"{obj.connect_timeout:g}"
     click.echo(f"altlas-dask console for {env['ALTLAS_SCHEDULER']} on http://{host}:{port}", err=True)
     sys.stdout.flush()
     sys.stderr.flush()

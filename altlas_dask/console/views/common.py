@@ -20,12 +20,27 @@ from altlas_dask.ops.certs import dask_security
 from altlas_dask.options import GpuOptionsError
 
 DEFAULT_SCHEDULER = "127.0.0.1:8786"
-CONNECT_TIMEOUT_S = 5
+CONNECT_TIMEOUT_S = 5.0  # `altlas-dask --connect-timeout` reaches the pages as $ALTLAS_CONNECT_TIMEOUT
 RETRY_S = 3.0  # while the scheduler is away, a page looks for it this often and reloads itself once it is back
 
 
 class ConsoleError(Exception):
     """A problem the page explains in one sentence (no traceback)."""
+
+
+def connect_timeout() -> float:
+    """Seconds a page waits to reach the scheduler: $ALTLAS_CONNECT_TIMEOUT (set by ``altlas-dask
+    --connect-timeout``), else :data:`CONNECT_TIMEOUT_S`."""
+    raw = os.environ.get("ALTLAS_CONNECT_TIMEOUT")
+    if raw is None:
+        return CONNECT_TIMEOUT_S
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise ConsoleError(f"$ALTLAS_CONNECT_TIMEOUT: {raw!r} is not a number of seconds above 0")
+    return seconds
 
 
 class SchedulerUnavailable(ConsoleError):
@@ -87,7 +102,7 @@ def _connection(address: str, user: str, admin: bool) -> Connection:
     # With security.identity: tls the client uses the console's service certificate (a delegate).
     security = dask_security(load_config().security, "client")
     client = Client(
-        address, gpu_defaults={"user": user}, timeout=CONNECT_TIMEOUT_S, set_as_default=False, security=security
+        address, gpu_defaults={"user": user}, timeout=connect_timeout(), set_as_default=False, security=security
     )
     client.vouch_admin = admin  # the console checked the admin key; the router trusts it as a delegate
     return Connection(client)
