@@ -39,7 +39,8 @@ def connected(world: Outage) -> Client:
 
 
 def submit(world: Outage, *args: str) -> subprocess.Popen[str]:
-    command = [*cli_command(), "--config", str(world.config_path), "submit", "--workload", "modelled", *args]
+    command = [*cli_command(), "--config", str(world.config_path), "--connect-timeout", "1", "submit", "--workload"]
+    command += ["modelled", *args]
     return subprocess.Popen(
         [*command, "--scheduler", address(world)],
         stdout=subprocess.PIPE,

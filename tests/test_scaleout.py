@@ -130,12 +130,15 @@ def test_a_node_leaves_and_rejoins_under_the_same_gpu_ids(scale_out):
     with Client(cluster.address, security=client_security(cluster.certs, "alice"), timeout=60) as alice, api:
         procs = cluster.procs
         before = procs.wait_for(lambda: len(g := gpus_by_id(alice)) == 4 and g, "four GPUs over TLS")
+        # every GPU reported and active (a worker that registered is not yet one the router places on)
+        procs.wait_for(lambda: [g.status for g in alice.gpus()] == ["active"] * 4, "four active GPUs")
         listed = procs.wait_for(lambda: len(r := api.get("/gpus").json().get("gpus", [])) == 4 and r, "REST /gpus")
         assert sorted(g["id"] for g in listed) == [0, 1, 2, 3]
 
         batch = alice.submit_batch(range(64), double, gpu_options={"strategy": "round_robin"})
         assert batch.result(timeout=120) == [2 * i for i in range(64)]
-        assert chunk_gpus(alice, batch) == {0, 1, 2, 3}, "a batch across every GPU of both nodes"
+        shown = (batch.sizes, batch.gpus, [(g.id, g.status) for g in alice.gpus()])
+        assert chunk_gpus(alice, batch) == {0, 1, 2, 3}, f"a batch across every GPU of both nodes: {shown}"
 
         cluster.kill_node("node-b")
         procs.wait_for(lambda: set(gpus_by_id(alice)) == {0, 1}, "node-b's GPUs to leave the router")
