@@ -114,3 +114,35 @@ def test_training_script_runs_and_its_weights_load(tmp_path):
     small = char_gru.load_model("cpu", out)
     assert small.meta["steps"] == 6
     assert len(char_gru.predict("the", 12, 0.5, 0, model=small)["text"]) == 12
+
+
+@pytest.mark.parametrize("where", ["model", "selftest"])
+def test_warm_ups_load_in_a_thread_not_on_the_workers_event_loop(monkeypatch, where):
+    """``Client.run`` runs a plain function on the worker's event loop, which then sends no heartbeat until it
+    returns (loading torch: seconds, and the router marks the GPU unresponsive). Both warm-ups are coroutines
+    whose load runs in another thread."""
+    import asyncio
+    import threading
+
+    import altlas_dask.model as model
+    from altlas_dask.ops import selftest
+
+    loaded_on: list[threading.Thread] = []
+
+    def load(dask_worker) -> str:
+        loaded_on.append(threading.current_thread())
+        return "cpu"
+
+    if where == "model":
+        monkeypatch.setattr(char_gru, "warm_up", load)
+        warm_up = model.warm_up
+    else:
+        monkeypatch.setattr(selftest, "_load_torch", load)
+        warm_up = selftest._warm_up
+
+    async def on_the_loop() -> str:
+        return await warm_up(None)
+
+    assert asyncio.iscoroutinefunction(warm_up)
+    assert asyncio.run(on_the_loop()) == "cpu"
+    assert loaded_on and loaded_on[0] is not threading.main_thread()

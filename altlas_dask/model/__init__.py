@@ -6,6 +6,7 @@ call, inside the GPU worker that runs them, so the CLI and the REST gateway neve
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,8 +38,12 @@ def generate_batch(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return char_gru.generate_batch(items)
 
 
-def warm_up(dask_worker: Any = None) -> str:
-    """Load the model on this worker's device now (``client.run(warm_up)`` passes ``dask_worker``)."""
+async def warm_up(dask_worker: Any = None) -> str:
+    """Load the model on this worker's device now (``client.run(warm_up)`` passes ``dask_worker``).
+
+    A coroutine, so that ``Client.run`` awaits it on the worker's event loop while the load (importing torch,
+    reading the weights: seconds of CPU) runs in a thread: a plain function would run on the event loop itself
+    and stop the worker's heartbeats until it returned (the router then saw every GPU unresponsive)."""
     from altlas_dask.model import char_gru
 
-    return char_gru.warm_up(dask_worker)
+    return await asyncio.to_thread(char_gru.warm_up, dask_worker)

@@ -9,6 +9,7 @@ clear error; a task past its timeout: cancelled and its GPU given back). Every t
 
 from __future__ import annotations
 
+import asyncio
 import math
 import shutil
 import statistics
@@ -69,8 +70,13 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
-def _warm_up(dask_worker: Any = None) -> str:
-    """Import torch and run one tiny product on the worker's device, so no scenario pays for it."""
+async def _warm_up(dask_worker: Any = None) -> str:
+    """Import torch and run one tiny product on the worker's device, so no scenario pays for it; in a thread,
+    not on the worker's event loop (``Client.run`` awaits a coroutine there: the heartbeats go on)."""
+    return await asyncio.to_thread(_load_torch, dask_worker)
+
+
+def _load_torch(dask_worker: Any) -> str:
     import torch
 
     from altlas_dask.worker.binding import PLUGIN_NAME
