@@ -7,10 +7,10 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 # PYTEST_WORKERS=N runs pytest on N xdist workers, whole files per worker (--dist loadfile: a module-scoped
-# cluster starts once), long files first (tests/conftest.py). Default 0, one process: on the 2-core CI machine
-# the suite is CPU-bound (about 2,400 CPU s), so 3 workers took longer (25.7 min vs 21) and timed tests out
-# (docs/design.md, "Test suite speed"). Use N > 0 on a machine with more cores.
-PYTEST_WORKERS ?= 0
+# cluster starts once), long files first (tests/conftest.py); 0 runs it in one process. Default 2: once worker
+# processes fork from Dask's forkserver the suite waits more than it computes, and on the 2-core machine two
+# workers took 14.0 min against 27.9 for one process in the same conditions (docs/design.md, "Test suite speed").
+PYTEST_WORKERS ?= 2
 PYTEST_XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 # Debian packages the tests drive for real: headless Chromium (console browser test) and Prometheus.
