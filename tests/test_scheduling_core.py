@@ -9,6 +9,7 @@ import pytest
 from core_helpers import Driver, failed, gpu, make_core, placed
 
 from altlas_dask.errors import GpuRoutingError, GpuTaskTimeoutError
+from altlas_dask.gpus.state import lost_gpu
 from altlas_dask.protocol import TaskStatus, api_status
 from altlas_dask.scheduling import events as ev
 from altlas_dask.scheduling.actions import (
@@ -25,6 +26,7 @@ from altlas_dask.scheduling.actions import (
 from altlas_dask.scheduling.fairqueue import FairQueue
 from altlas_dask.scheduling.lifecycle import TRANSITIONS
 from altlas_dask.scheduling.quotas import utc_day
+from altlas_dask.scheduling.strategies import TaskRequest, rejection
 from altlas_dask.scheduling.view import CoreView
 
 OOM = "GpuOutOfMemoryError('CUDA out of memory')"
@@ -586,6 +588,25 @@ def test_a_task_held_by_late_binding_takes_the_gpu_it_waits_for_once_its_hold_ru
     assert core.tasks["big"].decision.reason.startswith("expected finish in 0.400s (0.200s queued"), core.tasks[
         "big"
     ].decision.reason
+
+
+def test_a_lost_gpu_counts_as_unknown_not_as_too_small_for_late_binding():
+    """A lost GPU reports placeholder figures (compute capability 0.0, 0 MB: NVML cannot read it). They are
+    its unknowns, not its capacity: a 4 GB task that fits every GPU still up is not held by late binding as if
+    it fitted "2 of the 3" (the gpu_failure replay held 640 such tasks after the loss, bench/RESULTS.md)."""
+    core = make_core()
+    d = Driver(core, gpus=3)
+    lost = lost_gpu(0, "GPU-test-0", "GPU is lost", simulated=True, worker=d.worker(0))
+    core.handle(ev.GpuReported(d.worker(0), lost, d.now))
+    task = {"memory_mb": 4096, "task_type": "embed"}
+    for g in (1, 2):  # each live GPU learned 0.2 s for the type and has one such task queued
+        d.submit(f"learn{g}", specific_gpu_id=g, **task)
+        d.start(f"learn{g}")
+        d.finish(f"learn{g}", seconds=0.2)
+        assert placed(d.submit(f"queued{g}", specific_gpu_id=g, **task)) == {f"queued{g}": g}
+    assert placed(d.submit("next", **task)) in ({"next": 1}, {"next": 2}), core.tasks["next"].waiting_reason
+    why, permanent = rejection(lost, TaskRequest(memory_mb=4096), core.state.policy)
+    assert not permanent and "unknown" in why, why  # it may come back: never "too small" for good
 
 
 def test_priority_tasks_over_the_limit_wait_for_admission_in_order_unless_rejection_is_asked():

@@ -121,3 +121,27 @@ def health_score(state: GpuState) -> float:
     power_score = 1.0 - state.power_usage_w / state.power_limit_w if state.power_limit_w > 0 else 0.5
     error_score = 1.0 - state.error_rate
     return 0.4 * temp_score + 0.3 * max(power_score, 0.0) + 0.3 * error_score
+
+
+#: What NVML cannot tell of a lost GPU (its queries fail): these numbers are placeholders, not its capacity.
+LOST_FIELDS = (
+    "compute_capability",
+    "memory_total_mb",
+    "memory_used_mb",
+    "utilization_gpu",
+    "utilization_memory",
+    "temperature_c",
+    "power_usage_w",
+    "power_limit_w",
+)
+
+
+def lost_gpu(index: int, uuid: str, reason: str, *, simulated: bool, worker: str | None) -> GpuState:
+    """The state of a GPU whose NVML queries fail (``NVMLError_GpuIsLost`` and friends): in error, critical,
+    and its capacity unknown (so a strategy never reads "0 MB" as a GPU too small for a task, for good)."""
+    return GpuState(
+        id=index, uuid=uuid, name=f"unreachable: {reason}", compute_capability="0.0", status="error",
+        memory_total_mb=0, memory_used_mb=0, utilization_gpu=0.0, utilization_memory=0.0, temperature_c=0.0,
+        power_usage_w=0.0, power_limit_w=0.0, error_rate=1.0, health_status="critical", simulated=simulated,
+        worker=worker, unknown=LOST_FIELDS,
+    )  # fmt: skip

@@ -137,6 +137,8 @@ def rejection(
     """
     if gpu.id in request.exclude:
         return "already failed this task", True
+    if unknown := [f for f in ("compute_capability", "memory_total_mb") if f in gpu.unknown]:
+        return f"status {gpu.status}: its {' and '.join(unknown)} unknown", False  # a lost GPU may come back
     minimum = request.min_compute_capability or policy.min_compute_capability
     if not meets_compute_capability(gpu.compute_capability, minimum):
         return f"compute capability {gpu.compute_capability} < {minimum}", True

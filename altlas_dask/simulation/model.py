@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from altlas_dask.config import FaultSpec, SimulatedGpuSpec
 from altlas_dask.gpus.simulated import THROTTLED_SPEED_FACTOR, simulated_uuid
-from altlas_dask.gpus.state import GpuState
+from altlas_dask.gpus.state import GpuState, lost_gpu
 
 LOST_ERROR = "GpuFaultError('unspecified launch failure (GPU is lost)')"
 ECC_ERROR = "GpuFaultError('uncorrectable ECC error encountered')"
@@ -128,12 +128,7 @@ class ModelGpu:
         """The heartbeat: what NVML would report now."""
         spec = self.spec
         if self.lost(now):
-            return GpuState(
-                id=self.index, uuid=self.uuid, name="unreachable: GPU is lost", compute_capability="0.0",
-                status="error", memory_total_mb=0, memory_used_mb=0, utilization_gpu=0.0, utilization_memory=0.0,
-                temperature_c=0.0, power_usage_w=0.0, power_limit_w=0.0, error_rate=1.0, health_status="critical",
-                simulated=True, worker=self.worker,
-            )  # fmt: skip
+            return lost_gpu(self.index, self.uuid, "GPU is lost", simulated=True, worker=self.worker)
         then, busy_then = self._last_busy
         busy = self.busy_until(now)
         util = min((busy - busy_then) / (now - then), 1.0) if now > then else 0.0

@@ -19,7 +19,7 @@ from distributed import WorkerPlugin, get_worker
 from altlas_dask.config import AltlasConfig, load_config
 from altlas_dask.gpus import dask_worker_internals
 from altlas_dask.gpus.device import GpuDevice, NvmlGpu
-from altlas_dask.gpus.state import GpuState
+from altlas_dask.gpus.state import GpuState, lost_gpu
 from altlas_dask.resources import gpu_resources
 from altlas_dask.worker import health as worker_health
 
@@ -120,24 +120,7 @@ def gpu_worker_options(config: AltlasConfig, gpu: GpuState, *, simulate_count: i
 
 def lost_state(device: GpuDevice, worker: str | None, reason: str) -> GpuState:
     """The state to report for a GPU whose NVML queries fail."""
-    return GpuState(
-        id=device.index,
-        uuid=device.uuid,
-        name=f"unreachable: {reason}",
-        compute_capability="0.0",
-        status="error",
-        memory_total_mb=0,
-        memory_used_mb=0,
-        utilization_gpu=0.0,
-        utilization_memory=0.0,
-        temperature_c=0.0,
-        power_usage_w=0.0,
-        power_limit_w=0.0,
-        error_rate=1.0,
-        health_status="critical",
-        simulated=device.torch_device == "cpu",
-        worker=worker,
-    )
+    return lost_gpu(device.index, device.uuid, reason, simulated=device.torch_device == "cpu", worker=worker)
 
 
 def _real_device(config: AltlasConfig, uuid: str | None = None) -> NvmlGpu:
