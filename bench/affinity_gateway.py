@@ -221,8 +221,9 @@ def main(argv: list[str] | None = None) -> None:
             f"up throughout: *with* `gpu.multi_gpu.affinity_load_factor` 1.25, *without* 0; every request "
             f"`POST /predict` with `gpu_options.affinity` = its conversation, {args.chars} characters, "
             f'`"wait": 30`. A GPU worker lacking the key loads it first (`simulation.affinity_load_s` = '
-            f"{load_s:g} s of held device). After {WARM_UP} warm-up requests per gateway, {args.reps} repetitions, "
-            "modes alternating (ABBA), each repetition with fresh keys; median (min-max) over repetitions.",
+            f"{load_s:g} s of held device: if every request missed, the loads alone would keep the {GPUS} GPUs "
+            f"{args.rate * load_s / GPUS:.0%} busy). After {WARM_UP} warm-up requests per gateway, {args.reps} "
+            "repetitions, modes alternating (ABBA), each repetition with fresh keys; median (min-max) over them.",
             "",
             table(["mode", "hit rate %", "p50 ms", "p95 ms", "failed"], rows),
             "",
