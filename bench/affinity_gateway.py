@@ -1,8 +1,9 @@
 """Affinity through the gateway (issue 23 item 3): the shared-prefix trace as ``POST /predict`` requests, with
 and without ``gpu_options.affinity`` routing, on a simulated 4-GPU cluster.
 
-Two gateways, each ``altlas-dask api --start-cluster --simulate 4`` (the real CLI: the gateway, the scheduler
-with the router, one worker process per virtual GPU), both up for the whole run: *with* affinity
+Two gateways, each ``altlas-dask api --start-cluster --simulate 4 --no-warm-up`` (the real CLI: the gateway,
+the scheduler with the router, one worker process per virtual GPU; one probe request per GPU loads the model),
+both up for the whole run: *with* affinity
 (``gpu.multi_gpu.affinity_load_factor`` 1.25, the default) and *without* (0: the router ignores the key). The
 requests are those of a ``--share`` of the conversations of the Mooncake window (``mooncake_conversation``,
 the replay's shared-prefix trace; all turns of each kept conversation): arrival pattern kept, scaled to
@@ -80,7 +81,10 @@ def start_gateway(factor: str, load_s: float) -> Gateway:
     script = Path(sys.executable).with_name("altlas-dask")
     cli = [str(script)] if script.exists() else [sys.executable, "-m", "altlas_dask.cli.main"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("ALTLAS_")}
+    # --no-warm-up: the gateway's start-up warm-up loads torch on each worker's event loop, which on a loaded
+    # 2-core machine can silence its heartbeats past health_check_interval; the probes load it in a task instead
     args = [*cli, *(a for o in overrides for a in ("--set", o)), "api", "--start-cluster", "--simulate", str(GPUS)]
+    args.append("--no-warm-up")
     with open(f"{tmp}/gateway.log", "wb") as log:  # a file, not a pipe: a full pipe would block its logging
         process = subprocess.Popen([*args, "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
     return Gateway(process, f"http://127.0.0.1:{port}/api/v1", token, f"{tmp}/gateway.log")
@@ -100,6 +104,10 @@ def probe_each_gpu(gateway: Gateway) -> None:
     for gpu in range(GPUS):
         body = {"text": "probe", "max_length": 4, "gpu_options": {"specific_gpu_id": gpu}, "wait": 60}
         r = httpx.post(gateway.url + "/predict", json=body, headers=headers, timeout=120)
+        for _ in range(3):  # the first task on a worker imports torch and loads the model: slow on a busy machine
+            if r.status_code != 200 or r.json().get("status") in ("completed", "failed", "cancelled"):
+                break
+            r = httpx.get(f"{gateway.url}/task/{r.json()['task_id']}?wait=60", headers=headers, timeout=120)
         if r.status_code != 200 or r.json().get("status") != "completed":
             raise SystemExit(f"GPU {gpu} did not answer a probe: HTTP {r.status_code} {r.text[:500]}")
 
@@ -217,8 +225,9 @@ def main(argv: list[str] | None = None) -> None:
             f"Trace `{TRACE}`: every request of {args.share:.0%} of its conversations (a stable hash of the key), "
             f"{len(tasks)} requests at {args.rate:g} requests/s (arrival pattern kept): "
             f"{repeats} of them continue a conversation seen earlier in the window (the most a router can hit: "
-            f"{repeats / len(tasks):.0%}). Two gateways (`altlas-dask api --start-cluster --simulate {GPUS}`), both "
-            f"up throughout: *with* `gpu.multi_gpu.affinity_load_factor` 1.25, *without* 0; every request "
+            f"{repeats / len(tasks):.0%}). Two gateways (`altlas-dask api --start-cluster --simulate {GPUS}`, a probe "
+            "request per GPU first), both up throughout: *with* `gpu.multi_gpu.affinity_load_factor` 1.25, "
+            "*without* 0; every request "
             f"`POST /predict` with `gpu_options.affinity` = its conversation, {args.chars} characters, "
             f'`"wait": 30`. A GPU worker lacking the key loads it first (`simulation.affinity_load_s` = '
             f"{load_s:g} s of held device: if every request missed, the loads alone would keep the {GPUS} GPUs "
