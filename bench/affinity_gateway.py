@@ -16,7 +16,7 @@ answer with the text (``"wait": 30``). Hit rate: answers whose result says ``war
 
 Run: ``.venv/bin/python bench/affinity_gateway.py [--share 0.2] [--rate 7] [--load-s 0.5] [--reps 3] [--no-write]``
 (about 5 minutes on 2 cores).
-Writes the ``affinity-gateway`` section of bench/RESULTS.md.
+Writes the ``affinity-gateway-<rate>rps-<load>s`` section of bench/RESULTS.md (one per setting).
 """
 
 from __future__ import annotations
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(body)
     if not args.no_write:
-        write_section("affinity-gateway", body)
+        write_section(f"affinity-gateway-{args.rate:g}rps-{load_s:g}s", body)  # one section per setting
 
 
 if __name__ == "__main__":
