@@ -140,7 +140,7 @@ def write_section(name: str, body: str) -> None:
     """Replace (or add) the ``name`` section of bench/RESULTS.md, keeping the other sections."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     text = RESULTS.read_text() if RESULTS.exists() else ""
-    pattern = re.compile(r"<!-- (\w+):start -->\n.*?\n<!-- \1:end -->", re.S)
+    pattern = re.compile(r"<!-- ([\w.-]+):start -->\n.*?\n<!-- \1:end -->", re.S)  # names with - and .
     sections = {m.group(1): m.group(0) for m in pattern.finditer(text) if m.group(1) != "name"}
     sections[name] = f"{start}\n{body.strip()}\n{end}"
     order = [n for n in SECTION_ORDER if n in sections] + sorted(n for n in sections if n not in SECTION_ORDER)
