@@ -27,14 +27,13 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from common import command, load_average, machine, machine_line, pct, quiet, table, write_section
+from common import command, load_average, machine, machine_line, own_cluster, pct, quiet, table, write_section
 from load import free_port
 
 from altlas_dask.accounting.api_keys import KeyStore
@@ -66,13 +65,8 @@ class Run:
 
 def start_gateway(factor: str, load_s: float) -> Gateway:
     """``altlas-dask api --start-cluster`` with the router's affinity factor ``factor`` (see :func:`wait_up`)."""
-    tmp = tempfile.mkdtemp(prefix="altlas-affinity-")
-    overrides = [
-        "cluster.scheduler_address=127.0.0.1:0",
-        "cluster.dashboard_address=127.0.0.1:0",
-        f"accounting.database={tmp}/altlas.sqlite",
-        "quotas.defaults.requests_per_minute=100000000",
-        "quotas.defaults.requests_per_day=100000000",
+    tmp, overrides = own_cluster("altlas-affinity-")
+    overrides += [
         f"gpu.multi_gpu.affinity_load_factor={factor}",
         f"simulation.affinity_load_s={load_s}",
     ]
@@ -81,8 +75,8 @@ def start_gateway(factor: str, load_s: float) -> Gateway:
     script = Path(sys.executable).with_name("altlas-dask")
     cli = [str(script)] if script.exists() else [sys.executable, "-m", "altlas_dask.cli.main"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("ALTLAS_")}
-    # --no-warm-up: the gateway's start-up warm-up loads torch on each worker's event loop, which on a loaded
-    # 2-core machine can silence its heartbeats past health_check_interval; the probes load it in a task instead
+    # --no-warm-up: the probes load the model in a task on each GPU, so both gateways start alike (and before
+    # 62c67db the start-up warm-up loaded torch on each worker's event loop, silencing its heartbeats)
     args = [*cli, *(a for o in overrides for a in ("--set", o)), "api", "--start-cluster", "--simulate", str(GPUS)]
     args.append("--no-warm-up")
     with open(f"{tmp}/gateway.log", "wb") as log:  # a file, not a pipe: a full pipe would block its logging

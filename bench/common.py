@@ -56,6 +56,19 @@ def bench_config(*overrides: str):
     return load_config(overrides=[*base, *overrides], environ={})
 
 
+def own_cluster(prefix: str) -> tuple[str, list[str]]:
+    """A fresh temp folder and the ``--set`` overrides of a benchmark's own cluster there: free local ports,
+    its accounting database in that folder, and request quotas that never throttle the load."""
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    return tmp, [
+        "cluster.scheduler_address=127.0.0.1:0",
+        "cluster.dashboard_address=127.0.0.1:0",
+        f"accounting.database={tmp}/altlas.sqlite",
+        "quotas.defaults.requests_per_minute=100000000",
+        "quotas.defaults.requests_per_day=100000000",
+    ]
+
+
 def pool_override(*models: dict[str, Any]) -> str:
     """``simulation.gpus=[...]`` for the given virtual GPU models (name, memory_mb, speed_gflops, count, ...)."""
     return "simulation.gpus=" + json.dumps(list(models))

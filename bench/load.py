@@ -29,7 +29,6 @@ import shlex
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ TARGET_RATE, TARGET_P99_MS = 1000, 50.0
 if str(REPO_DIR) not in sys.path:
     sys.path.insert(0, str(REPO_DIR))
 
-from common import machine, machine_line, write_section  # noqa: E402  (bench/common.py, beside this script)
+from common import machine, machine_line, own_cluster, write_section  # noqa: E402  (bench/common.py, beside this script)
 
 # -- the load generator (runs in its own process) ----------------------------------------------------------
 
@@ -210,13 +209,8 @@ def main(argv: list[str] | None = None) -> None:
     from altlas_dask.config import load_config
     from altlas_dask.ops.launcher import start_cluster
 
-    tmp = tempfile.mkdtemp(prefix="altlas-load-")
-    overrides = [
-        "cluster.scheduler_address=127.0.0.1:0",
-        "cluster.dashboard_address=127.0.0.1:0",
-        f"accounting.database={tmp}/altlas.sqlite",
-        "quotas.defaults.requests_per_minute=100000000",
-        "quotas.defaults.requests_per_day=100000000",
+    _, overrides = own_cluster("altlas-load-")
+    overrides += [
         "quotas.defaults.concurrent_requests=100000",
     ]
     config = load_config(overrides=overrides, environ={})

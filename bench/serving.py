@@ -28,7 +28,6 @@ import os
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,7 +38,7 @@ REPO_DIR = BENCH_DIR.parent
 if str(REPO_DIR) not in sys.path:
     sys.path.insert(0, str(REPO_DIR))
 
-from common import machine, machine_line  # noqa: E402
+from common import machine, machine_line, own_cluster  # noqa: E402
 from load import cpu_seconds, free_port, generator_process, pct, table, write_section  # noqa: E402
 
 P99_TARGET_MS = 500.0
@@ -149,13 +148,8 @@ def gateway_rows(name: str, batching: bool, args: Any) -> list[dict[str, Any]]:
     from altlas_dask.config import load_config
     from altlas_dask.ops.launcher import start_cluster
 
-    tmp = tempfile.mkdtemp(prefix="altlas-serving-")
-    overrides = [
-        "cluster.scheduler_address=127.0.0.1:0",
-        "cluster.dashboard_address=127.0.0.1:0",
-        f"accounting.database={tmp}/altlas.sqlite",
-        "quotas.defaults.requests_per_minute=100000000",
-        "quotas.defaults.requests_per_day=100000000",
+    _, overrides = own_cluster("altlas-serving-")
+    overrides += [
         "quotas.defaults.concurrent_requests=100000",
         f"serving.batching.generate.enabled={str(batching).lower()}",
     ]
