@@ -12,6 +12,7 @@ from typing import Any
 
 import streamlit as st
 
+from altlas_dask.cli.errors import CONNECT_TIMEOUT_S  # the CLI's --connect-timeout default, one definition
 from altlas_dask.client.gpu_client import Client
 from altlas_dask.config import load_config
 from altlas_dask.console import auth
@@ -20,7 +21,6 @@ from altlas_dask.ops.certs import dask_security
 from altlas_dask.options import GpuOptionsError
 
 DEFAULT_SCHEDULER = "127.0.0.1:8786"
-CONNECT_TIMEOUT_S = 5.0  # `altlas-dask --connect-timeout` reaches the pages as $ALTLAS_CONNECT_TIMEOUT
 RETRY_S = 3.0  # while the scheduler is away, a page looks for it this often and reloads itself once it is back
 
 
